@@ -1,0 +1,91 @@
+"""The three kinds of example PMPO scores, and the dataset that holds them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Literal, Union
+
+from pmpo.errors import DataError
+
+Objective = Literal["ce", "preference"]
+
+
+@dataclass(frozen=True)
+class Supervised:
+    """An input and the reference output the model should produce."""
+
+    input: str
+    target: str
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Preference:
+    """An input, a preferred output and one or more rejected outputs."""
+
+    input: str
+    chosen: str
+    rejected: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class MultipleChoice:
+    """An input, its answer options and the correct one; scored as CE or as preference."""
+
+    input: str
+    options: tuple[str, ...]
+    target: str
+    aliases: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.target not in self.options:
+            raise DataError(f"target {self.target!r} is not one of the options {list(self.options)!r}")
+
+
+Example = Union[Supervised, Preference, MultipleChoice]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A named, ordered collection of examples with a content fingerprint."""
+
+    name: str
+    examples: tuple[Example, ...]
+    description: str = ""
+    # The prompt the task starts from when the user gives none (e.g. BIG-bench's task_prefix).
+    default_prompt: str = ""
+    fingerprint: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.examples:
+            raise DataError(f"dataset {self.name!r} is empty: it needs at least one example")
+        if not self.fingerprint:
+            object.__setattr__(self, "fingerprint", fingerprint(self.examples))
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def subset(self, indices: list[int], name: str | None = None) -> "Dataset":
+        """Return the examples at `indices` as a new dataset (fingerprint recomputed)."""
+        return Dataset(
+            name=name or self.name,
+            examples=tuple(self.examples[i] for i in indices),
+            description=self.description,
+            default_prompt=self.default_prompt,
+        )
+
+
+def example_key(example: Example) -> str:
+    """A stable content hash of one example (used to memoise its loss)."""
+    payload = {"kind": type(example).__name__, **asdict(example)}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def fingerprint(examples: tuple[Example, ...] | list[Example]) -> str:
+    """A stable content hash of an ordered list of examples."""
+    digest = hashlib.sha256()
+    for example in examples:
+        digest.update(example_key(example).encode())
+    return digest.hexdigest()[:16]

@@ -1,0 +1,157 @@
+"""Resolve a model spec to a loaded model, its tokenizer and a stable identity."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from pmpo.bundled import BUNDLED_NAME, bundled_checkpoint
+from pmpo.errors import ModelNotAvailableError
+
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+Device = Literal["auto", "cpu", "cuda"]
+Placement = Literal["auto", "system", "user", "plain"]
+DEFAULT_MODEL = BUNDLED_NAME
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """How to load and prompt a model."""
+
+    spec: str = DEFAULT_MODEL  # built-in name, Hugging Face hub id, or local directory
+    # auto: bf16 where the hardware runs it fast (CUDA, CPUs with AMX/AVX-512 BF16), else fp32.
+    dtype: DType = "auto"
+    device: Device = "auto"
+    # auto: the chat template's system message when the tokenizer has one, else a plain text prefix.
+    placement: Placement = "auto"
+    revision: str | None = None  # hub revision (branch, tag or commit)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A causal LM ready to score and generate, with the identity that goes into cache keys."""
+
+    model: Any  # transformers PreTrainedModel
+    tokenizer: Any
+    identity: str  # name + file hash or revision: stable across processes and machines
+    placement: Literal["system", "user", "plain"]
+    device: torch.device
+    dtype: torch.dtype
+    context_length: int
+    n_params: int
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True where the CPU has native bf16 matmul (AMX or AVX-512 BF16); emulated bf16 is slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags for flag in ("amx_bf16", "avx512_bf16"))
+
+
+def resolve_dtype(dtype: DType, device: torch.device) -> torch.dtype:
+    """Turn a dtype setting into a torch dtype for `device`."""
+    if dtype != "auto":
+        return getattr(torch, dtype)
+    if device.type == "cuda" or cpu_has_fast_bf16():
+        return torch.bfloat16
+    return torch.float32
+
+
+def resolve_device(device: Device) -> torch.device:
+    """Turn a device setting into a torch device; asking for CUDA without one is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelNotAvailableError("device 'cuda' was asked for but torch sees no CUDA device")
+    return torch.device(device)
+
+
+def resolve_checkpoint(spec: str, revision: str | None = None) -> tuple[Path, str]:
+    """Return (local directory, identity) for a built-in name, a local directory or a hub id."""
+    if spec == BUNDLED_NAME:
+        return bundled_checkpoint()
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return path, f"{path.name}@sha256:{_dir_hash(path)}"
+    if path.exists() or spec.startswith((".", "/", "~")):
+        raise ModelNotAvailableError(f"model path {spec!r} is not a directory with a model in it")
+    return _hub_snapshot(spec, revision)
+
+
+@functools.lru_cache(maxsize=16)
+def _dir_hash(path: Path) -> str:
+    """Hash of the config and weight files of a local checkpoint (content, not paths)."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.iterdir() if p.suffix in {".json", ".safetensors", ".bin", ".model", ".gguf"})
+    if not any(p.name == "config.json" for p in files):
+        raise ModelNotAvailableError(f"model directory {str(path)!r} has no config.json")
+    for p in files:
+        digest.update(p.name.encode())
+        with p.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def _hub_snapshot(repo_id: str, revision: str | None) -> tuple[Path, str]:
+    """Find a hub model in the local HF cache, downloading it only when the hub is reachable."""
+    from huggingface_hub import snapshot_download
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}
+    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]
+    try:
+        local = snapshot_download(repo_id, revision=revision, local_files_only=True, allow_patterns=patterns)
+    except Exception:
+        if offline:
+            raise ModelNotAvailableError(_not_available(repo_id, "HF_HUB_OFFLINE is set")) from None
+        try:
+            local = snapshot_download(repo_id, revision=revision, allow_patterns=patterns)
+        except Exception as exc:
+            raise ModelNotAvailableError(_not_available(repo_id, type(exc).__name__)) from None
+    path = Path(local)
+    return path, f"{repo_id}@{path.name}"  # snapshot folders are named by commit hash
+
+
+def _not_available(repo_id: str, why: str) -> str:
+    return (
+        f"model {repo_id!r} is not in the local Hugging Face cache and could not be downloaded ({why}). "
+        f"On a machine with internet run `huggingface-cli download {repo_id}` (and copy ~/.cache/huggingface), "
+        f"or pass a local directory that holds config.json and the weights, "
+        f"or use the bundled model {BUNDLED_NAME!r}."
+    )
+
+
+def load_model(settings: ModelSettings | str = ModelSettings()) -> LoadedModel:
+    """Load the model named by `settings` (or a spec string) for scoring and generation."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if isinstance(settings, str):
+        settings = ModelSettings(spec=settings)
+    path, identity = resolve_checkpoint(settings.spec, settings.revision)
+    device = resolve_device(settings.device)
+    dtype = resolve_dtype(settings.dtype, device)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+    placement = settings.placement
+    if placement == "auto":
+        placement = "system" if getattr(tokenizer, "chat_template", None) else "plain"
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        identity=identity,
+        placement=placement,
+        device=device,
+        dtype=dtype,
+        context_length=int(getattr(model.config, "max_position_embeddings", 2048)),
+        n_params=sum(p.numel() for p in model.parameters()),
+    )

@@ -1,0 +1,71 @@
+"""Typed results of a PMPO run: every candidate scored, the incumbent history, the best prompt."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Origin = Literal["initial", "rewrite", "segment_removal"]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One scored prompt and how it was made."""
+
+    id: str  # content hash of the prompt text: the same text is the same candidate
+    parent_id: str | None
+    iteration: int  # 0 for the initial prompt
+    origin: Origin
+    prompt: str
+    loss: float  # mean over examples of the per-example loss (summed target CE, or preference loss)
+    loss_per_token: float  # nats per target token, for reading
+    n_examples: int
+
+
+@dataclass(frozen=True)
+class SegmentEffect:
+    """dL for one removable unit: L(prompt without it) - L(prompt); negative means it hurts."""
+
+    index: int
+    text: str
+    delta_loss: float
+
+
+@dataclass(frozen=True)
+class Iteration:
+    """What one PMPO iteration did."""
+
+    iteration: int
+    incumbent_id: str  # the incumbent after selection
+    incumbent_loss: float
+    best_candidate_loss: float  # lowest loss among this iteration's new candidates (inf if none)
+    n_candidates: int  # new candidates scored this iteration
+    rejected: dict[str, int]  # rewrites dropped, by reason
+    segments: tuple[SegmentEffect, ...]
+    hard_examples: tuple[int, ...]  # indices into the training set
+    improved: bool
+
+
+@dataclass(frozen=True)
+class OptimizeResult:
+    """The outcome of `pmpo.optimize`: all candidates, the per-iteration record and the best prompt."""
+
+    candidates: tuple[Candidate, ...]
+    iterations: tuple[Iteration, ...]
+    initial: Candidate
+    best: Candidate
+    model_identity: str
+    dataset_fingerprint: str
+    seed: int
+
+    @property
+    def best_prompt(self) -> str:
+        """The prompt with the lowest training loss."""
+        return self.best.prompt
+
+    def candidate(self, candidate_id: str) -> Candidate:
+        """Look up a candidate by id."""
+        for c in self.candidates:
+            if c.id == candidate_id:
+                return c
+        raise KeyError(candidate_id)

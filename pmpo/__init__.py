@@ -1,0 +1,1 @@
+"""PMPO (public API assembled once the modules land)."""

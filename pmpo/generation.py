@@ -1,0 +1,120 @@
+"""Text generation for the rewrite step: sampled variants (paper: n = 4 per request) and batched greedy decoding.
+
+PMPO never samples to *select* prompts (selection is by loss); generation is only used to propose rewrites
+(sampling) and to mark prompt units or produce answers for evaluation (greedy). Inputs are already-rendered
+texts (e.g. from `pmpo.prompting.chat_request`), so they are tokenized without adding special tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import GenerationConfig
+
+from pmpo.models import LoadedModel
+
+# End-of-turn markers of common chat templates; generation stops at whichever the tokenizer knows,
+# because some models' generation config names only the end-of-document token as eos.
+_END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
+
+
+def sample(
+    lm: LoadedModel,
+    text: str,
+    n: int,
+    *,
+    seed: int,
+    max_new_tokens: int = 200,
+    temperature: float = 0.8,
+    top_p: float = 0.95,
+) -> list[str]:
+    """n sampled continuations of `text`; the same seed gives the same outputs, global RNG untouched."""
+    if n < 1:
+        return []
+    ids = _encode(lm, text)  # [1, T]
+    config = _config(
+        lm, max_new_tokens, do_sample=True, temperature=temperature, top_p=top_p, num_return_sequences=n
+    )
+    devices = [lm.device] if lm.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), torch.inference_mode():
+        torch.manual_seed(seed)
+        out = lm.model.generate(
+            input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config
+        )  # [n, T + new]
+    return [_decode(lm, row[ids.shape[1] :].tolist()) for row in out]
+
+
+def greedy(lm: LoadedModel, texts: list[str], *, max_new_tokens: int = 32, batch_size: int = 16) -> list[str]:
+    """Greedy continuations of many texts, batched with left padding; equal to decoding each alone."""
+    encoded = [lm.tokenizer.encode(t, add_special_tokens=False) for t in texts]
+    # Batch similar lengths together so little compute is spent on padding; results go back in input order.
+    order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
+    results: list[str] = [""] * len(texts)
+    config = _config(lm, max_new_tokens, do_sample=False)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        ids, mask = _left_pad([encoded[i] for i in chunk], _pad_id(lm))  # [B, T] each
+        with torch.inference_mode():
+            out = lm.model.generate(
+                input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), generation_config=config
+            )  # [B, T + new]
+        for i, row in zip(chunk, out):
+            results[i] = _decode(lm, row[ids.shape[1] :].tolist())
+    return results
+
+
+def stop_token_ids(lm: LoadedModel) -> list[int]:
+    """Token ids that end a reply: the model's eos and any end-of-turn marker its tokenizer knows."""
+    ids: set[int] = set()
+    for source in (lm.model.generation_config.eos_token_id, lm.tokenizer.eos_token_id):
+        if isinstance(source, int):
+            ids.add(source)
+        elif source:
+            ids.update(source)
+    vocab = lm.tokenizer.get_vocab()
+    ids.update(vocab[token] for token in _END_OF_TURN if token in vocab)
+    return sorted(ids)
+
+
+def _config(lm: LoadedModel, max_new_tokens: int, **kwargs: Any) -> GenerationConfig:
+    # A fresh config rather than the model's own: its sampling defaults (temperature, top_k) would
+    # otherwise leak into greedy runs and trigger "flag is ignored" warnings; top_k=0 leaves top_p in charge.
+    extra = {"top_k": 0} if kwargs.get("do_sample") else {}
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        eos_token_id=stop_token_ids(lm),
+        pad_token_id=_pad_id(lm),
+        bos_token_id=lm.tokenizer.bos_token_id,
+        **extra,
+        **kwargs,
+    )
+
+
+def _pad_id(lm: LoadedModel) -> int:
+    pad = lm.tokenizer.pad_token_id
+    return pad if pad is not None else stop_token_ids(lm)[0]
+
+
+def _encode(lm: LoadedModel, text: str) -> torch.Tensor:
+    ids = lm.tokenizer.encode(text, add_special_tokens=False)
+    return torch.tensor([ids], dtype=torch.long, device=lm.device)
+
+
+def _left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left padding keeps every sequence's last token at the end, where generation continues."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        if seq:
+            ids[row, width - len(seq) :] = torch.tensor(seq)
+            mask[row, width - len(seq) :] = 1
+    return ids, mask
+
+
+def _decode(lm: LoadedModel, new_ids: list[int]) -> str:
+    """Decode up to the first stop token (finished rows are padded after it), without special tokens."""
+    stops = set(stop_token_ids(lm))
+    end = next((i for i, tok in enumerate(new_ids) if tok in stops), len(new_ids))
+    return lm.tokenizer.decode(new_ids[:end], skip_special_tokens=True)

@@ -1,0 +1,62 @@
+"""Shared fixtures: a tiny random model (fast, no signal) and the real bundled SmolLM2 (slow, real signal)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("DO_NOT_TRACK", "true")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def build_tiny_model(directory: Path) -> Path:
+    """Save a randomly initialised 2-layer Llama with SmolLM2's tokenizer and chat template."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from pmpo.bundled import bundled_checkpoint
+
+    source, _ = bundled_checkpoint()
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A directory holding the tiny random model (usable as a model spec)."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tiny_model_dir):
+    """The tiny random model, loaded in fp32."""
+    from pmpo.models import ModelSettings, load_model
+
+    return load_model(ModelSettings(spec=str(tiny_model_dir), dtype="float32"))
+
+
+@pytest.fixture(scope="session")
+def real_lm():
+    """The bundled SmolLM2-135M-Instruct in fp32 (tests of the method itself)."""
+    from pmpo.models import ModelSettings, load_model
+
+    return load_model(ModelSettings(dtype="float32"))

@@ -42,7 +42,8 @@ def sample(
         out = lm.model.generate(
             input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config
         )  # [n, T + new]
-    return [_decode(lm, row[ids.shape[1] :].tolist()) for row in out]
+    stops = set(config.eos_token_id)
+    return [_decode(lm, row[ids.shape[1] :].tolist(), stops) for row in out]
 
 
 def greedy(lm: LoadedModel, texts: list[str], *, max_new_tokens: int = 32, batch_size: int = 16) -> list[str]:
@@ -52,15 +53,16 @@ def greedy(lm: LoadedModel, texts: list[str], *, max_new_tokens: int = 32, batch
     order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
     results: list[str] = [""] * len(texts)
     config = _config(lm, max_new_tokens, do_sample=False)
+    stops = set(config.eos_token_id)
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        ids, mask = _left_pad([encoded[i] for i in chunk], _pad_id(lm))  # [B, T] each
+        ids, mask = _left_pad([encoded[i] for i in chunk], config.pad_token_id)  # [B, T] each
         with torch.inference_mode():
             out = lm.model.generate(
                 input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), generation_config=config
             )  # [B, T + new]
         for i, row in zip(chunk, out):
-            results[i] = _decode(lm, row[ids.shape[1] :].tolist())
+            results[i] = _decode(lm, row[ids.shape[1] :].tolist(), stops)
     return results
 
 
@@ -81,19 +83,20 @@ def _config(lm: LoadedModel, max_new_tokens: int, **kwargs: Any) -> GenerationCo
     # A fresh config rather than the model's own: its sampling defaults (temperature, top_k) would
     # otherwise leak into greedy runs and trigger "flag is ignored" warnings; top_k=0 leaves top_p in charge.
     extra = {"top_k": 0} if kwargs.get("do_sample") else {}
+    stops = stop_token_ids(lm)
     return GenerationConfig(
         max_new_tokens=max_new_tokens,
-        eos_token_id=stop_token_ids(lm),
-        pad_token_id=_pad_id(lm),
+        eos_token_id=stops,
+        pad_token_id=_pad_id(lm, stops),
         bos_token_id=lm.tokenizer.bos_token_id,
         **extra,
         **kwargs,
     )
 
 
-def _pad_id(lm: LoadedModel) -> int:
+def _pad_id(lm: LoadedModel, stops: list[int]) -> int:
     pad = lm.tokenizer.pad_token_id
-    return pad if pad is not None else stop_token_ids(lm)[0]
+    return pad if pad is not None else stops[0]
 
 
 def _encode(lm: LoadedModel, text: str) -> torch.Tensor:
@@ -113,8 +116,7 @@ def _left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
     return ids, mask
 
 
-def _decode(lm: LoadedModel, new_ids: list[int]) -> str:
+def _decode(lm: LoadedModel, new_ids: list[int], stops: set[int]) -> str:
     """Decode up to the first stop token (finished rows are padded after it), without special tokens."""
-    stops = set(stop_token_ids(lm))
     end = next((i for i, tok in enumerate(new_ids) if tok in stops), len(new_ids))
     return lm.tokenizer.decode(new_ids[:end], skip_special_tokens=True)

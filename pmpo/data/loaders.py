@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -26,7 +26,14 @@ from pmpo.errors import DataError
 __all__ = ["ColumnMap", "Kind", "load_dataset", "infer_format", "FORMATS"]
 
 FORMATS = ("jsonl", "json", "bigbench", "csv", "tsv", "parquet", "hub")
-_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
+_SUFFIXES = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "json",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".parquet": "parquet",
+}
 BUILTIN_PREFIX = "builtin:"
 
 
@@ -39,6 +46,7 @@ class _Rows:
     name: str
     description: str = ""
     default_prompt: str = ""
+    text_lists: bool = False  # no list type in the format (CSV): list cells hold JSON lists
 
 
 def load_dataset(
@@ -71,7 +79,7 @@ def load_dataset(
     rows = raw.rows[:limit] if limit else raw.rows
     if not rows:
         raise DataError(f"{raw.origin} holds no examples")
-    examples = to_examples(rows, columns or ColumnMap(), kind, raw.origin)
+    examples = to_examples(rows, columns or ColumnMap(), kind, raw.origin, text_lists=raw.text_lists)
     return Dataset(
         name=name or raw.name,
         examples=tuple(examples),
@@ -142,7 +150,7 @@ def _read_csv(path: Path, delimiter: str = ",") -> _Rows:
         table = pacsv.read_csv(path, parse_options=parse, convert_options=convert)
     except pa.ArrowInvalid as err:
         raise DataError(f"{path}: not a valid CSV file ({err})") from err
-    return _with_meta(path, _Rows(origin=str(path), rows=table.to_pylist(), name=path.stem))
+    return _with_meta(path, _Rows(origin=str(path), rows=table.to_pylist(), name=path.stem, text_lists=True))
 
 
 def _read_parquet(path: Path) -> _Rows:
@@ -172,7 +180,8 @@ def _read_hub(source: str, config: str | None, split: str | None, limit: int | N
     try:
         loaded = _hf_load(source, config, split=split)
     except (ValueError, OSError) as err:  # datasets' errors: not found, offline, unknown config or split
-        hint = "" if Path(source).exists() else " (it is not a local file either: check the path and suffix)"
+        suffixes = ", ".join(_SUFFIXES)
+        hint = "" if Path(source).exists() else f" (nor is it a local file: a data file needs a suffix {suffixes})"
         raise DataError(f"cannot load {where}{hint}: {err}") from err
     if split is None:
         if len(loaded) != 1:
@@ -195,12 +204,16 @@ def _hf_load(*args: Any, **kwargs: Any) -> Any:
 
 @contextlib.contextmanager
 def _quiet_datasets(datasets: Any) -> Iterator[None]:
-    # Progress bars for a local file of a few hundred rows are noise in a CLI; restore the user's setting.
+    # Progress bars for a local file of a few hundred rows are noise in a CLI, and so is the parser's own log
+    # line for a file we diagnose ourselves (see _jsonl_error). Restore the user's settings afterwards.
     was_disabled = datasets.utils.are_progress_bars_disabled()
+    verbosity = datasets.logging.get_verbosity()
     datasets.disable_progress_bars()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
     try:
         yield
     finally:
+        datasets.logging.set_verbosity(verbosity)
         if not was_disabled:
             datasets.enable_progress_bars()
 
@@ -244,9 +257,8 @@ def _with_meta(path: Path, raw: _Rows) -> _Rows:
 
 
 def _from_meta(meta: dict[str, Any], raw: _Rows) -> _Rows:
-    return _Rows(
-        origin=raw.origin,
-        rows=raw.rows,
+    return replace(
+        raw,
         name=str(meta.get("name") or raw.name),
         description=str(meta.get("description") or "").strip(),
         # BIG-bench prefixes end in blank lines meant to sit before the input; the prompt renderer adds its own.

@@ -1,1 +1,59 @@
-"""PMPO (public API assembled once the modules land)."""
+"""PMPO: prompt optimisation by the model's own token-level loss on reference outputs.
+
+    import pmpo
+    data = pmpo.load_dataset("builtin:sentiment")
+    split = pmpo.split_dataset(data, seed=0)
+    result = pmpo.optimize("Read the text.", split.train, iterations=2)
+    print(result.initial.loss, "->", result.best.loss, result.best_prompt)
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from pmpo.data import (
+    ColumnMap,
+    Dataset,
+    MultipleChoice,
+    Preference,
+    Split,
+    Supervised,
+    demo_task,
+    load_dataset,
+    split_dataset,
+)
+from pmpo.evaluate import Evaluation, evaluate
+from pmpo.loss import LossMatrix, Scorer, ScorerSettings
+from pmpo.models import DEFAULT_MODEL, LoadedModel, ModelSettings, load_model
+from pmpo.optimizer import PMPO, OnCandidate, OnIteration, OptimizerConfig
+from pmpo.result import Candidate, Iteration, OptimizeResult, SegmentEffect
+from pmpo.rewrite import RewriteSettings
+
+__all__ = [
+    "PMPO", "Candidate", "ColumnMap", "Dataset", "Evaluation", "Iteration", "LoadedModel", "LossMatrix",
+    "ModelSettings", "MultipleChoice", "OptimizeResult", "OptimizerConfig", "Preference", "RewriteSettings",
+    "Scorer", "ScorerSettings", "SegmentEffect", "Split", "Supervised", "DEFAULT_MODEL", "demo_task",
+    "evaluate", "load_dataset", "load_model", "optimize", "split_dataset",
+]
+
+
+def optimize(
+    prompt: str,
+    train: Dataset,
+    model: LoadedModel | ModelSettings | str = DEFAULT_MODEL,
+    *,
+    config: OptimizerConfig = OptimizerConfig(),
+    scorer_settings: ScorerSettings = ScorerSettings(),
+    iterations: int | None = None,
+    seed: int | None = None,
+    on_candidate: OnCandidate | None = None,
+    on_iteration: OnIteration | None = None,
+) -> OptimizeResult:
+    """Optimise `prompt` for `model` on the training examples; returns every candidate and the best."""
+    lm = model if isinstance(model, LoadedModel) else load_model(model)
+    if iterations is not None:
+        config = replace(config, iterations=iterations)
+    if seed is not None:
+        config = replace(config, seed=seed)
+    optimizer = PMPO(lm, config, Scorer(lm, scorer_settings), on_candidate=on_candidate, on_iteration=on_iteration)
+    return optimizer.optimize(prompt, train)

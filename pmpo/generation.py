@@ -7,10 +7,10 @@ texts (e.g. from `pmpo.prompting.chat_request`), so they are tokenized without a
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
-from transformers import GenerationConfig
+from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
 from pmpo.models import LoadedModel
 
@@ -28,19 +28,25 @@ def sample(
     max_new_tokens: int = 200,
     temperature: float = 0.8,
     top_p: float = 0.95,
+    stop: Sequence[str] = (),
 ) -> list[str]:
-    """n sampled continuations of `text`; the same seed gives the same outputs, global RNG untouched."""
+    """n sampled continuations of `text`; the same seed gives the same outputs, global RNG untouched.
+
+    A sequence also ends once its text, leading whitespace aside, contains one of the `stop` strings (it
+    stays in the output): this only saves time, since callers parse the text anyway.
+    """
     if n < 1:
         return []
     ids = _encode(lm, text)  # [1, T]
     config = _config(
         lm, max_new_tokens, do_sample=True, temperature=temperature, top_p=top_p, num_return_sequences=n
     )
+    criteria = StoppingCriteriaList([_StopAfterText(lm.tokenizer, ids.shape[1], stop)] if stop else [])
     devices = [lm.device] if lm.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), torch.inference_mode():
         torch.manual_seed(seed)
         out = lm.model.generate(
-            input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config
+            input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config, stopping_criteria=criteria
         )  # [n, T + new]
     stops = set(config.eos_token_id)
     return [_decode(lm, row[ids.shape[1] :].tolist(), stops) for row in out]
@@ -77,6 +83,22 @@ def stop_token_ids(lm: LoadedModel) -> list[int]:
     vocab = lm.tokenizer.get_vocab()
     ids.update(vocab[token] for token in _END_OF_TURN if token in vocab)
     return sorted(ids)
+
+
+class _StopAfterText(StoppingCriteria):
+    """Ends a row once its new text contains a stop string after some non-space text.
+
+    transformers' own `stop_strings` would also fire on a stop string the reply merely starts with
+    (a small model often opens with a blank line).
+    """
+
+    def __init__(self, tokenizer: Any, prompt_len: int, stops: Sequence[str]):
+        self.tokenizer, self.prompt_len, self.stops = tokenizer, prompt_len, tuple(stops)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_len :], skip_special_tokens=True)
+        done = [any(s in t.lstrip() for s in self.stops) for t in texts]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)  # [B]
 
 
 def _config(lm: LoadedModel, max_new_tokens: int, **kwargs: Any) -> GenerationConfig:

@@ -1,24 +1,28 @@
 """The PMPO loop: mask segments, rewrite on hard examples, keep a variant only when its loss is lower.
 
-Each step is a plain function so that the Prefect flow can run (and cache) them one by one;
-`PMPO.optimize` chains them for library users.
+The loop exists once, in `PMPO.optimize`. The work it delegates (scoring, segment masking, rewriting,
+selection) goes through a small `Steps` protocol: `LocalSteps` runs it in this process; the Prefect flow
+passes steps that run the same functions as cached tasks. Same seed, same steps, same candidates.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Sequence
+from typing import Callable, Literal, Protocol, Sequence
+
+import numpy as np
 
 from pmpo.data.examples import Dataset
-from pmpo.loss import Scorer
+from pmpo.loss import LossMatrix, Scorer
 from pmpo.models import LoadedModel
 from pmpo.result import Candidate, Iteration, OptimizeResult, Origin, SegmentEffect
 from pmpo.rewrite import RewriteSettings, hard_examples, propose
-from pmpo.segments import masking_analysis, model_units, split_units, without_unit
+from pmpo.segments import masking_analysis, model_units, split_units, unit_separator, without_unit
 
 OnCandidate = Callable[[Candidate], None]
 OnIteration = Callable[[Iteration], None]
+Rewrites = tuple[list[str], dict[str, int]]  # kept variants, rejections by reason
 
 
 @dataclass(frozen=True)
@@ -46,11 +50,10 @@ def rewrite_seed(seed: int, iteration: int, rank: int) -> int:
     return int(hashlib.sha256(f"{seed}:{iteration}:{rank}".encode()).hexdigest()[:8], 16)
 
 
-def score_candidates(
-    scorer: Scorer, prompts: Sequence[str], train: Dataset, *, origin: Origin, parent_id: str | None, iteration: int
+def candidates_from(
+    matrix: LossMatrix, prompts: Sequence[str], origins: Sequence[Origin], *, parent_id: str | None, iteration: int
 ) -> list[Candidate]:
-    """Score prompts on the whole training set and wrap them as candidates."""
-    matrix = scorer.loss_matrix(list(prompts), train.examples)
+    """Wrap prompts scored on the whole training set as candidates."""
     losses, per_token = matrix.prompt_loss(), matrix.prompt_loss_per_token()
     return [
         Candidate(
@@ -61,10 +64,18 @@ def score_candidates(
             prompt=p,
             loss=float(losses[i]),
             loss_per_token=float(per_token[i]),
-            n_examples=len(train),
+            n_examples=matrix.loss.shape[1],
         )
-        for i, p in enumerate(prompts)
+        for i, (p, origin) in enumerate(zip(prompts, origins))
     ]
+
+
+def score_candidates(
+    scorer: Scorer, prompts: Sequence[str], train: Dataset, *, origin: Origin, parent_id: str | None, iteration: int
+) -> list[Candidate]:
+    """Score prompts on the whole training set and wrap them as candidates."""
+    matrix = scorer.loss_matrix(list(prompts), train.examples)
+    return candidates_from(matrix, prompts, [origin] * len(prompts), parent_id=parent_id, iteration=iteration)
 
 
 def prompt_units(lm: LoadedModel, prompt: str, config: OptimizerConfig, iteration: int) -> list[str]:
@@ -74,18 +85,23 @@ def prompt_units(lm: LoadedModel, prompt: str, config: OptimizerConfig, iteratio
     return split_units(prompt, max_units=config.max_units)
 
 
-def segment_effects(scorer: Scorer, prompt_loss: float, units: list[str], train: Dataset) -> tuple[SegmentEffect, ...]:
+def segment_effects(
+    scorer: Scorer, prompt_loss: float, units: list[str], train: Dataset, *, separator: str
+) -> tuple[SegmentEffect, ...]:
     """dL_j = L(prompt without unit j) - L(prompt) for every unit."""
     if len(units) < 2:  # removing the only unit leaves no prompt: nothing to learn from it
         return ()
     return masking_analysis(
-        lambda prompts: scorer.loss_matrix(prompts, train.examples).prompt_loss().tolist(), prompt_loss, units
+        lambda prompts: scorer.loss_matrix(prompts, train.examples).prompt_loss().tolist(),
+        prompt_loss,
+        units,
+        separator,
     )
 
 
-def removal_prompts(units: list[str], effects: Sequence[SegmentEffect]) -> list[str]:
+def removal_prompts(units: list[str], effects: Sequence[SegmentEffect], separator: str) -> list[str]:
     """Prompts without each unit that hurts (dL < 0)."""
-    return [without_unit(units, e.index) for e in effects if e.delta_loss < 0]
+    return [without_unit(units, e.index, separator) for e in effects if e.delta_loss < 0]
 
 
 def rewrite_prompts(
@@ -96,8 +112,8 @@ def rewrite_prompts(
     effects: Sequence[SegmentEffect],
     config: OptimizerConfig,
     iteration: int,
-    seen: set[str],
-) -> tuple[list[str], dict[str, int]]:
+    seen: set[str] | frozenset[str],
+) -> Rewrites:
     """One rewrite request per hard example, n variants each; returns kept variants and rejections by reason."""
     variants: list[str] = []
     rejected: dict[str, int] = {}
@@ -110,7 +126,7 @@ def rewrite_prompts(
             task_description=train.description,
             settings=config.rewrite,
             seed=rewrite_seed(config.seed, iteration, rank),
-            seen=seen | set(variants),
+            seen=set(seen) | set(variants),
         )
         variants.extend(proposal.variants)
         for reason, count in proposal.rejected.items():
@@ -124,32 +140,105 @@ def select(incumbent: Candidate, candidates: Sequence[Candidate]) -> Candidate:
     return best if best is not None and best.loss < incumbent.loss else incumbent
 
 
+class Steps(Protocol):
+    """The work the loop delegates; where it runs (this process, cached Prefect tasks) is the steps' business."""
+
+    model_identity: str
+
+    def losses(self, prompts: Sequence[str], train: Dataset, iteration: int) -> LossMatrix:
+        """Per-example losses of `prompts` on the training set."""
+        ...
+
+    def segments(
+        self, prompt: str, prompt_loss: float, train: Dataset, iteration: int
+    ) -> tuple[list[str], tuple[SegmentEffect, ...]]:
+        """The removable units of `prompt` and the loss change when each is masked out."""
+        ...
+
+    def rewrites(
+        self,
+        incumbent: str,
+        train: Dataset,
+        hard: Sequence[int],
+        effects: Sequence[SegmentEffect],
+        iteration: int,
+        seen: frozenset[str],
+    ) -> Rewrites:
+        """Rewrite variants of `incumbent` proposed on the hard examples, and rejections by reason."""
+        ...
+
+    def select(self, incumbent: Candidate, candidates: Sequence[Candidate], iteration: int) -> Candidate:
+        """The new incumbent."""
+        ...
+
+
+class LocalSteps:
+    """Steps run in this process, with one scorer (its memo spares re-scoring a prompt seen before)."""
+
+    def __init__(self, lm: LoadedModel, config: OptimizerConfig, scorer: Scorer | None = None):
+        self.lm, self.config = lm, config
+        self.scorer = scorer or Scorer(lm)
+        self.model_identity = lm.identity
+
+    def losses(self, prompts: Sequence[str], train: Dataset, iteration: int) -> LossMatrix:
+        """Per-example losses of `prompts` on the training set."""
+        return self.scorer.loss_matrix(list(prompts), train.examples)
+
+    def segments(
+        self, prompt: str, prompt_loss: float, train: Dataset, iteration: int
+    ) -> tuple[list[str], tuple[SegmentEffect, ...]]:
+        """The removable units of `prompt` and the loss change when each is masked out."""
+        units = prompt_units(self.lm, prompt, self.config, iteration)
+        return units, segment_effects(self.scorer, prompt_loss, units, train, separator=unit_separator(prompt))
+
+    def rewrites(
+        self,
+        incumbent: str,
+        train: Dataset,
+        hard: Sequence[int],
+        effects: Sequence[SegmentEffect],
+        iteration: int,
+        seen: frozenset[str],
+    ) -> Rewrites:
+        """Rewrite variants of `incumbent` proposed on the hard examples, and rejections by reason."""
+        return rewrite_prompts(self.lm, incumbent, train, hard, effects, self.config, iteration, seen)
+
+    def select(self, incumbent: Candidate, candidates: Sequence[Candidate], iteration: int) -> Candidate:
+        """The new incumbent."""
+        return select(incumbent, candidates)
+
+
 class PMPO:
-    """The optimizer: settings and model in the constructor, prompt and data in `optimize`."""
+    """The optimizer: settings and model (or steps) in the constructor, prompt and data in `optimize`."""
 
     def __init__(
         self,
-        lm: LoadedModel,
+        lm: LoadedModel | None = None,
         config: OptimizerConfig = OptimizerConfig(),
         scorer: Scorer | None = None,
         on_candidate: OnCandidate | None = None,
         on_iteration: OnIteration | None = None,
+        *,
+        steps: Steps | None = None,
     ):
-        self.lm = lm
+        if steps is None and lm is None:
+            raise TypeError("PMPO needs a loaded model or steps to run")
         self.config = config
-        self.scorer = scorer or Scorer(lm)
+        self.steps: Steps = steps or LocalSteps(lm, config, scorer)
         self.on_candidate = on_candidate or (lambda c: None)
         self.on_iteration = on_iteration or (lambda it: None)
 
     def optimize(self, prompt: str, train: Dataset) -> OptimizeResult:
         """Run T iterations from `prompt` on the training set."""
-        initial = score_candidates(self.scorer, [prompt], train, origin="initial", parent_id=None, iteration=0)[0]
+        matrix = self.steps.losses([prompt], train, 0)
+        initial = candidates_from(matrix, [prompt], ["initial"], parent_id=None, iteration=0)[0]
         self.on_candidate(initial)
         candidates = {initial.id: initial}
+        rows = {initial.id: matrix.loss[0]}  # per-example losses of every candidate: hard examples come from here
         incumbent = initial
         iterations = []
         for t in range(1, self.config.iterations + 1):
-            record, new = self._iteration(t, incumbent, train, candidates)
+            record, new = self._iteration(t, incumbent, train, candidates, rows)
             for c in new:
                 candidates[c.id] = c
                 self.on_candidate(c)
@@ -161,24 +250,29 @@ class PMPO:
             iterations=tuple(iterations),
             initial=initial,
             best=incumbent,
-            model_identity=self.lm.identity,
+            model_identity=self.steps.model_identity,
             dataset_fingerprint=train.fingerprint,
             seed=self.config.seed,
         )
 
     def _iteration(
-        self, t: int, incumbent: Candidate, train: Dataset, known: dict[str, Candidate]
+        self, t: int, incumbent: Candidate, train: Dataset, known: dict[str, Candidate], rows: dict[str, np.ndarray]
     ) -> tuple[Iteration, list[Candidate]]:
-        row_losses = self.scorer.loss_matrix([incumbent.prompt], train.examples).loss[0]  # memoised
-        hard = hard_examples(row_losses.tolist(), self.config.rewrite.hard_k)
-        units = prompt_units(self.lm, incumbent.prompt, self.config, t)
-        effects = segment_effects(self.scorer, incumbent.loss, units, train)
-        seen = {c.prompt for c in known.values()}
-        removals = [p for p in removal_prompts(units, effects) if p and p not in seen] if self.config.segment_removal else []
-        rewrites, rejected = rewrite_prompts(self.lm, incumbent.prompt, train, hard, effects, self.config, t, seen | set(removals))
-        new = score_candidates(self.scorer, removals, train, origin="segment_removal", parent_id=incumbent.id, iteration=t)
-        new += score_candidates(self.scorer, rewrites, train, origin="rewrite", parent_id=incumbent.id, iteration=t)
-        winner = select(incumbent, new)
+        hard = hard_examples(rows[incumbent.id].tolist(), self.config.rewrite.hard_k)
+        units, effects = self.steps.segments(incumbent.prompt, incumbent.loss, train, t)
+        seen = frozenset(c.prompt for c in known.values())
+        removals = []
+        if self.config.segment_removal:
+            removals = list(dict.fromkeys(p for p in removal_prompts(units, effects, unit_separator(incumbent.prompt)) if p and p not in seen))
+        rewrites, rejected = self.steps.rewrites(incumbent.prompt, train, hard, effects, t, seen | set(removals))
+        prompts = removals + rewrites
+        new: list[Candidate] = []
+        if prompts:  # one batch: removals and rewrites are scored together
+            matrix = self.steps.losses(prompts, train, t)
+            origins: list[Origin] = ["segment_removal"] * len(removals) + ["rewrite"] * len(rewrites)
+            new = candidates_from(matrix, prompts, origins, parent_id=incumbent.id, iteration=t)
+            rows.update((c.id, matrix.loss[i]) for i, c in enumerate(new))
+        winner = self.steps.select(incumbent, new, t)
         record = Iteration(
             iteration=t,
             incumbent_id=winner.id,
@@ -188,6 +282,6 @@ class PMPO:
             rejected=rejected,
             segments=effects,
             hard_examples=tuple(hard),
-            improved=winner is not incumbent,
+            improved=winner.id != incumbent.id,  # by id: a cached step returns a copy
         )
         return record, new

@@ -1,0 +1,316 @@
+"""Rewrite proposal (the paper's steps 3 and 4): pick the hard examples (the k = 3 highest-loss training
+examples under the current prompt), and for each one ask the rewriter model for n = 4 sampled variants.
+
+The request shows the task description, the hard example with its expected answer, the masking table
+(see `pmpo.segments`), the current prompt and edit strategies; each variant comes back inside
+`<prompt>...</prompt>`. Two templates: FULL, close to the paper's, for capable models, and SHORT, a
+fill-in form for small models that cannot follow a long request: it ends inside an opened `<prompt>`
+tag so the model only has to write the new instruction. Replies are parsed defensively and the unusable
+ones are counted by reason.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Collection, Literal, Sequence
+
+from pmpo.data.examples import Example, MultipleChoice, Preference, Supervised
+from pmpo.errors import RewriteParseError
+from pmpo.generation import sample
+from pmpo.models import LoadedModel
+from pmpo.prompting import chat_request
+from pmpo.result import SegmentEffect
+from pmpo.segments import masking_table, verdict
+
+Template = Literal["auto", "full", "short"]
+REJECT_REASONS = ("no_tags", "empty", "unchanged", "duplicate", "too_long")
+
+# Long example texts are cut in the request: the rewriter needs the gist of the example, and a small
+# model's attention (and context) is better spent on the instruction it is rewriting.
+_MAX_EXAMPLE_CHARS = 1200
+_MAX_ANSWER_CHARS = 400
+
+
+@dataclass(frozen=True)
+class RewriteSettings:
+    """How rewrite requests are built and sampled."""
+
+    hard_k: int = 3  # the paper: one request for each of the 3 highest-loss examples
+    n_variants: int = 4  # the paper: 4 sampled variants per request
+    # auto: SHORT below `small_model_params`, else FULL.
+    template: Template = "auto"
+    # Below ~1B parameters models lose track of a long multi-part request and echo it back; the short
+    # fill-in form keeps them on task.
+    small_model_params: int = 1_000_000_000
+    max_new_tokens: int = 160  # a good instruction is a few sentences; more is usually rambling
+    temperature: float = 0.8  # diverse variants, still mostly on topic
+    top_p: float = 0.95  # cuts the long tail of junk tokens a small model samples at this temperature
+    # Variants longer than this are dropped: they are almost always a model that never closed the tag
+    # and ran on, and long prompts cost scoring time on every example.
+    max_prompt_chars: int = 1500
+    # The SHORT form goes to the model as plain text to continue, not as a chat turn: measured on
+    # SmolLM2-135M-Instruct, as a chat turn it mostly answered the example or echoed the request, while as
+    # a completion nearly every reply was a one-line instruction closed with </prompt>.
+    short_as_completion: bool = True
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """The variants one rewrite request produced, and how many replies were dropped, by reason."""
+
+    variants: tuple[str, ...]
+    rejected: dict[str, int]  # every reason in REJECT_REASONS, zero counts included
+    request: str  # the request message (before any chat template)
+
+
+FULL_TEMPLATE = """\
+You are improving the instruction (system prompt) that a language model follows for a task.
+
+Task: {task_description}
+
+Current instruction:
+{prompt}
+
+An example the model finds hard under this instruction:
+{example}
+
+Effect of each part of the current instruction. dL is the model's loss on the expected answers without \
+the part minus with it: positive means the part helps, negative means it hurts or is redundant.
+{table}
+
+Ways to improve the instruction:
+- Clarify the output format: say exactly what the answer looks like.
+- Remove or rewrite the parts that hurt (negative dL); keep the parts that help.
+- Add a missing constraint or piece of knowledge that the hard example shows is needed.
+- Be concise: a short, direct instruction usually works best.
+
+Write one improved instruction. It must work for every input of the task, not only this example, so do \
+not copy the example or its answer into it. Reply with the new instruction inside <prompt></prompt> tags \
+and nothing else."""
+
+# A few-shot fill-in form: the demonstrations carry the edit strategies (say the output format, drop the
+# weak part, reason step by step) because a small model copies a pattern far better than it follows a
+# list of advice. Their tasks are unlike the usual benchmark tasks so that copying them verbatim is rare.
+SHORT_TEMPLATE = """\
+Improve the instruction for each task.
+
+Task: Translate an English word into French.
+Example: dog
+Correct answer: chien
+Old instruction: Translate. Think hard.
+Good part: "Translate."
+Weak part: "Think hard."
+New instruction: <prompt>Translate the English word into French. Reply with the French word only.</prompt>
+
+Task: Decide whether a statement about animals is true.
+Example: Cats can fly.
+Correct answer: false
+Old instruction: Is it right?
+Weak part: "Is it right?"
+New instruction: <prompt>Decide whether the statement is true or false. Answer with one word: true or false.</prompt>
+
+Task: Solve short arithmetic word problems.
+Example: Tom has 3 apples and buys 4 more. How many apples does he have?
+Correct answer: 7
+Old instruction: Answer.
+New instruction: <prompt>Solve the word problem step by step, then give the final answer as a number.</prompt>
+
+Task: {task_description}
+Example: {example}
+Old instruction: {prompt}
+{hints}New instruction: <prompt>"""
+
+
+def choose_template(setting: str, n_params: int, small_model_params: int) -> str:
+    """"full" or "short": the setting itself, or by model size when it is "auto"."""
+    if setting in ("full", "short"):
+        return setting
+    if setting != "auto":
+        raise ValueError(f"rewrite template must be auto, full or short, not {setting!r}")
+    return "short" if n_params < small_model_params else "full"
+
+
+def hard_examples(example_losses: Sequence[float], k: int) -> list[int]:
+    """Indices of the k highest-loss examples, highest first; ties go to the lower index."""
+    order = sorted(range(len(example_losses)), key=lambda i: (-float(example_losses[i]), i))
+    return order[: max(k, 0)]
+
+
+def expected_answer(example: Example) -> str:
+    """The output the prompt should lead the model to: the target, or the chosen output."""
+    if isinstance(example, (Supervised, MultipleChoice)):
+        return example.target
+    if isinstance(example, Preference):
+        return example.chosen
+    raise TypeError(f"not an example: {example!r}")
+
+
+def build_request(
+    template: str,
+    *,
+    task_description: str,
+    example: Example,
+    prompt: str,
+    effects: Sequence[SegmentEffect],
+) -> str:
+    """The rewrite request message for one hard example, in the FULL or SHORT template."""
+    task = task_description.strip() or "(no description given; infer it from the example)"
+    if template == "full":
+        return FULL_TEMPLATE.format(
+            task_description=task,
+            prompt=prompt.strip() or "(empty)",
+            example=_example_block(example),
+            table=masking_table(effects),
+        )
+    if template == "short":
+        return SHORT_TEMPLATE.format(
+            task_description=task,
+            example=_example_line(example),
+            prompt=" ".join(prompt.split()) or "(empty)",
+            hints=_short_hints(effects),  # ends in a newline when not empty
+        )
+    raise ValueError(f"rewrite template must be full or short, not {template!r}")
+
+
+def parse_prompt(reply: str, *, opened: bool = False) -> str:
+    """The text of the first non-empty <prompt>...</prompt> block (closing tag optional at the end).
+
+    With `opened` (the SHORT form, whose request ends in an opening tag) the reply is the first line of
+    text up to `</prompt>` (a repeated opening tag is skipped): the form asks for a one-line instruction,
+    and a small model that goes on to a second line is writing the next form entry, not the prompt.
+    """
+    if opened:
+        body = _CLOSE.split(_LEADING_OPEN.sub("", reply), maxsplit=1)[0]
+        return _clean(body.strip().split("\n", 1)[0])
+    blocks = _OPEN.split(reply)[1:]
+    if not blocks:
+        start = " ".join(reply.split())[:80]
+        raise RewriteParseError(f"the rewriter's reply has no <prompt> tag; it starts: {start!r}")
+    bodies = [_clean(_CLOSE.split(block, maxsplit=1)[0]) for block in blocks]
+    return next((b for b in bodies if b), "")
+
+
+def filter_variants(
+    replies: Sequence[str],
+    *,
+    current: str,
+    seen: Collection[str],
+    max_chars: int,
+    opened: bool,
+) -> tuple[list[str], dict[str, int]]:
+    """Parse replies and keep the new, usable prompts; count the dropped ones by reason."""
+    rejected = dict.fromkeys(REJECT_REASONS, 0)
+    known = {_norm(s) for s in seen}
+    kept: list[str] = []
+    for reply in replies:
+        try:
+            text = parse_prompt(reply, opened=opened)
+        except RewriteParseError:
+            rejected["no_tags"] += 1
+            continue
+        reason = _reject_reason(text, current, known, max_chars)
+        if reason:
+            rejected[reason] += 1
+            continue
+        known.add(_norm(text))
+        kept.append(text)
+    return kept, rejected
+
+
+def propose(
+    lm: LoadedModel,
+    *,
+    prompt: str,
+    example: Example,
+    effects: Sequence[SegmentEffect],
+    task_description: str,
+    settings: RewriteSettings,
+    seed: int,
+    seen: Collection[str] = (),
+) -> Proposal:
+    """One rewrite request for one hard example, sampled `settings.n_variants` times, filtered."""
+    template = choose_template(settings.template, lm.n_params, settings.small_model_params)
+    message = build_request(
+        template, task_description=task_description, example=example, prompt=prompt, effects=effects
+    )
+    opened = template == "short"  # the SHORT form ends inside an opened <prompt> tag
+    if opened and settings.short_as_completion:
+        text = message
+    else:
+        text = chat_request(lm.tokenizer, message) + ("<prompt>" if opened else "")
+    replies = sample(
+        lm,
+        text,
+        settings.n_variants,
+        seed=seed,
+        max_new_tokens=settings.max_new_tokens,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        stop=("</prompt>", "\n") if opened else ("</prompt>",),  # where parsing would cut anyway
+    )
+    variants, rejected = filter_variants(
+        replies, current=prompt, seen=seen, max_chars=settings.max_prompt_chars, opened=opened
+    )
+    return Proposal(variants=tuple(variants), rejected=rejected, request=message)
+
+
+_OPEN = re.compile(r"<\s*prompt\s*>", re.IGNORECASE)
+_LEADING_OPEN = re.compile(r"^\s*<\s*prompt\s*>", re.IGNORECASE)
+_CLOSE = re.compile(r"<\s*/\s*prompt\s*>", re.IGNORECASE)
+_FENCE = re.compile(r"^```[\w-]*\s*\n?|\n?\s*```$")
+
+
+def _clean(body: str) -> str:
+    """Strip whitespace and a markdown fence around the prompt text."""
+    return _FENCE.sub("", body.strip()).strip()
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _reject_reason(text: str, current: str, known: set[str], max_chars: int) -> str | None:
+    if not text:
+        return "empty"
+    if _norm(text) == _norm(current):
+        return "unchanged"
+    if _norm(text) in known:
+        return "duplicate"
+    if len(text) > max_chars:
+        return "too_long"
+    return None
+
+
+def _clip(text: str, limit: int) -> str:
+    text = text.strip()
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _example_block(example: Example) -> str:
+    """The hard example for the FULL template: input, options, expected (and a rejected) answer."""
+    lines = [f"Input: {_clip(example.input, _MAX_EXAMPLE_CHARS)}"]
+    if isinstance(example, MultipleChoice):
+        lines.append("Options: " + " | ".join(_clip(o, _MAX_ANSWER_CHARS) for o in example.options))
+    lines.append(f"Expected answer: {_clip(expected_answer(example), _MAX_ANSWER_CHARS)}")
+    if isinstance(example, Preference) and example.rejected:
+        lines.append(f"A worse answer (should be avoided): {_clip(example.rejected[0], _MAX_ANSWER_CHARS)}")
+    return "\n".join(lines)
+
+
+def _example_line(example: Example) -> str:
+    """The hard example for the SHORT template, in as few words as possible."""
+    parts = [_clip(example.input, _MAX_EXAMPLE_CHARS)]
+    if isinstance(example, MultipleChoice):
+        parts.append("Options: " + ", ".join(_clip(o, _MAX_ANSWER_CHARS) for o in example.options))
+    parts.append(f"Correct answer: {_clip(expected_answer(example), _MAX_ANSWER_CHARS)}")
+    if isinstance(example, Preference) and example.rejected:
+        parts.append(f"Bad answer: {_clip(example.rejected[0], _MAX_ANSWER_CHARS)}")
+    return "\n".join(parts)
+
+
+def _short_hints(effects: Sequence[SegmentEffect]) -> str:
+    """The masking table boiled down to which parts to keep and which to drop or fix."""
+    keep = " ".join(f'"{_clip(e.text, 80)}"' for e in effects if verdict(e.delta_loss) == "helps")
+    drop = " ".join(f'"{_clip(e.text, 80)}"' for e in effects if verdict(e.delta_loss) == "hurts")
+    return (f"Good part: {keep}\n" if keep else "") + (f"Weak part: {drop}\n" if drop else "")

@@ -1,0 +1,184 @@
+"""Unit splitting, model-marked units and the masking analysis (no model, except model_units' plumbing)."""
+
+import pytest
+
+from pmpo.result import SegmentEffect
+from pmpo.segments import (
+    join_units,
+    masking_analysis,
+    masking_table,
+    model_units,
+    parse_marked_units,
+    segment,
+    split_sentences,
+    split_units,
+    unit_separator,
+    without_unit,
+)
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.split())
+
+
+def test_multi_line_prompt_splits_by_non_empty_lines():
+    prompt = "You are a grader.\n\n  Read the essay.\nReply with a grade from A to F."
+    assert split_units(prompt) == ["You are a grader.", "Read the essay.", "Reply with a grade from A to F."]
+    assert unit_separator(prompt) == "\n"
+
+
+def test_one_line_prompt_splits_by_sentences():
+    prompt = "Read the text. Is it positive? Answer now!"
+    assert split_units(prompt) == ["Read the text.", "Is it positive?", "Answer now!"]
+    assert unit_separator(prompt) == " "
+
+
+def test_abbreviations_and_decimals_do_not_end_sentences():
+    text = "Give a short label, e.g. Yes or No. Round to 3.5 units, i.e. One decimal. Ask Dr. Smith."
+    assert split_sentences(text) == [
+        "Give a short label, e.g. Yes or No.",
+        "Round to 3.5 units, i.e. One decimal.",
+        "Ask Dr. Smith.",
+    ]
+
+
+def test_sentence_end_needs_a_non_lowercase_start_and_handles_quotes():
+    assert split_sentences('Use commas, etc. and stop. Say "done." Then wait.') == [
+        "Use commas, etc. and stop.",
+        'Say "done."',
+        "Then wait.",
+    ]
+
+
+def test_many_pieces_merge_to_at_most_max_units_balanced_by_length():
+    prompt = "\n".join(f"Rule {i}: {'x' * (5 + i)}" for i in range(12))
+    units = split_units(prompt, max_units=5)
+    assert len(units) == 5
+    lengths = [len(u) for u in units]
+    assert max(lengths) <= 2 * min(lengths)  # no unit swallows most of the prompt
+    assert _norm(join_units(units, "\n")) == _norm(prompt)
+
+
+def test_merging_is_deterministic_and_keeps_order():
+    prompt = "A one. B two. C three. D four. E five. F six. G seven."
+    units = split_units(prompt, max_units=3)
+    assert units == split_units(prompt, max_units=3)
+    assert len(units) == 3
+    assert _norm(" ".join(units)) == _norm(prompt)
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "Read the text.",
+        "Read the text.  Then answer\twith one word, e.g. yes.",
+        "Line one\n\n\nline two\n  line three  ",
+        "\n".join(f"Step {i}. Do thing {i}." for i in range(9)),
+        "",
+    ],
+)
+def test_round_trip_up_to_whitespace(prompt):
+    units = segment(prompt)
+    assert len(units.texts) <= 5
+    assert _norm(units.join()) == _norm(prompt)
+    assert _norm(join_units(split_units(prompt), unit_separator(prompt))) == _norm(prompt)
+
+
+def test_without_unit_removes_exactly_that_unit():
+    units = ["First.", "Second.", "Third."]
+    assert without_unit(units, 1) == "First. Third."
+    assert without_unit(units, 0, "\n") == "Second.\nThird."
+    assert without_unit(["Only."], 0) == ""
+    assert segment("A.\nB.").without(0) == "B."
+
+
+def test_parse_marked_units_returns_the_prompts_own_text():
+    prompt = "Read the review carefully.  Answer with one word: positive or negative."
+    reply = "<mask>read the review carefully.</mask>\n<mask>Answer with one word:\npositive or negative.</mask>"
+    assert parse_marked_units(reply, prompt) == [
+        "Read the review carefully.",
+        "Answer with one word: positive or negative.",
+    ]
+
+
+def test_parse_marked_units_keeps_unmarked_text_in_the_preceding_unit():
+    prompt = "Read the review. Think. Answer with one word: positive or negative."
+    reply = "<mask>Read the review.</mask> Think. <mask>Answer with one word: positive or negative.</mask>"
+    units = parse_marked_units(reply, prompt)
+    assert units == ["Read the review. Think.", "Answer with one word: positive or negative."]
+    assert _norm(join_units(units)) == _norm(prompt)
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "Read the review. Answer with one word.",  # no tags
+        "".join(f"<mask>w{i}</mask>" for i in range(6)),  # more than max_units
+        "<mask>Summarise the review.</mask><mask>Answer with one word.</mask>",  # not the prompt's text
+        "<mask>Answer with one word.</mask><mask>Read the review.</mask>",  # out of order
+        "<mask>Read</mask>",  # covers too little of the prompt
+        "<mask>  </mask>",  # only empty units
+    ],
+)
+def test_parse_marked_units_rejects_unusable_replies(reply):
+    assert parse_marked_units(reply, "Read the review. Answer with one word.") is None
+
+
+def test_masking_analysis_batches_all_ablations_in_one_call_and_signs_deltas():
+    units = ["Helpful unit.", "Harmful unit.", "Useless unit."]
+    losses = {
+        "Harmful unit. Useless unit.": 12.0,  # without the helpful unit: worse
+        "Helpful unit. Useless unit.": 8.0,  # without the harmful unit: better
+        "Helpful unit. Harmful unit.": 10.0,  # without the useless unit: the same
+    }
+    calls = []
+
+    def loss_of(prompts):
+        calls.append(list(prompts))
+        return [losses[p] for p in prompts]
+
+    effects = masking_analysis(loss_of, 10.0, units, " ")
+    assert len(calls) == 1 and len(calls[0]) == 3
+    assert [e.delta_loss for e in effects] == [2.0, -2.0, 0.0]
+    assert [e.text for e in effects] == units
+    assert [e.index for e in effects] == [0, 1, 2]
+
+
+def test_masking_analysis_single_unit_ablates_to_empty_prompt():
+    seen = []
+    effects = masking_analysis(lambda ps: seen.extend(ps) or [5.0], 3.0, ["Only unit."], " ")
+    assert seen == [""]
+    assert effects == (SegmentEffect(0, "Only unit.", 2.0),)
+
+
+def test_masking_analysis_rejects_a_loss_of_with_the_wrong_length():
+    with pytest.raises(ValueError, match="2 losses for 3 prompts"):
+        masking_analysis(lambda ps: [1.0, 2.0], 1.0, ["a", "b", "c"])
+
+
+def test_masking_table_shows_number_signed_delta_verdict_and_truncated_text():
+    effects = (SegmentEffect(0, "Keep me.", 1.5), SegmentEffect(1, "Drop me " + "x" * 200, -0.25))
+    table = masking_table(effects)
+    lines = table.splitlines()
+    assert lines[1] == "1 | +1.50 | helps | Keep me."
+    assert lines[2].startswith("2 | -0.25 | hurts | Drop me x")
+    assert lines[2].endswith("...") and len(lines[2]) < 100
+    assert masking_table(()) == "(no units were measured)"
+
+
+def test_model_units_falls_back_to_the_splitter_on_a_random_model(tiny_lm):
+    prompt = "Read the review. Answer with one word."
+    assert model_units(tiny_lm, prompt, seed=0) == split_units(prompt)
+
+
+def test_model_units_uses_the_models_marks_when_usable(tiny_lm, monkeypatch):
+    prompt = "Read the review. Answer with one word."
+    requests = []
+
+    def fake_sample(lm, text, n, **kwargs):
+        requests.append(text)
+        return ["<mask>Read the review.</mask> <mask>Answer with one word.</mask>"]
+
+    monkeypatch.setattr("pmpo.segments.sample", fake_sample)
+    assert model_units(tiny_lm, prompt, seed=0) == ["Read the review.", "Answer with one word."]
+    assert prompt in requests[0] and "<mask>" in requests[0]

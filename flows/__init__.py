@@ -1,0 +1,3 @@
+"""Prefect flows that compose pmpo's tasks: optimize_prompt, evaluate_prompt."""
+
+import tasks  # noqa: F401  (first: it sets telemetry and server defaults before prefect is imported)

@@ -63,3 +63,21 @@ def real_lm():
     from pmpo.models import ModelSettings, load_model
 
     return load_model(ModelSettings(dtype="float32"))
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One throwaway Prefect API for the session (its start is the slow part; flows then run in-process)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+@pytest.fixture
+def pmpo_home(tmp_path, monkeypatch) -> Path:
+    """A fresh data directory (MLflow store, task results) for one test."""
+    home = tmp_path / "pmpo-home"
+    monkeypatch.setenv("PMPO_HOME", str(home))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return home

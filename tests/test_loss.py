@@ -1,12 +1,17 @@
-"""The scorer: target masking, batching, prefix reuse and the preference loss, against the naive loop."""
+"""The scorer: target masking, batching, packing, prefix reuse and the preference loss, against the naive loop."""
 
 import math
 
 import numpy as np
 import pytest
+import torch
 
+from pmpo import prefix_attention
+from pmpo.batching import batches as _batches
+from pmpo.batching import plan
 from pmpo.data.examples import MultipleChoice, Preference, Supervised
-from pmpo.loss import Scorer, ScorerSettings, _batches, preference_loss
+from pmpo.loss import Scorer, ScorerSettings, preference_loss
+from pmpo.models import ModelSettings, load_model
 from pmpo.reference import naive_nll
 
 PROMPTS = ["Classify the sentiment as positive or negative.", "", "Line one.\nLine two is longer than line one."]
@@ -21,13 +26,85 @@ def naive_matrix(lm, prompts, examples):
     return np.array([[naive_nll(lm, p, e.input, e.target)[0] for e in examples] for p in prompts])
 
 
-@pytest.mark.parametrize("reuse_prefix", [True, False])
+# Varied lengths: several short inputs get packed into one row, the long target gets a row of its own.
+VARIED = EXAMPLES + [
+    Supervised("Review: ok.", "neutral"),
+    Supervised("Review: bad.", "negative"),
+    Supervised("Review: the battery lasts two days and the screen is bright even outside.", "positive"),
+    Supervised("a", "b"),
+]
+MODES = {
+    "shared": ScorerSettings(prefix_attention="shared"),
+    "expand": ScorerSettings(prefix_attention="expand"),
+    "no-reuse": ScorerSettings(reuse_prefix=False),
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("budget", [16, 4096])
-def test_batched_equals_naive_on_tiny_model(tiny_lm, reuse_prefix, budget):
-    scorer = Scorer(tiny_lm, ScorerSettings(token_budget=budget, reuse_prefix=reuse_prefix))
-    matrix = scorer.loss_matrix(PROMPTS, EXAMPLES)
-    assert matrix.loss.shape == (3, 3)
-    np.testing.assert_allclose(matrix.loss, naive_matrix(tiny_lm, PROMPTS, EXAMPLES), rtol=1e-4)
+def test_batched_equals_naive_on_tiny_model(tiny_lm, mode, budget):
+    scorer = Scorer(tiny_lm, ScorerSettings(**{**MODES[mode].__dict__, "token_budget": budget}))
+    matrix = scorer.loss_matrix(PROMPTS, VARIED)
+    assert matrix.loss.shape == (3, len(VARIED))
+    np.testing.assert_allclose(matrix.loss, naive_matrix(tiny_lm, PROMPTS, VARIED), rtol=1e-4)
+
+
+def test_prefix_modes_agree_and_shared_computes_fewest_tokens(tiny_lm):
+    computed, losses = {}, {}
+    for mode, settings in MODES.items():
+        scorer = Scorer(tiny_lm, settings)
+        losses[mode] = scorer.loss_matrix(PROMPTS[:1], VARIED).loss
+        computed[mode] = scorer.tokens_computed
+    np.testing.assert_allclose(losses["shared"], losses["expand"], rtol=1e-5)
+    np.testing.assert_allclose(losses["shared"], losses["no-reuse"], rtol=1e-5)
+    # Reuse skips the prompt in every row; packing also skips most padding.
+    assert computed["shared"] < computed["expand"] < computed["no-reuse"]
+
+
+def test_plan_feeds_every_target_once_and_restarts_positions():
+    seqs = [[1, 2, 3, 4], [5, 6], [7, 8, 9], [10, 11, 12, 13, 14, 15, 16, 17, 18, 19]]
+    starts = [2, 1, 1, 4]
+    batches = plan(seqs, starts, budget=40, pack=True, offset=100, pad_id=0)
+    assert sorted(i for b in batches for i in b.seqs) == [0, 1, 2, 3]
+    counts = [0] * len(seqs)
+    for b in batches:
+        for t, (r, c) in enumerate(zip(b.rows.tolist(), b.cols.tolist())):
+            i = b.seqs[b.owner[t]]
+            j = b.positions[r, c].item() - 100  # index within its own sequence: positions restart per sequence
+            assert b.ids[r, c].item() == seqs[i][j] and b.targets[t].item() == seqs[i][j + 1]
+            assert j + 1 >= starts[i]  # only target tokens are predicted
+            counts[i] += 1
+        assert b.blocked is not None and b.blocked.shape[1:] == (b.ids.shape[1], b.ids.shape[1])
+    assert counts == [len(s) - st for s, st in zip(seqs, starts)]
+    assert any(b.ids.shape[0] < len(b.seqs) for b in batches), "short sequences should share a row"
+
+
+def test_shared_prefix_attention_matches_sdpa_on_the_concatenation(monkeypatch):
+    torch.manual_seed(0)
+    batch, heads, kv_heads, length, dim, prefix = 5, 6, 2, 7, 8, 11
+    q = torch.randn(batch, heads, length, dim)
+    k, v = torch.randn(batch, kv_heads, length, dim), torch.randn(batch, kv_heads, length, dim)
+    pk, pv = torch.randn(1, kv_heads, prefix, dim), torch.randn(1, kv_heads, prefix, dim)
+    # Row 0 holds two packed sequences (columns 0-2 and 3-6); the others one each.
+    blocked = torch.ones(length, length, dtype=torch.bool).triu(1).repeat(batch, 1, 1)
+    blocked[0, 3:, :3] = True
+    full_k = torch.cat([pk.expand(batch, -1, -1, -1), k], 2).repeat_interleave(heads // kv_heads, 1)
+    full_v = torch.cat([pv.expand(batch, -1, -1, -1), v], 2).repeat_interleave(heads // kv_heads, 1)
+    allowed = torch.cat([torch.ones(batch, length, prefix, dtype=torch.bool), ~blocked], 2)[:, None]
+    expected = torch.nn.functional.scaled_dot_product_attention(q, full_k, full_v, attn_mask=allowed)
+    monkeypatch.setattr(prefix_attention, "_MAX_SCORE_ELEMENTS", 1)  # one row per chunk: chunking is exact too
+    got = prefix_attention.shared_prefix_attention(q, k, v, pk, pv, dim**-0.5, blocked)
+    torch.testing.assert_close(got, expected.transpose(1, 2), rtol=1e-5, atol=1e-5)
+
+
+def test_installed_attention_leaves_plain_forward_passes_alone(tiny_model_dir):
+    lm = load_model(ModelSettings(spec=str(tiny_model_dir), dtype="float32"))
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.inference_mode():
+        before = lm.model(input_ids=ids).logits
+        assert prefix_attention.install(lm.model)
+        after = lm.model(input_ids=ids).logits
+    torch.testing.assert_close(before, after)
 
 
 def test_only_target_tokens_count(tiny_lm):
@@ -88,3 +165,62 @@ def test_batches_respect_budget():
     batches = _batches(list(range(7)), lengths, budget=20)
     assert [i for b in batches for i in b] == list(range(7))
     assert all(len(b) * lengths[b[0]] <= 20 or len(b) == 1 for b in batches)
+
+
+DEMO_PROMPTS = [
+    "Classify the sentiment of the review as positive or negative. Answer with one word.",
+    "Is this review positive or negative?",
+    "Read the text.",
+    "Write a short poem about the sea.",
+]
+
+
+@pytest.mark.real_model
+def test_real_model_batched_equals_per_example_fp32(real_lm):
+    from pmpo.data import demo_task
+
+    examples = list(demo_task().examples[:6]) + [Supervised("Review: fine.", "a longer reference answer, to pad")]
+    prompts = DEMO_PROMPTS[:2]
+    matrix = Scorer(real_lm).loss_matrix(prompts, examples)
+    np.testing.assert_allclose(matrix.loss, naive_matrix(real_lm, prompts, examples), rtol=1e-3)
+
+
+@pytest.mark.real_model
+def test_bf16_keeps_the_fp32_ranking_on_the_demo_task(real_lm):
+    from pmpo.data import demo_task
+
+    # bf16 runs on CUDA or natively on the CPU where it is fast, and emulated (slow but correct) otherwise.
+    examples = demo_task().examples[:8]
+    fp32 = Scorer(real_lm).loss_matrix(DEMO_PROMPTS, examples).prompt_loss()
+    bf16_lm = load_model(ModelSettings(dtype="bfloat16"))
+    bf16 = Scorer(bf16_lm).loss_matrix(DEMO_PROMPTS, examples).prompt_loss()
+    assert list(np.argsort(bf16)) == list(np.argsort(fp32)) == [0, 1, 2, 3]
+    np.testing.assert_allclose(bf16, fp32, rtol=0.05)  # bf16 keeps ~3 significant digits per activation
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_auto_dtype_follows_the_bf16_probe_on_cpu(monkeypatch, fast):
+    from pmpo import models
+
+    monkeypatch.setattr(models, "cpu_has_fast_bf16", lambda: fast)
+    assert models.resolve_dtype("auto", torch.device("cpu")) == (torch.bfloat16 if fast else torch.float32)
+    assert models.resolve_dtype("float32", torch.device("cpu")) == torch.float32
+
+
+def test_bf16_probe_agrees_with_a_longer_measurement():
+    import time
+
+    from pmpo.models import cpu_has_fast_bf16
+
+    def seconds(dtype):
+        a = torch.randn(384, 384).to(dtype)
+        a @ a
+        start = time.perf_counter()
+        for _ in range(3):
+            a @ a
+        return time.perf_counter() - start
+
+    ratio = seconds(torch.bfloat16) / seconds(torch.float32)
+    if 0.5 < ratio < 2.0:
+        pytest.skip(f"bf16/fp32 time ratio {ratio:.2f} is too close to call on this machine")
+    assert cpu_has_fast_bf16() == (ratio < 1.0)

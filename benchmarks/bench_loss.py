@@ -1,0 +1,326 @@
+"""Loss-evaluation benchmark: pmpo's scorer vs the naive loop, loss- vs generation-based selection, racing.
+
+    python benchmarks/bench_loss.py            # full run, prints a table (~20-30 min on 2 shared cores)
+    python benchmarks/bench_loss.py --json     # the same figures as JSON
+    python benchmarks/bench_loss.py --quick    # smoke run: 3 candidates x 10 examples
+
+Workload (see workload.py): 13 candidates x 50 training examples, zero-shot and with a ~500-token 3-shot
+prompt. The naive loop (pmpo.reference.naive_nll: one example at a time, fp32, full logits) is too slow to
+run on all 650 pairs of both workloads on 2 cores, so it runs on a subset and its tokens/s is compared with
+the scorer's on the whole workload; tokens/s counts the tokens a per-example loop feeds (prompt + input +
+target of every pair), so both rates are over the same work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from dataclasses import asdict
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import workload as wl  # noqa: E402
+from measure import ModelShape, Timer, matmul_peak, pair_lengths, peak_rss_gib  # noqa: E402
+from pmpo.evaluate import is_correct, normalize, references  # noqa: E402
+from pmpo.generation import greedy  # noqa: E402
+from pmpo.loss import Scorer, example_rows  # noqa: E402
+from pmpo.models import ModelSettings, load_model  # noqa: E402
+from pmpo.prompting import render  # noqa: E402
+from pmpo.racing import RacingSettings, race, race_losses  # noqa: E402
+from pmpo.reference import naive_nll  # noqa: E402
+
+TARGETS = {
+    "speedup_few_shot": 10.0,
+    "speedup_zero_shot": 4.0,
+    "fraction_of_peak": 0.6,
+    "selection_cost_ratio": 20.0,
+}
+MAX_RSS_GIB = 2.0
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark and print the table (or JSON)."""
+    args = _parse(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    quick = args.quick
+    n_cand, n_ex = (3, 10) if quick else (args.candidates, args.examples)
+    report: dict = {"machine": _machine(), "quick": quick}
+    log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if not args.json else (lambda *a: None)
+
+    with Timer() as t:
+        peak32, peak16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
+    report["peak_gflops"] = {"float32": asdict(peak32), "bfloat16": asdict(peak16), "seconds": t.wall}
+    lm = load_model(ModelSettings())
+    lm32 = lm if lm.dtype == torch.float32 else load_model(ModelSettings(dtype="float32"))
+    report["scorer_dtype"] = str(lm.dtype).removeprefix("torch.")
+    shape = ModelShape.of(lm)
+
+    rewrites, rewrite_seconds = ([], 0.0) if quick or args.no_rewrites else _rewrites(lm, args.task, n_ex)
+    work = wl.build(args.task, n_cand, n_ex, rewrites)
+    report["workload"] = {
+        "source": work.source,
+        "candidates": len(work.zero_shot),
+        "examples": len(work.train),
+        "variants": work.variant_origin,
+        "rewrite_seconds": rewrite_seconds,
+    }
+    log(f"workload: {work.source}, {len(work.zero_shot)} x {len(work.train)}")
+
+    matrices = {}
+    for name, prompts in (("zero_shot", work.zero_shot), ("few_shot", work.few_shot)):
+        pairs = pair_lengths(lm, prompts, work.train)
+        scorer = Scorer(lm)
+        with Timer() as t:
+            matrices[name] = scorer.loss_matrix(list(prompts), work.train)
+        log(f"{name}: scorer {t.wall:.1f}s")
+        subset = _naive_subset(len(prompts), len(pairs.seqs[0]), 2 if quick else args.naive_prompts, 3 if quick else args.naive_examples)
+        naive = _run_naive(lm32, prompts, work.train, subset)
+        log(f"{name}: naive {naive.wall:.1f}s on {len(subset)} pairs")
+        report[name] = _throughput(pairs, shape, scorer, t, naive, subset, [peak32, peak16])
+    report["speedup_zero_shot"] = report["zero_shot"]["speedup"]
+    report["speedup_few_shot"] = report["few_shot"]["speedup"]
+    report["fraction_of_peak"] = min(report["zero_shot"]["fraction_of_peak"], report["few_shot"]["fraction_of_peak"])
+
+    report["selection"] = _selection(lm, work, matrices["zero_shot"], report["zero_shot"]["scorer_seconds"], n_gen=args.gen_tokens)
+    report["selection_cost_ratio"] = report["selection"]["cost_ratio"]
+    log(f"selection: generation {report['selection']['generation_seconds']:.1f}s")
+    report["racing"] = _racing(lm, work, matrices, report["zero_shot"]["scorer_seconds"], perms=20 if quick else 200)
+    report["peak_rss_gib"] = peak_rss_gib()
+    report["targets_met"] = {k: report[k] >= v for k, v in TARGETS.items()} | {
+        "peak_rss_gib": report["peak_rss_gib"] < MAX_RSS_GIB
+    }
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(report, f, indent=2)
+    print(json.dumps(report, indent=2) if args.json else _table(report))
+
+
+def _parse(argv):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--json-out", help="also write the JSON report to this file")
+    p.add_argument("--quick", action="store_true", help="smoke run: 3 candidates x 10 examples, small subsets")
+    p.add_argument("--task", default="object_counting", help="BIG-bench sample in ../shared/data/bbh")
+    p.add_argument("--candidates", type=int, default=13)
+    p.add_argument("--examples", type=int, default=50)
+    p.add_argument("--naive-prompts", type=int, default=3, help="prompts of the naive-loop subset")
+    p.add_argument("--naive-examples", type=int, default=8, help="examples per prompt of the naive-loop subset")
+    # 64: SmolLM2 states its answer within a sentence or two, or starts reasoning and would need far more.
+    p.add_argument("--gen-tokens", type=int, default=64, help="max new tokens of generation-based selection")
+    p.add_argument(
+        "--threads", type=int, default=0, help="torch threads for everything (0: torch's default, one per core)"
+    )
+    p.add_argument("--no-rewrites", action="store_true", help="fixed edits only, no pmpo.rewrite variants")
+    return p.parse_args(argv)
+
+
+def _machine() -> dict:
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "load_average_start": os.getloadavg()[0],
+    }
+
+
+def _rewrites(lm, task: str, n_examples: int) -> tuple[list[str], float]:
+    """Real variants: pmpo.rewrite on the incumbent's 3 hardest examples, 4 samples each (seeded)."""
+    try:
+        from pmpo.rewrite import RewriteSettings, hard_examples, propose
+    except ImportError:
+        return [], 0.0
+    _, dataset = wl.load_task(task)
+    from pmpo.data import split_dataset
+
+    train = split_dataset(dataset, seed=0).train.examples[:n_examples]
+    incumbent = wl.incumbent_of(dataset)
+    variants: list[str] = []
+    with Timer() as t:
+        losses = Scorer(lm).loss_matrix([incumbent], train).loss[0]
+        for rank, index in enumerate(hard_examples(list(losses), 3)):
+            proposal = propose(
+                lm,
+                prompt=incumbent,
+                example=train[index],
+                effects=(),
+                task_description=dataset.description,
+                settings=RewriteSettings(),
+                seed=1000 + rank,
+                seen=set(variants),
+            )
+            variants.extend(proposal.variants)
+    return variants, t.wall
+
+
+def _naive_subset(n_prompts: int, n_pairs: int, prompts: int, per_prompt: int) -> list[tuple[int, int]]:
+    """Pairs spread over the candidate list (first, middle, last...) and the first examples."""
+    chosen = sorted({round(i * (n_prompts - 1) / max(1, prompts - 1)) for i in range(min(prompts, n_prompts))})
+    return [(p, k) for p in chosen for k in range(min(per_prompt, n_pairs))]
+
+
+def _run_naive(lm32, prompts, examples, subset) -> Timer:
+    flat = [(inp, c) for e in examples for inp, comps, _ in [example_rows(e)] for c in comps]
+    with Timer() as t:
+        for p, k in subset:
+            naive_nll(lm32, prompts[p], *flat[k])
+    return t
+
+
+def _throughput(pairs, shape, scorer, t, naive, subset, peaks) -> dict:
+    tokens = pairs.workload_tokens()
+    naive_tokens = pairs.workload_tokens(subset)
+    scorer_rate, naive_rate = tokens / t.wall, naive_tokens / naive.wall
+    flops = pairs.scorer_flops(shape)
+    best_wall, best_cpu = max(p.wall for p in peaks), max(p.cpu for p in peaks)
+    return {
+        "prefix_tokens_mean": float(np.mean(pairs.prefix)),
+        "workload_tokens": tokens,
+        "tokens_computed": scorer.tokens_computed,
+        "scorer_seconds": t.wall,
+        "scorer_cpu_seconds": t.cpu,
+        "scorer_tokens_per_s": scorer_rate,
+        "naive_pairs_measured": len(subset),
+        "naive_seconds": naive.wall,
+        "naive_tokens_per_s": naive_rate,
+        "naive_seconds_extrapolated": tokens / naive_rate,
+        "speedup": scorer_rate / naive_rate,
+        "speedup_cpu_time": (tokens / t.cpu) / (naive_tokens / naive.cpu),
+        "scorer_gflops": flops / t.wall / 1e9,
+        "naive_gflops": pairs.naive_flops(shape, subset) / naive.wall / 1e9,
+        # Per CPU-second, so the share of the cores other processes took does not count against it.
+        "fraction_of_peak": flops / t.cpu / 1e9 / best_cpu,
+        "fraction_of_peak_wall": flops / t.wall / 1e9 / best_wall,
+        "fraction_of_bf16_peak": flops / t.wall / 1e9 / peaks[1].wall,
+    }
+
+
+def _selection(lm, work, matrix, loss_seconds: float, n_gen: int) -> dict:
+    """Pick the best of the candidates by loss (done above) and by greedy generation + exact match."""
+    prompts, examples = work.zero_shot, work.train
+    contexts = [render(lm.tokenizer, lm.placement, p, e.input).text for p in prompts for e in examples]
+    with Timer() as t:
+        outputs = greedy(lm, contexts, max_new_tokens=n_gen)
+    flat = [e for _ in prompts for e in examples]
+    strict = np.array([is_correct(o, e) for o, e in zip(outputs, flat)]).reshape(len(prompts), -1).mean(axis=1)
+    accuracy = np.array([_contains(o, e) for o, e in zip(outputs, flat)]).reshape(len(prompts), -1).mean(axis=1)
+    by_loss = int(np.argmin(matrix.prompt_loss()))
+    by_accuracy = int(np.argmax(accuracy))  # first of the tied best, as a plain argmax loop would do
+    return {
+        "generation_seconds": t.wall,
+        "loss_seconds": loss_seconds,
+        "cost_ratio": t.wall / loss_seconds,
+        "max_new_tokens": n_gen,
+        "by_loss": by_loss,
+        "by_accuracy": by_accuracy,
+        "same_pick": by_loss == by_accuracy,
+        "accuracy": accuracy.tolist(),  # reference contained in the reply (APE's "contains" metric)
+        "accuracy_exact": strict.tolist(),  # pmpo.evaluate.is_correct: first line, normalised exact match
+        "accuracy_of_loss_pick": float(accuracy[by_loss]),
+        "loss": matrix.prompt_loss().tolist(),
+    }
+
+
+def _contains(output: str, example) -> bool:
+    """A reference answer appears as whole words in the reply: lenient, since a small model rarely answers
+    in exactly the reference's form (SmolLM2 says "You have 10 vegetables.")."""
+    words = f" {normalize(output)} "
+    return any(f" {normalize(ref)} " in words for ref in references(example))
+
+
+def _racing(lm, work, matrices, full_seconds: float, perms: int) -> dict:
+    """Racing's real speed-up on the zero-shot set, and how often it changes the pick (simulated orders)."""
+    settings = RacingSettings(enabled=True)
+    scorer = Scorer(lm)
+    with Timer() as t:
+        raced = race(scorer, list(work.zero_shot[1:]), work.train, settings, incumbent=work.zero_shot[0])
+    full = matrices["zero_shot"].prompt_loss()
+    race_pick = _pick(full[0], raced)
+    out = {
+        "settings": asdict(settings),
+        "seconds": t.wall,
+        "speedup": full_seconds / t.wall,
+        "dropped": sum(v is None for v in raced),
+        "same_pick": race_pick == _pick(full[0], list(full[1:])),
+        "simulated": {},
+    }
+    rng = np.random.default_rng(0)
+    for name, matrix in matrices.items():
+        for first, margin in ((10, 3.0), (10, 2.0), (5, 3.0), (10, 1.0)):
+            s = RacingSettings(enabled=True, first_slice=first, margin=margin)
+            out["simulated"][f"{name}/first={first}/margin={margin}"] = _simulate(matrix.loss, s, perms, rng)
+    return out
+
+
+def _pick(incumbent_loss: float, losses: list[float | None]) -> int:
+    """PMPO's selection: the best variant if strictly below the incumbent (index 0), else the incumbent."""
+    known = [(v, i + 1) for i, v in enumerate(losses) if v is not None]
+    best = min(known, default=None)
+    return best[1] if best is not None and best[0] < incumbent_loss else 0
+
+
+def _simulate(loss: np.ndarray, settings: RacingSettings, perms: int, rng) -> dict:
+    """Race on shuffled example orders of a full loss matrix: same pick as full scoring, and pairs scored."""
+    full_pick = _pick(loss[0].mean(), list(loss[1:].mean(axis=1)))
+    same, scored = 0, 0
+    for _ in range(perms):
+        shuffled = loss[:, rng.permutation(loss.shape[1])]
+        seen = np.zeros(loss.shape[0], dtype=int)
+
+        def losses(candidates, n, m=shuffled, seen=seen):
+            seen[list(candidates)] = np.maximum(seen[list(candidates)], n)
+            return m[list(candidates), :n]
+
+        raced = race_losses(losses, loss.shape[0], loss.shape[1], settings, always_keep=0)
+        same += _pick(raced[0], raced[1:]) == full_pick
+        scored += seen.sum()
+    return {"same_pick": same / perms, "pairs_scored": scored / perms / loss.size}
+
+
+def _table(r: dict) -> str:
+    zs, fs, sel, rc = r["zero_shot"], r["few_shot"], r["selection"], r["racing"]
+    w = r["workload"]
+    rows = [
+        ("machine", f"{r['machine']['cores']} cores, torch {r['machine']['torch']}, {r['machine']['torch_threads']} threads, load avg at start {r['machine']['load_average_start']:.1f}"),
+        ("workload", f"{w['candidates']} candidates x {w['examples']} examples of {w['source']}"),
+        ("variants", f"{w['variants']} (rewrites took {w['rewrite_seconds']:.0f} s, not timed below)"),
+        ("matmul peak", "fp32 {:.1f} GFLOP/s ({:.1f} per CPU-s), bf16 {:.1f} GFLOP/s ({:.1f} per CPU-s)".format(
+            r["peak_gflops"]["float32"]["wall"], r["peak_gflops"]["float32"]["cpu"],
+            r["peak_gflops"]["bfloat16"]["wall"], r["peak_gflops"]["bfloat16"]["cpu"])),
+        ("scorer dtype", r["scorer_dtype"] + " (ModelSettings dtype=auto)"),
+        ("", ""),
+    ]
+    for name, x in (("zero-shot", zs), ("few-shot", fs)):
+        rows += [
+            (f"{name} prompt", f"{x['prefix_tokens_mean']:.0f} prefix tokens (mean), {x['workload_tokens']} workload tokens"),
+            (f"{name} naive", f"{x['naive_tokens_per_s']:.0f} tok/s (measured on {x['naive_pairs_measured']} pairs, {x['naive_seconds']:.0f} s; {x['naive_gflops']:.1f} GFLOP/s)"),
+            (f"{name} scorer", f"{x['scorer_tokens_per_s']:.0f} tok/s ({x['scorer_seconds']:.0f} s wall, {x['scorer_cpu_seconds']:.0f} s CPU; {x['tokens_computed']} tokens computed; {x['scorer_gflops']:.1f} GFLOP/s)"),
+            (f"{name} speedup", f"{x['speedup']:.1f}x wall ({x['speedup_cpu_time']:.1f}x per CPU-second)"),
+            (f"{name} fraction of peak", f"{x['fraction_of_peak']:.2f} of the best matmul peak per CPU-second ({x['fraction_of_peak_wall']:.2f} by wall time; {x['fraction_of_bf16_peak']:.1f}x the bf16 peak)"),
+        ]
+    rows += [
+        ("", ""),
+        ("selection by loss", f"candidate {sel['by_loss']} in {sel['loss_seconds']:.0f} s (accuracy {sel['accuracy_of_loss_pick']:.2f})"),
+        ("selection by generation", f"candidate {sel['by_accuracy']} in {sel['generation_seconds']:.0f} s (greedy, <= {sel['max_new_tokens']} new tokens, answer contained; accuracy {max(sel['accuracy']):.2f}, exact-match best {max(sel['accuracy_exact']):.2f})"),
+        ("same pick", str(sel["same_pick"])),
+        ("racing (real, zero-shot)", f"{rc['seconds']:.0f} s, speedup {rc['speedup']:.1f}x, dropped {rc['dropped']}, same pick {rc['same_pick']}"),
+    ]
+    for key, v in rc["simulated"].items():
+        rows.append((f"racing simulated {key}", f"same pick {v['same_pick']:.3f}, pairs scored {v['pairs_scored']:.2f}"))
+    rows += [("peak memory", f"{r['peak_rss_gib']:.2f} GiB RSS high-water"), ("", "")]
+    for key in TARGETS:
+        rows.append((key, f"{r[key]:.2f} (target >= {TARGETS[key]}): {'met' if r['targets_met'][key] else 'NOT met'}"))
+    rows.append(("peak_rss_gib", f"{r['peak_rss_gib']:.2f} (target < {MAX_RSS_GIB}): {'met' if r['targets_met']['peak_rss_gib'] else 'NOT met'}"))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" if k else "" for k, v in rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""The evaluation flow: one prompt (text, or a registered `prompts:/name@alias`) on a dataset's held-out split."""
+
+from __future__ import annotations
+
+from prefect import flow
+from pydantic import BaseModel
+
+from flows.config import ConfigError, EvaluateConfig
+from flows.steps import PrefectSteps
+from pmpo.optimizer import OptimizerConfig
+from tasks import steps as t
+from tasks import tracking
+from tasks.models import model_ref
+
+REGISTRY_PREFIX = "prompts:/"
+
+
+class EvaluateSummary(BaseModel):
+    """How one prompt does on held-out examples."""
+
+    prompt: str
+    prompt_source: str  # the text itself, or the registry URI it came from
+    dataset: str
+    model_identity: str
+    n_examples: int
+    loss: float
+    loss_per_token: float
+    accuracy: float | None
+    option_accuracy: float | None
+
+
+def resolve_prompt(prompt: str) -> str:
+    """Prompt text: a registry URI is loaded from MLflow, anything else is the text itself."""
+    return tracking.load_registered_prompt(prompt) if prompt.startswith(REGISTRY_PREFIX) else prompt
+
+
+@flow(name="evaluate-prompt")
+def evaluate_prompt(config: EvaluateConfig = EvaluateConfig()) -> EvaluateSummary:
+    """Score a prompt on the held-out part of the same split an optimisation run with this seed used."""
+    d = config.data
+    dataset, split = t.load_split(
+        d.source, format=d.format, columns=d.columns, kind=d.kind, limit=d.limit, hub_config=d.hub_config,
+        hub_split=d.hub_split, seed=config.seed, train_fraction=config.train_fraction, train_cap=config.train_cap,
+    )  # fmt: skip
+    if split.test is None:
+        raise ConfigError(f"dataset {dataset.name!r} has one example: nothing is left to hold out")
+    source = config.prompt or dataset.default_prompt
+    if not source:
+        raise ConfigError(f"dataset {dataset.name!r} has no default prompt: give one (prompt / --prompt)")
+    prompt = resolve_prompt(source)
+    e = config.eval
+    n = len(split.test) if e.max_examples is None else min(e.max_examples, len(split.test))
+    data = split.test.subset(list(range(n)))
+    ref = model_ref(config.model.settings())
+    result = PrefectSteps(ref, OptimizerConfig()).evaluate(prompt, data, "prompt", e.generate, e.max_new_tokens)
+    return EvaluateSummary(
+        prompt=prompt,
+        prompt_source=source,
+        dataset=dataset.name,
+        model_identity=ref.identity,
+        n_examples=result.n_examples,
+        loss=result.loss,
+        loss_per_token=result.loss_per_token,
+        accuracy=result.accuracy,
+        option_accuracy=result.option_accuracy,
+    )

@@ -1,0 +1,78 @@
+"""The held-out check the nightly refresh and `compare` share: which data a prompt version is judged on, and
+its numbers there.
+
+Every version the nightly refresh registers carries the evaluation set-up it was judged on (data source, split,
+model, eval settings) as a version tag, so a later comparison scores it on the same held-out examples. Versions
+that `pmpo optimize` registered carry the id of their run instead, whose config.json says the same.
+"""
+
+from __future__ import annotations
+
+import json
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from flows.config import ConfigError, EvaluateConfig, OptimizeConfig
+from flows.evaluate import evaluate_prompt
+from tasks import registry
+
+SETUP_TAG = "pmpo.evaluate_config"  # the version tag holding the evaluation set-up (EvaluateConfig JSON, no prompt)
+RUN_TAG = "run_id"  # the optimisation run a version came from (tasks.tracking.register_prompt sets it)
+
+
+class Score(BaseModel):
+    """One prompt on the held-out examples."""
+
+    model_config = ConfigDict(frozen=True)
+
+    n_examples: int
+    loss: float  # mean over examples of the summed target cross-entropy: what decides
+    loss_per_token: float
+    accuracy: float | None  # generated answer is right (None: generation was off)
+
+
+def setup_of(optimize: OptimizeConfig) -> EvaluateConfig:
+    """The held-out evaluation an optimisation run with this config does: same data, split, model, settings."""
+    return EvaluateConfig(
+        data=optimize.data,
+        model=optimize.model,
+        train_fraction=optimize.train_fraction,
+        train_cap=optimize.train_cap,
+        seed=optimize.seed,
+        eval=optimize.eval,
+    )
+
+
+def setup_tag(setup: EvaluateConfig) -> str:
+    """The set-up as a version tag value (compact JSON, without a prompt)."""
+    return setup.model_dump_json(exclude={"prompt"})
+
+
+def recorded_setup(version: registry.PromptVersion) -> EvaluateConfig | None:
+    """The set-up recorded with a version: its own tag, else its optimisation run's config; None if neither."""
+    where = f"prompt {version.name!r} version {version.version}"
+    if SETUP_TAG in version.tags:
+        return _validated(json.loads(version.tags[SETUP_TAG]), f"{where}: tag {SETUP_TAG}")
+    run_id = version.tags.get(RUN_TAG)
+    config = registry.run_json(run_id, "config.json") if run_id else None
+    if config is None:
+        return None
+    try:
+        optimize = OptimizeConfig.model_validate(config)
+    except ValidationError as exc:
+        raise ConfigError(f"{where}: config.json of run {run_id} is not a valid config: {exc.errors()[0]['msg']}") from None
+    return setup_of(optimize)
+
+
+def score(setup: EvaluateConfig, prompt: str) -> Score:
+    """`prompt` on the set-up's held-out examples (the evaluate flow: cached, so a prompt costs once per data)."""
+    result = evaluate_prompt(setup.model_copy(update={"prompt": prompt}))
+    return Score(n_examples=result.n_examples, loss=result.loss, loss_per_token=result.loss_per_token, accuracy=result.accuracy)
+
+
+def _validated(values: dict, origin: str) -> EvaluateConfig:
+    try:
+        return EvaluateConfig.model_validate(values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ConfigError(f"{origin}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None

@@ -1,0 +1,225 @@
+"""The nightly refresh: for each managed prompt, optimise from the current production version on the current
+data, judge the candidate against production on the same held-out examples, and promote it only when it is
+better there by the margin. Each decision goes to the flow's log, the candidate's registry version tags, the
+optimisation run's tags and the refresh's own MLflow run.
+
+One failing prompt does not stop the others: the refresh finishes them all, then fails naming the ones that
+failed. The step that makes a candidate is a parameter of `refresh` (tests pass a deliberately bad one).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Callable, Literal
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+from pydantic import BaseModel, ConfigDict
+
+from flows.heldout import SETUP_TAG, Score, score, setup_of, setup_tag
+from flows.managed import ManagedPrompt, NightlyConfig, PromotionRule, plan
+from flows.optimize import optimize_prompt
+from pmpo.errors import PmpoError
+from tasks import registry, tracking
+from tasks.registry import PRODUCTION, PromptVersion
+
+
+class Proposal(BaseModel):
+    """A candidate for production, and where it came from. Its training losses are for the record only."""
+
+    model_config = ConfigDict(frozen=True)
+
+    start_prompt: str  # what the optimisation started from (production, or the initial prompt)
+    prompt: str
+    training_loss: float | None = None
+    start_training_loss: float | None = None
+    run_id: str | None = None  # the optimisation run
+
+
+Proposer = Callable[[ManagedPrompt, "str | None"], Proposal]
+
+
+class Decision(BaseModel):
+    """What the refresh did with one prompt, and why."""
+
+    name: str
+    outcome: Literal["promoted", "kept", "failed"]
+    reason: str
+    production_version: int | None = None  # production after the decision
+    candidate_version: int | None = None  # the registered candidate (None: none, or the same text as production)
+    production: Score | None = None
+    candidate: Score | None = None
+    training_loss: float | None = None  # the candidate's, on the optimiser's training examples (not used to decide)
+    run_id: str | None = None  # the optimisation run
+
+
+class NightlyReport(BaseModel):
+    """Every decision of one refresh, and its MLflow run."""
+
+    run_id: str
+    experiment: str
+    decisions: list[Decision]
+
+    @property
+    def failed(self) -> list[str]:
+        """Names of the prompts that failed."""
+        return [d.name for d in self.decisions if d.outcome == "failed"]
+
+
+class NightlyRefreshFailed(PmpoError):
+    """Some managed prompts failed; the others were refreshed. Carries the whole report."""
+
+    def __init__(self, report: NightlyReport):
+        self.report = report
+        failures = "; ".join(f"{d.name}: {d.reason}" for d in report.decisions if d.outcome == "failed")
+        super().__init__(f"nightly refresh: {len(report.failed)} of {len(report.decisions)} prompt(s) failed: {failures}")
+
+
+def optimize_candidate(managed: ManagedPrompt, start: str | None) -> Proposal:
+    """The optimisation flow (as a subflow) from `start`; its best prompt is the candidate."""
+    summary = optimize_prompt(managed.optimize_from(start))
+    return Proposal(
+        start_prompt=summary.initial_prompt,
+        prompt=summary.best_prompt,
+        training_loss=summary.best_loss,
+        start_training_loss=summary.initial_loss,
+        run_id=summary.run_id,
+    )
+
+
+@flow(name="nightly-refresh")
+def nightly_refresh(config: NightlyConfig) -> NightlyReport:
+    """Refresh every managed prompt; promote a candidate only when it wins on held-out data by the margin."""
+    return refresh(config)
+
+
+def refresh(config: NightlyConfig, propose: Proposer = optimize_candidate) -> NightlyReport:
+    """The refresh inside a running flow, with `propose` making each candidate."""
+    log = get_run_logger()
+    the_plan = plan(config)
+    run = registry.start_record_run(
+        the_plan.experiment,
+        run_name=f"nightly {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}",
+        tags={"pmpo.kind": "nightly", "prefect.flow_run_id": str(flow_run.get_id() or "")},
+    )
+    decisions = []
+    for entry in the_plan.entries:
+        try:
+            decision = refresh_one(entry.managed(), the_plan.rule, propose, run.run_id)
+        except Exception as exc:  # noqa: BLE001  (any failure of one prompt must leave the others running)
+            reason = str(exc) if isinstance(exc, PmpoError) else f"{type(exc).__name__}: {exc}"
+            log.error("%s: FAILED: %s", entry.label, reason, exc_info=not isinstance(exc, PmpoError))
+            decision = Decision(name=entry.label, outcome="failed", reason=" ".join(reason.split()))
+        else:
+            log.info("%s", _line(decision))
+        decisions.append(decision)
+    report = NightlyReport(run_id=run.run_id, experiment=run.experiment, decisions=decisions)
+    _record(run, report)
+    if report.failed:
+        raise NightlyRefreshFailed(report)
+    return report
+
+
+def refresh_one(managed: ManagedPrompt, rule: PromotionRule, propose: Proposer, nightly_run_id: str) -> Decision:
+    """Optimise, judge on held-out data, register the candidate with its decision, and promote it if it won."""
+    name = managed.name
+    production = registry.get_version(name, PRODUCTION)
+    proposal = propose(managed, production.text if production else None)
+    setup = setup_of(managed.optimize)
+    baseline = score(setup, production.text if production else proposal.start_prompt)
+    candidate = score(setup, proposal.prompt)
+    common = {SETUP_TAG: setup_tag(setup), "pmpo.nightly_run_id": nightly_run_id}
+    if production is None:
+        production = _bootstrap(name, proposal.start_prompt, baseline, common)
+    if proposal.prompt == production.text:
+        promote, reason, version = False, "no new candidate: the optimiser found nothing better than production", None
+        registry.tag_version(name, production.version, {"pmpo.last_check": f"{_now()} kept: {reason}"})
+    else:
+        promote, reason = rule.decide(baseline, candidate)
+        tags = _decision_tags(promote, reason, production.version, candidate, baseline, proposal, common)
+        version = registry.find_version(name, proposal.prompt)  # judged before (e.g. kept last night): no duplicate
+        if version is None:
+            message = f"nightly candidate vs v{production.version}: {'promoted' if promote else 'kept'}"
+            version = registry.register(name, proposal.prompt, message, tags)
+        else:
+            registry.tag_version(name, version, tags)
+        if promote:
+            registry.set_alias(name, PRODUCTION, version)
+    outcome = "promoted" if promote else "kept"
+    if proposal.run_id:
+        registry.tag_run(proposal.run_id, {"pmpo.nightly.decision": outcome, "pmpo.nightly.reason": reason,
+                                           "pmpo.nightly.run_id": nightly_run_id})  # fmt: skip
+    return Decision(
+        name=name, outcome=outcome, reason=reason, production_version=version if promote else production.version,
+        candidate_version=version, production=baseline, candidate=candidate, training_loss=proposal.training_loss,
+        run_id=proposal.run_id,
+    )  # fmt: skip
+
+
+def _bootstrap(name: str, prompt: str, baseline: Score, common: dict[str, str]) -> PromptVersion:
+    """No production version yet: the initial prompt becomes one, so the candidate has something to beat."""
+    tags = {**common, "pmpo.decision": "initial", "pmpo.heldout_loss": f"{baseline.loss:.6f}"}
+    version = registry.register(name, prompt, "initial prompt (no production version yet)", tags)
+    registry.set_alias(name, PRODUCTION, version)
+    return registry.require_version(name, version)
+
+
+def _decision_tags(
+    promote: bool, reason: str, against: int, candidate: Score, baseline: Score, p: Proposal, common: dict[str, str]
+) -> dict[str, str]:
+    tags = {
+        **common,
+        "pmpo.decision": "promoted" if promote else "kept",
+        "pmpo.reason": reason,
+        "pmpo.compared_with": str(against),
+        "pmpo.heldout_loss": f"{candidate.loss:.6f}",
+        "pmpo.production_heldout_loss": f"{baseline.loss:.6f}",
+        "pmpo.decided_at": _now(),
+    }
+    if candidate.accuracy is not None:
+        tags["pmpo.heldout_accuracy"] = f"{candidate.accuracy:.4f}"
+    if p.training_loss is not None:  # for the record: a lower training loss alone never promotes
+        tags["pmpo.training_loss"] = f"{p.training_loss:.6f}"
+    if p.start_training_loss is not None:
+        tags["pmpo.production_training_loss"] = f"{p.start_training_loss:.6f}"
+    if p.run_id:
+        tags["run_id"] = p.run_id
+    return tags
+
+
+def _record(run: tracking.TrackedRun, report: NightlyReport) -> None:
+    """The refresh's run: a decisions table, one tag and the held-out losses per prompt."""
+    ds = report.decisions
+    columns = {
+        "name": [d.name for d in ds],
+        "outcome": [d.outcome for d in ds],
+        "production_version": [d.production_version for d in ds],
+        "candidate_version": [d.candidate_version for d in ds],
+        "production_loss": [d.production.loss if d.production else None for d in ds],
+        "candidate_loss": [d.candidate.loss if d.candidate else None for d in ds],
+        "reason": [d.reason for d in ds],
+    }
+    tracking.write_table(tracking.client(), run, "decisions.json", columns)
+    tracking.set_tags(run, {f"pmpo.decision.{d.name}": d.outcome for d in ds})
+    metrics = {}
+    for d in ds:
+        if d.production and d.candidate:
+            metrics[f"{d.name}/heldout_loss_production"] = d.production.loss
+            metrics[f"{d.name}/heldout_loss_candidate"] = d.candidate.loss
+    tracking.log_metrics(run, metrics, step=0)
+    tracking.finish(run, "FAILED" if report.failed else "FINISHED")
+
+
+def _line(d: Decision) -> str:
+    """The decision as one log line."""
+    if d.outcome == "promoted":
+        return f"{d.name}: PROMOTED v{d.candidate_version} to production: {d.reason}"
+    kept = f"kept production v{d.production_version}"
+    if d.candidate_version:
+        kept += f" (candidate v{d.candidate_version})"
+    return f"{d.name}: {kept}: {d.reason}"
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+

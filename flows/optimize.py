@@ -1,0 +1,213 @@
+"""The optimisation flow: load and split the data, run the PMPO loop as cached tasks, check the result on
+held-out data, and record everything in MLflow. Killed and started again, it resumes the same run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Literal
+
+from prefect import flow
+from prefect.runtime import flow_run
+from pydantic import BaseModel
+
+from flows.config import ConfigError, OptimizeConfig, config_hash
+from flows.record import Recorder, flatten
+from flows.steps import PrefectSteps, WorkLog
+from pmpo.data import Dataset, Split
+from pmpo.evaluate import Evaluation
+from pmpo.optimizer import PMPO
+from pmpo.result import Candidate, Iteration
+from tasks import steps as t
+from tasks import tracking
+from tasks.environment import code_version, tracking_uri
+from tasks.models import ModelRef, model_ref
+from tasks.progress import Event, report
+
+
+class CandidateRow(BaseModel):
+    """A candidate as the summary and the MLflow table show it."""
+
+    id: str
+    parent_id: str | None
+    iteration: int
+    origin: Literal["initial", "rewrite", "segment_removal"]
+    prompt: str
+    loss: float
+    loss_per_token: float
+    n_examples: int
+    selected: bool
+
+
+class HeldOut(BaseModel):
+    """The initial and the final prompt on held-out examples (never seen by the optimiser)."""
+
+    n_examples: int
+    initial_loss: float
+    final_loss: float
+    initial_accuracy: float | None
+    final_accuracy: float | None
+
+
+class Work(BaseModel):
+    """What this process computed and what it took from the task cache, by step."""
+
+    computed: dict[str, int]
+    cached: dict[str, int]
+    loss_computed_by_iteration: dict[int, int]
+
+
+class OptimizeSummary(BaseModel):
+    """The outcome of one optimisation flow run, and where its record is."""
+
+    run_id: str
+    experiment: str
+    experiment_id: str
+    tracking_uri: str
+    run_url_path: str  # append to the MLflow UI's address
+    task: str
+    model_identity: str
+    dataset_fingerprint: str
+    initial_prompt: str
+    best_prompt: str
+    initial_loss: float
+    best_loss: float
+    n_candidates: int
+    n_iterations: int
+    heldout: HeldOut | None
+    prompt_name: str | None
+    prompt_version: int | None
+    resumed: bool
+    work: Work
+    candidates: list[CandidateRow]
+
+
+@flow(name="optimize-prompt")
+def optimize_prompt(config: OptimizeConfig = OptimizeConfig()) -> OptimizeSummary:
+    """Optimise a prompt with PMPO on a dataset; every candidate goes to MLflow, the best to the registry."""
+    dataset, split = _load(config)
+    prompt = config.prompt or dataset.default_prompt
+    if not prompt:
+        raise ConfigError(f"dataset {dataset.name!r} has no default prompt: give one (prompt / --prompt)")
+    task = config.task or dataset.name
+    ref = model_ref(config.model.settings(), config.scorer())
+    run = tracking.start_run(
+        config.experiment or task,
+        run_key=run_key(config, ref, dataset),
+        run_name=f"{task} {flow_run.get_name() or ''}".strip(),
+        params={**flatten(config.model_dump(mode="json")), "prompt": prompt, "train.n": len(split.train)},
+        tags=_tags(ref, dataset, split),
+    )
+    try:
+        tracking.log_text(run, config.model_dump_json(indent=2), "config.json")
+        steps = PrefectSteps(ref, config.optimizer())
+        recorder = Recorder(run)
+        optimizer = PMPO(
+            config=config.optimizer(), steps=steps, on_candidate=recorder.candidate, on_iteration=_noting(recorder)
+        )
+        result = optimizer.optimize(prompt, split.train)
+        heldout = _heldout(config, split, result.initial.prompt, result.best.prompt, steps)
+        prompt_name, version = recorder.finish(result, task, heldout, config.register_prompt)
+    except BaseException:
+        tracking.finish(run, "FAILED")  # an identical command resumes a failed run, as it does a killed one
+        raise
+    tracking.finish(run)
+    return OptimizeSummary(
+        run_id=run.run_id,
+        experiment=run.experiment,
+        experiment_id=run.experiment_id,
+        tracking_uri=tracking_uri(),
+        run_url_path=run.url_path,
+        task=task,
+        model_identity=ref.identity,
+        dataset_fingerprint=dataset.fingerprint,
+        initial_prompt=result.initial.prompt,
+        best_prompt=result.best.prompt,
+        initial_loss=result.initial.loss,
+        best_loss=result.best.loss,
+        n_candidates=len(result.candidates),
+        n_iterations=len(result.iterations),
+        heldout=_heldout_summary(heldout),
+        prompt_name=prompt_name,
+        prompt_version=version,
+        resumed=run.resumed,
+        work=_work(steps.work),
+        candidates=[_row(c, c.id in recorder.selected) for c in result.candidates],
+    )
+
+
+def _noting(recorder: Recorder):
+    """Record an iteration, then tell progress listeners how it went."""
+
+    def on_iteration(it: Iteration) -> None:
+        recorder.iteration(it)
+        outcome = "new incumbent" if it.improved else "incumbent kept"
+        best = f"best new {it.best_candidate_loss:.4f}" if it.n_candidates else "no new candidates"
+        report(Event("note", f"iteration {it.iteration}: {it.n_candidates} candidates, {best}, {outcome} (loss {it.incumbent_loss:.4f})"))
+
+    return on_iteration
+
+
+def run_key(config: OptimizeConfig, ref: ModelRef, dataset: Dataset) -> str:
+    """Same config, model and data -> same key: how a rerun finds the run it continues."""
+    text = f"{config_hash(config)}:{ref.identity}:{ref.dtype}:{dataset.fingerprint}"
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _load(config: OptimizeConfig) -> tuple[Dataset, Split]:
+    d = config.data
+    return t.load_split(
+        d.source, format=d.format, columns=d.columns, kind=d.kind, limit=d.limit, hub_config=d.hub_config,
+        hub_split=d.hub_split, seed=config.seed, train_fraction=config.train_fraction, train_cap=config.train_cap,
+    )  # fmt: skip
+
+
+def _tags(ref: ModelRef, dataset: Dataset, split: Split) -> dict[str, str]:
+    return {
+        "pmpo.model_identity": ref.identity,
+        "pmpo.dataset_fingerprint": dataset.fingerprint,
+        "pmpo.train_fingerprint": split.train.fingerprint,
+        "pmpo.code_version": code_version(),
+        "prefect.flow_run_id": str(flow_run.get_id() or ""),
+    }
+
+
+def _heldout(config: OptimizeConfig, split: Split, initial: str, final: str, steps: PrefectSteps) -> tuple[Evaluation, Evaluation] | None:
+    """Both prompts on the held-out split, capped at eval.max_examples."""
+    if split.test is None:
+        return None
+    e = config.eval
+    n = len(split.test) if e.max_examples is None else min(e.max_examples, len(split.test))
+    data = split.test.subset(list(range(n)))
+    return tuple(steps.evaluate(p, data, which, e.generate, e.max_new_tokens) for which, p in (("initial", initial), ("final", final)))
+
+
+def _heldout_summary(heldout: tuple[Evaluation, Evaluation] | None) -> HeldOut | None:
+    if heldout is None:
+        return None
+    initial, final = heldout
+    return HeldOut(
+        n_examples=initial.n_examples,
+        initial_loss=initial.loss,
+        final_loss=final.loss,
+        initial_accuracy=initial.accuracy,
+        final_accuracy=final.accuracy,
+    )
+
+
+def _work(log: WorkLog) -> Work:
+    steps = sorted({r.step for r in log.runs})
+    return Work(
+        computed={s: log.count(s, cached=False) for s in steps},
+        cached={s: log.count(s, cached=True) for s in steps},
+        loss_computed_by_iteration={
+            i: log.count("loss", cached=False, iteration=i) for i in sorted({r.iteration for r in log.runs if r.step == "loss"})
+        },
+    )
+
+
+def _row(c: Candidate, selected: bool) -> CandidateRow:
+    return CandidateRow(
+        id=c.id, parent_id=c.parent_id, iteration=c.iteration, origin=c.origin, prompt=c.prompt,
+        loss=c.loss, loss_per_token=c.loss_per_token, n_examples=c.n_examples, selected=selected,
+    )  # fmt: skip

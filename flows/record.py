@@ -1,0 +1,100 @@
+"""What an optimisation leaves in MLflow, driven by the loop's callbacks (the loop never sees MLflow).
+
+Resume-safe: an iteration whose record is already in the run (a killed run, continued) is replayed from the
+task cache without being logged again, and the candidates table is always rewritten whole.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pmpo.evaluate import Evaluation
+from pmpo.result import Candidate, Iteration, OptimizeResult
+from tasks import plots, tracking
+from tasks.tracking import TrackedRun
+
+
+class Recorder:
+    """The `on_candidate` / `on_iteration` observer that writes one run's record."""
+
+    def __init__(self, run: TrackedRun):
+        self.run = run
+        self.candidates: list[Candidate] = []
+        self.selected: set[str] = set()  # ids that were the incumbent after some iteration (and the initial)
+
+    def candidate(self, c: Candidate) -> None:
+        """Collect a candidate; the initial one is iteration 0's whole record."""
+        self.candidates.append(c)
+        if c.origin == "initial":
+            self.selected.add(c.id)
+            if self._new(0):
+                tracking.log_candidates(self.run, self.candidates, self.selected)
+                tracking.log_metrics(self.run, {tracking.STEP_METRIC: c.loss}, step=0)
+
+    def iteration(self, it: Iteration) -> None:
+        """After an iteration: the whole candidates table, then the iteration's metrics and masking table."""
+        self.selected.add(it.incumbent_id)
+        if self._new(it.iteration):
+            tracking.log_candidates(self.run, self.candidates, self.selected)
+            tracking.log_iteration(self.run, it, n_total=len(self.candidates))
+
+    def finish(
+        self, result: OptimizeResult, task: str, heldout: tuple[Evaluation, Evaluation] | None, register: bool
+    ) -> tuple[str | None, int | None]:
+        """Final metrics, plot, prompts and the Prompt Registry entry; returns (prompt name, version)."""
+        run = self.run
+        tracking.log_candidates(run, result.candidates, self.selected)
+        metrics: dict[str, float] = {
+            "initial_loss": result.initial.loss,
+            "best_loss": result.best.loss,
+            "best_loss_per_token": result.best.loss_per_token,
+            "n_candidates_total": len(result.candidates),
+        }
+        if heldout is not None:
+            metrics.update(heldout_metrics(*heldout))
+        tracking.log_metrics(run, metrics, step=len(result.iterations))
+        fig = plots.loss_by_iteration(result.candidates, result.iterations, result.initial.loss)
+        try:
+            tracking.log_figure(run, fig, "loss_by_iteration.png")
+        finally:
+            plots.close(fig)
+        tracking.log_text(run, result.initial.prompt, "prompts/initial.txt")
+        tracking.log_text(run, result.best.prompt, "prompts/best.txt")
+        return self._register(result, task) if register else (None, None)
+
+    def _register(self, result: OptimizeResult, task: str) -> tuple[str, int]:
+        tags = tracking.run_tags(self.run.run_id)
+        if "pmpo.prompt_version" in tags:  # registered before a crash: a second version would be a duplicate
+            return tags["pmpo.prompt_name"], int(tags["pmpo.prompt_version"])
+        name, version = tracking.register_prompt(task, result.best.prompt, result.best.loss, self.run)
+        tracking.set_tags(self.run, {"pmpo.prompt_name": name, "pmpo.prompt_version": str(version)})
+        return name, version
+
+    def _new(self, iteration: int) -> bool:
+        return iteration > self.run.logged_through
+
+
+def heldout_metrics(initial: Evaluation, final: Evaluation) -> dict[str, float]:
+    """Held-out loss and accuracies of the initial and the final prompt."""
+    out: dict[str, float] = {"heldout/n_examples": initial.n_examples}
+    for which, e in (("initial", initial), ("final", final)):
+        out[f"heldout/loss_{which}"] = e.loss
+        out[f"heldout/loss_per_token_{which}"] = e.loss_per_token
+        if e.accuracy is not None:
+            out[f"heldout/accuracy_{which}"] = e.accuracy
+        if e.option_accuracy is not None:
+            out[f"heldout/option_accuracy_{which}"] = e.option_accuracy
+    return out
+
+
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config -> dotted keys (MLflow params are flat)."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value and key != "columns":
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value if isinstance(value, str) else json.dumps(value)
+    return out

@@ -1,0 +1,112 @@
+"""The PMPO loop's steps as Prefect task runs: `PMPO(steps=PrefectSteps(...))` is the flow's optimizer.
+
+Same functions as pmpo's LocalSteps, called through cached tasks; so the flow and `pmpo.optimize` give the
+same candidates for the same seed, and a rerun takes every step it already computed from the cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from pmpo.data.examples import Dataset
+from pmpo.evaluate import Evaluation
+from pmpo.loss import LossMatrix
+from pmpo.optimizer import OptimizerConfig, Rewrites
+from pmpo.result import Candidate, SegmentEffect
+from tasks import steps as t
+from tasks.caching import result_storage
+from tasks.models import ModelRef
+from tasks.progress import Event, report
+
+
+@dataclass(frozen=True)
+class StepRun:
+    """One step the loop asked for, and whether Prefect served it from the cache."""
+
+    step: str  # loss | mask | rewrite | select | evaluate
+    iteration: int
+    label: str
+    cached: bool
+
+
+@dataclass
+class WorkLog:
+    """Every step this process ran for the flow, in order (what was computed, what was reused)."""
+
+    runs: list[StepRun] = field(default_factory=list)
+
+    def count(self, step: str, *, cached: bool, iteration: int | None = None) -> int:
+        """How many `step` runs were (not) cached, in one iteration or all."""
+        return sum(
+            1 for r in self.runs if r.step == step and r.cached == cached and (iteration is None or r.iteration == iteration)
+        )
+
+
+class PrefectSteps:
+    """pmpo's Steps protocol over Prefect tasks with results persisted under the data directory."""
+
+    def __init__(self, model: ModelRef, config: OptimizerConfig):
+        self.model, self.config = model, config
+        self.model_identity = model.identity
+        self.work = WorkLog()
+        storage = result_storage()  # read now: the data directory may differ between flow runs in one process
+        self._loss = t.loss_matrix.with_options(result_storage=storage)
+        self._mask = t.mask_segments.with_options(result_storage=storage)
+        self._rewrite = t.propose_rewrites.with_options(result_storage=storage)
+        self._evaluate = t.evaluate_prompt.with_options(result_storage=storage)
+
+    def losses(self, prompts: Sequence[str], train: Dataset, iteration: int) -> LossMatrix:
+        """Per-example losses of `prompts` on the training set (one task run: `loss iter=2 13x40`)."""
+        label = t.loss_label(prompts, train, iteration)
+        return self._run("loss", iteration, label, self._loss, model=self.model, prompts=list(prompts), data=train, iteration=iteration)
+
+    def segments(
+        self, prompt: str, prompt_loss: float, train: Dataset, iteration: int
+    ) -> tuple[list[str], tuple[SegmentEffect, ...]]:
+        """Units of `prompt` and dL of masking each (one task run: `mask iter=2`)."""
+        c = self.config
+        return self._run(
+            "mask", iteration, t.segments_label(iteration), self._mask,
+            model=self.model, prompt=prompt, prompt_loss=prompt_loss, data=train, iteration=iteration,
+            units=c.units, max_units=c.max_units, seed=c.seed,
+        )  # fmt: skip
+
+    def rewrites(
+        self,
+        incumbent: str,
+        train: Dataset,
+        hard: Sequence[int],
+        effects: Sequence[SegmentEffect],
+        iteration: int,
+        seen: frozenset[str],
+    ) -> Rewrites:
+        """Rewrite variants on the hard examples (one task run: `rewrite iter=2 k=3`)."""
+        return self._run(
+            "rewrite", iteration, t.rewrites_label(iteration, hard), self._rewrite,
+            model=self.model, incumbent=incumbent, data=train, hard=list(hard), effects=tuple(effects),
+            iteration=iteration, seen=seen, rewrite=self.config.rewrite, seed=self.config.seed,
+        )  # fmt: skip
+
+    def select(self, incumbent: Candidate, candidates: Sequence[Candidate], iteration: int) -> Candidate:
+        """The new incumbent (a task run, so the Prefect timeline shows each decision)."""
+        return self._run(
+            "select", iteration, t.select_label(iteration), t.select_incumbent,
+            incumbent=incumbent, candidates=list(candidates), iteration=iteration,
+        )  # fmt: skip
+
+    def evaluate(self, prompt: str, data: Dataset, which: str, generate: bool, max_new_tokens: int) -> Evaluation:
+        """Loss (and accuracy) of one prompt on held-out data (not a loop step; cached the same way)."""
+        return self._run(
+            "evaluate", -1, t.evaluate_label(which, data), self._evaluate,
+            model=self.model, prompt=prompt, data=data, which=which, generate=generate, max_new_tokens=max_new_tokens,
+        )  # fmt: skip
+
+    def _run(self, step: str, iteration: int, label: str, task: Any, /, **kwargs: Any) -> Any:
+        report(Event("start", label))
+        state = task(**kwargs, return_state=True)
+        value = state.result()  # raises the task's exception when it failed
+        cached = state.name == "Cached"
+        self.work.runs.append(StepRun(step, iteration, label, cached))
+        report(Event("done", label, cached=cached))
+        return value

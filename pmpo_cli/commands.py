@@ -1,0 +1,116 @@
+"""The subcommands: turn arguments into a flow config, run the flow, show the outcome."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import tasks  # noqa: F401  (first: it sets telemetry and server defaults before prefect loads)
+from pmpo.errors import PmpoError
+from pmpo_cli import display
+
+
+def run(args: argparse.Namespace) -> int:
+    """Dispatch to the subcommand."""
+    return {"optimize": optimize, "evaluate": evaluate, "runs": runs, "show": show}[args.command](args)
+
+
+def optimize(args: argparse.Namespace) -> int:
+    """`pmpo optimize`: the optimisation flow, with progress and a summary table."""
+    from flows.config import OptimizeConfig, build
+    from flows.optimize import optimize_prompt
+    from pmpo_cli.options import config_values
+
+    values = config_values(args)
+    for flag, key in (("iterations", "iterations"), ("task", "task"), ("experiment", "experiment")):
+        if getattr(args, flag) is not None:
+            values[key] = getattr(args, flag)
+    config = build(OptimizeConfig, values, origin=args.config or "arguments")
+    _preflight(config)
+    with display.live_progress():
+        summary = optimize_prompt(config)
+    display.optimize_summary(summary)
+    _write_output(args.output, summary.model_dump(mode="json"))
+    return 0
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    """`pmpo evaluate`: one prompt on the held-out split."""
+    from flows.config import EvaluateConfig, build
+    from flows.evaluate import evaluate_prompt
+    from pmpo_cli.options import config_values
+
+    config = build(EvaluateConfig, config_values(args), origin=args.config or "arguments")
+    _preflight(config)
+    with display.live_progress():
+        summary = evaluate_prompt(config)
+    display.evaluate_summary(summary)
+    _write_output(args.output, summary.model_dump(mode="json"))
+    return 0
+
+
+def runs(args: argparse.Namespace) -> int:
+    """`pmpo runs`: recent runs from MLflow."""
+    from tasks import tracking
+
+    display.runs_table(tracking.list_runs(args.experiment, max_results=args.limit), tracking.ui_command())
+    return 0
+
+
+def show(args: argparse.Namespace) -> int:
+    """`pmpo show RUN`: a run's candidates."""
+    from tasks import tracking
+
+    display.candidates_table(args.run_id, tracking.run_candidates(args.run_id), args.width)
+    return 0
+
+
+def _preflight(config) -> None:
+    """Resolve the model before any flow starts: a wrong spec costs a line, not a server start."""
+    from tasks.models import model_ref
+
+    model_ref(config.model.settings())
+    _quiet_user_errors()
+
+
+class _DropUserErrors(logging.Filter):
+    """Drop Prefect's reports of a user mistake (a PmpoError): the CLI prints it once, as one line.
+
+    Prefect reports a failure three times (task failed, task state, flow failed), with a traceback; that is
+    right for a bug, and stays so for any other exception.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info:
+            return not isinstance(record.exc_info[1], PmpoError)
+        match = _STATE_EXCEPTION.search(record.getMessage())
+        return not (match and match.group(1) in _user_error_names())
+
+
+_STATE_EXCEPTION = re.compile(r"encountered an exception:? (\w+)")
+
+
+def _user_error_names() -> set[str]:
+    names, todo = set(), [PmpoError]
+    while todo:
+        cls = todo.pop()
+        names.add(cls.__name__)
+        todo.extend(cls.__subclasses__())
+    return names
+
+
+def _quiet_user_errors() -> None:
+    """Install the filter on the loggers Prefect reports runs with (once)."""
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropUserErrors) for f in logger.filters):
+            logger.addFilter(_DropUserErrors())
+
+
+def _write_output(path: str | None, data: dict[str, Any]) -> None:
+    if path:
+        Path(path).write_text(json.dumps(data, indent=2) + "\n")

@@ -1,0 +1,136 @@
+"""What the CLI shows: live progress of each step, and tables of results, runs and candidates (rich)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from datetime import datetime
+from typing import Any, Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from tasks.progress import Event, listening
+
+console = Console()
+if not console.is_terminal:  # piped or captured: no terminal width to respect, and ids must stay whole
+    console.width = 160
+MLFLOW_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
+
+
+@contextlib.contextmanager
+def live_progress() -> Iterator[None]:
+    """Show a bar per running step and a line per finished one while the block runs."""
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+    bars: dict[str, Any] = {}
+    started: dict[str, float] = {}
+
+    def on_event(e: Event) -> None:
+        if e.kind == "note":
+            progress.console.print(f"[bold]{e.label}[/bold]")
+        elif e.kind == "start":
+            started[e.label] = time.monotonic()
+            bars[e.label] = progress.add_task(e.label, total=None)
+        elif e.kind == "advance" and e.label in bars:
+            progress.update(bars[e.label], completed=e.completed, total=e.total)
+        elif e.kind == "done" and e.label in bars:
+            progress.remove_task(bars.pop(e.label))
+            took = time.monotonic() - started.pop(e.label, time.monotonic())
+            how = "[dim]cached[/dim]" if e.cached else f"{took:.1f}s"
+            progress.console.print(f"  [green]✓[/green] {e.label}  {how}")
+
+    with progress, listening(on_event):
+        yield
+
+
+def optimize_summary(s: Any) -> None:
+    """The end-of-run table: training and held-out loss, accuracy, the prompt, and where the record is."""
+    table = Table(title=f"PMPO on {s.task}", show_header=True, header_style="bold")
+    table.add_column("")
+    table.add_column("initial", justify="right")
+    table.add_column("best / final", justify="right")
+    table.add_row("training loss (nats, mean per example)", f"{s.initial_loss:.4f}", f"{s.best_loss:.4f}")
+    if s.heldout is not None:
+        h = s.heldout
+        table.add_row(f"held-out loss ({h.n_examples} examples)", f"{h.initial_loss:.4f}", f"{h.final_loss:.4f}")
+        if h.initial_accuracy is not None:
+            table.add_row("held-out accuracy", f"{h.initial_accuracy:.1%}", f"{h.final_accuracy:.1%}")
+    console.print(table)
+    console.print(f"[bold]initial prompt:[/bold] {s.initial_prompt}", soft_wrap=True)
+    console.print(f"[bold]best prompt:[/bold]    {s.best_prompt}", soft_wrap=True)
+    console.print(f"{s.n_candidates} candidates over {s.n_iterations} iterations" + (" (resumed run)" if s.resumed else ""))
+    if s.prompt_version is not None:
+        console.print(f"registered: prompts:/{s.prompt_name}/{s.prompt_version} (also prompts:/{s.prompt_name}@latest)")
+    console.print(f"MLflow run {s.run_id} in experiment {s.experiment!r}")
+    _where(s.tracking_uri, s.run_url_path)
+
+
+def evaluate_summary(s: Any) -> None:
+    """One prompt's held-out numbers."""
+    table = Table(title=f"{s.dataset}: held-out evaluation", header_style="bold")
+    for col in ("examples", "loss", "loss / token", "accuracy"):
+        table.add_column(col, justify="right")
+    acc = "-" if s.accuracy is None else f"{s.accuracy:.1%}"
+    table.add_row(str(s.n_examples), f"{s.loss:.4f}", f"{s.loss_per_token:.4f}", acc)
+    console.print(table)
+    console.print(f"[bold]prompt[/bold] ({s.prompt_source if s.prompt_source != s.prompt else 'as given'}): {s.prompt}")
+
+
+def runs_table(runs: list[dict[str, Any]], ui_command: str) -> None:
+    """Recent runs."""
+    if not runs:
+        console.print("no pmpo runs recorded yet: run `pmpo optimize`")
+        return
+    table = Table(header_style="bold")
+    table.add_column("run", no_wrap=True)
+    for col in ("experiment", "name", "status", "started", "initial", "best", "cands", "held-out acc"):
+        table.add_column(col)
+    for r in runs:
+        started = datetime.fromtimestamp(r["start_time"] / 1000).strftime("%Y-%m-%d %H:%M")
+        acc = "-" if r["heldout_accuracy"] is None else f"{r['heldout_accuracy']:.1%}"
+        table.add_row(
+            r["run_id"], r["experiment"], r["name"] or "", r["status"], started,
+            _num(r["initial_loss"]), _num(r["best_loss"]), _num(r["n_candidates"], "{:.0f}"), acc,
+        )  # fmt: skip
+    console.print(table)
+    console.print(f"browse: {ui_command}")
+
+
+def candidates_table(run_id: str, rows: list[dict[str, Any]], width: int) -> None:
+    """A run's candidates in the order they were made; * marks the incumbents."""
+    if not rows:
+        console.print(f"run {run_id} has no candidates table yet")
+        return
+    table = Table(title=f"run {run_id}: {len(rows)} candidates", header_style="bold")
+    for col in ("", "iter", "id", "parent", "origin", "loss", "loss/token"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("prompt")
+    for r in rows:
+        prompt = r["prompt"] if len(r["prompt"]) <= width else r["prompt"][: width - 1] + "…"
+        table.add_row(
+            "*" if r["selected"] else "", str(r["iteration"]), r["id"], r["parent"] or "", r["origin"],
+            f"{r['loss_mean']:.4f}", f"{r['loss_per_token']:.4f}", prompt,
+        )  # fmt: skip
+    console.print(table)
+
+
+def _where(tracking_uri: str, url_path: str) -> None:
+    if tracking_uri.startswith("sqlite:"):
+        console.print(f"open the record: [bold]mlflow ui --backend-store-uri {tracking_uri}[/bold]", soft_wrap=True)
+        console.print(f"then: {MLFLOW_UI}/{url_path}", soft_wrap=True)
+    else:
+        console.print(f"open the record: {tracking_uri.rstrip('/')}/{url_path}", soft_wrap=True)
+    console.print("flow runs: [bold]prefect server start[/bold], then http://127.0.0.1:4200")
+
+
+def _num(value: float | None, fmt: str = "{:.4f}") -> str:
+    return "-" if value is None else fmt.format(value)

@@ -1,0 +1,111 @@
+"""`pmpo`: the command line, a thin front over the flows (optimize, evaluate) and the MLflow record (runs, show).
+
+Mistakes get one line on stderr and a non-zero exit: 2 for bad arguments or config, 1 for a failed run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Sequence
+
+QUIET = {"PREFECT_LOGGING_LEVEL": "WARNING", "MLFLOW_LOGGING_LEVEL": "WARNING", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+
+
+class UsageError(Exception):
+    """Bad command-line arguments (not a PmpoError: reporting it must not wait for pmpo, torch and prefect)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse prints usage and exits; we want one line, the same for every mistake
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = _Parser(prog="pmpo", description="Optimise a prompt by the model's own loss (PMPO).")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    opt = sub.add_parser("optimize", help="optimise a prompt (no arguments: the demo task on the bundled model)")
+    _data_options(opt)
+    _prompt_options(opt)
+    opt.add_argument("--iterations", type=int, help="PMPO iterations (default 2; the paper runs 20)")
+    opt.add_argument("--task", help="task name: MLflow experiment and registered prompt name (default: the dataset's)")
+    opt.add_argument("--experiment", help="MLflow experiment (default: the task name)")
+    opt.add_argument("--output", metavar="FILE", help="write the run's summary as JSON")
+
+    ev = sub.add_parser("evaluate", help="score a prompt (or prompts:/name@alias) on a dataset's held-out split")
+    _data_options(ev)
+    _prompt_options(ev)
+    ev.add_argument("--output", metavar="FILE", help="write the result as JSON")
+
+    runs = sub.add_parser("runs", help="list optimisation runs recorded in MLflow")
+    runs.add_argument("--experiment", help="only this experiment")
+    runs.add_argument("--limit", type=int, default=20, help="at most this many runs (default 20)")
+
+    show = sub.add_parser("show", help="a run's candidates")
+    show.add_argument("run_id", metavar="RUN", help="run id (see `pmpo runs`)")
+    show.add_argument("--width", type=int, default=70, help="characters of each prompt to show")
+    from pmpo_cli import ops  # serve, nightly, compare
+
+    ops.add_parsers(sub)
+    return parser
+
+
+def _data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", metavar="SOURCE", help="file (.jsonl .json .csv .tsv .parquet), builtin:<task> or hub name")
+    p.add_argument("--format", help="data format, when the file name does not say it")
+    p.add_argument("--column", action="append", default=[], metavar="FIELD=COLUMN", help="map a column, e.g. target=answer")
+    p.add_argument("--limit", type=int, help="read at most this many examples")
+    p.add_argument("--model", metavar="SPEC", help="built-in name, hub id or local directory (default: bundled SmolLM2)")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--train-size", type=int, metavar="N", help="training examples (default: 20%% of the data, at most 50)")
+    p.add_argument("--seed", type=int, help="seed of the split and the rewrites (default 0)")
+    p.add_argument("--eval-examples", type=int, metavar="N", help="held-out examples to score (default 50)")
+    p.add_argument("--no-generate", action="store_true", help="held-out loss only, no generated answers")
+    p.add_argument("--config", metavar="FILE", help="YAML or TOML file of config fields; flags override it")
+
+
+def _prompt_options(p: argparse.ArgumentParser) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--prompt", help="the prompt (default: the dataset's default prompt)")
+    group.add_argument("--prompt-file", metavar="FILE", help="read the prompt from a file")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `pmpo` console script."""
+    # Our own display shows each step: library chatter (server start, database set-up, weight loading bars)
+    # would only scroll it away. setdefault, so a user can turn any of it back on. Set before pmpo is imported.
+    for key, value in QUIET.items():
+        os.environ.setdefault(key, value)
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as exc:
+        return _fail(str(exc), 2)
+    from pmpo.errors import PmpoError  # after parsing: `pmpo --help` should not wait for torch
+
+    try:
+        from pmpo_cli import commands, ops
+
+        return ops.run(args) if args.command in ops.COMMANDS else commands.run(args)
+    except PmpoError as exc:
+        return _fail(str(exc), 2 if _is_config_error(exc) else 1)
+    except KeyboardInterrupt:
+        return _fail("interrupted; run the same command again to resume where it stopped", 130)
+
+
+def _is_config_error(exc: Exception) -> bool:
+    """A bad config value or file (exit 2, like bad arguments); flows.config defines it, if it was loaded."""
+    config_error = getattr(sys.modules.get("flows.config"), "ConfigError", None)
+    return config_error is not None and isinstance(exc, config_error)
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"pmpo: error: {' '.join(message.split())}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

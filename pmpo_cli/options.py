@@ -1,0 +1,61 @@
+"""From command-line arguments to flow config values: the config file first, flags override it."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from flows.config import ConfigError, merge, read_config_file
+from pmpo.data.rows import ColumnMap
+from pmpo.errors import PmpoError
+
+
+def config_values(args: argparse.Namespace) -> dict[str, Any]:
+    """Config values of the options optimize and evaluate share."""
+    values: dict[str, Any] = read_config_file(args.config) if args.config else {}
+    flags: dict[str, Any] = {}
+    data = {k: v for k, v in (("source", args.data), ("format", args.format), ("limit", args.limit)) if v is not None}
+    if args.column:
+        data["columns"] = columns(args.column)
+    if data:
+        flags["data"] = data
+    model = {k: v for k, v in (("spec", args.model), ("dtype", args.dtype), ("device", args.device)) if v is not None}
+    if model:
+        flags["model"] = model
+    if args.prompt is not None:
+        flags["prompt"] = args.prompt
+    if args.prompt_file is not None:
+        flags["prompt"] = read_prompt(args.prompt_file)
+    if args.train_size is not None:  # an exact size: drawn from the whole data, up to N examples
+        flags.update(train_fraction=1.0, train_cap=args.train_size)
+    if args.seed is not None:
+        flags["seed"] = args.seed
+    evals: dict[str, Any] = {"max_examples": args.eval_examples} if args.eval_examples is not None else {}
+    if args.no_generate:
+        evals["generate"] = False
+    if evals:
+        flags["eval"] = evals
+    return merge(values, flags)
+
+
+def columns(pairs: list[str]) -> dict[str, str]:
+    """`--column FIELD=COLUMN` pairs as a mapping (only the fields given)."""
+    try:
+        mapped = ColumnMap.from_pairs(pairs)  # checks the syntax and the field names, naming the bad pair
+    except PmpoError as exc:
+        raise ConfigError(str(exc)) from None
+    given = {pair.partition("=")[0].strip() for pair in pairs}
+    return {f.name: getattr(mapped, f.name) for f in fields(ColumnMap) if f.name in given}
+
+
+def read_prompt(path: str) -> str:
+    """The prompt in a file (surrounding whitespace dropped)."""
+    try:
+        text = Path(path).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"--prompt-file {path}: {exc.strerror}") from None
+    if not text:
+        raise ConfigError(f"--prompt-file {path}: the file is empty")
+    return text

@@ -1,0 +1,146 @@
+"""Thin Prefect tasks over pmpo: load data, batch loss, segment masking, rewrite proposal, selection, evaluation.
+
+Each task is a few lines over a pmpo function. Computing tasks persist their result and carry an explicit
+cache policy (tasks.caching): task source + model identity + dataset fingerprint + prompt text(s) + the
+settings that change the result. Run names say what a run did, e.g. `loss iter=2 13x40`.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from pmpo.data import ColumnMap, Dataset, Split, load_dataset, split_dataset
+from pmpo.evaluate import Evaluation, evaluate
+from pmpo.loss import LossMatrix
+from pmpo.optimizer import OptimizerConfig, prompt_units, rewrite_prompts, segment_effects, select
+from pmpo.segments import unit_separator
+from pmpo.result import Candidate, SegmentEffect
+from pmpo.rewrite import RewriteSettings
+from tasks.caching import policy
+from tasks.models import ModelRef, loaded, scorer
+from tasks.progress import Event, report
+
+
+def loss_label(prompts: Sequence[str], data: Dataset, iteration: int, **_) -> str:
+    """`loss iter=2 13x40`: prompts x examples."""
+    return f"loss iter={iteration} {len(prompts)}x{len(data)}"
+
+
+def segments_label(iteration: int, **_) -> str:
+    """`mask iter=2`."""
+    return f"mask iter={iteration}"
+
+
+def rewrites_label(iteration: int, hard: Sequence[int], **_) -> str:
+    """`rewrite iter=2 k=3`: one request per hard example."""
+    return f"rewrite iter={iteration} k={len(hard)}"
+
+
+def select_label(iteration: int, **_) -> str:
+    """`select iter=2`."""
+    return f"select iter={iteration}"
+
+
+def evaluate_label(which: str, data: Dataset, **_) -> str:
+    """`evaluate final 50 ex`."""
+    return f"evaluate {which} {len(data)} ex"
+
+
+def _named(label):
+    """A task_run_name callable: Prefect passes the run's parameters to a callable that takes `parameters`."""
+
+    def name(parameters: dict) -> str:
+        return label(**parameters)
+
+    return name
+
+
+@task(name="load data", cache_policy=NO_CACHE, task_run_name="load {source}")
+def load_split(
+    source: str,
+    *,
+    format: str | None,
+    columns: dict[str, str],
+    kind: str,
+    limit: int | None,
+    hub_config: str | None,
+    hub_split: str | None,
+    seed: int,
+    train_fraction: float,
+    train_cap: int | None,
+) -> tuple[Dataset, Split]:
+    """Read the dataset and split it (not cached: the source may change; its fingerprint keys the rest)."""
+    dataset = load_dataset(
+        source, format=format, columns=ColumnMap(**columns), kind=kind, limit=limit, hub_config=hub_config, split=hub_split
+    )
+    return dataset, split_dataset(dataset, seed=seed, train_fraction=train_fraction, train_cap=train_cap)
+
+
+@task(name="loss", cache_policy=policy("iteration"), persist_result=True, task_run_name=_named(loss_label))
+def loss_matrix(model: ModelRef, prompts: list[str], data: Dataset, iteration: int) -> LossMatrix:
+    """Per-example losses of every prompt (the iteration only names the run: the same prompts cost once)."""
+    sc, label = scorer(model), loss_label(prompts, data, iteration)
+    parts = []
+    for done, prompt in enumerate(prompts, start=1):  # one prompt at a time, to report progress
+        parts.append(sc.loss_matrix([prompt], data.examples))
+        report(Event("advance", label, done, len(prompts)))
+    return LossMatrix(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("loss", "nll", "tokens")))
+
+
+@task(name="mask", cache_policy=policy(), persist_result=True, task_run_name=_named(segments_label))
+def mask_segments(
+    model: ModelRef, prompt: str, prompt_loss: float, data: Dataset, iteration: int, units: str, max_units: int, seed: int
+) -> tuple[list[str], tuple[SegmentEffect, ...]]:
+    """The prompt's removable units and dL of masking each (iteration and seed matter for model-marked units)."""
+    config = OptimizerConfig(units=units, max_units=max_units, seed=seed)
+    unit_list = prompt_units(loaded(model), prompt, config, iteration)
+    return unit_list, segment_effects(scorer(model), prompt_loss, unit_list, data, separator=unit_separator(prompt))
+
+
+@task(
+    name="rewrite",
+    cache_policy=policy(),
+    persist_result=True,
+    task_run_name=_named(rewrites_label),
+)
+def propose_rewrites(
+    model: ModelRef,
+    incumbent: str,
+    data: Dataset,
+    hard: list[int],
+    effects: tuple[SegmentEffect, ...],
+    iteration: int,
+    seen: frozenset[str],
+    rewrite: RewriteSettings,
+    seed: int,
+) -> tuple[list[str], dict[str, int]]:
+    """Rewrite variants on the hard examples; seed and iteration fix the sampling, so they are in the key."""
+    config = OptimizerConfig(rewrite=rewrite, seed=seed)
+    return rewrite_prompts(loaded(model), incumbent, data, hard, effects, config, iteration, seen)
+
+
+@task(name="select", cache_policy=NO_CACHE, task_run_name=_named(select_label))
+def select_incumbent(incumbent: Candidate, candidates: list[Candidate], iteration: int) -> Candidate:
+    """Keep the incumbent unless a candidate's loss is strictly lower."""
+    return select(incumbent, candidates)
+
+
+@task(
+    name="evaluate",
+    cache_policy=policy("which"),
+    persist_result=True,
+    task_run_name=_named(evaluate_label),
+)
+def evaluate_prompt(
+    model: ModelRef, prompt: str, data: Dataset, which: str, generate: bool, max_new_tokens: int
+) -> Evaluation:
+    """Held-out loss (and accuracy by greedy generation when `generate`) of one prompt."""
+    label = evaluate_label(which, data)
+    report(Event("advance", label, 0, 1))
+    result = evaluate(loaded(model), prompt, data, scorer=scorer(model), generate=generate, max_new_tokens=max_new_tokens)
+    report(Event("advance", label, 1, 1))
+    return result

@@ -1,0 +1,296 @@
+"""The MLflow adapter: the only module that imports mlflow. Everything a run leaves behind goes through here.
+
+One experiment per task, one parent run per optimisation (resumed, not duplicated, after a crash: found by
+its run key), per-iteration metrics with step, the candidates table rewritten whole after every iteration,
+and at the end held-out metrics, a plot and the final prompt in the Prompt Registry. The MLflow client API
+is used throughout (no fluent "active run"), so nothing here depends on global run state.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
+
+from pmpo.errors import PmpoError
+from pmpo.result import Candidate, Iteration, SegmentEffect
+from tasks.environment import artifacts_dir, home, tracking_uri
+
+RUN_KEY_TAG = "pmpo.run_key"
+CANDIDATES_FILE = "candidates.json"
+STEP_METRIC = "incumbent_loss"  # logged last in an iteration: its history says which iterations are recorded
+_PROMPT_NAME_BAD = re.compile(r"[^A-Za-z0-9_.-]+")
+_METRIC_NAME_BAD = re.compile(r"[^A-Za-z0-9_\-./ ]+")
+
+
+class TrackingError(PmpoError):
+    """A run, prompt or store named by the user does not exist or cannot be read."""
+
+
+@dataclass(frozen=True)
+class TrackedRun:
+    """Where one optimisation is recorded."""
+
+    run_id: str
+    experiment_id: str
+    experiment: str
+    resumed: bool  # an unfinished run with the same key was found and continues
+    logged_through: int  # the last iteration already recorded (-1: none)
+
+    @property
+    def url_path(self) -> str:
+        """The run's page, relative to the MLflow UI's address."""
+        return f"#/experiments/{self.experiment_id}/runs/{self.run_id}"
+
+
+def client() -> MlflowClient:
+    """A client on the configured store (MLFLOW_TRACKING_URI, else SQLite in the data directory)."""
+    uri = tracking_uri()  # read every time: PMPO_HOME may change between runs in one process (tests)
+    mlflow.set_tracking_uri(uri)  # the Prompt Registry API reads the global URI
+    return _client(uri)
+
+
+@functools.lru_cache(maxsize=8)
+def _client(uri: str) -> MlflowClient:
+    if uri.startswith("sqlite:///"):
+        home().mkdir(parents=True, exist_ok=True)
+        logging.getLogger("alembic").setLevel(logging.WARNING)  # schema set-up chatter on a fresh database
+    return MlflowClient(uri)
+
+
+def ui_command() -> str:
+    """The shell command that opens the MLflow UI on this store."""
+    uri = tracking_uri()
+    return f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite:") else f"open {uri}"
+
+
+def experiment_id(c: MlflowClient, name: str) -> str:
+    """The experiment's id, creating it (artifacts under the data directory on the default store)."""
+    found = c.get_experiment_by_name(name)
+    if found is not None:
+        if found.lifecycle_stage == "deleted":
+            c.restore_experiment(found.experiment_id)
+        return found.experiment_id
+    location = None
+    if tracking_uri().startswith(f"sqlite:///{home()}"):
+        location = (artifacts_dir() / _PROMPT_NAME_BAD.sub("-", name)).as_uri()
+    return c.create_experiment(name, artifact_location=location)
+
+
+def start_run(experiment: str, run_key: str, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> TrackedRun:
+    """Continue the unfinished run with this key, or start one with `params` and `tags`."""
+    c = client()
+    exp_id = experiment_id(c, experiment)
+    previous = c.search_runs([exp_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}'", order_by=["attributes.start_time DESC"])
+    unfinished = [r for r in previous if r.info.status != "FINISHED"]
+    if unfinished:
+        run_id = unfinished[0].info.run_id
+        c.update_run(run_id, status="RUNNING")
+        c.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        return TrackedRun(run_id, exp_id, experiment, resumed=True, logged_through=_last_step(c, run_id))
+    run = c.create_run(exp_id, run_name=run_name, tags={**tags, RUN_KEY_TAG: run_key})
+    items = [Param(k, _param_value(v)) for k, v in params.items()]
+    for at in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+        c.log_batch(run.info.run_id, params=items[at : at + 100])
+    return TrackedRun(run.info.run_id, exp_id, experiment, resumed=False, logged_through=-1)
+
+
+def log_metrics(run: TrackedRun, metrics: dict[str, float], step: int) -> None:
+    """Log metrics at `step` (finite values only: MLflow stores inf badly and a chart cannot show it)."""
+    now = int(time.time() * 1000)
+    items = [Metric(_METRIC_NAME_BAD.sub("_", k), float(v), now, step) for k, v in metrics.items() if math.isfinite(v)]
+    client().log_batch(run.run_id, metrics=items)
+
+
+def log_iteration(run: TrackedRun, it: Iteration, n_total: int) -> None:
+    """An iteration's metrics and masking table; the incumbent loss goes last as the 'recorded' marker."""
+    c = client()
+    if it.segments:
+        write_table(c, run, f"masking/iter_{it.iteration:03d}.json", masking_columns(it.segments))
+    metrics = {
+        "best_candidate_loss": it.best_candidate_loss,
+        "n_candidates": it.n_candidates,
+        "n_candidates_total": n_total,
+        "improved": float(it.improved),
+        **{f"rejected/{reason}": count for reason, count in it.rejected.items()},
+    }
+    log_metrics(run, metrics, it.iteration)
+    log_metrics(run, {STEP_METRIC: it.incumbent_loss}, it.iteration)
+
+
+def masking_columns(effects: Sequence[SegmentEffect]) -> dict[str, list]:
+    """The masking table: dL of removing each unit (negative: the unit hurts)."""
+    return {
+        "index": [e.index for e in effects],
+        "unit": [e.text for e in effects],
+        "delta_loss": [e.delta_loss for e in effects],
+    }
+
+
+def candidate_columns(candidates: Sequence[Candidate], selected: set[str]) -> dict[str, list]:
+    """The candidates table, one row per candidate; `selected`: it was the incumbent after its iteration."""
+    return {
+        "id": [c.id for c in candidates],
+        "parent": [c.parent_id for c in candidates],
+        "iteration": [c.iteration for c in candidates],
+        "origin": [c.origin for c in candidates],
+        "prompt": [c.prompt for c in candidates],
+        "loss_sum": [c.loss * c.n_examples for c in candidates],  # summed over the training examples
+        "loss_mean": [c.loss for c in candidates],  # the objective: mean over examples of summed target CE
+        "loss_per_token": [c.loss_per_token for c in candidates],
+        "n_examples": [c.n_examples for c in candidates],
+        "selected": [c.id in selected for c in candidates],
+    }
+
+
+def log_candidates(run: TrackedRun, candidates: Sequence[Candidate], selected: set[str]) -> None:
+    """Rewrite the whole candidates table (never appended to: a resumed run must not duplicate rows)."""
+    write_table(client(), run, CANDIDATES_FILE, candidate_columns(candidates, selected))
+
+
+def write_table(c: MlflowClient, run: TrackedRun, artifact_file: str, columns: dict[str, list]) -> None:
+    """Write a table artifact, replacing any earlier version.
+
+    `MlflowClient.log_table` appends to an existing file; we write the same JSON ('split' orient) with
+    log_text, which replaces it, and register the file as a table the way log_table does, for the UI.
+    """
+    names = list(columns)
+    rows = [list(row) for row in zip(*(columns[n] for n in names))]
+    c.log_text(run.run_id, json.dumps({"columns": names, "data": rows}), artifact_file)
+    tags = c.get_run(run.run_id).data.tags
+    logged = json.loads(tags.get(MLFLOW_LOGGED_ARTIFACTS, "[]"))
+    entry = {"path": artifact_file, "type": "table"}
+    if entry not in logged:
+        c.set_tag(run.run_id, MLFLOW_LOGGED_ARTIFACTS, json.dumps([*logged, entry]))
+
+
+def log_figure(run: TrackedRun, figure: Any, artifact_file: str) -> None:
+    """Save a matplotlib figure as a PNG artifact."""
+    client().log_figure(run.run_id, figure, artifact_file)
+
+
+def log_text(run: TrackedRun, text: str, artifact_file: str) -> None:
+    """Save a text artifact (replaces an earlier one)."""
+    client().log_text(run.run_id, text, artifact_file)
+
+
+def set_tags(run: TrackedRun, tags: dict[str, str]) -> None:
+    """Set run tags."""
+    client().log_batch(run.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def run_tags(run_id: str) -> dict[str, str]:
+    """A run's tags."""
+    return dict(_get_run(client(), run_id).data.tags)
+
+
+def finish(run: TrackedRun, status: str = "FINISHED") -> None:
+    """Mark the run FINISHED (or FAILED: a later identical command resumes a failed run)."""
+    client().set_terminated(run.run_id, status=status)
+
+
+def prompt_name(task: str) -> str:
+    """A Prompt Registry name for a task (letters, digits, _ . - only)."""
+    return _PROMPT_NAME_BAD.sub("-", task).strip("-") or "prompt"
+
+
+def register_prompt(task: str, prompt: str, loss: float, run: TrackedRun) -> tuple[str, int]:
+    """Register `prompt` under the task's name with its loss and run id as a new version.
+
+    `prompts:/<name>@latest` then loads it: MLflow reserves the alias `latest` for the newest version and
+    resolves it itself (setting it explicitly is refused).
+    """
+    client()
+    name = prompt_name(task)
+    version = mlflow.genai.register_prompt(
+        name=name,
+        template=prompt,
+        commit_message=f"pmpo run {run.run_id}: training loss {loss:.4f}",
+        tags={"loss": f"{loss:.6f}", "run_id": run.run_id},
+    )
+    return name, int(version.version)
+
+
+def load_registered_prompt(uri: str) -> str:
+    """The text of a registered prompt, e.g. `prompts:/sentiment@latest` or `prompts:/sentiment/2`."""
+    client()
+    try:
+        return mlflow.genai.load_prompt(uri).template
+    except MlflowException as exc:
+        raise TrackingError(f"prompt {uri!r} not found in {tracking_uri()}: {exc.message.splitlines()[0]}") from None
+
+
+def list_runs(experiment: str | None = None, max_results: int = 50) -> list[dict[str, Any]]:
+    """Recent pmpo runs (newest first), in one experiment or all."""
+    c = client()
+    if experiment is not None:
+        found = c.get_experiment_by_name(experiment)
+        if found is None:
+            raise TrackingError(f"no experiment {experiment!r} in {tracking_uri()}")
+        experiments = [found]
+    else:
+        experiments = c.search_experiments()
+    names = {e.experiment_id: e.name for e in experiments}
+    if not names:
+        return []
+    runs = c.search_runs(list(names), order_by=["attributes.start_time DESC"], max_results=max_results)
+    return [
+        {
+            "run_id": r.info.run_id,
+            "experiment": names[r.info.experiment_id],
+            "name": r.info.run_name,
+            "status": r.info.status,
+            "start_time": r.info.start_time,
+            "initial_loss": r.data.metrics.get("initial_loss"),
+            "best_loss": r.data.metrics.get("best_loss"),
+            "n_candidates": r.data.metrics.get("n_candidates_total"),
+            "heldout_accuracy": r.data.metrics.get("heldout/accuracy_final"),
+        }
+        for r in runs
+        if RUN_KEY_TAG in r.data.tags
+    ]
+
+
+def run_candidates(run_id: str) -> list[dict[str, Any]]:
+    """The candidates table of a run, as rows."""
+    c = client()
+    _get_run(c, run_id)
+    try:
+        text = mlflow.artifacts.load_text(f"runs:/{run_id}/{CANDIDATES_FILE}")
+    except (MlflowException, OSError):
+        return []
+    table = json.loads(text)
+    return [dict(zip(table["columns"], row)) for row in table["data"]]
+
+
+def metric_history(run_id: str, key: str) -> list[tuple[int, float]]:
+    """(step, value) of every logged value of a metric, in logging order."""
+    return [(m.step, m.value) for m in client().get_metric_history(run_id, key)]
+
+
+def _get_run(c: MlflowClient, run_id: str):
+    try:
+        return c.get_run(run_id)
+    except MlflowException:
+        raise TrackingError(f"no run {run_id!r} in {tracking_uri()} (see `pmpo runs`)") from None
+
+
+def _last_step(c: MlflowClient, run_id: str) -> int:
+    return max((m.step for m in c.get_metric_history(run_id, STEP_METRIC)), default=-1)
+
+
+def _param_value(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value)
+    return text if len(text) <= 500 else text[:497] + "..."  # the full config is also logged as config.json
+

@@ -1,0 +1,230 @@
+"""The nightly refresh on the tiny model under a throwaway Prefect API: a second refresh on the same data keeps
+production, a candidate that is worse on held-out data is never promoted however low its training loss (and a
+better one is), a prompt with broken data fails alone and is named, and every decision is on record."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from pmpo.errors import PmpoError
+
+# prefect, mlflow and the flows are imported inside the tests: imported while collecting, they would set up their
+# logging before `pmpo`'s CLI tests can quiet it.
+
+PROMPT = "Read the review. Answer with one word."
+LIMIT, HELDOUT = 30, 6
+# Prompts to pick a deliberately worse and a better candidate from (by their measured held-out loss).
+POOL = [
+    PROMPT,
+    "Say whether the review is positive or negative.",
+    "zebra quantum umbrella seventeen",
+    "negative negative negative negative",
+    f"{PROMPT} {PROMPT}",
+    "The review below is about a product. Reply positive or negative.",
+]
+
+
+def managed(model_dir, name: str = "sent", source: str = "builtin:sentiment") -> dict:
+    """A managed prompt that optimises for one tiny iteration and checks 6 held-out examples by loss only."""
+    return {
+        "name": name,
+        "optimize": {
+            "data": {"source": source, "limit": LIMIT},
+            "model": {"spec": str(model_dir), "dtype": "float32"},
+            "prompt": PROMPT,
+            "iterations": 1,
+            "rewrite": {"k": 1, "n": 2, "max_new_tokens": 8},
+            "eval": {"max_examples": HELDOUT, "generate": False},
+        },
+    }
+
+
+def inline(model_dir, margin: float = 0.0):
+    from flows.managed import NightlyConfig
+
+    return NightlyConfig.model_validate({"prompts": [managed(model_dir)], "promotion": {"margin": margin}})
+
+
+@pytest.fixture
+def registry(pmpo_home):
+    from tasks import registry
+
+    return registry
+
+
+@pytest.fixture(scope="module")
+def heldout_losses(tiny_lm):
+    """Each pool prompt's loss on the held-out examples the refresh judges on, measured without the refresh."""
+    from pmpo.data import load_dataset, split_dataset
+    from pmpo.evaluate import evaluate
+
+    test = split_dataset(load_dataset("builtin:sentiment", limit=LIMIT), seed=0).test
+    heldout = test.subset(list(range(HELDOUT)))
+    return {p: evaluate(tiny_lm, p, heldout, generate=False).loss for p in POOL}
+
+
+# -- the promotion rule and the prompts file, without a flow --------------------------------------------------
+
+
+def _score(loss: float, accuracy: float | None = None):
+    from flows.heldout import Score
+
+    return Score(n_examples=10, loss=loss, loss_per_token=loss / 3, accuracy=accuracy)
+
+
+@pytest.mark.parametrize(
+    ("production", "candidate", "promote", "says"),
+    [
+        ((2.0,), (1.5,), True, "better"),
+        ((2.0,), (1.99,), False, "not better by the margin"),  # 0.5% < the 1% margin
+        ((2.0,), (2.0,), False, "not better"),
+        ((2.0,), (2.5,), False, "not better"),
+        ((2.0, 0.8), (1.5, 0.7), False, "accuracy drops"),
+        ((2.0, 0.8), (1.5, 0.8), True, "accuracy 80.0% -> 80.0%"),
+    ],
+)
+def test_promotion_rule_uses_held_out_loss_with_a_margin_and_guards_accuracy(production, candidate, promote, says):
+    from flows.managed import PromotionRule
+
+    decided, why = PromotionRule(margin=0.01).decide(_score(*production), _score(*candidate))
+    assert decided is promote
+    assert says in why
+
+
+def test_accuracy_guard_can_be_turned_off():
+    from flows.managed import PromotionRule
+
+    assert PromotionRule(margin=0.01, max_accuracy_drop=None).decide(_score(2.0, 0.8), _score(1.5, 0.1))[0]
+
+
+def test_prompts_file_entries_are_validated_one_by_one(tmp_path, tiny_model_dir):
+    from flows.managed import ManagedPrompt, NightlyConfig, plan
+
+    path = tmp_path / "prompts.yaml"
+    broken = {"name": "typo", "optimize": {"iteration": 3}}
+    path.write_text(yaml.safe_dump({"promotion": {"margin": 0.2}, "prompts": [managed(tiny_model_dir), broken]}))
+
+    p = plan(NightlyConfig(prompts_file=str(path)))
+    assert [e.label for e in p.entries] == ["sent", "typo"] and p.rule.margin == 0.2
+    assert isinstance(p.entries[0].managed(), ManagedPrompt)
+    with pytest.raises(PmpoError, match=r"prompts\[1\]: optimize.iteration: Extra inputs"):
+        p.entries[1].managed()  # fails when its turn comes, not the whole plan
+    # A setting the parameter gives explicitly wins over the file's.
+    assert plan(NightlyConfig(prompts_file=str(path), promotion={"margin": 0.05})).rule.margin == 0.05
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("promotion: {margin: 0.1}\n", "expected `prompts:`"),
+        ("prompts: [{name: a}, {name: a}]\n", "listed twice: a"),
+        ("prompts: [{name: a}]\nmargin: 0.1\n", "margin: Extra inputs"),
+    ],
+)
+def test_bad_prompts_files_name_the_problem(tmp_path, text, says):
+    from flows.managed import NightlyConfig, plan
+
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    with pytest.raises(PmpoError, match=says):
+        plan(NightlyConfig(prompts_file=str(path)))
+
+
+# -- the refresh as a flow ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_second_refresh_on_the_same_data_keeps_production(registry, tiny_model_dir):
+    from flows.nightly import nightly_refresh
+    from tasks import tracking
+
+    config = inline(tiny_model_dir)
+    first = nightly_refresh(config).decisions[0]
+    v1 = registry.get_version("sent", 1)
+    assert v1.text == PROMPT and v1.tags["pmpo.decision"] == "initial"  # no production yet: the initial prompt
+    production = registry.get_version("sent", "production")
+    assert production.version == first.production_version
+    assert (first.outcome == "promoted") == (first.candidate.loss < first.production.loss)  # margin 0
+
+    second = nightly_refresh(config).decisions[0]
+
+    assert second.candidate.loss >= second.production.loss  # the premise: nothing better on held-out data
+    assert second.outcome == "kept"
+    assert registry.get_version("sent", "production").version == production.version
+    if second.candidate_version is None:  # the optimiser kept production's text: the check is noted on it
+        assert "kept" in registry.get_version("sent", production.version).tags["pmpo.last_check"]
+    else:
+        assert registry.get_version("sent", second.candidate_version).tags["pmpo.decision"] == "kept"
+    assert tracking.run_tags(second.run_id)["pmpo.nightly.decision"] == "kept"
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_only_a_candidate_better_on_held_out_data_is_promoted(registry, tiny_model_dir, heldout_losses):
+    from prefect import flow
+
+    from flows.managed import ManagedPrompt
+    from flows.nightly import Proposal, refresh
+    from tasks import tracking
+
+    initial = heldout_losses[PROMPT]
+    others = [p for p in POOL if p != PROMPT]
+    worse, better = max(others, key=heldout_losses.get), min(others, key=heldout_losses.get)
+    assert heldout_losses[worse] > initial > heldout_losses[better]  # the premise of this test
+
+    def propose(text):
+        def make(m: ManagedPrompt, start: str | None) -> Proposal:  # the Proposer signature
+            # A training loss far below anything real: promotion must not look at it.
+            return Proposal(start_prompt=start or PROMPT, prompt=text, training_loss=0.0, start_training_loss=99.0)
+
+        return make
+
+    @flow
+    def refresh_with(text: str):
+        return refresh(inline(tiny_model_dir), propose=propose(text))
+
+    bad = refresh_with(worse).decisions[0]
+    assert bad.outcome == "kept" and bad.candidate.loss == pytest.approx(heldout_losses[worse], rel=1e-5)
+    assert bad.production.loss == pytest.approx(initial, rel=1e-5)
+    assert registry.get_version("sent", "production").version == 1
+    kept = registry.get_version("sent", bad.candidate_version)
+    assert kept.text == worse and kept.tags["pmpo.decision"] == "kept" and kept.tags["pmpo.training_loss"] == "0.000000"
+    assert "not better" in kept.tags["pmpo.reason"]
+    again = refresh_with(worse).decisions[0]  # the same candidate the next night: judged again, not registered again
+    assert (again.outcome, again.candidate_version) == ("kept", bad.candidate_version)
+    assert registry.version_numbers("sent") == [1, bad.candidate_version]
+
+    report = refresh_with(better)
+    good = report.decisions[0]
+    assert good.outcome == "promoted"
+    assert registry.get_version("sent", "production").text == better
+    assert registry.get_version("sent", good.candidate_version).tags["pmpo.decision"] == "promoted"
+    assert tracking.client().get_run(report.run_id).data.tags["pmpo.decision.sent"] == "promoted"
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_prompt_with_broken_data_fails_alone_and_is_named(registry, tmp_path, tiny_model_dir):
+    from flows.managed import NightlyConfig
+    from flows.nightly import NightlyRefreshFailed, nightly_refresh
+    from tasks import tracking
+
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"input": "a", "target": "b"}\nnot json\n')
+    path = tmp_path / "prompts.yaml"
+    # The broken prompt comes first: the one after it must still be refreshed.
+    path.write_text(yaml.safe_dump({"prompts": [managed(tiny_model_dir, "broken", str(broken)), managed(tiny_model_dir)]}))
+
+    state = nightly_refresh(NightlyConfig(prompts_file=str(path)), return_state=True)
+
+    assert state.is_failed()
+    assert "broken" in state.message and "sent" not in state.message.split("failed:")[-1]
+    error = state.result(raise_on_failure=False)
+    assert isinstance(error, NightlyRefreshFailed)
+    assert error.report.failed == ["broken"]
+    assert "broken.jsonl, line 2" in str(error)
+    ok = next(d for d in error.report.decisions if d.name == "sent")
+    assert ok.outcome in ("promoted", "kept") and registry.get_version("sent", "production") is not None
+    run = tracking.client().get_run(error.report.run_id)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["pmpo.decision.broken"] == "failed" and run.data.tags["pmpo.decision.sent"] == ok.outcome
+

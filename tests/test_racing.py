@@ -1,0 +1,80 @@
+"""Racing: drops clearly worse candidates early, keeps the best, and reports full-set losses of survivors."""
+
+import numpy as np
+import pytest
+
+from pmpo.data.examples import Supervised
+from pmpo.loss import Scorer
+from pmpo.racing import RacingSettings, race, race_losses
+
+ON = RacingSettings(enabled=True, first_slice=10, margin=3.0)
+
+
+def matrix_source(matrix):
+    """A SliceLosses over a fixed matrix that records how many examples each candidate was scored on."""
+    scored = np.zeros(matrix.shape[0], dtype=int)
+
+    def losses(candidates, n):
+        scored[list(candidates)] = np.maximum(scored[list(candidates)], n)
+        return matrix[list(candidates), :n]
+
+    return losses, scored
+
+
+def constructed(n_examples=50, seed=0):
+    """Per-example losses that share the example's difficulty: rows 0-2 close, rows 3-5 clearly worse."""
+    rng = np.random.default_rng(seed)
+    difficulty = rng.gamma(2.0, 2.0, n_examples)  # some examples are hard under every prompt
+    offsets = np.array([0.0, 0.05, 0.1, 2.0, 3.0, 5.0])
+    return difficulty + offsets[:, None] + rng.normal(0, 0.3, (len(offsets), n_examples))
+
+
+def test_drops_clearly_worse_candidates_and_scores_less():
+    matrix = constructed()
+    losses, scored = matrix_source(matrix)
+    result = race_losses(losses, len(matrix), matrix.shape[1], ON)
+    assert [r is None for r in result] == [False, False, False, True, True, True]
+    assert scored[3:].max() < matrix.shape[1]  # the dropped ones never saw the whole set
+    assert scored.sum() < 0.7 * matrix.size
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_never_drops_the_best_even_when_its_first_slice_is_unlucky(seed):
+    matrix = constructed(seed=seed)
+    matrix[0, :10] += 1.0  # the best candidate looks worse than rows 1-2 on the first slice
+    best = int(np.argmin(matrix.mean(axis=1)))
+    losses, _ = matrix_source(matrix)
+    result = race_losses(losses, len(matrix), matrix.shape[1], ON)
+    assert result[best] == pytest.approx(matrix[best].mean())
+    survivors = {i: v for i, v in enumerate(result) if v is not None}
+    assert min(survivors, key=survivors.get) == best
+
+
+def test_disabled_scores_everything_once():
+    matrix = constructed()
+    losses, scored = matrix_source(matrix)
+    result = race_losses(losses, len(matrix), matrix.shape[1], RacingSettings())
+    np.testing.assert_allclose(result, matrix.mean(axis=1))
+    assert (scored == matrix.shape[1]).all()
+
+
+def test_always_keep_protects_the_incumbent():
+    matrix = constructed()
+    losses, _ = matrix_source(matrix)
+    result = race_losses(losses, len(matrix), matrix.shape[1], ON, always_keep=5)
+    assert result[5] == pytest.approx(matrix[5].mean())
+
+
+@pytest.mark.parametrize("margin", [float("inf"), 0.0])
+def test_race_with_the_scorer_returns_plain_full_set_losses(tiny_lm, margin):
+    examples = [Supervised(f"Review {i}: {'great' if i % 2 else 'awful'} product, item {i}.", "positive") for i in range(24)]
+    prompts = ["Say positive.", "Classify the review.", "Write a poem about the ocean and the sky."]
+    settings = RacingSettings(enabled=True, first_slice=6, margin=margin)
+    raced = race(Scorer(tiny_lm), prompts, examples, settings, incumbent="Answer positive or negative.")
+    plain = Scorer(tiny_lm).loss_matrix(prompts, examples).prompt_loss()
+    assert len(raced) == len(prompts)
+    for value, expected in zip(raced, plain):
+        assert value is None or value == pytest.approx(expected, rel=1e-9)
+    survivors = sum(v is not None for v in raced)
+    # No margin: only the leader of the last round (a prompt, or the incumbent) is left; infinite: all are.
+    assert survivors == len(prompts) if margin == float("inf") else survivors <= 1

@@ -1,8 +1,10 @@
 """Loss-evaluation benchmark: pmpo's scorer vs the naive loop, loss- vs generation-based selection, racing.
 
-    python benchmarks/bench_loss.py            # full run, prints a table (~20-30 min on 2 shared cores)
-    python benchmarks/bench_loss.py --json     # the same figures as JSON
+    python benchmarks/bench_loss.py            # full run, prints a table (~25 min on 2 busy cores)
+    python benchmarks/bench_loss.py --json     # the same figures as JSON (--json-out FILE: both at once)
     python benchmarks/bench_loss.py --quick    # smoke run: 3 candidates x 10 examples
+    python benchmarks/bench_loss.py --threads 1  # on a machine other processes keep busy: with one OpenMP
+                                                 # thread per core they stall each other, 3-5x slower here
 
 Workload (see workload.py): 13 candidates x 50 training examples, zero-shot and with a ~500-token 3-shot
 prompt. The naive loop (pmpo.reference.naive_nll: one example at a time, fp32, full logits) is too slow to

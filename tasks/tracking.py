@@ -65,7 +65,8 @@ def client() -> MlflowClient:
 def _client(uri: str) -> MlflowClient:
     if uri.startswith("sqlite:///"):
         home().mkdir(parents=True, exist_ok=True)
-        logging.getLogger("alembic").setLevel(logging.WARNING)  # schema set-up chatter on a fresh database
+        for name in ("alembic", "mlflow.store.db.utils"):  # schema set-up chatter on a fresh database
+            logging.getLogger(name).setLevel(logging.WARNING)
     return MlflowClient(uri)
 
 

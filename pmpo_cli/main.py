@@ -1,4 +1,5 @@
-"""`pmpo`: the command line, a thin front over the flows (optimize, evaluate) and the MLflow record (runs, show).
+"""`pmpo`: the command line, a thin front over the flows (optimize, evaluate, nightly, compare), the MLflow record
+(runs, show) and the local stack (serve).
 
 Mistakes get one line on stderr and a non-zero exit: 2 for bad arguments or config, 1 for a failed run.
 """

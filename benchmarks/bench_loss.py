@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import workload as wl  # noqa: E402
 from measure import ModelShape, Timer, matmul_peak, pair_lengths, peak_rss_gib  # noqa: E402
+from report import MAX_RSS_GIB, TARGETS, table  # noqa: E402
 from pmpo.evaluate import is_correct, normalize, references  # noqa: E402
 from pmpo.generation import greedy  # noqa: E402
 from pmpo.loss import Scorer, example_rows  # noqa: E402
@@ -36,15 +37,6 @@ from pmpo.models import ModelSettings, load_model  # noqa: E402
 from pmpo.prompting import render  # noqa: E402
 from pmpo.racing import RacingSettings, race, race_losses  # noqa: E402
 from pmpo.reference import naive_nll  # noqa: E402
-
-TARGETS = {
-    "speedup_few_shot": 10.0,
-    "speedup_zero_shot": 4.0,
-    "fraction_of_peak": 0.6,
-    "selection_cost_ratio": 20.0,
-}
-MAX_RSS_GIB = 2.0
-
 
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark and print the table (or JSON)."""
@@ -82,18 +74,20 @@ def main(argv: list[str] | None = None) -> None:
         with Timer() as t:
             matrices[name] = scorer.loss_matrix(list(prompts), work.train)
         log(f"{name}: scorer {t.wall:.1f}s")
-        subset = _naive_subset(len(prompts), len(pairs.seqs[0]), 2 if quick else args.naive_prompts, 3 if quick else args.naive_examples)
+        n_prompts, per_prompt = (2, 3) if quick else (args.naive_prompts, args.naive_examples)
+        subset = _naive_subset(len(prompts), len(pairs.seqs[0]), n_prompts, per_prompt)
         naive = _run_naive(lm32, prompts, work.train, subset)
         log(f"{name}: naive {naive.wall:.1f}s on {len(subset)} pairs")
         report[name] = _throughput(pairs, shape, scorer, t, naive, subset, [peak32, peak16])
     report["speedup_zero_shot"] = report["zero_shot"]["speedup"]
     report["speedup_few_shot"] = report["few_shot"]["speedup"]
-    report["fraction_of_peak"] = min(report["zero_shot"]["fraction_of_peak"], report["few_shot"]["fraction_of_peak"])
+    report["fraction_of_peak"] = min(report[w]["fraction_of_peak"] for w in ("zero_shot", "few_shot"))
 
-    report["selection"] = _selection(lm, work, matrices["zero_shot"], report["zero_shot"]["scorer_seconds"], n_gen=args.gen_tokens)
+    loss_seconds = report["zero_shot"]["scorer_seconds"]
+    report["selection"] = _selection(lm, work, matrices["zero_shot"], loss_seconds, n_gen=args.gen_tokens)
     report["selection_cost_ratio"] = report["selection"]["cost_ratio"]
     log(f"selection: generation {report['selection']['generation_seconds']:.1f}s")
-    report["racing"] = _racing(lm, work, matrices, report["zero_shot"]["scorer_seconds"], perms=20 if quick else 200)
+    report["racing"] = _racing(lm, work, matrices, loss_seconds, perms=20 if quick else 200)
     report["peak_rss_gib"] = peak_rss_gib()
     report["targets_met"] = {k: report[k] >= v for k, v in TARGETS.items()} | {
         "peak_rss_gib": report["peak_rss_gib"] < MAX_RSS_GIB
@@ -101,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump(report, f, indent=2)
-    print(json.dumps(report, indent=2) if args.json else _table(report))
+    print(json.dumps(report, indent=2) if args.json else table(report))
 
 
 def _parse(argv):
@@ -226,6 +220,7 @@ def _selection(lm, work, matrix, loss_seconds: float, n_gen: int) -> dict:
         "accuracy": accuracy.tolist(),  # reference contained in the reply (APE's "contains" metric)
         "accuracy_exact": strict.tolist(),  # pmpo.evaluate.is_correct: first line, normalised exact match
         "accuracy_of_loss_pick": float(accuracy[by_loss]),
+        "loss_pick_ties_best_accuracy": bool(accuracy[by_loss] == accuracy.max()),
         "loss": matrix.prompt_loss().tolist(),
     }
 
@@ -284,44 +279,6 @@ def _simulate(loss: np.ndarray, settings: RacingSettings, perms: int, rng) -> di
         same += _pick(raced[0], raced[1:]) == full_pick
         scored += seen.sum()
     return {"same_pick": same / perms, "pairs_scored": scored / perms / loss.size}
-
-
-def _table(r: dict) -> str:
-    zs, fs, sel, rc = r["zero_shot"], r["few_shot"], r["selection"], r["racing"]
-    w = r["workload"]
-    rows = [
-        ("machine", f"{r['machine']['cores']} cores, torch {r['machine']['torch']}, {r['machine']['torch_threads']} threads, load avg at start {r['machine']['load_average_start']:.1f}"),
-        ("workload", f"{w['candidates']} candidates x {w['examples']} examples of {w['source']}"),
-        ("variants", f"{w['variants']} (rewrites took {w['rewrite_seconds']:.0f} s, not timed below)"),
-        ("matmul peak", "fp32 {:.1f} GFLOP/s ({:.1f} per CPU-s), bf16 {:.1f} GFLOP/s ({:.1f} per CPU-s)".format(
-            r["peak_gflops"]["float32"]["wall"], r["peak_gflops"]["float32"]["cpu"],
-            r["peak_gflops"]["bfloat16"]["wall"], r["peak_gflops"]["bfloat16"]["cpu"])),
-        ("scorer dtype", r["scorer_dtype"] + " (ModelSettings dtype=auto)"),
-        ("", ""),
-    ]
-    for name, x in (("zero-shot", zs), ("few-shot", fs)):
-        rows += [
-            (f"{name} prompt", f"{x['prefix_tokens_mean']:.0f} prefix tokens (mean), {x['workload_tokens']} workload tokens"),
-            (f"{name} naive", f"{x['naive_tokens_per_s']:.0f} tok/s (measured on {x['naive_pairs_measured']} pairs, {x['naive_seconds']:.0f} s; {x['naive_gflops']:.1f} GFLOP/s)"),
-            (f"{name} scorer", f"{x['scorer_tokens_per_s']:.0f} tok/s ({x['scorer_seconds']:.0f} s wall, {x['scorer_cpu_seconds']:.0f} s CPU; {x['tokens_computed']} tokens computed; {x['scorer_gflops']:.1f} GFLOP/s)"),
-            (f"{name} speedup", f"{x['speedup']:.1f}x wall ({x['speedup_cpu_time']:.1f}x per CPU-second)"),
-            (f"{name} fraction of peak", f"{x['fraction_of_peak']:.2f} of the best matmul peak per CPU-second ({x['fraction_of_peak_wall']:.2f} by wall time; {x['fraction_of_bf16_peak']:.1f}x the bf16 peak)"),
-        ]
-    rows += [
-        ("", ""),
-        ("selection by loss", f"candidate {sel['by_loss']} in {sel['loss_seconds']:.0f} s (accuracy {sel['accuracy_of_loss_pick']:.2f})"),
-        ("selection by generation", f"candidate {sel['by_accuracy']} in {sel['generation_seconds']:.0f} s (greedy, <= {sel['max_new_tokens']} new tokens, answer contained; accuracy {max(sel['accuracy']):.2f}, exact-match best {max(sel['accuracy_exact']):.2f})"),
-        ("same pick", str(sel["same_pick"])),
-        ("racing (real, zero-shot)", f"{rc['seconds']:.0f} s, speedup {rc['speedup']:.1f}x, dropped {rc['dropped']}, same pick {rc['same_pick']}"),
-    ]
-    for key, v in rc["simulated"].items():
-        rows.append((f"racing simulated {key}", f"same pick {v['same_pick']:.3f}, pairs scored {v['pairs_scored']:.2f}"))
-    rows += [("peak memory", f"{r['peak_rss_gib']:.2f} GiB RSS high-water"), ("", "")]
-    for key in TARGETS:
-        rows.append((key, f"{r[key]:.2f} (target >= {TARGETS[key]}): {'met' if r['targets_met'][key] else 'NOT met'}"))
-    rows.append(("peak_rss_gib", f"{r['peak_rss_gib']:.2f} (target < {MAX_RSS_GIB}): {'met' if r['targets_met']['peak_rss_gib'] else 'NOT met'}"))
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{width}}  {v}" if k else "" for k, v in rows)
 
 
 if __name__ == "__main__":

@@ -36,13 +36,14 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--tasks", nargs="*", help="task names (default: every sample in ../shared/data/bbh)")
     p.add_argument("--perms", type=int, default=200, help="shuffled example orders per setting")
     args = p.parse_args(argv)
     if not wl.BBH_DIR.is_dir():
         sys.exit(f"no BIG-bench samples at {wl.BBH_DIR}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    tasks = sorted(f.removesuffix(".jsonl") for f in os.listdir(wl.BBH_DIR) if f.endswith(".jsonl"))
+    tasks = args.tasks or sorted(f.removesuffix(".jsonl") for f in os.listdir(wl.BBH_DIR) if f.endswith(".jsonl"))
     lm = load_model()
     rng = np.random.default_rng(0)
     rows = []

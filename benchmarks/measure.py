@@ -81,7 +81,8 @@ class ModelShape:
             m.weight.numel() for m in lm.model.base_model.layers.modules() if isinstance(m, torch.nn.Linear)
         )
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        return cls(linear, config.num_hidden_layers, config.num_attention_heads * head_dim, config.hidden_size, config.vocab_size)
+        width = config.num_attention_heads * head_dim
+        return cls(linear, config.num_hidden_layers, width, config.hidden_size, config.vocab_size)
 
     def forward(self, tokens: int, attended: int, logits: int) -> float:
         """FLOPs of a pass over `tokens` attending to `attended` key positions in all, with `logits` head rows."""

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from pmpo.data.examples import Supervised
+from pmpo.errors import PmpoError
 from pmpo.loss import Scorer
 from pmpo.racing import RacingSettings, race, race_losses
 
@@ -50,6 +51,12 @@ def test_never_drops_the_best_even_when_its_first_slice_is_unlucky(seed):
     assert min(survivors, key=survivors.get) == best
 
 
+@pytest.mark.parametrize("field,value", [("first_slice", 1), ("growth", 1.0), ("margin", -1.0)])
+def test_bad_settings_name_the_field(field, value):
+    with pytest.raises(PmpoError, match=field):
+        RacingSettings(**{field: value})
+
+
 def test_disabled_scores_everything_once():
     matrix = constructed()
     losses, scored = matrix_source(matrix)
@@ -67,14 +74,14 @@ def test_always_keep_protects_the_incumbent():
 
 @pytest.mark.parametrize("margin", [float("inf"), 0.0])
 def test_race_with_the_scorer_returns_plain_full_set_losses(tiny_lm, margin):
-    examples = [Supervised(f"Review {i}: {'great' if i % 2 else 'awful'} product, item {i}.", "positive") for i in range(24)]
+    examples = [Supervised(f"Review {i}: {'great' if i % 2 else 'awful'} item {i}.", "positive") for i in range(24)]
     prompts = ["Say positive.", "Classify the review.", "Write a poem about the ocean and the sky."]
     settings = RacingSettings(enabled=True, first_slice=6, margin=margin)
     raced = race(Scorer(tiny_lm), prompts, examples, settings, incumbent="Answer positive or negative.")
     plain = Scorer(tiny_lm).loss_matrix(prompts, examples).prompt_loss()
     assert len(raced) == len(prompts)
     for value, expected in zip(raced, plain):
-        assert value is None or value == pytest.approx(expected, rel=1e-9)
+        assert value is None or value == pytest.approx(expected, rel=1e-5)  # fp32, batched differently
     survivors = sum(v is not None for v in raced)
     # No margin: only the leader of the last round (a prompt, or the incumbent) is left; infinite: all are.
     assert survivors == len(prompts) if margin == float("inf") else survivors <= 1

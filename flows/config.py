@@ -18,6 +18,7 @@ from pmpo.errors import PmpoError
 from pmpo.loss import ScorerSettings
 from pmpo.models import DEFAULT_MODEL, ModelSettings
 from pmpo.optimizer import OptimizerConfig
+from pmpo.racing import RacingSettings
 from pmpo.rewrite import RewriteSettings
 
 DEMO_TASK = "builtin:sentiment"
@@ -99,6 +100,21 @@ class RewriteConfig(_Strict):
         )
 
 
+class RacingConfig(_Strict):
+    """Racing: score every candidate on a first slice of the training set, finish only the competitive ones."""
+
+    # Off by default: a dropped candidate's recorded loss covers only its slice. benchmarks/bench_racing.py
+    # measures how often racing changes the pick (never, with these settings, on the BIG-bench samples).
+    enabled: bool = False
+    first_slice: int = Field(10, ge=2, description="examples every candidate is scored on first")
+    growth: float = Field(2.0, gt=1, description="each round scores the survivors on this many times more examples")
+    margin: float = Field(3.0, ge=0, description="drop when worse than the leader by this many standard errors")
+
+    def settings(self) -> RacingSettings:
+        """As pmpo's RacingSettings."""
+        return RacingSettings(**self.model_dump())
+
+
 class EvalConfig(_Strict):
     """The held-out check of the initial and final prompt at the end of a run."""
 
@@ -125,6 +141,7 @@ class OptimizeConfig(_Strict):
     rewrite: RewriteConfig = Field(default_factory=RewriteConfig)
     units: Literal["splitter", "model"] = Field("splitter", description="how the prompt is split for masking")
     segment_removal: bool = Field(True, description="also try the prompt without each unit that hurts")
+    racing: RacingConfig = Field(default_factory=RacingConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     experiment: str | None = Field(None, description="MLflow experiment; default: the task name")
     register_prompt: bool = Field(True, description="register the final prompt in the MLflow Prompt Registry")
@@ -136,6 +153,7 @@ class OptimizeConfig(_Strict):
             units=self.units,
             segment_removal=self.segment_removal,
             rewrite=self.rewrite.settings(),
+            racing=self.racing.settings(),
             seed=self.seed,
         )
 

@@ -36,6 +36,7 @@ class CandidateRow(BaseModel):
     loss: float
     loss_per_token: float
     n_examples: int
+    dropped: bool  # racing stopped scoring it after n_examples training examples
     selected: bool
 
 
@@ -209,5 +210,6 @@ def _work(log: WorkLog) -> Work:
 def _row(c: Candidate, selected: bool) -> CandidateRow:
     return CandidateRow(
         id=c.id, parent_id=c.parent_id, iteration=c.iteration, origin=c.origin, prompt=c.prompt,
-        loss=c.loss, loss_per_token=c.loss_per_token, n_examples=c.n_examples, selected=selected,
+        loss=c.loss, loss_per_token=c.loss_per_token, n_examples=c.n_examples,
+        dropped=c.dropped, selected=selected,
     )  # fmt: skip

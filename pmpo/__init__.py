@@ -26,12 +26,14 @@ from pmpo.evaluate import Evaluation, evaluate
 from pmpo.loss import LossMatrix, Scorer, ScorerSettings
 from pmpo.models import DEFAULT_MODEL, LoadedModel, ModelSettings, load_model
 from pmpo.optimizer import PMPO, OnCandidate, OnIteration, OptimizerConfig
+from pmpo.racing import RacingSettings
 from pmpo.result import Candidate, Iteration, OptimizeResult, SegmentEffect
 from pmpo.rewrite import RewriteSettings
 
 __all__ = [
     "PMPO", "Candidate", "ColumnMap", "Dataset", "Evaluation", "Iteration", "LoadedModel", "LossMatrix",
-    "ModelSettings", "MultipleChoice", "OptimizeResult", "OptimizerConfig", "Preference", "RewriteSettings",
+    "ModelSettings", "MultipleChoice", "OptimizeResult", "OptimizerConfig", "Preference", "RacingSettings",
+    "RewriteSettings",
     "Scorer", "ScorerSettings", "SegmentEffect", "Split", "Supervised", "DEFAULT_MODEL", "demo_task",
     "evaluate", "load_dataset", "load_model", "optimize", "split_dataset",
 ]

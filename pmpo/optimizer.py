@@ -16,6 +16,7 @@ import numpy as np
 from pmpo.data.examples import Dataset
 from pmpo.loss import LossMatrix, Scorer
 from pmpo.models import LoadedModel
+from pmpo.racing import RacingSettings, race_prompts
 from pmpo.result import Candidate, Iteration, OptimizeResult, Origin, SegmentEffect
 from pmpo.rewrite import RewriteSettings, hard_examples, propose
 from pmpo.segments import masking_analysis, model_units, split_units, unit_separator, without_unit
@@ -37,6 +38,8 @@ class OptimizerConfig:
     # Dropping a unit with dL < 0 is a candidate too: it was already scored by the masking analysis.
     segment_removal: bool = True
     rewrite: RewriteSettings = field(default_factory=RewriteSettings)
+    # Stop scoring clearly worse candidates after a first slice of the training set (off by default).
+    racing: RacingSettings = field(default_factory=RacingSettings)
     seed: int = 0
 
 
@@ -51,9 +54,15 @@ def rewrite_seed(seed: int, iteration: int, rank: int) -> int:
 
 
 def candidates_from(
-    matrix: LossMatrix, prompts: Sequence[str], origins: Sequence[Origin], *, parent_id: str | None, iteration: int
+    matrix: LossMatrix,
+    prompts: Sequence[str],
+    origins: Sequence[Origin],
+    *,
+    parent_id: str | None,
+    iteration: int,
+    dropped: bool = False,
 ) -> list[Candidate]:
-    """Wrap prompts scored on the whole training set as candidates."""
+    """Wrap scored prompts as candidates (`dropped`: racing stopped them short of the whole training set)."""
     losses, per_token = matrix.prompt_loss(), matrix.prompt_loss_per_token()
     return [
         Candidate(
@@ -65,17 +74,10 @@ def candidates_from(
             loss=float(losses[i]),
             loss_per_token=float(per_token[i]),
             n_examples=matrix.loss.shape[1],
+            dropped=dropped,
         )
         for i, (p, origin) in enumerate(zip(prompts, origins))
     ]
-
-
-def score_candidates(
-    scorer: Scorer, prompts: Sequence[str], train: Dataset, *, origin: Origin, parent_id: str | None, iteration: int
-) -> list[Candidate]:
-    """Score prompts on the whole training set and wrap them as candidates."""
-    matrix = scorer.loss_matrix(list(prompts), train.examples)
-    return candidates_from(matrix, prompts, [origin] * len(prompts), parent_id=parent_id, iteration=iteration)
 
 
 def prompt_units(lm: LoadedModel, prompt: str, config: OptimizerConfig, iteration: int) -> list[str]:
@@ -135,8 +137,11 @@ def rewrite_prompts(
 
 
 def select(incumbent: Candidate, candidates: Sequence[Candidate]) -> Candidate:
-    """The lowest-loss candidate if strictly lower than the incumbent, else the incumbent (ties keep it)."""
-    best = min(candidates, key=lambda c: (c.loss, c.id), default=None)
+    """The lowest-loss candidate if strictly lower than the incumbent, else the incumbent (ties keep it).
+
+    Candidates racing dropped early never win: their loss is over fewer examples than the incumbent's.
+    """
+    best = min((c for c in candidates if not c.dropped), key=lambda c: (c.loss, c.id), default=None)
     return best if best is not None and best.loss < incumbent.loss else incumbent
 
 
@@ -266,22 +271,44 @@ class PMPO:
             removals = list(dict.fromkeys(p for p in removal_prompts(units, effects, unit_separator(incumbent.prompt)) if p and p not in seen))
         rewrites, rejected = self.steps.rewrites(incumbent.prompt, train, hard, effects, t, seen | set(removals))
         prompts = removals + rewrites
-        new: list[Candidate] = []
-        if prompts:  # one batch: removals and rewrites are scored together
-            matrix = self.steps.losses(prompts, train, t)
-            origins: list[Origin] = ["segment_removal"] * len(removals) + ["rewrite"] * len(rewrites)
-            new = candidates_from(matrix, prompts, origins, parent_id=incumbent.id, iteration=t)
-            rows.update((c.id, matrix.loss[i]) for i, c in enumerate(new))
+        origins: list[Origin] = ["segment_removal"] * len(removals) + ["rewrite"] * len(rewrites)
+        new = self._score(prompts, origins, incumbent, train, t, rows) if prompts else []
         winner = self.steps.select(incumbent, new, t)
         record = Iteration(
             iteration=t,
             incumbent_id=winner.id,
             incumbent_loss=winner.loss,
-            best_candidate_loss=min((c.loss for c in new), default=float("inf")),
+            best_candidate_loss=min((c.loss for c in new if not c.dropped), default=float("inf")),
             n_candidates=len(new),
+            n_dropped=sum(c.dropped for c in new),
             rejected=rejected,
             segments=effects,
             hard_examples=tuple(hard),
             improved=winner.id != incumbent.id,  # by id: a cached step returns a copy
         )
         return record, new
+
+    def _score(
+        self,
+        prompts: list[str],
+        origins: list[Origin],
+        incumbent: Candidate,
+        train: Dataset,
+        t: int,
+        rows: dict[str, np.ndarray],
+    ) -> list[Candidate]:
+        """Score the iteration's prompts in one batch, or race them against the incumbent when racing is on."""
+
+        def score(batch: list[str], n: int) -> LossMatrix:
+            data = train if n == len(train) else train.subset(list(range(n)))
+            return self.steps.losses(batch, data, t)
+
+        raced = race_prompts(score, prompts, len(train), self.config.racing, reference=rows[incumbent.id])
+        new = []
+        for prompt, origin, matrix in zip(prompts, origins, raced):
+            dropped = matrix.loss.shape[1] < len(train)
+            [c] = candidates_from(matrix, [prompt], [origin], parent_id=incumbent.id, iteration=t, dropped=dropped)
+            if not dropped:  # hard examples of a future incumbent come from its full row
+                rows[c.id] = matrix.loss[0]
+            new.append(c)
+        return new

@@ -18,7 +18,7 @@ import numpy as np
 
 from pmpo.data.examples import Example
 from pmpo.errors import PmpoError
-from pmpo.loss import Scorer
+from pmpo.loss import LossMatrix, Scorer
 
 # losses(candidates, n) -> [len(candidates), n]: per-example losses of those candidates on the first n examples
 SliceLosses = Callable[[Sequence[int], int], np.ndarray]
@@ -28,7 +28,7 @@ SliceLosses = Callable[[Sequence[int], int], np.ndarray]
 class RacingSettings:
     """When racing drops a candidate early."""
 
-    # Off by default because dropped candidates get no full-set loss to record. Measured (benchmarks/
+    # Off by default because a dropped candidate's recorded loss covers only the examples it was scored on. Measured (benchmarks/
     # bench_loss.py, bench_racing.py; SmolLM2, 13 real rewrite candidates x 50 examples, 7 sets from 6
     # BIG-bench tasks, 200 example orders each): these defaults never changed the pick and scored 35-76%
     # of the pairs (2.6x faster on object_counting); margin 1 changed it in up to 12.5% of the orders.
@@ -59,17 +59,47 @@ def race(
 ) -> list[float | None]:
     """Full-set mean loss of each prompt that survives the race, None for those dropped early.
 
-    `incumbent`, when given, takes part as a reference (never dropped, not in the result); in the optimizer
-    it is already scored on every example, so the scorer's memo makes that free.
+    `incumbent`, when given, takes part as a reference (never dropped, not in the result).
     """
-    pool = list(prompts) + ([incumbent] if incumbent is not None else [])
+    reference = scorer.loss_matrix([incumbent], examples).loss[0] if incumbent is not None else None
+    rows = race_prompts(lambda ps, n: scorer.loss_matrix(ps, examples[:n]), prompts, len(examples), settings, reference)
+    return [float(r.loss.mean()) if r.loss.shape[1] == len(examples) else None for r in rows]
+
+
+def race_prompts(
+    score: Callable[[list[str], int], LossMatrix],
+    prompts: Sequence[str],
+    n_examples: int,
+    settings: RacingSettings,
+    reference: np.ndarray | None = None,
+) -> list[LossMatrix]:
+    """Each prompt's one-row loss matrix on the examples it was scored on: all of them when it survived.
+
+    `score(prompts, n)` scores prompts on the first n examples; `reference` holds the per-example losses of
+    a prompt already scored on every example (the optimizer's incumbent), which races but is never dropped.
+    """
+    last: dict[int, LossMatrix] = {}
+    n_prompts = len(prompts)
 
     def losses(candidates: Sequence[int], n: int) -> np.ndarray:
-        return scorer.loss_matrix([pool[c] for c in candidates], examples[:n]).loss
+        mine = [c for c in candidates if c < n_prompts]  # the reference, if racing, is the last index
+        table = np.empty((0, n))
+        if mine:
+            matrix = score([prompts[c] for c in mine], n)
+            last.update((c, _row(matrix, r)) for r, c in enumerate(mine))
+            table = matrix.loss
+        if len(mine) < len(candidates):
+            table = np.vstack([table, reference[None, :n]])
+        return table
 
-    keep = len(prompts) if incumbent is not None else None
-    result = race_losses(losses, len(pool), len(examples), settings, always_keep=keep)
-    return result[: len(prompts)]
+    with_reference = reference is not None
+    keep = n_prompts if with_reference else None
+    race_losses(losses, n_prompts + with_reference, n_examples, settings, always_keep=keep)
+    return [last[c] for c in range(n_prompts)]
+
+
+def _row(matrix: LossMatrix, r: int) -> LossMatrix:
+    return LossMatrix(matrix.loss[r : r + 1], matrix.nll[r : r + 1], matrix.tokens[r : r + 1])
 
 
 def race_losses(

@@ -19,7 +19,10 @@ class Candidate:
     prompt: str
     loss: float  # mean over examples of the per-example loss (summed target CE, or preference loss)
     loss_per_token: float  # nats per target token, for reading
-    n_examples: int
+    n_examples: int  # training examples in `loss`: all of them unless `dropped`
+    # Racing stopped scoring it after a slice of the training set, clearly worse than the leader there;
+    # never selected, since its loss is not over the same examples as the others'.
+    dropped: bool = False
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class Iteration:
     segments: tuple[SegmentEffect, ...]
     hard_examples: tuple[int, ...]  # indices into the training set
     improved: bool
+    n_dropped: int = 0  # of the new candidates, how many racing dropped early
 
 
 @dataclass(frozen=True)

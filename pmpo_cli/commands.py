@@ -29,6 +29,8 @@ def optimize(args: argparse.Namespace) -> int:
     for flag, key in (("iterations", "iterations"), ("task", "task"), ("experiment", "experiment")):
         if getattr(args, flag) is not None:
             values[key] = getattr(args, flag)
+    if args.racing:
+        values["racing"] = {**values.get("racing", {}), "enabled": True}
     config = build(OptimizeConfig, values, origin=args.config or "arguments")
     _preflight(config)
     with display.live_progress():

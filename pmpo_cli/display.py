@@ -118,9 +118,15 @@ def candidates_table(run_id: str, rows: list[dict[str, Any]], width: int) -> Non
         prompt = r["prompt"] if len(r["prompt"]) <= width else r["prompt"][: width - 1] + "…"
         table.add_row(
             "*" if r["selected"] else "", str(r["iteration"]), r["id"], r["parent"] or "", r["origin"],
-            f"{r['loss_mean']:.4f}", f"{r['loss_per_token']:.4f}", prompt,
+            _loss_cell(r), f"{r['loss_per_token']:.4f}", prompt,
         )  # fmt: skip
     console.print(table)
+
+
+def _loss_cell(row: dict[str, Any]) -> str:
+    # A candidate racing dropped has a loss over its first examples only: say so beside the number.
+    loss = f"{row['loss_mean']:.4f}"
+    return f"{loss} (dropped at {row['n_examples']} ex)" if row.get("dropped") else loss
 
 
 def _where(tracking_uri: str, url_path: str) -> None:

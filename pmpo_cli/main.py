@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--task", help="task name: MLflow experiment and registered prompt name (default: the dataset's)")
     opt.add_argument("--experiment", help="MLflow experiment (default: the task name)")
     opt.add_argument("--output", metavar="FILE", help="write the run's summary as JSON")
+    opt.add_argument("--racing", action="store_true", default=None,
+                     help="score candidates on a first slice and finish only the competitive ones (faster)")
 
     ev = sub.add_parser("evaluate", help="score a prompt (or prompts:/name@alias) on a dataset's held-out split")
     _data_options(ev)

@@ -123,6 +123,7 @@ def log_iteration(run: TrackedRun, it: Iteration, n_total: int) -> None:
         "best_candidate_loss": it.best_candidate_loss,
         "n_candidates": it.n_candidates,
         "n_candidates_total": n_total,
+        "n_dropped": it.n_dropped,
         "improved": float(it.improved),
         **{f"rejected/{reason}": count for reason, count in it.rejected.items()},
     }
@@ -151,6 +152,7 @@ def candidate_columns(candidates: Sequence[Candidate], selected: set[str]) -> di
         "loss_mean": [c.loss for c in candidates],  # the objective: mean over examples of summed target CE
         "loss_per_token": [c.loss_per_token for c in candidates],
         "n_examples": [c.n_examples for c in candidates],
+        "dropped": [c.dropped for c in candidates],  # racing stopped it after n_examples: loss is over those only
         "selected": [c.id in selected for c in candidates],
     }
 

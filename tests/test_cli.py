@@ -52,6 +52,7 @@ def test_bad_arguments_get_one_line_and_exit_2(capsys, argv, says):
         ("typo.yaml", "iteration: 3\n", "typo.yaml: iteration: Extra inputs are not permitted"),
         ("type.toml", 'iterations = "three"\n', "type.toml: iterations: Input should be a valid integer"),
         ("nested.yaml", "rewrite: {k: 0}\n", "nested.yaml: rewrite.k: Input should be greater than or equal to 1"),
+        ("race.yaml", "racing: {first_slice: 1}\n", "race.yaml: racing.first_slice: Input should be greater than"),
     ],
 )
 def test_bad_config_files_get_one_line(capsys, tmp_path, name, text, says):
@@ -78,12 +79,14 @@ def test_optimize_writes_summary_and_the_record_reads_back(capsys, tmp_path, pmp
     config = tmp_path / "run.yaml"
     values = tiny_values(tiny_model_dir, iterations=1)
     values.pop("prompt")
+    values["racing"] = {"first_slice": 2}  # `--racing` below turns it on: 8 training examples race 2, 4, 8
     import yaml
 
     config.write_text(yaml.safe_dump(values))
     out = tmp_path / "summary.json"
     # Flags override the file: the prompt and the seed come from the command line.
-    rc = main(["optimize", "--config", str(config), "--prompt", PROMPT, "--seed", "3", "--output", str(out)])
+    argv = ["optimize", "--config", str(config), "--prompt", PROMPT, "--seed", "3", "--racing", "--output", str(out)]
+    rc = main(argv)
     shown = capsys.readouterr().out
     assert rc == 0
 
@@ -93,6 +96,8 @@ def test_optimize_writes_summary_and_the_record_reads_back(capsys, tmp_path, pmp
     assert summary["experiment"] == "sentiment" and summary["initial_prompt"] == PROMPT
     assert summary["n_candidates"] == len(summary["candidates"]) > 1
     assert summary["best_loss"] <= summary["initial_loss"]
+    assert all(c["dropped"] == (c["n_examples"] < 8) for c in summary["candidates"])
+    assert not any(c["dropped"] and c["selected"] for c in summary["candidates"])
     assert "mlflow ui --backend-store-uri sqlite:///" in shown and summary["run_url_path"] in shown
 
     assert main(["runs"]) == 0

@@ -3,9 +3,11 @@
 import numpy as np
 import pytest
 
-from pmpo.data.examples import Supervised
+from pmpo.data.examples import Dataset, Supervised
 from pmpo.errors import PmpoError
-from pmpo.loss import Scorer
+from pmpo.loss import LossMatrix, Scorer
+from pmpo.optimizer import PMPO, OptimizerConfig, select
+from pmpo.result import Candidate
 from pmpo.racing import RacingSettings, race, race_losses
 
 ON = RacingSettings(enabled=True, first_slice=10, margin=3.0)
@@ -85,3 +87,55 @@ def test_race_with_the_scorer_returns_plain_full_set_losses(tiny_lm, margin):
     survivors = sum(v is not None for v in raced)
     # No margin: only the leader of the last round (a prompt, or the incumbent) is left; infinite: all are.
     assert survivors == len(prompts) if margin == float("inf") else survivors <= 1
+
+
+class TableSteps:
+    """PMPO steps over fixed per-example losses, so racing's effect on the loop is exact and checkable."""
+
+    model_identity = "table"
+
+    def __init__(self, table: dict[str, np.ndarray], proposals: list[str]):
+        self.table, self.proposals = table, proposals
+        self.scored: set[tuple[str, int]] = set()  # like the Scorer's memo: a pair costs once
+
+    def losses(self, prompts, train, iteration):
+        self.scored |= {(p, i) for p in prompts for i in range(len(train))}
+        loss = np.stack([self.table[p][: len(train)] for p in prompts])
+        return LossMatrix(loss, loss, np.ones(loss.shape, dtype=np.int64))
+
+    def segments(self, prompt, prompt_loss, train, iteration):
+        return [prompt], ()
+
+    def rewrites(self, incumbent, train, hard, effects, iteration, seen):
+        return [p for p in self.proposals if p not in seen], {}
+
+    def select(self, incumbent, candidates, iteration):
+        return select(incumbent, candidates)
+
+
+def run_loop(racing: RacingSettings):
+    matrix = constructed()  # rows 0-2 close, 3-5 clearly worse
+    table = {"start": matrix[0] + 0.5} | {f"variant {i}": row for i, row in enumerate(matrix)}
+    steps = TableSteps(table, [f"variant {i}" for i in range(len(matrix))])
+    train = Dataset("t", tuple(Supervised(f"x{i}", "y") for i in range(matrix.shape[1])))
+    result = PMPO(config=OptimizerConfig(iterations=1, racing=racing), steps=steps).optimize("start", train)
+    return result, len(steps.scored)
+
+
+def test_racing_in_the_loop_records_dropped_candidates_and_keeps_the_pick():
+    full, full_pairs = run_loop(RacingSettings())
+    raced, raced_pairs = run_loop(ON)
+    assert raced.best.prompt == full.best.prompt == "variant 0"
+    assert raced.best.loss == pytest.approx(full.best.loss) and raced.best.n_examples == 50
+    dropped = {c.prompt: c for c in raced.candidates if c.dropped}
+    assert set(dropped) == {"variant 3", "variant 4", "variant 5"}
+    assert all(c.n_examples == ON.first_slice for c in dropped.values())  # recorded with the slice they lost on
+    assert raced.iterations[0].n_dropped == 3 and full.iterations[0].n_dropped == 0
+    assert len(raced.candidates) == len(full.candidates)  # every candidate is kept, dropped or not
+    assert raced_pairs < full_pairs
+
+
+def test_a_dropped_candidate_is_never_selected_even_with_a_lower_slice_loss():
+    incumbent = Candidate("a", None, 0, "initial", "start", 5.0, 1.0, 50)
+    early = Candidate("b", "a", 1, "rewrite", "lucky", 1.0, 0.2, 10, dropped=True)
+    assert select(incumbent, [early]) is incumbent

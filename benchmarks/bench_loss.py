@@ -30,7 +30,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import workload as wl  # noqa: E402
 from measure import ModelShape, Timer, matmul_peak, pair_lengths, peak_rss_gib  # noqa: E402
 from report import MAX_RSS_GIB, TARGETS, table  # noqa: E402
-from pmpo.evaluate import is_correct, normalize, references  # noqa: E402
+from pmpo.data import Dataset  # noqa: E402
+from pmpo.evaluate import is_correct, task_labels  # noqa: E402
 from pmpo.generation import greedy  # noqa: E402
 from pmpo.loss import Scorer, example_rows  # noqa: E402
 from pmpo.models import ModelSettings, load_model  # noqa: E402
@@ -206,7 +207,9 @@ def _selection(lm, work, matrix, loss_seconds: float, n_gen: int) -> dict:
         outputs = greedy(lm, contexts, max_new_tokens=n_gen)
     flat = [e for _ in prompts for e in examples]
     strict = np.array([is_correct(o, e) for o, e in zip(outputs, flat)]).reshape(len(prompts), -1).mean(axis=1)
-    accuracy = np.array([_contains(o, e) for o, e in zip(outputs, flat)]).reshape(len(prompts), -1).mean(axis=1)
+    labels = task_labels(Dataset("train", tuple(examples)))
+    accuracy = np.array([is_correct(o, e, "contains", labels) for o, e in zip(outputs, flat)])
+    accuracy = accuracy.reshape(len(prompts), -1).mean(axis=1)
     by_loss = int(np.argmin(matrix.prompt_loss()))
     by_accuracy = int(np.argmax(accuracy))  # first of the tied best, as a plain argmax loop would do
     return {
@@ -223,13 +226,6 @@ def _selection(lm, work, matrix, loss_seconds: float, n_gen: int) -> dict:
         "loss_pick_ties_best_accuracy": bool(accuracy[by_loss] == accuracy.max()),
         "loss": matrix.prompt_loss().tolist(),
     }
-
-
-def _contains(output: str, example) -> bool:
-    """A reference answer appears as whole words in the reply: lenient, since a small model rarely answers
-    in exactly the reference's form (SmolLM2 says "You have 10 vegetables.")."""
-    words = f" {normalize(output)} "
-    return any(f" {normalize(ref)} " in words for ref in references(example))
 
 
 def _racing(lm, work, matrices, full_seconds: float, perms: int) -> dict:

@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from pmpo.data import Dataset
 from pmpo.data.loaders import BUILTIN_PREFIX, FORMATS, infer_format
 from pmpo.errors import PmpoError
 from pmpo.loss import ScorerSettings
@@ -123,6 +124,15 @@ class EvalConfig(_Strict):
     max_examples: int | None = Field(50, ge=1, description="score at most this many held-out examples")
     generate: bool = Field(True, description="also generate answers and report accuracy (slower than loss)")
     max_new_tokens: int = Field(16, ge=1)
+    # contains: chat models answer in sentences ("The review is positive."), which exact match calls wrong.
+    match: Literal["exact", "contains"] = Field(
+        "contains", description="exact: the reply's first line is the answer; contains: the reply names it and no other label"
+    )
+
+    def examples(self, test: Dataset) -> Dataset:
+        """The held-out examples scored: the first max_examples of the test split."""
+        n = len(test) if self.max_examples is None else min(self.max_examples, len(test))
+        return test.subset(list(range(n)))
 
 
 class OptimizeConfig(_Strict):

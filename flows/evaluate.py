@@ -48,11 +48,8 @@ def evaluate_prompt(config: EvaluateConfig = EvaluateConfig()) -> EvaluateSummar
     if not source:
         raise ConfigError(f"dataset {dataset.name!r} has no default prompt: give one (prompt / --prompt)")
     prompt = resolve_prompt(source)
-    e = config.eval
-    n = len(split.test) if e.max_examples is None else min(e.max_examples, len(split.test))
-    data = split.test.subset(list(range(n)))
     ref = model_ref(config.model.settings())
-    result = PrefectSteps(ref, OptimizerConfig()).evaluate(prompt, data, "prompt", e.generate, e.max_new_tokens)
+    result = PrefectSteps(ref, OptimizerConfig()).evaluate(prompt, config.eval.examples(split.test), "prompt", config.eval)
     return EvaluateSummary(
         prompt=prompt,
         prompt_source=source,

@@ -177,10 +177,8 @@ def _heldout(config: OptimizeConfig, split: Split, initial: str, final: str, ste
     """Both prompts on the held-out split, capped at eval.max_examples."""
     if split.test is None:
         return None
-    e = config.eval
-    n = len(split.test) if e.max_examples is None else min(e.max_examples, len(split.test))
-    data = split.test.subset(list(range(n)))
-    return tuple(steps.evaluate(p, data, which, e.generate, e.max_new_tokens) for which, p in (("initial", initial), ("final", final)))
+    data = config.eval.examples(split.test)
+    return tuple(steps.evaluate(p, data, which, config.eval) for which, p in (("initial", initial), ("final", final)))
 
 
 def _heldout_summary(heldout: tuple[Evaluation, Evaluation] | None) -> HeldOut | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from flows.config import EvalConfig
 from pmpo.data.examples import Dataset
 from pmpo.evaluate import Evaluation
 from pmpo.loss import LossMatrix
@@ -95,11 +96,12 @@ class PrefectSteps:
             incumbent=incumbent, candidates=list(candidates), iteration=iteration,
         )  # fmt: skip
 
-    def evaluate(self, prompt: str, data: Dataset, which: str, generate: bool, max_new_tokens: int) -> Evaluation:
+    def evaluate(self, prompt: str, data: Dataset, which: str, settings: EvalConfig) -> Evaluation:
         """Loss (and accuracy) of one prompt on held-out data (not a loop step; cached the same way)."""
         return self._run(
             "evaluate", -1, t.evaluate_label(which, data), self._evaluate,
-            model=self.model, prompt=prompt, data=data, which=which, generate=generate, max_new_tokens=max_new_tokens,
+            model=self.model, prompt=prompt, data=data, which=which, generate=settings.generate,
+            max_new_tokens=settings.max_new_tokens, match=settings.match,
         )  # fmt: skip
 
     def _run(self, step: str, iteration: int, label: str, task: Any, /, **kwargs: Any) -> Any:

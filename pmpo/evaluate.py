@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import string
 from dataclasses import dataclass
+from typing import Literal, Sequence
 
 import numpy as np
 
@@ -23,10 +24,18 @@ class Evaluation:
     n_examples: int
     loss: float  # mean per-example loss, the training objective
     loss_per_token: float
-    accuracy: float | None  # generated answer matches the reference (normalised exact match, aliases)
+    accuracy: float | None  # generated answer matches the reference (`Match`; aliases count)
     option_accuracy: float | None  # multiple choice: the most likely option is the correct one
 
 
+# exact: the reply's first line, normalised, is a reference (SQuAD/lm-eval exact match). contains: a reference
+# appears as whole words in the reply and no other label of the task does (APE's lenient execution metric,
+# guarded so that a reply naming every label is not right): chat models answer "The review is positive."
+Match = Literal["exact", "contains"]
+# A task with at most this many distinct targets is a classification task: its targets are its labels.
+MAX_LABELS = 20
+
+_NUMBER = re.compile(r"[-+]?\d+(?:[.,]\d+)?")
 _ANSWER_LEAD = re.compile(r"^(the\s+)?(final\s+)?answer\s*(is)?\s*[:\-]?\s*", re.IGNORECASE)
 
 
@@ -50,10 +59,25 @@ def references(example: Example) -> list[str]:
     return [example.target, *example.aliases]
 
 
-def is_correct(output: str, example: Example) -> bool:
-    """Normalised exact match of the extracted answer against the references."""
-    answer = normalize(extract_answer(output))
-    return any(answer == normalize(ref) for ref in references(example))
+def is_correct(output: str, example: Example, match: Match = "exact", labels: Sequence[str] = ()) -> bool:
+    """Whether the reply gives a reference answer; `labels`: the task's answers, for the `contains` guard."""
+    refs = {normalize(r) for r in references(example)}
+    if match == "exact":
+        return normalize(extract_answer(output)) in refs
+    words = f" {normalize(output)} "
+    others = {normalize(o) for o in (example.options if isinstance(example, MultipleChoice) else labels)} - refs
+    return any(f" {r} " in words for r in refs if r) and not any(f" {o} " in words for o in others if o)
+
+
+def task_labels(dataset: Dataset) -> tuple[str, ...]:
+    """The distinct targets of a classification task (at most MAX_LABELS of them), else none.
+
+    Numbers are left out: a worked answer names other numbers on its way to the right one.
+    """
+    targets = {t for e in dataset.examples if (t := getattr(e, "target", None)) is not None}
+    if len(targets) > MAX_LABELS:
+        return ()
+    return tuple(sorted(t for t in targets if not _NUMBER.fullmatch(t.strip())))
 
 
 def option_accuracy(scorer: Scorer, prompt: str, examples: list[MultipleChoice]) -> float:
@@ -76,6 +100,7 @@ def evaluate(
     scorer: Scorer | None = None,
     generate: bool = True,
     max_new_tokens: int = 16,
+    match: Match = "contains",
 ) -> Evaluation:
     """Loss and accuracy of `prompt` on `dataset` (normally the held-out split)."""
     scorer = scorer or Scorer(lm)
@@ -84,7 +109,8 @@ def evaluate(
     if generate:
         contexts = [render(lm.tokenizer, lm.placement, prompt, e.input).text for e in dataset.examples]
         outputs = greedy(lm, contexts, max_new_tokens=max_new_tokens)
-        accuracy = float(np.mean([is_correct(o, e) for o, e in zip(outputs, dataset.examples)]))
+        labels = task_labels(dataset)
+        accuracy = float(np.mean([is_correct(o, e, match, labels) for o, e in zip(outputs, dataset.examples)]))
     mc = [e for e in dataset.examples if isinstance(e, MultipleChoice)]
     return Evaluation(
         prompt=prompt,

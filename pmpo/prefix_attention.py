@@ -5,7 +5,8 @@ once. The plain transformers way to reuse them, a `DynamicCache` whose prefix is
 concatenated with the new keys, materialises batch x prefix keys and values in every layer: for a 400-token
 few-shot prompt on 2 CPU cores that copy, and the mask built for it, took 15-20% of the forward pass and most
 of its activation memory. Here the prefix part of the attention is one matrix product against the single
-shared copy, and the suffix part a small masked product; the two are joined in one exact softmax. Its mask
+shared copy, and the suffix part a small masked product; the two are joined in one exact softmax (on CPU with
+PyTorch's fused attention kernel for each part, joined by their log-sum-exps). Its mask
 also lets short sequences share a row (pmpo.batching). On CUDA, SDPA's fused kernels on the copied cache
 were faster for SmolLM2 (fewer launches), so the scorer uses this path on CPU only by default.
 
@@ -89,6 +90,8 @@ def shared_prefix_attention(
     blocked: torch.Tensor | None = None,  # [B, L, L] True where a query may not see a key; None: causal
 ) -> torch.Tensor:
     """Attention of suffix queries over (shared prefix + own earlier tokens); returns [B, L, H, D]."""
+    if _FLASH_CPU is not None and query.device.type == "cpu":
+        return _attend_flash(query, key, value, prefix_key, prefix_value, scale, blocked)
     batch, heads, length, dim = query.shape
     per_row = heads * length * (prefix_key.shape[2] + length)
     step = max(1, _MAX_SCORE_ELEMENTS // per_row)
@@ -105,6 +108,51 @@ def shared_prefix_attention(
         for r in range(0, batch, step)
     ]
     return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+# PyTorch's fused CPU attention kernel (blocked, online softmax: no score matrix in memory) that also returns
+# each query's log-sum-exp, which is what joins two partial attentions exactly. Public SDPA returns no
+# log-sum-exp, so this is the private op behind it; where a PyTorch build lacks it, the matmul path runs.
+# For a 570-token few-shot prefix on 2 CPU cores it ran attention 2.2x faster than the matmul path.
+_FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
+def _attend_flash(query, key, value, prefix_key, prefix_value, scale, blocked) -> torch.Tensor:
+    batch, heads, length, dim = query.shape
+    groups = heads // key.shape[1]
+    # Prefix part: every row's queries as one long sequence against the single shared copy (no mask: the
+    # whole prefix is visible to every suffix token).
+    rows_as_one = query.transpose(0, 1).reshape(1, heads, batch * length, dim)
+    prefix_out, prefix_lse = _FLASH_CPU(
+        rows_as_one,
+        prefix_key.repeat_interleave(groups, dim=1),
+        prefix_value.repeat_interleave(groups, dim=1),
+        0.0,
+        False,
+        scale=scale,
+    )[:2]
+    prefix_out = prefix_out.view(heads, batch, length, dim).transpose(0, 1)  # [B, H, L, D]
+    prefix_lse = prefix_lse.view(heads, batch, length).transpose(0, 1)  # [B, H, L]
+    # Suffix part: each token over its own sequence's earlier tokens (every token sees itself, so no row is
+    # fully masked).
+    if blocked is None:
+        blocked = torch.ones(length, length, dtype=torch.bool, device=query.device).triu_(1).expand(batch, -1, -1)
+    bias = torch.zeros(blocked.shape, dtype=query.dtype, device=query.device).masked_fill_(blocked, float("-inf"))
+    own_out, own_lse = _FLASH_CPU(
+        query,
+        key.repeat_interleave(groups, dim=1),
+        value.repeat_interleave(groups, dim=1),
+        0.0,
+        False,
+        attn_mask=bias[:, None],
+        scale=scale,
+    )[:2]
+    # softmax over both parts = each part's softmax weighted by its share of the total exp-sum
+    top = torch.maximum(prefix_lse, own_lse)
+    prefix_share, own_share = (prefix_lse - top).exp_(), (own_lse - top).exp_()
+    total = prefix_share + own_share
+    out = prefix_out * (prefix_share / total)[..., None] + own_out * (own_share / total)[..., None]
+    return out.to(query.dtype).transpose(1, 2)  # [B, L, H, D]
 
 
 def _attend(query, key, value, prefix_key, prefix_value, scale, blocked) -> torch.Tensor:

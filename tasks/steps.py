@@ -136,11 +136,13 @@ def select_incumbent(incumbent: Candidate, candidates: list[Candidate], iteratio
     task_run_name=_named(evaluate_label),
 )
 def evaluate_prompt(
-    model: ModelRef, prompt: str, data: Dataset, which: str, generate: bool, max_new_tokens: int
+    model: ModelRef, prompt: str, data: Dataset, which: str, generate: bool, max_new_tokens: int, match: str
 ) -> Evaluation:
     """Held-out loss (and accuracy by greedy generation when `generate`) of one prompt."""
     label = evaluate_label(which, data)
     report(Event("advance", label, 0, 1))
-    result = evaluate(loaded(model), prompt, data, scorer=scorer(model), generate=generate, max_new_tokens=max_new_tokens)
+    result = evaluate(
+        loaded(model), prompt, data, scorer=scorer(model), generate=generate, max_new_tokens=max_new_tokens, match=match
+    )
     report(Event("advance", label, 1, 1))
     return result

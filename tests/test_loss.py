@@ -79,7 +79,12 @@ def test_plan_feeds_every_target_once_and_restarts_positions():
     assert any(b.ids.shape[0] < len(b.seqs) for b in batches), "short sequences should share a row"
 
 
-def test_shared_prefix_attention_matches_sdpa_on_the_concatenation(monkeypatch):
+@pytest.mark.parametrize("kernel", ["fused", "matmul"])
+def test_shared_prefix_attention_matches_sdpa_on_the_concatenation(monkeypatch, kernel):
+    if kernel == "fused" and prefix_attention._FLASH_CPU is None:
+        pytest.skip("this PyTorch has no fused CPU attention kernel")
+    if kernel == "matmul":
+        monkeypatch.setattr(prefix_attention, "_FLASH_CPU", None)
     torch.manual_seed(0)
     batch, heads, kv_heads, length, dim, prefix = 5, 6, 2, 7, 8, 11
     q = torch.randn(batch, heads, length, dim)
@@ -95,6 +100,9 @@ def test_shared_prefix_attention_matches_sdpa_on_the_concatenation(monkeypatch):
     monkeypatch.setattr(prefix_attention, "_MAX_SCORE_ELEMENTS", 1)  # one row per chunk: chunking is exact too
     got = prefix_attention.shared_prefix_attention(q, k, v, pk, pv, dim**-0.5, blocked)
     torch.testing.assert_close(got, expected.transpose(1, 2), rtol=1e-5, atol=1e-5)
+    causal = torch.nn.functional.scaled_dot_product_attention(q, full_k, full_v, attn_mask=allowed[1:2].expand_as(allowed))
+    got = prefix_attention.shared_prefix_attention(q, k, v, pk, pv, dim**-0.5)  # no mask: causal in every row
+    torch.testing.assert_close(got, causal.transpose(1, 2), rtol=1e-5, atol=1e-5)
 
 
 def test_installed_attention_leaves_plain_forward_passes_alone(tiny_model_dir):

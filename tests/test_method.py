@@ -29,14 +29,16 @@ def test_batched_loss_equals_per_example_fp32(real_lm):
     np.testing.assert_allclose(matrix.loss, naive, rtol=1e-3)
 
 
-def test_two_iterations_never_raise_train_loss_and_keep_every_candidate(real_lm):
+def test_two_iterations_lower_train_loss_and_keep_every_candidate(real_lm):
     split = split_dataset(demo_task(60, seed=3), seed=3)  # 12 training examples
     seen, iterations = [], []
     scorer = Scorer(real_lm)
     optimizer = PMPO(real_lm, OptimizerConfig(iterations=2, seed=3), scorer, on_candidate=seen.append, on_iteration=iterations.append)
     result = optimizer.optimize("Read the text. Then answer.", split.train)
 
-    assert result.best.loss <= result.initial.loss
+    # From a vague start, masking and rewrites find a strictly better prompt (the method works, not just runs).
+    assert result.best.loss < result.initial.loss
+    assert any(it.improved for it in result.iterations)
     assert [c.id for c in result.candidates] == [c.id for c in seen]  # every candidate scored is in the result
     assert len({c.id for c in result.candidates}) == len(result.candidates)
     assert len(result.iterations) == 2 and result.iterations == tuple(iterations)

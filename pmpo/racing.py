@@ -28,10 +28,11 @@ SliceLosses = Callable[[Sequence[int], int], np.ndarray]
 class RacingSettings:
     """When racing drops a candidate early."""
 
-    # Off by default because a dropped candidate's recorded loss covers only the examples it was scored on. Measured (benchmarks/
-    # bench_loss.py, bench_racing.py; SmolLM2, 13 real rewrite candidates x 50 examples, 7 sets from 6
-    # BIG-bench tasks, 200 example orders each): these defaults never changed the pick and scored 35-76%
-    # of the pairs (2.6x faster on object_counting); margin 1 changed it in up to 12.5% of the orders.
+    # Off by default because a dropped candidate's recorded loss covers only the examples it was scored on.
+    # Measured (benchmarks/bench_loss.py, bench_racing.py; SmolLM2, 13 real rewrite candidates x 50 examples,
+    # 7 sets from 6 BIG-bench tasks, 200 example orders each): these defaults never changed the pick and
+    # scored 35-77% of the pairs (2.0-2.6x faster on object_counting); margin 1 changed it in up to 15% of
+    # the orders.
     enabled: bool = False
     # Examples every candidate is scored on first. Fewer makes the standard error too rough to trust.
     first_slice: int = 10

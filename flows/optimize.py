@@ -144,7 +144,8 @@ def _noting(recorder: Recorder):
         recorder.iteration(it)
         outcome = "new incumbent" if it.improved else "incumbent kept"
         best = f"best new {it.best_candidate_loss:.4f}" if it.n_candidates else "no new candidates"
-        report(Event("note", f"iteration {it.iteration}: {it.n_candidates} candidates, {best}, {outcome} (loss {it.incumbent_loss:.4f})"))
+        scored = f"{it.n_candidates} candidates" + (f" ({it.n_dropped} dropped early)" if it.n_dropped else "")
+        report(Event("note", f"iteration {it.iteration}: {scored}, {best}, {outcome} (loss {it.incumbent_loss:.4f})"))
 
     return on_iteration
 

@@ -67,7 +67,9 @@ def optimize_summary(s: Any) -> None:
     console.print(table)
     console.print(f"[bold]initial prompt:[/bold] {s.initial_prompt}", soft_wrap=True)
     console.print(f"[bold]best prompt:[/bold]    {s.best_prompt}", soft_wrap=True)
-    console.print(f"{s.n_candidates} candidates over {s.n_iterations} iterations" + (" (resumed run)" if s.resumed else ""))
+    dropped = sum(c.dropped for c in s.candidates)
+    raced = f", {dropped} dropped early by racing" if dropped else ""
+    console.print(f"{s.n_candidates} candidates over {s.n_iterations} iterations{raced}" + (" (resumed run)" if s.resumed else ""))
     if s.prompt_version is not None:
         console.print(f"registered: prompts:/{s.prompt_name}/{s.prompt_version} (also prompts:/{s.prompt_name}@latest)")
     console.print(f"MLflow run {s.run_id} in experiment {s.experiment!r}")

@@ -7,7 +7,7 @@ import json
 import logging
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import tasks  # noqa: F401  (first: it sets telemetry and server defaults before prefect loads)
 from pmpo.errors import PmpoError
@@ -32,12 +32,7 @@ def optimize(args: argparse.Namespace) -> int:
     if args.racing:
         values["racing"] = {**values.get("racing", {}), "enabled": True}
     config = build(OptimizeConfig, values, origin=args.config or "arguments")
-    _preflight(config)
-    with display.live_progress():
-        summary = optimize_prompt(config)
-    display.optimize_summary(summary)
-    _write_output(args.output, summary.model_dump(mode="json"))
-    return 0
+    return _run_flow(optimize_prompt, config, display.optimize_summary, args.output)
 
 
 def evaluate(args: argparse.Namespace) -> int:
@@ -47,12 +42,7 @@ def evaluate(args: argparse.Namespace) -> int:
     from pmpo_cli.options import config_values
 
     config = build(EvaluateConfig, config_values(args), origin=args.config or "arguments")
-    _preflight(config)
-    with display.live_progress():
-        summary = evaluate_prompt(config)
-    display.evaluate_summary(summary)
-    _write_output(args.output, summary.model_dump(mode="json"))
-    return 0
+    return _run_flow(evaluate_prompt, config, display.evaluate_summary, args.output)
 
 
 def runs(args: argparse.Namespace) -> int:
@@ -68,6 +58,16 @@ def show(args: argparse.Namespace) -> int:
     from tasks import tracking
 
     display.candidates_table(args.run_id, tracking.run_candidates(args.run_id), args.width)
+    return 0
+
+
+def _run_flow(flow: Callable[[Any], Any], config, show: Callable[[Any], None], output: str | None) -> int:
+    """Check the model, run the flow with live progress, show its summary and write it as JSON if asked."""
+    _preflight(config)
+    with display.live_progress():
+        summary = flow(config)
+    show(summary)
+    _write_output(output, summary.model_dump(mode="json"))
     return 0
 
 

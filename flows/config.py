@@ -8,10 +8,10 @@ from __future__ import annotations
 import json
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from pmpo.data import Dataset
 from pmpo.data.loaders import BUILTIN_PREFIX, FORMATS, infer_format
@@ -34,6 +34,14 @@ class _Strict(BaseModel):
     # Unknown keys are errors: a typo in a config file must not silently run the defaults.
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic reads `true` as 1 for a number field: `iterations: true` would run one iteration.
+        if isinstance(value, bool) and not _takes_bool(cls.model_fields[info.field_name].annotation):
+            raise ValueError(f"expected a number, not the boolean {str(value).lower()}")
+        return value
+
 
 class DataConfig(_Strict):
     """Where the examples come from and how their columns map to ours."""
@@ -46,16 +54,20 @@ class DataConfig(_Strict):
     hub_config: str | None = None
     hub_split: str | None = None
 
-    @field_validator("source")
-    @classmethod
-    def _file_exists(cls, source: str) -> str:
+    @model_validator(mode="after")
+    def _file_exists(self) -> "DataConfig":
         # Checked here, before any flow starts, so a typo costs a one-line error and not a server start.
+        source = self.source
         if source.startswith(BUILTIN_PREFIX):
-            return source
-        looks_like_file = infer_format(source) in _FILE_FORMATS or source.startswith((".", "/", "~"))
+            return self
+        try:
+            fmt = self.format or infer_format(source)
+        except PmpoError as exc:  # an existing file whose name says no format
+            raise ValueError(str(exc)) from None
+        looks_like_file = fmt in _FILE_FORMATS or source.startswith((".", "/", "~"))
         if looks_like_file and not Path(source).expanduser().exists():
             raise ValueError(f"data file {source!r} does not exist")
-        return source
+        return self
 
     @field_validator("columns")
     @classmethod
@@ -184,13 +196,14 @@ class EvaluateConfig(_Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
 
+def _takes_bool(annotation: Any) -> bool:
+    return annotation is bool or annotation is Any or bool in get_args(annotation)
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """The mapping in a YAML or TOML file (by suffix; YAML otherwise)."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from None
+    text = read_text(path, "config file")
     try:
         data = tomllib.loads(text) if path.suffix.lower() == ".toml" else yaml.safe_load(text)
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
@@ -200,6 +213,20 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of config fields at the top level, got {type(data).__name__}")
     return data
+
+
+def read_text(path: Path, what: str, where: str | None = None) -> str:
+    """A UTF-8 text file's content; a ConfigError naming the file (`where`) and line when it cannot be read."""
+    where = where or str(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read {what} ({exc.strerror})") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{where}, line {line}: {what} is not UTF-8 text ({exc.reason}); save it as UTF-8") from None
 
 
 def build(model: type[BaseModel], values: dict[str, Any], origin: str = "config"):

@@ -20,7 +20,7 @@ from pmpo.optimizer import PMPO
 from pmpo.result import Candidate, Iteration
 from tasks import steps as t
 from tasks import tracking
-from tasks.environment import code_version, tracking_uri
+from tasks.environment import code_version, shown_tracking_uri
 from tasks.models import ModelRef, model_ref
 from tasks.progress import Event, report
 
@@ -117,7 +117,7 @@ def optimize_prompt(config: OptimizeConfig = OptimizeConfig()) -> OptimizeSummar
         run_id=run.run_id,
         experiment=run.experiment,
         experiment_id=run.experiment_id,
-        tracking_uri=tracking_uri(),
+        tracking_uri=shown_tracking_uri(),
         run_url_path=run.url_path,
         task=task,
         model_identity=ref.identity,

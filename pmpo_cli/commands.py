@@ -21,9 +21,9 @@ def run(args: argparse.Namespace) -> int:
 
 def optimize(args: argparse.Namespace) -> int:
     """`pmpo optimize`: the optimisation flow, with progress and a summary table."""
-    from flows.config import OptimizeConfig, build
+    from flows.config import OptimizeConfig
     from flows.optimize import optimize_prompt
-    from pmpo_cli.options import config_values
+    from pmpo_cli.options import build_config, config_values
 
     values = config_values(args)
     for flag, key in (("iterations", "iterations"), ("task", "task"), ("experiment", "experiment")):
@@ -31,17 +31,17 @@ def optimize(args: argparse.Namespace) -> int:
             values[key] = getattr(args, flag)
     if args.racing:
         values["racing"] = {**values.get("racing", {}), "enabled": True}
-    config = build(OptimizeConfig, values, origin=args.config or "arguments")
+    config = build_config(OptimizeConfig, values, args)
     return _run_flow(optimize_prompt, config, display.optimize_summary, args.output)
 
 
 def evaluate(args: argparse.Namespace) -> int:
     """`pmpo evaluate`: one prompt on the held-out split."""
-    from flows.config import EvaluateConfig, build
+    from flows.config import EvaluateConfig
     from flows.evaluate import evaluate_prompt
-    from pmpo_cli.options import config_values
+    from pmpo_cli.options import build_config, config_values
 
-    config = build(EvaluateConfig, config_values(args), origin=args.config or "arguments")
+    config = build_config(EvaluateConfig, config_values(args), args)
     return _run_flow(evaluate_prompt, config, display.evaluate_summary, args.output)
 
 

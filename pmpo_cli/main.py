@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     runs = sub.add_parser("runs", help="list optimisation runs recorded in MLflow")
     runs.add_argument("--experiment", help="only this experiment")
-    runs.add_argument("--limit", type=int, default=20, help="at most this many runs (default 20)")
+    runs.add_argument("--limit", type=_positive, default=20, help="at most this many runs (default 20)")
 
     show = sub.add_parser("show", help="a run's candidates")
     show.add_argument("run_id", metavar="RUN", help="run id (see `pmpo runs`)")
@@ -54,6 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     ops.add_parsers(sub)
     return parser
+
+
+def _positive(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def _data_options(p: argparse.ArgumentParser) -> None:
@@ -97,6 +108,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc), 2 if _is_config_error(exc) else 1)
     except KeyboardInterrupt:
         return _fail("interrupted; run the same command again to resume where it stopped", 130)
+    except Exception as exc:
+        if not _is_tracking_error(exc):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return _fail(f"the MLflow tracking store failed: {first}", 1)
 
 
 def _is_config_error(exc: Exception) -> bool:
@@ -105,8 +121,16 @@ def _is_config_error(exc: Exception) -> bool:
     return config_error is not None and isinstance(exc, config_error)
 
 
+def _is_tracking_error(exc: Exception) -> bool:
+    """An MLflow error (server down, bad store): one line, not a traceback; mlflow is checked only if loaded."""
+    mlflow_error = getattr(sys.modules.get("mlflow.exceptions"), "MlflowException", None)
+    return mlflow_error is not None and isinstance(exc, mlflow_error)
+
+
 def _fail(message: str, code: int) -> int:
-    print(f"pmpo: error: {' '.join(message.split())}", file=sys.stderr)
+    from tasks.environment import redact  # a library's message may quote a URI with credentials
+
+    print(f"pmpo: error: {redact(' '.join(message.split()))}", file=sys.stderr)
     return code
 
 

@@ -7,7 +7,9 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from flows.config import ConfigError, merge, read_config_file
+from pydantic import BaseModel
+
+from flows.config import ConfigError, build, merge, read_config_file, read_text
 from pmpo.data.rows import ColumnMap
 from pmpo.errors import PmpoError
 
@@ -40,6 +42,17 @@ def config_values(args: argparse.Namespace) -> dict[str, Any]:
     return merge(values, flags)
 
 
+def build_config(model: type[BaseModel], values: dict[str, Any], args: argparse.Namespace) -> BaseModel:
+    """Validate the merged values; an error names the config file only when the file itself is wrong."""
+    if not args.config:
+        return build(model, values, "arguments")
+    try:
+        return build(model, values, args.config)
+    except ConfigError:
+        build(model, read_config_file(args.config), args.config)  # raises when the file alone is wrong
+        return build(model, values, "arguments")  # the file is fine: a flag overrides it with a bad value
+
+
 def columns(pairs: list[str]) -> dict[str, str]:
     """`--column FIELD=COLUMN` pairs as a mapping (only the fields given)."""
     try:
@@ -52,10 +65,7 @@ def columns(pairs: list[str]) -> dict[str, str]:
 
 def read_prompt(path: str) -> str:
     """The prompt in a file (surrounding whitespace dropped)."""
-    try:
-        text = Path(path).read_text().strip()
-    except OSError as exc:
-        raise ConfigError(f"--prompt-file {path}: {exc.strerror}") from None
+    text = read_text(Path(path), "the prompt file", f"--prompt-file {path}").strip()
     if not text:
         raise ConfigError(f"--prompt-file {path}: the file is empty")
     return text

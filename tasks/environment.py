@@ -12,8 +12,14 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import os
+import re
 import subprocess
 from pathlib import Path
+
+from pmpo.errors import PmpoError
+
+# The user-info part of a URI (`scheme://user:password@`): what redact() hides.
+_CREDENTIALS = re.compile(r"\b([a-zA-Z][\w+.-]*://)[^/@\s]+@")
 
 # Offline by default: no usage reporting from prefect or mlflow. setdefault, so a user's choice stands.
 TELEMETRY_OFF = {
@@ -33,11 +39,21 @@ def configure() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # reading back a table is instant
     # Hub downloads are the user's choice; we only keep datasets' progress bars quiet in our output.
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    # A tracking server that stops answering must fail a run in bounded time. MLflow's own defaults (7 retries,
+    # backoff factor 2, 120 s per request) hang a run for many minutes; these bound it to about 2 minutes in the
+    # worst case (4 tries x 30 s, plus 1+2+4 s of backoff) and to seconds when the connection is refused.
+    # The user sets the same MLflow variables to choose other bounds.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
 
 def home() -> Path:
     """The data directory: $PMPO_HOME, else .pmpo under the current directory (read at call time)."""
-    return Path(os.environ.get("PMPO_HOME") or ".pmpo").expanduser().resolve()
+    path = Path(os.environ.get("PMPO_HOME") or ".pmpo").expanduser().resolve()
+    if path.exists() and not path.is_dir():
+        raise PmpoError(f"PMPO_HOME {str(path)!r} is a file, not a directory: point PMPO_HOME at a directory")
+    return path
 
 
 def results_dir() -> Path:
@@ -54,6 +70,16 @@ def artifacts_dir() -> Path:
 def tracking_uri() -> str:
     """MLFLOW_TRACKING_URI when set, else SQLite in the data directory."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home() / 'mlflow.db'}"
+
+
+def redact(text: str) -> str:
+    """`text` with the credentials of every URI in it hidden: `http://user:token@host` -> `http://***@host`."""
+    return _CREDENTIALS.sub(r"\1***@", text)
+
+
+def shown_tracking_uri() -> str:
+    """The tracking URI as pmpo prints and records it: credentials redacted."""
+    return redact(tracking_uri())
 
 
 @functools.lru_cache(maxsize=1)

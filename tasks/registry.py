@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from tasks.tracking import MlflowException, TrackedRun, TrackingError, client, experiment_id, tracking_uri
+from tasks.environment import shown_tracking_uri
+from tasks.tracking import MlflowException, TrackedRun, TrackingError, client, experiment_id
 
 PRODUCTION = "production"
 LATEST = "latest"  # resolved by MLflow itself to the newest version
@@ -49,8 +50,8 @@ def require_version(name: str, ref: str | int) -> PromptVersion:
     if found is None:
         known = ", ".join(str(v) for v in version_numbers(name))
         if not known:
-            raise TrackingError(f"no prompt named {name!r} in the registry at {tracking_uri()}")
-        raise TrackingError(f"prompt {name!r} has no version or alias {ref!r} in {tracking_uri()} (versions: {known})")
+            raise TrackingError(f"no prompt named {name!r} in the registry at {shown_tracking_uri()}")
+        raise TrackingError(f"prompt {name!r} has no version or alias {ref!r} in {shown_tracking_uri()} (versions: {known})")
     return found
 
 

@@ -25,7 +25,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
 
 from pmpo.errors import PmpoError
 from pmpo.result import Candidate, Iteration, SegmentEffect
-from tasks.environment import artifacts_dir, home, tracking_uri
+from tasks.environment import artifacts_dir, home, shown_tracking_uri, tracking_uri
 
 RUN_KEY_TAG = "pmpo.run_key"
 CANDIDATES_FILE = "candidates.json"
@@ -72,7 +72,7 @@ def _client(uri: str) -> MlflowClient:
 
 def ui_command() -> str:
     """The shell command that opens the MLflow UI on this store."""
-    uri = tracking_uri()
+    uri = shown_tracking_uri()
     return f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite:") else f"open {uri}"
 
 
@@ -231,7 +231,7 @@ def load_registered_prompt(uri: str) -> str:
     try:
         return mlflow.genai.load_prompt(uri).template
     except MlflowException as exc:
-        raise TrackingError(f"prompt {uri!r} not found in {tracking_uri()}: {exc.message.splitlines()[0]}") from None
+        raise TrackingError(f"prompt {uri!r} not found in {shown_tracking_uri()}: {exc.message.splitlines()[0]}") from None
 
 
 def list_runs(experiment: str | None = None, max_results: int = 50) -> list[dict[str, Any]]:
@@ -240,7 +240,7 @@ def list_runs(experiment: str | None = None, max_results: int = 50) -> list[dict
     if experiment is not None:
         found = c.get_experiment_by_name(experiment)
         if found is None:
-            raise TrackingError(f"no experiment {experiment!r} in {tracking_uri()}")
+            raise TrackingError(f"no experiment {experiment!r} in {shown_tracking_uri()}")
         experiments = [found]
     else:
         experiments = c.search_experiments()
@@ -286,7 +286,7 @@ def _get_run(c: MlflowClient, run_id: str):
     try:
         return c.get_run(run_id)
     except MlflowException:
-        raise TrackingError(f"no run {run_id!r} in {tracking_uri()} (see `pmpo runs`)") from None
+        raise TrackingError(f"no run {run_id!r} in {shown_tracking_uri()} (see `pmpo runs`)") from None
 
 
 def _last_step(c: MlflowClient, run_id: str) -> int:

@@ -13,6 +13,7 @@ Sources and how they are read (the format comes from the suffix unless `format=`
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import json
 from dataclasses import dataclass, replace
@@ -73,6 +74,8 @@ def load_dataset(
         path = Path(source)
         if not path.is_file():
             raise DataError(f"{path}: no such file")
+        if fmt != "parquet":
+            check_utf8(path)
         raw = _FILE_READERS[fmt](path)
     else:
         raise DataError(f"unknown data format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -89,11 +92,39 @@ def load_dataset(
 
 
 def infer_format(source: str | Path) -> str:
-    """The format a source's name implies: its suffix, a directory or hub name -> "hub"."""
+    """The format a source's name implies: its suffix, a directory or hub name -> "hub".
+
+    A local file whose suffix names no format is an error, not a hub name: sending it to the hub would cost
+    retries and end in a misleading "not found".
+    """
     path = Path(source)
     if path.is_dir():
         return "hub"
-    return _SUFFIXES.get(path.suffix.lower(), "hub")
+    fmt = _SUFFIXES.get(path.suffix.lower())
+    if fmt is None and path.is_file():
+        raise DataError(
+            f"{path}: cannot tell the data format from the file name; give it a suffix "
+            f"({', '.join(_SUFFIXES)}) or pass --format (one of {', '.join(f for f in FORMATS if f != 'hub')})"
+        )
+    return fmt or "hub"
+
+
+def check_utf8(path: Path) -> None:
+    """Raise a DataError naming the line when a text file is not UTF-8 (read in chunks: data can be large)."""
+    decoder, line = codecs.getincrementaldecoder("utf-8")(), 1
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 16):
+            pending = decoder.getstate()[0]  # bytes of a character split across chunks; never a newline
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as err:
+                bad_line = line + chunk[: max(err.start - len(pending), 0)].count(b"\n")
+                raise DataError(f"{path}, line {bad_line}: not UTF-8 text ({err.reason}); save the file as UTF-8") from None
+            line += chunk.count(b"\n")
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError as err:
+            raise DataError(f"{path}, line {line}: not UTF-8 text (the file ends inside a character)") from None
 
 
 def _builtin(task: str, name: str | None, limit: int | None) -> Dataset:
@@ -247,6 +278,7 @@ def _with_meta(path: Path, raw: _Rows) -> _Rows:
     meta_path = path.with_name(f"{path.stem}.meta.json")
     if not meta_path.is_file():
         return raw
+    check_utf8(meta_path)
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:

@@ -84,8 +84,10 @@ class Stack:
         (s.home / "logs").mkdir(parents=True, exist_ok=True)
         py = sys.executable
         say(f"starting the Prefect server on {s.prefect_url} ...")
+        # The UI asks /ui-settings where the API is; without PREFECT_UI_API_URL it answers with the default port
+        # (4200), whatever --port says, and every UI page on another port fails to load its data.
         self._spawn("prefect", [py, "-m", "prefect", "server", "start", "--host", s.host, "--port", str(s.prefect_port)],
-                    {"PREFECT_HOME": str(s.home / "prefect")})  # fmt: skip
+                    {"PREFECT_HOME": str(s.home / "prefect"), "PREFECT_UI_API_URL": f"{s.prefect_url}/api"})  # fmt: skip
         say(f"starting the MLflow server on {s.mlflow_url} ...")
         self._spawn("mlflow", [py, "-m", "mlflow", "server", "--host", s.host, "--port", str(s.mlflow_port), "--workers", "1",
                                "--backend-store-uri", f"sqlite:///{s.home / 'mlflow.db'}",

@@ -190,6 +190,8 @@ def test_pmpo_serve_starts_both_servers_and_the_deployments_and_stops_on_ctrl_c(
         assert f"Prefect UI:  http://127.0.0.1:{prefect_port}" in shown
         assert f"MLflow UI:   http://127.0.0.1:{mlflow_port}" in shown
         assert _get_json(f"http://127.0.0.1:{prefect_port}/api/health") is True
+        # The UI finds its API through /ui-settings: on a non-default port it must name that port.
+        assert _get_json(f"http://127.0.0.1:{prefect_port}/ui-settings")["api_url"] == f"http://127.0.0.1:{prefect_port}/api"
         known = Stack(StackSettings(home=tmp_path, prefect_port=prefect_port)).deployments()
         assert set(DEPLOYMENTS) <= known
         with _HTTP.open(f"http://127.0.0.1:{mlflow_port}/health", timeout=5) as response:

@@ -76,7 +76,16 @@ def _preflight(config) -> None:
     from tasks.models import model_ref
 
     model_ref(config.model.settings())
+    before_flows()
+
+
+def before_flows() -> None:
+    """What every command that runs flows in this process needs first: quiet user errors, our own Prefect API."""
+    from pmpo_cli import ephemeral
+    from tasks.environment import home
+
     _quiet_user_errors()
+    ephemeral.start(home())
 
 
 class _DropUserErrors(logging.Filter):

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from typing import Sequence
 
 QUIET = {"PREFECT_LOGGING_LEVEL": "WARNING", "MLFLOW_LOGGING_LEVEL": "WARNING", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
@@ -100,6 +102,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc), 2)
     from pmpo.errors import PmpoError  # after parsing: `pmpo --help` should not wait for torch
 
+    # SIGTERM (a scheduler's or `kill`'s stop) as an interrupt: the run is marked for resuming and exit code
+    # stops the temporary Prefect API server; the default action would skip both.
+    if threading.current_thread() is threading.main_thread():  # Python allows handlers there only
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         from pmpo_cli import commands, ops
 
@@ -119,6 +125,10 @@ def _is_config_error(exc: Exception) -> bool:
     """A bad config value or file (exit 2, like bad arguments); flows.config defines it, if it was loaded."""
     config_error = getattr(sys.modules.get("flows.config"), "ConfigError", None)
     return config_error is not None and isinstance(exc, config_error)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _is_tracking_error(exc: Exception) -> bool:

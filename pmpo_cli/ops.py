@@ -86,13 +86,13 @@ def nightly(args: argparse.Namespace) -> int:
     from flows.managed import NightlyConfig
     from flows.nightly import NightlyRefreshFailed, nightly_refresh
     from pmpo_cli import display
-    from pmpo_cli.commands import _quiet_user_errors
+    from pmpo_cli.commands import before_flows
 
     values: dict[str, Any] = {"prompts_file": args.config}
     if args.margin is not None:
         values["promotion"] = {"margin": args.margin}
     config = build(NightlyConfig, values, origin="arguments")
-    _quiet_user_errors()
+    before_flows()
     failed: NightlyRefreshFailed | None = None
     with display.live_progress():
         try:
@@ -132,7 +132,7 @@ def compare(args: argparse.Namespace) -> int:
     from flows.compare import CompareConfig, compare_prompts
     from flows.config import build
     from pmpo_cli import display
-    from pmpo_cli.commands import _quiet_user_errors
+    from pmpo_cli.commands import before_flows
     from pmpo_cli.options import columns
 
     values: dict[str, Any] = {"name": args.name, "versions": args.versions}
@@ -151,7 +151,7 @@ def compare(args: argparse.Namespace) -> int:
             ev["max_examples"] = args.eval_examples
         values["eval"] = ev
     config = build(CompareConfig, values, origin="arguments")
-    _quiet_user_errors()
+    before_flows()
     with display.live_progress():
         result = compare_prompts(config)
     comparison_table(result)

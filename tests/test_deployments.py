@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -134,6 +135,36 @@ def _wait_until(ready, what: str, timeout: float, proc: subprocess.Popen, log: P
     pytest.fail(f"{what} not ready in {timeout} s\n{log.read_text()[-3000:]}")
 
 
+def _browser_dom(url: str) -> str:
+    """The page's DOM after its scripts ran, from headless Chromium (Debian's `chromium`; .ci/run installs it)."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("no chromium on this machine (apt-get install chromium)")
+    argv = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=20000", "--dump-dom", url]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
+
+
+def _check_ui_in_a_browser(prefect_url: str, mlflow_url: str) -> None:
+    """The UIs work on the ports they were started on: the pages load their data from the right API."""
+    page = _browser_dom(f"{prefect_url}/deployments")
+    assert "Create a deployment to get started" not in page and "Something went wrong" not in page
+    for name in ("nightly-refresh", "optimize", "compare"):
+        assert name in page, f"deployment {name} not listed on the Deployments page"
+    [optimize] = [d for d in _post_json(f"{prefect_url}/api/deployments/filter", {}) if d["name"] == "optimize"]
+    form = _browser_dom(f"{prefect_url}/deployments/deployment/{optimize['id']}/run")
+    for field in ("Iterations", "Train Fraction", "Segment Removal"):  # the config's fields, as the form titles them
+        assert field in form, f"the optimize run form has no {field!r} field"
+    assert "MLflow" in _browser_dom(mlflow_url)
+
+
+def _post_json(url: str, body: dict):
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with _HTTP.open(request, timeout=5) as response:
+        return json.loads(response.read())
+
+
 def _prefect(args: list[str], env: dict[str, str], timeout: float = 300, cwd: Path = ROOT) -> str:
     argv = [sys.executable, "-m", "prefect", *args]
     out = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
@@ -196,6 +227,7 @@ def test_pmpo_serve_starts_both_servers_and_the_deployments_and_stops_on_ctrl_c(
         assert set(DEPLOYMENTS) <= known
         with _HTTP.open(f"http://127.0.0.1:{mlflow_port}/health", timeout=5) as response:
             assert response.status == 200
+        _check_ui_in_a_browser(f"http://127.0.0.1:{prefect_port}", f"http://127.0.0.1:{mlflow_port}")
         p.send_signal(signal.SIGINT)
         assert p.wait(120) == 0, log.read_text()[-3000:]
     assert "stopped" in log.read_text()

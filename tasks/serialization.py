@@ -84,6 +84,8 @@ def encode(value: Any) -> Any:
     if isinstance(value, list):
         return [encode(v) for v in value]
     if isinstance(value, tuple):
+        if type(value) is not tuple:  # a NamedTuple would come back as a plain tuple, its names lost
+            raise TypeError(f"no JSON codec for a {type(value).__name__}: use a frozen dataclass")
         return {"tuple": [encode(v) for v in value]}
     if isinstance(value, (set, frozenset)):
         return {"frozenset" if isinstance(value, frozenset) else "set": [encode(v) for v in value]}

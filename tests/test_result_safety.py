@@ -5,6 +5,7 @@ cache key changes when pmpo's source or the dataset description would change the
 from __future__ import annotations
 
 import base64
+import collections
 import dataclasses
 import json
 import logging
@@ -30,6 +31,22 @@ class _Plant:
 
     def __reduce__(self):
         return (open, (self.path, "w"))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Inner:
+    interval: tuple[float, float]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Grown:
+    """A result type as other work may grow one: nested dataclasses, per-example tuples, optional fields."""
+
+    inner: _Inner | None
+    per_example: tuple[bool, ...]
+    by_index: dict[int, float]
+    arrays: list[np.ndarray]
+    note: str | None = None
 
 
 def _roundtrip(value):
@@ -63,6 +80,15 @@ def test_evaluation_and_candidate_round_trip_field_by_field():
     assert dataclasses.replace(back, loss_per_token=0.0) == dataclasses.replace(candidate, loss_per_token=0.0)
 
 
+def test_new_fields_and_nested_types_need_no_codec_change():
+    serialization.allow(_Grown)  # allows _Inner too: it is named in a field's type
+    value = _Grown(_Inner((0.1, -math.inf)), (True, False), {3: 0.5, -1: math.nan}, [np.arange(3, dtype=np.int32)])
+    back = _roundtrip(value)
+    assert back.inner == value.inner and back.per_example == value.per_example and back.note is None
+    assert back.by_index[3] == 0.5 and math.isnan(back.by_index[-1]) and list(back.by_index) == [3, -1]
+    assert back.arrays[0].dtype == np.int32 and back.arrays[0].tolist() == [0, 1, 2]
+
+
 def test_decoder_refuses_types_not_on_the_allow_list():
     forged = {"dataclass": "subprocess.Popen", "fields": {"args": ["touch", "/tmp/x"]}}
     with pytest.raises(UnsafeResult, match="not allowed"):
@@ -71,6 +97,8 @@ def test_decoder_refuses_types_not_on_the_allow_list():
         serialization.decode({"ndarray": {"dtype": "|O", "shape": [1], "data": ""}})
     with pytest.raises(TypeError, match="not an allowed result type"):
         PmpoJSONSerializer().dumps(dataclasses.make_dataclass("Stranger", ["x"])(1))
+    with pytest.raises(TypeError, match="use a frozen dataclass"):
+        PmpoJSONSerializer().dumps(collections.namedtuple("Pair", "a b")(1, 2))
 
 
 def test_record_check_accepts_only_pmpo_json(tmp_path):

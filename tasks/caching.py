@@ -24,8 +24,8 @@ from prefect.cache_policies import TASK_SOURCE, CachePolicy
 from prefect.utilities.hashing import hash_objects
 from pydantic import BaseModel
 
-from pmpo.data.examples import Dataset
 import pmpo
+from pmpo.data.examples import Dataset
 from tasks.environment import results_dir
 from tasks.models import ModelRef
 from tasks.serialization import SafeRecordStorage

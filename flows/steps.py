@@ -16,7 +16,7 @@ from pmpo.loss import LossMatrix
 from pmpo.optimizer import OptimizerConfig, Rewrites
 from pmpo.result import Candidate, SegmentEffect
 from tasks import steps as t
-from tasks.caching import result_storage
+from tasks.caching import with_storage
 from tasks.models import ModelRef
 from tasks.progress import Event, report
 
@@ -51,11 +51,11 @@ class PrefectSteps:
         self.model, self.config = model, config
         self.model_identity = model.identity
         self.work = WorkLog()
-        storage = result_storage()  # read now: the data directory may differ between flow runs in one process
-        self._loss = t.loss_matrix.with_options(result_storage=storage)
-        self._mask = t.mask_segments.with_options(result_storage=storage)
-        self._rewrite = t.propose_rewrites.with_options(result_storage=storage)
-        self._evaluate = t.evaluate_prompt.with_options(result_storage=storage)
+        # bound now: the data directory may differ between flow runs in one process
+        self._loss = with_storage(t.loss_matrix)
+        self._mask = with_storage(t.mask_segments)
+        self._rewrite = with_storage(t.propose_rewrites)
+        self._evaluate = with_storage(t.evaluate_prompt)
 
     def losses(self, prompts: Sequence[str], train: Dataset, iteration: int) -> LossMatrix:
         """Per-example losses of `prompts` on the training set (one task run: `loss iter=2 13x40`)."""

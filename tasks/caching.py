@@ -3,25 +3,32 @@
 A key = the task's source + the task's inputs by *content*: a model by its identity (`ModelRef.cache_key`),
 a dataset by its fingerprint, prompts by their text, settings by their values. Never the model object
 (it does not hash stably and would tie the cache to one process) and never the inputs listed in `exclude`
-(labels that only name a task run). The pmpo version is in the key too, so an upgrade does not reuse
-results a changed method computed.
+(labels that only name a task run). A dataset enters by its fingerprint *and* every other field that reaches a
+request (its description, shown to the rewriter). A fingerprint of pmpo's own source is in the key too, so a
+changed template or loss never reuses results the old code computed (the version number alone would not change
+in a checkout).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import importlib.metadata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prefect import Task
 from prefect.cache_policies import TASK_SOURCE, CachePolicy
 from prefect.utilities.hashing import hash_objects
 from pydantic import BaseModel
 
+import pmpo
 from pmpo.data.examples import Dataset
 from tasks.environment import results_dir
 from tasks.models import ModelRef
+from tasks.serialization import SafeRecordStorage
 
 
 def _pmpo_version() -> str:
@@ -31,12 +38,22 @@ def _pmpo_version() -> str:
         return "unknown"
 
 
+@functools.lru_cache(maxsize=1)
+def source_fingerprint() -> str:
+    """Hash of every .py file of the pmpo package (paths and contents), computed once per process."""
+    root = Path(pmpo.__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
 def content(value: Any) -> Any:
     """A JSON-able stand-in for `value` that is equal exactly when the value's content is."""
     if isinstance(value, ModelRef):
         return {"model": value.cache_key()}
     if isinstance(value, Dataset):
-        return {"dataset": value.fingerprint}
+        return {"dataset": value.fingerprint, "description": value.description}
     if isinstance(value, BaseModel):
         return content(value.model_dump())
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -59,9 +76,10 @@ class ContentInputs(CachePolicy):
     exclude: list[str] = field(default_factory=list)
 
     def compute_key(self, task_ctx, inputs, flow_parameters, **kwargs) -> str | None:
-        """Hash of the content of the inputs and the pmpo version."""
+        """Hash of the content of the inputs, the pmpo version and pmpo's source."""
         kept = {name: content(value) for name, value in (inputs or {}).items() if name not in self.exclude}
-        return hash_objects({"inputs": kept, "pmpo": _pmpo_version()}, raise_on_failure=True)
+        code = {"version": _pmpo_version(), "source": source_fingerprint()}
+        return hash_objects({"inputs": kept, "pmpo": code}, raise_on_failure=True)
 
 
 def policy(*exclude: str) -> CachePolicy:
@@ -69,8 +87,16 @@ def policy(*exclude: str) -> CachePolicy:
     return TASK_SOURCE + ContentInputs(exclude=list(exclude))
 
 
-def result_storage() -> Path:
-    """Task results on disk under the data directory ($PMPO_HOME/results), read when a flow starts."""
-    path = results_dir()
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+def with_storage(task: Task) -> Task:
+    """`task` persisting under the data directory ($PMPO_HOME/results, read now), with records that are checked.
+
+    Records (what a cache key maps to) go to results/records, values to results/values; the record storage hands
+    Prefect only records pmpo's JSON serializer wrote (tasks.serialization): a planted or foreign file is a
+    cache miss, never unpickled.
+    """
+    root = results_dir()
+    records, values = root / "records", root / "values"
+    for path in (records, values):
+        path.mkdir(parents=True, exist_ok=True)
+    keys = SafeRecordStorage(basepath=str(records), values=str(values))
+    return task.with_options(result_storage=values, cache_policy=task.cache_policy.configure(key_storage=keys))

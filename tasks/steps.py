@@ -1,6 +1,6 @@
 """Thin Prefect tasks over pmpo: load data, batch loss, segment masking, rewrite proposal, selection, evaluation.
 
-Each task is a few lines over a pmpo function. Computing tasks persist their result and carry an explicit
+Each task is a few lines over a pmpo function. Computing tasks persist their result as JSON and carry an explicit
 cache policy (tasks.caching): task source + model identity + dataset fingerprint + prompt text(s) + the
 settings that change the result. Run names say what a run did, e.g. `loss iter=2 13x40`.
 """
@@ -23,6 +23,9 @@ from pmpo.rewrite import RewriteSettings
 from tasks.caching import policy
 from tasks.models import ModelRef, loaded, scorer
 from tasks.progress import Event, report
+from tasks.serialization import PmpoJSONSerializer
+
+JSON_RESULTS = PmpoJSONSerializer()  # results are data, never pickle (see tasks.serialization)
 
 
 def loss_label(prompts: Sequence[str], data: Dataset, iteration: int, **_) -> str:
@@ -80,7 +83,13 @@ def load_split(
     return dataset, split_dataset(dataset, seed=seed, train_fraction=train_fraction, train_cap=train_cap)
 
 
-@task(name="loss", cache_policy=policy("iteration"), persist_result=True, task_run_name=_named(loss_label))
+@task(
+    name="loss",
+    cache_policy=policy("iteration"),
+    persist_result=True,
+    result_serializer=JSON_RESULTS,
+    task_run_name=_named(loss_label),
+)
 def loss_matrix(model: ModelRef, prompts: list[str], data: Dataset, iteration: int) -> LossMatrix:
     """Per-example losses of every prompt (the iteration only names the run: the same prompts cost once)."""
     sc, label = scorer(model), loss_label(prompts, data, iteration)
@@ -91,7 +100,13 @@ def loss_matrix(model: ModelRef, prompts: list[str], data: Dataset, iteration: i
     return LossMatrix(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("loss", "nll", "tokens")))
 
 
-@task(name="mask", cache_policy=policy(), persist_result=True, task_run_name=_named(segments_label))
+@task(
+    name="mask",
+    cache_policy=policy(),
+    persist_result=True,
+    result_serializer=JSON_RESULTS,
+    task_run_name=_named(segments_label),
+)
 def mask_segments(
     model: ModelRef, prompt: str, prompt_loss: float, data: Dataset, iteration: int, units: str, max_units: int, seed: int
 ) -> tuple[list[str], tuple[SegmentEffect, ...]]:
@@ -105,6 +120,7 @@ def mask_segments(
     name="rewrite",
     cache_policy=policy(),
     persist_result=True,
+    result_serializer=JSON_RESULTS,
     task_run_name=_named(rewrites_label),
 )
 def propose_rewrites(
@@ -133,6 +149,7 @@ def select_incumbent(incumbent: Candidate, candidates: list[Candidate], iteratio
     name="evaluate",
     cache_policy=policy("which"),
     persist_result=True,
+    result_serializer=JSON_RESULTS,
     task_run_name=_named(evaluate_label),
 )
 def evaluate_prompt(

@@ -4,6 +4,12 @@ One experiment per task, one parent run per optimisation (resumed, not duplicate
 its run key), per-iteration metrics with step, the candidates table rewritten whole after every iteration,
 and at the end held-out metrics, a plot and the final prompt in the Prompt Registry. The MLflow client API
 is used throughout (no fluent "active run"), so nothing here depends on global run state.
+
+Concurrency (tasks.locks): a fresh SQLite store is created and migrated by one process at a time, under a file
+lock, so runs started together on a new PMPO_HOME all find a whole schema. A run has one live writer: the
+process holding its run key's lock, recorded on the run as `pmpo.owner` (host:pid). An identical command
+started while that process lives exits at once with `RunBusy` naming it; after it ends or is killed, the next
+identical command resumes the run. A prompt text registered again under the same name reuses its version.
 """
 
 from __future__ import annotations
@@ -25,9 +31,12 @@ from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
 
 from pmpo.errors import PmpoError
 from pmpo.result import Candidate, Iteration, SegmentEffect
+from tasks import locks
 from tasks.environment import artifacts_dir, home, shown_tracking_uri, tracking_uri
 
 RUN_KEY_TAG = "pmpo.run_key"
+OWNER_TAG = "pmpo.owner"  # host:pid of the process that last wrote the run
+RUN_IDS_TAG = "pmpo.run_ids"  # on a prompt version: every run that produced its text, comma-separated
 CANDIDATES_FILE = "candidates.json"
 STEP_METRIC = "incumbent_loss"  # logged last in an iteration: its history says which iterations are recorded
 _PROMPT_NAME_BAD = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -47,6 +56,7 @@ class TrackedRun:
     experiment: str
     resumed: bool  # an unfinished run with the same key was found and continues
     logged_through: int  # the last iteration already recorded (-1: none)
+    run_key: str = ""  # whose lock this process holds while it writes the run ("" for record runs: no lock)
 
     @property
     def url_path(self) -> str:
@@ -63,11 +73,17 @@ def client() -> MlflowClient:
 
 @functools.lru_cache(maxsize=8)
 def _client(uri: str) -> MlflowClient:
-    if uri.startswith("sqlite:///"):
-        home().mkdir(parents=True, exist_ok=True)
-        for name in ("alembic", "mlflow.store.db.utils"):  # schema set-up chatter on a fresh database
-            logging.getLogger(name).setLevel(logging.WARNING)
-    return MlflowClient(uri)
+    if not uri.startswith("sqlite:///"):
+        return MlflowClient(uri)
+    home().mkdir(parents=True, exist_ok=True)
+    for name in ("alembic", "mlflow.store.db.utils"):  # schema set-up chatter on a fresh database
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # Each store object creates and migrates missing tables when built; two processes doing it at once on a
+    # fresh file leave a half-migrated schema. Build both (tracking, registry) here, one process at a time.
+    with locks.store_setup("mlflow"):
+        c = MlflowClient(uri)
+        _ = c._tracking_client.store, c._get_registry_client().store
+    return c
 
 
 def ui_command() -> str:
@@ -90,21 +106,33 @@ def experiment_id(c: MlflowClient, name: str) -> str:
 
 
 def start_run(experiment: str, run_key: str, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> TrackedRun:
-    """Continue the unfinished run with this key, or start one with `params` and `tags`."""
+    """Continue the unfinished run with this key, or start one; `locks.RunBusy` when a live process writes it.
+
+    The caller owns the run until `finish` (the lock also goes when the process dies).
+    """
+    locks.claim_run(run_key)
+    try:
+        return _open_run(experiment, run_key, run_name, params, {**tags, OWNER_TAG: locks.owner()})
+    except BaseException:
+        locks.release_run(run_key)
+        raise
+
+
+def _open_run(experiment: str, run_key: str, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> TrackedRun:
     c = client()
     exp_id = experiment_id(c, experiment)
     previous = c.search_runs([exp_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}'", order_by=["attributes.start_time DESC"])
     unfinished = [r for r in previous if r.info.status != "FINISHED"]
-    if unfinished:
+    if unfinished:  # we hold the key's lock, so its last writer is gone: take the run over
         run_id = unfinished[0].info.run_id
         c.update_run(run_id, status="RUNNING")
         c.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
-        return TrackedRun(run_id, exp_id, experiment, resumed=True, logged_through=_last_step(c, run_id))
+        return TrackedRun(run_id, exp_id, experiment, resumed=True, logged_through=_last_step(c, run_id), run_key=run_key)
     run = c.create_run(exp_id, run_name=run_name, tags={**tags, RUN_KEY_TAG: run_key})
     items = [Param(k, _param_value(v)) for k, v in params.items()]
     for at in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
         c.log_batch(run.info.run_id, params=items[at : at + 100])
-    return TrackedRun(run.info.run_id, exp_id, experiment, resumed=False, logged_through=-1)
+    return TrackedRun(run.info.run_id, exp_id, experiment, resumed=False, logged_through=-1, run_key=run_key)
 
 
 def log_metrics(run: TrackedRun, metrics: dict[str, float], step: int) -> None:
@@ -199,8 +227,12 @@ def run_tags(run_id: str) -> dict[str, str]:
 
 
 def finish(run: TrackedRun, status: str = "FINISHED") -> None:
-    """Mark the run FINISHED (or FAILED: a later identical command resumes a failed run)."""
-    client().set_terminated(run.run_id, status=status)
+    """Mark the run FINISHED (or FAILED: a later identical command resumes a failed run) and give up its lock."""
+    try:
+        client().set_terminated(run.run_id, status=status)
+    finally:
+        if run.run_key:
+            locks.release_run(run.run_key)
 
 
 def prompt_name(task: str) -> str:
@@ -209,20 +241,37 @@ def prompt_name(task: str) -> str:
 
 
 def register_prompt(task: str, prompt: str, loss: float, run: TrackedRun) -> tuple[str, int]:
-    """Register `prompt` under the task's name with its loss and run id as a new version.
+    """Register `prompt` under the task's name with its loss and run id; the same text reuses its version.
 
-    `prompts:/<name>@latest` then loads it: MLflow reserves the alias `latest` for the newest version and
-    resolves it itself (setting it explicitly is refused).
+    A reused version keeps its `run_id` tag (the run that first produced it) and gains this run in
+    `pmpo.run_ids`. `prompts:/<name>@latest` loads the newest version: MLflow reserves the alias `latest`
+    and resolves it itself (setting it explicitly is refused).
     """
-    client()
+    c = client()
     name = prompt_name(task)
+    existing = _same_text_version(c, name, prompt)
+    if existing is not None:
+        runs = [r for r in existing.tags.get(RUN_IDS_TAG, existing.tags.get("run_id", "")).split(",") if r]
+        if run.run_id not in runs:
+            c.set_prompt_version_tag(name, existing.version, RUN_IDS_TAG, ",".join([*runs, run.run_id]))
+        return name, int(existing.version)
     version = mlflow.genai.register_prompt(
         name=name,
         template=prompt,
         commit_message=f"pmpo run {run.run_id}: training loss {loss:.4f}",
-        tags={"loss": f"{loss:.6f}", "run_id": run.run_id},
+        tags={"loss": f"{loss:.6f}", "run_id": run.run_id, RUN_IDS_TAG: run.run_id},
     )
     return name, int(version.version)
+
+
+def _same_text_version(c: MlflowClient, name: str, text: str):
+    """The newest version of prompt `name` whose text is `text` (None: none, or no such prompt)."""
+    try:
+        versions = c.search_prompt_versions(name)
+    except MlflowException:
+        return None
+    same = [v for v in versions if v.template == text]
+    return max(same, key=lambda v: int(v.version), default=None)
 
 
 def load_registered_prompt(uri: str) -> str:

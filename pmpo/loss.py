@@ -40,8 +40,9 @@ class ScorerSettings:
     # every row (SDPA kernels). auto: shared on CPU, where it ran 10-25% faster and packing removes 10-45%
     # padding; expand on CUDA, where SDPA's fused kernels beat the hand-written attention's extra launches.
     prefix_attention: Literal["auto", "shared", "expand"] = "auto"
-    # How multiple-choice examples are scored: CE on the correct option, or preference against distractors.
-    mc_objective: Objective = "ce"
+    # How multiple-choice examples are scored: preference of the correct option over each distractor (the
+    # paper's recipe for multiple-choice tasks), or plain CE on the correct option.
+    mc_objective: Objective = "preference"
     beta: float = 1.0  # the paper's beta for the preference loss
 
 
@@ -62,7 +63,7 @@ class LossMatrix:
         return self.nll.sum(axis=1) / np.maximum(self.tokens.sum(axis=1), 1)
 
 
-def example_rows(example: Example, mc_objective: Objective = "ce") -> tuple[str, list[str], bool]:
+def example_rows(example: Example, mc_objective: Objective = "preference") -> tuple[str, list[str], bool]:
     """(input, completions, is_preference): the first completion is the target or the chosen output."""
     if isinstance(example, Supervised):
         return example.input, [example.target], False
@@ -71,9 +72,17 @@ def example_rows(example: Example, mc_objective: Objective = "ce") -> tuple[str,
     if isinstance(example, MultipleChoice):
         if mc_objective == "ce":
             return example.input, [example.target], False
-        others = [o for o in example.options if o != example.target]
+        # An option that is the answer in other words (an accepted alias) is never a distractor.
+        correct = {_folded(a) for a in (example.target, *example.aliases)}
+        others = [o for o in example.options if _folded(o) not in correct]
+        if not others:  # nothing to prefer the answer over
+            return example.input, [example.target], False
         return example.input, [example.target, *others], True
     raise TypeError(f"not an example: {example!r}")
+
+
+def _folded(text: str) -> str:
+    return text.strip().casefold()
 
 
 def preference_loss(chosen_nll: float, rejected_nll: Sequence[float], beta: float = 1.0) -> float:

@@ -154,8 +154,8 @@ def test_preference_loss_matches_formula(tiny_lm):
 
 def test_multiple_choice_scored_either_way(tiny_lm):
     example = MultipleChoice("Pick one.", ("yes", "no", "maybe"), "no")
-    ce = Scorer(tiny_lm).loss_matrix(PROMPTS[:1], [example])
-    pref = Scorer(tiny_lm, ScorerSettings(mc_objective="preference")).loss_matrix(PROMPTS[:1], [example])
+    ce = Scorer(tiny_lm, ScorerSettings(mc_objective="ce")).loss_matrix(PROMPTS[:1], [example])
+    pref = Scorer(tiny_lm).loss_matrix(PROMPTS[:1], [example])  # the default: the paper's preference recipe
     assert ce.loss[0, 0] == pytest.approx(naive_nll(tiny_lm, PROMPTS[0], "Pick one.", "no")[0], rel=1e-4)
     assert pref.loss[0, 0] != pytest.approx(ce.loss[0, 0])
     assert pref.nll[0, 0] == pytest.approx(ce.nll[0, 0])

@@ -16,7 +16,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from pmpo.prompting import render
+from pmpo.prompting import render_many
 
 _BOS: "weakref.WeakKeyDictionary[Any, tuple[int, ...]]" = weakref.WeakKeyDictionary()
 
@@ -46,7 +46,7 @@ def encode(tokenizer: Any, placement: str, prompt: str, input_text: str, complet
 
 def encode_many(tokenizer: Any, placement: str, prompt: str, pairs: Sequence[tuple[str, str]]) -> list[Encoded]:
     """`encode` of many (input, completion) pairs under one prompt, batch-tokenised."""
-    contexts = [render(tokenizer, placement, prompt, inp).text for inp, _ in pairs]
+    contexts = render_many(tokenizer, placement, prompt, [inp for inp, _ in pairs])
     return encode_texts(tokenizer, contexts, [c for _, c in pairs])
 
 

@@ -2,6 +2,7 @@
 
 L_CE(P, x, y) = sum_i -log p(y_i | y_<i, x, P): a sum over target tokens only, no length normalisation
 (the paper's score). Preference examples use -log sigmoid(beta * (s+ - s-)), s = summed log-prob.
+The token ids are those of the whole rendered text (pmpo.encoding), so they are what the model really sees.
 """
 
 from __future__ import annotations
@@ -102,8 +103,8 @@ class Scorer:
         self._prefixes: dict[str, list[int]] = {}
         self._shared: bool | None = None  # whether the shared-prefix attention is installed (decided lazily)
         self.tokens_computed = 0  # tokens run through the model (prefix + padded suffix), for throughput
-        # (prompt, example) pairs whose prompt tokens did not begin the whole text's tokens (a merge across
-        # the boundary), so the prompt was run again inside the sequence instead of reusing its KV cache.
+        # Sequences (prompt, input, completion) that do not begin with the prompt's shared tokens (a merge
+        # across the boundary), so the prompt was run again inside them instead of reusing its KV cache.
         self.prefix_fallbacks = 0
 
     def loss_matrix(self, prompts: Sequence[str], examples: Sequence[Example]) -> LossMatrix:
@@ -138,11 +139,12 @@ class Scorer:
     def _score_new(self, prompt: str, pairs: list[tuple[str, str]], owner_of: dict) -> None:
         tok, lm = self.lm.tokenizer, self.lm
         encoded = encode_many(tok, lm.placement, prompt, pairs)
-        prefix = self._prefix_ids(prompt) if self.settings.reuse_prefix else []
+        prompt_ids = self._prefix_ids(prompt) if self.settings.reuse_prefix else []
         for pair, enc in zip(pairs, encoded):
-            self._check(enc, len(prefix), owner_of.get(pair))
-        prefix, shares = shared_prefix(prefix, encoded)
-        self.prefix_fallbacks += shares.count(False) if self._prefix_ids(prompt) and self.settings.reuse_prefix else 0
+            self._check(enc, len(prompt_ids), owner_of.get(pair))
+        prefix, shares = shared_prefix(prompt_ids, encoded)
+        if prompt_ids:  # reuse was tried: count the sequences that could not have it
+            self.prefix_fallbacks += shares.count(False)
         values = [0.0] * len(pairs)
         for reuse in (True, False):
             group = [i for i, ok in enumerate(shares) if ok == reuse]

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 
 from pmpo.data.examples import Supervised
-from pmpo.encoding import encode, encode_text
+from pmpo.encoding import encode, encode_text, encode_texts
 from pmpo.generation import greedy
 from pmpo.loss import Scorer, ScorerSettings
 from pmpo.models import ModelSettings, load_model
-from pmpo.prompting import render
+from pmpo.prompting import render, render_many
 from pmpo.reference import naive_nll
 
 SPECIAL = ["<unk>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>"]
@@ -149,3 +149,34 @@ def test_generation_starts_from_the_scored_context_ids(sp_lms, placement):
     assert greedy(lm, ids, max_new_tokens=6) == greedy(lm, texts, max_new_tokens=6)
     # A context encoded alone is the scored text without a completion: the same ids the scorer conditions on.
     assert [encode_text(lm.tokenizer, t) for t in texts] == [list(i) for i in ids]
+
+
+class _SlowTokenizer:
+    """A tokenizer without offset mappings (like transformers' slow, pure-Python ones)."""
+
+    is_fast = False
+
+    def __init__(self, fast):
+        self._fast, self.bos_token_id = fast, fast.bos_token_id
+
+    def __call__(self, texts, **kwargs):
+        assert "return_offsets_mapping" not in kwargs
+        return self._fast(texts, **kwargs)
+
+
+def test_tokenizers_without_offsets_find_the_same_target_span(sp_lms):
+    tok = sp_lms["plain"].tokenizer
+    contexts = [render(tok, pl, p, e.input).text for pl in ("plain", "user") for p in PROMPTS for e in EXAMPLES]
+    targets = [e.target for _ in ("plain", "user") for _ in PROMPTS for e in EXAMPLES]
+    fast = encode_texts(tok, contexts, targets)
+    assert encode_texts(_SlowTokenizer(tok), contexts, targets) == fast
+    assert any(f.target_start < len(encode_text(tok, c)) for f, c in zip(fast, contexts))  # some straddle
+
+
+@pytest.mark.parametrize("placement", ["plain", "system", "user"])
+def test_one_rendering_per_prompt_gives_every_context(sp_lms, tiny_lm, placement):
+    for tok in (sp_lms[placement].tokenizer, tiny_lm.tokenizer):
+        inputs = [e.input for e in EXAMPLES] + ["", "two\\nlines"]
+        for prompt in PROMPTS:
+            expected = [render(tok, placement, prompt, inp).text for inp in inputs]
+            assert render_many(tok, placement, prompt, inputs) == expected

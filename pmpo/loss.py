@@ -176,7 +176,7 @@ class Scorer:
         if not target:
             raise ContextLengthError(f"{where} has an empty reference output")
         if enc.target_start == 0:
-            raise ContextLengthError(f"{where}: nothing precedes its reference output, so its first token has no context")
+            raise ContextLengthError(f"{where}: nothing precedes its reference output to predict it from")
 
     @torch.inference_mode()
     def _run(self, prefix: list[int], seqs: list[list[int]], starts: list[int]) -> list[float]:

@@ -128,6 +128,21 @@ class RacingConfig(_Strict):
         return RacingSettings(**self.model_dump())
 
 
+class ScoringConfig(_Strict):
+    """How a prompt's loss is computed; optimisation and evaluation must agree on it."""
+
+    # preference: the paper's recipe for multiple choice, -log sigmoid(beta * (s_correct - s_distractor)),
+    # which rewards prompts that separate the answer from the distractors, not ones that merely make it likely.
+    mc_objective: Literal["preference", "ce"] = Field(
+        "preference", description="multiple-choice loss: preference over distractors, or CE on the answer"
+    )
+    beta: float = Field(1.0, gt=0, description="the preference loss's beta (the paper: 1)")
+
+    def settings(self) -> ScorerSettings:
+        """As pmpo's ScorerSettings (batching left at its defaults: they change no loss beyond float noise)."""
+        return ScorerSettings(mc_objective=self.mc_objective, beta=self.beta)
+
+
 class EvalConfig(_Strict):
     """The held-out check of the initial and final prompt at the end of a run."""
 
@@ -164,6 +179,7 @@ class OptimizeConfig(_Strict):
     units: Literal["splitter", "model"] = Field("splitter", description="how the prompt is split for masking")
     segment_removal: bool = Field(True, description="also try the prompt without each unit that hurts")
     racing: RacingConfig = Field(default_factory=RacingConfig)
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     experiment: str | None = Field(None, description="MLflow experiment; default: the task name")
     register_prompt: bool = Field(True, description="register the final prompt in the MLflow Prompt Registry")
@@ -180,8 +196,8 @@ class OptimizeConfig(_Strict):
         )
 
     def scorer(self) -> ScorerSettings:
-        """Scorer settings (pmpo's defaults: they do not change losses beyond float noise)."""
-        return ScorerSettings()
+        """Scorer settings: the loss from `scoring`, batching at pmpo's defaults."""
+        return self.scoring.settings()
 
 
 class EvaluateConfig(_Strict):
@@ -193,7 +209,12 @@ class EvaluateConfig(_Strict):
     train_fraction: float = Field(0.2, gt=0, le=1)
     train_cap: int | None = Field(50, ge=1)
     seed: int = 0  # the split's seed: the same as the optimisation run's, so its training examples stay out
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    def scorer(self) -> ScorerSettings:
+        """Scorer settings: the loss from `scoring`, batching at pmpo's defaults."""
+        return self.scoring.settings()
 
 
 def _takes_bool(annotation: Any) -> bool:

@@ -48,7 +48,7 @@ def evaluate_prompt(config: EvaluateConfig = EvaluateConfig()) -> EvaluateSummar
     if not source:
         raise ConfigError(f"dataset {dataset.name!r} has no default prompt: give one (prompt / --prompt)")
     prompt = resolve_prompt(source)
-    ref = model_ref(config.model.settings())
+    ref = model_ref(config.model.settings(), config.scorer())
     result = PrefectSteps(ref, OptimizerConfig()).evaluate(prompt, config.eval.examples(split.test), "prompt", config.eval)
     return EvaluateSummary(
         prompt=prompt,

@@ -39,6 +39,7 @@ def setup_of(optimize: OptimizeConfig) -> EvaluateConfig:
         train_fraction=optimize.train_fraction,
         train_cap=optimize.train_cap,
         seed=optimize.seed,
+        scoring=optimize.scoring,
         eval=optimize.eval,
     )
 

@@ -13,7 +13,7 @@ from pmpo.data.examples import Dataset, Example, MultipleChoice, Preference
 from pmpo.generation import greedy
 from pmpo.loss import Scorer
 from pmpo.models import LoadedModel
-from pmpo.prompting import render
+from pmpo.encoding import encode
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ def evaluate(
     matrix = scorer.loss_matrix([prompt], dataset.examples)
     accuracy = None
     if generate:
-        contexts = [render(lm.tokenizer, lm.placement, prompt, e.input).text for e in dataset.examples]
+        contexts = [encode(lm.tokenizer, lm.placement, prompt, e.input).ids for e in dataset.examples]
         outputs = greedy(lm, contexts, max_new_tokens=max_new_tokens)
         labels = task_labels(dataset)
         accuracy = float(np.mean([is_correct(o, e, match, labels) for o, e in zip(outputs, dataset.examples)]))

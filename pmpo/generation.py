@@ -2,7 +2,8 @@
 
 PMPO never samples to *select* prompts (selection is by loss); generation is only used to propose rewrites
 (sampling) and to mark prompt units or produce answers for evaluation (greedy). Inputs are already-rendered
-texts (e.g. from `pmpo.prompting.chat_request`), so they are tokenized without adding special tokens.
+texts (e.g. from `pmpo.prompting.chat_request`) or token ids (`pmpo.encoding.encode(...).ids`, the ids the scorer
+uses); texts are tokenised by `pmpo.encoding.encode_text`, with the same one-BOS rule as scoring.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any, Sequence
 import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
+from pmpo.encoding import encode_text
 from pmpo.models import LoadedModel
 
 # End-of-turn markers of common chat templates; generation stops at whichever the tokenizer knows,
@@ -52,9 +54,11 @@ def sample(
     return [_decode(lm, row[ids.shape[1] :].tolist(), stops) for row in out]
 
 
-def greedy(lm: LoadedModel, texts: list[str], *, max_new_tokens: int = 32, batch_size: int = 16) -> list[str]:
-    """Greedy continuations of many texts, batched with left padding; equal to decoding each alone."""
-    encoded = [lm.tokenizer.encode(t, add_special_tokens=False) for t in texts]
+def greedy(
+    lm: LoadedModel, texts: Sequence[str | Sequence[int]], *, max_new_tokens: int = 32, batch_size: int = 16
+) -> list[str]:
+    """Greedy continuations of many texts or token id sequences, batched with left padding; equal to each alone."""
+    encoded = [encode_text(lm.tokenizer, t) if isinstance(t, str) else list(t) for t in texts]
     # Batch similar lengths together so little compute is spent on padding; results go back in input order.
     order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
     results: list[str] = [""] * len(texts)
@@ -122,7 +126,7 @@ def _pad_id(lm: LoadedModel, stops: list[int]) -> int:
 
 
 def _encode(lm: LoadedModel, text: str) -> torch.Tensor:
-    ids = lm.tokenizer.encode(text, add_special_tokens=False)
+    ids = encode_text(lm.tokenizer, text)
     return torch.tensor([ids], dtype=torch.long, device=lm.device)
 
 

@@ -2,6 +2,7 @@
 
 L_CE(P, x, y) = sum_i -log p(y_i | y_<i, x, P): a sum over target tokens only, no length normalisation
 (the paper's score). Preference examples use -log sigmoid(beta * (s+ - s-)), s = summed log-prob.
+The token ids are those of the whole rendered text (pmpo.encoding), so they are what the model really sees.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from pmpo import prefix_attention
 from pmpo.batching import Batch, plan
 from pmpo.data.examples import Example, MultipleChoice, Preference, Supervised
+from pmpo.encoding import Encoded, common_length, encode_many, encode_text
 from pmpo.errors import ContextLengthError
 from pmpo.models import LoadedModel
 from pmpo.prompting import render
@@ -40,8 +42,9 @@ class ScorerSettings:
     # every row (SDPA kernels). auto: shared on CPU, where it ran 10-25% faster and packing removes 10-45%
     # padding; expand on CUDA, where SDPA's fused kernels beat the hand-written attention's extra launches.
     prefix_attention: Literal["auto", "shared", "expand"] = "auto"
-    # How multiple-choice examples are scored: CE on the correct option, or preference against distractors.
-    mc_objective: Objective = "ce"
+    # How multiple-choice examples are scored: preference of the correct option over each distractor (the
+    # paper's recipe for multiple-choice tasks), or plain CE on the correct option.
+    mc_objective: Objective = "preference"
     beta: float = 1.0  # the paper's beta for the preference loss
 
 
@@ -62,7 +65,7 @@ class LossMatrix:
         return self.nll.sum(axis=1) / np.maximum(self.tokens.sum(axis=1), 1)
 
 
-def example_rows(example: Example, mc_objective: Objective = "ce") -> tuple[str, list[str], bool]:
+def example_rows(example: Example, mc_objective: Objective = "preference") -> tuple[str, list[str], bool]:
     """(input, completions, is_preference): the first completion is the target or the chosen output."""
     if isinstance(example, Supervised):
         return example.input, [example.target], False
@@ -71,9 +74,17 @@ def example_rows(example: Example, mc_objective: Objective = "ce") -> tuple[str,
     if isinstance(example, MultipleChoice):
         if mc_objective == "ce":
             return example.input, [example.target], False
-        others = [o for o in example.options if o != example.target]
+        # An option that is the answer in other words (an accepted alias) is never a distractor.
+        correct = {_folded(a) for a in (example.target, *example.aliases)}
+        others = [o for o in example.options if _folded(o) not in correct]
+        if not others:  # nothing to prefer the answer over
+            return example.input, [example.target], False
         return example.input, [example.target, *others], True
     raise TypeError(f"not an example: {example!r}")
+
+
+def _folded(text: str) -> str:
+    return text.strip().casefold()
 
 
 def preference_loss(chosen_nll: float, rejected_nll: Sequence[float], beta: float = 1.0) -> float:
@@ -89,9 +100,12 @@ class Scorer:
         self.lm = lm
         self.settings = settings
         self._memo: dict[tuple[str, str, str], tuple[float, int]] = {}
-        self._token_ids = _TokenCache(lm.tokenizer)
+        self._prefixes: dict[str, list[int]] = {}
         self._shared: bool | None = None  # whether the shared-prefix attention is installed (decided lazily)
         self.tokens_computed = 0  # tokens run through the model (prefix + padded suffix), for throughput
+        # Sequences (prompt, input, completion) that do not begin with the prompt's shared tokens (a merge
+        # across the boundary), so the prompt was run again inside them instead of reusing its KV cache.
+        self.prefix_fallbacks = 0
 
     def loss_matrix(self, prompts: Sequence[str], examples: Sequence[Example]) -> LossMatrix:
         """Score every prompt on every example."""
@@ -124,38 +138,55 @@ class Scorer:
 
     def _score_new(self, prompt: str, pairs: list[tuple[str, str]], owner_of: dict) -> None:
         tok, lm = self.lm.tokenizer, self.lm
-        prefix = self._token_ids.prefix(render(tok, lm.placement, prompt, "").prefix)
-        middles = self._token_ids.many([render(tok, lm.placement, prompt, inp).middle for inp, _ in pairs])
-        targets = self._token_ids.many([completion for _, completion in pairs])
-        for pair, middle, target in zip(pairs, middles, targets):
-            where = f"example {owner_of[pair]}" if pair in owner_of else "an example"
-            total = len(prefix) + len(middle) + len(target)
-            if total > lm.context_length:
-                raise ContextLengthError(
-                    f"{where} is {total} tokens with the prompt (prompt {len(prefix)}, input {len(middle)}, "
-                    f"reference {len(target)}), over the model's context of {lm.context_length}: "
-                    "shorten it or drop it from the dataset"
-                )
-            if not target:
-                raise ContextLengthError(f"{where} has an empty reference output")
-        seqs = [m + t for m, t in zip(middles, targets)]
-        results = self._run(prefix, seqs, [len(m) for m in middles])
-        for pair, target, value in zip(pairs, targets, results):
-            self._memo[(prompt, *pair)] = (value, len(target))
+        encoded = encode_many(tok, lm.placement, prompt, pairs)
+        prompt_ids = self._prefix_ids(prompt) if self.settings.reuse_prefix else []
+        for pair, enc in zip(pairs, encoded):
+            self._check(enc, len(prompt_ids), owner_of.get(pair))
+        prefix, shares = shared_prefix(prompt_ids, encoded)
+        if prompt_ids:  # reuse was tried: count the sequences that could not have it
+            self.prefix_fallbacks += shares.count(False)
+        values = [0.0] * len(pairs)
+        for reuse in (True, False):
+            group = [i for i, ok in enumerate(shares) if ok == reuse]
+            if group:
+                cut = len(prefix) if reuse else 0
+                seqs = [list(encoded[i].ids[cut:]) for i in group]
+                results = self._run(prefix if reuse else [], seqs, [encoded[i].target_start - cut for i in group])
+                for i, value in zip(group, results):
+                    values[i] = value
+        for pair, enc, value in zip(pairs, encoded, values):
+            self._memo[(prompt, *pair)] = (value, len(enc.target))
+
+    def _prefix_ids(self, prompt: str) -> list[int]:
+        """Ids of the prompt's part of the context, shared by every example (memoised per prompt)."""
+        if prompt not in self._prefixes:
+            tok = self.lm.tokenizer
+            self._prefixes[prompt] = encode_text(tok, render(tok, self.lm.placement, prompt, "").prefix)
+        return self._prefixes[prompt]
+
+    def _check(self, enc: Encoded, prefix_len: int, owner: int | None) -> None:
+        where = f"example {owner}" if owner is not None else "an example"
+        total, target = len(enc.ids), len(enc.target)
+        if total > self.lm.context_length:
+            raise ContextLengthError(
+                f"{where} is {total} tokens with the prompt (prompt {prefix_len}, input {total - target - prefix_len}, "
+                f"reference {target}), over the model's context of {self.lm.context_length}: "
+                "shorten it or drop it from the dataset"
+            )
+        if not target:
+            raise ContextLengthError(f"{where} has an empty reference output")
+        if enc.target_start == 0:
+            raise ContextLengthError(f"{where}: nothing precedes its reference output to predict it from")
 
     @torch.inference_mode()
     def _run(self, prefix: list[int], seqs: list[list[int]], starts: list[int]) -> list[float]:
-        """Summed target NLL of each sequence (input + target from `starts[i]`) after `prefix`."""
-        reuse = self.settings.reuse_prefix and len(prefix) > 0 and min(starts) > 0
-        if not reuse:  # fold the prefix into every sequence
-            seqs = [prefix + s for s in seqs]
-            starts = [len(prefix) + s for s in starts]
+        """Summed target NLL of each sequence (target from `starts[i]`) after `prefix` (empty: no reuse)."""
+        reuse = len(prefix) > 0
         shared = reuse and self._uses_shared_prefix()
         prefix_kv = self._prefix_kv(prefix) if reuse else None
-        offset = len(prefix) if reuse else 0
         pad = self.lm.tokenizer.pad_token_id
         out = [0.0] * len(seqs)
-        for batch in plan(seqs, starts, self._token_budget(), pack=shared, offset=offset, pad_id=pad):
+        for batch in plan(seqs, starts, self._token_budget(), pack=shared, offset=len(prefix), pad_id=pad):
             for i, value in zip(batch.seqs, self._forward(batch, prefix_kv, shared)):
                 out[i] = value
         return out
@@ -198,36 +229,18 @@ class Scorer:
         return per_seq.index_add_(0, batch.owner.to(device), nll.double()).tolist()
 
 
-class _TokenCache:
-    """Token ids of texts, batch-encoded and remembered: inputs and targets recur under every candidate."""
+def shared_prefix(prefix: Sequence[int], encoded: Sequence[Encoded]) -> tuple[list[int], list[bool]]:
+    """The leading prompt tokens whose KV cache every sharing sequence reuses, and which sequences share it.
 
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-        self._ids: dict[str, list[int]] = {}
-        bos = tokenizer.bos_token_id
-        # Tokenizers that add BOS on their own expect it at the start of the sequence.
-        self._bos = [bos] if bos is not None and tokenizer("x")["input_ids"][:1] == [bos] else []
-
-    def prefix(self, text: str) -> list[int]:
-        """Ids of the text that starts a sequence (BOS added where the tokenizer expects it)."""
-        return self._bos + self.many([text])[0]
-
-    def many(self, texts: Sequence[str]) -> list[list[int]]:
-        """Ids of each text, without special tokens."""
-        new = sorted({t for t in texts if t and t not in self._ids})
-        if new:
-            encoded = self.tokenizer(new, add_special_tokens=False)["input_ids"]
-            self._ids.update(zip(new, encoded))
-        return [self._ids[t] if t else [] for t in texts]
-
-
-def _encode(tokenizer, text: str, leading: bool = False) -> list[int]:
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
-    bos = tokenizer.bos_token_id
-    # Tokenizers that add BOS on their own expect it at the start of the sequence.
-    if leading and bos is not None and tokenizer("x")["input_ids"][:1] == [bos]:
-        ids = [bos, *ids]
-    return ids
+    The prompt tokenised alone is a token prefix of the whole text only where nothing merges across its end
+    (a byte-level BPE splits "\n\n" from a following word; SentencePiece merges a piece into the input). The
+    first tokens still agree, so the shared prefix is cut to the length that saves the most recomputed tokens:
+    sequences that begin with it reuse it; the others (the fallbacks) run their whole text.
+    """
+    # A sequence can share at most up to its first target token, which must be predicted inside the batch.
+    agree = [min(common_length(prefix, e.ids), e.target_start - 1) for e in encoded]
+    best = max(set(agree) | {0}, key=lambda n: (n * sum(a >= n for a in agree), n))
+    return list(prefix[:best]), [best > 0 and a >= best for a in agree]
 
 
 def _cache_kwargs(cache) -> dict:

@@ -44,6 +44,14 @@ def render(tokenizer: Any, placement: str, prompt: str, input_text: str) -> Cont
     raise ValueError(f"placement must be system, user or plain, not {placement!r}")
 
 
+def render_many(tokenizer: Any, placement: str, prompt: str, inputs: list[str]) -> list[str]:
+    """The whole context text of each input under one prompt, rendering the template once."""
+    # `middle` is the input followed by template text that does not depend on it, so one rendering with an
+    # empty input is a shell to put every input into (a chat template costs ~0.4 ms per render).
+    shell = render(tokenizer, placement, prompt, "")
+    return [shell.prefix + text + shell.middle for text in inputs]
+
+
 def chat_request(tokenizer: Any, message: str) -> str:
     """A single user message, ready for the model's reply (used for rewrite requests)."""
     if getattr(tokenizer, "chat_template", None):

@@ -81,6 +81,9 @@ def _data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="seed of the split and the rewrites (default 0)")
     p.add_argument("--eval-examples", type=int, metavar="N", help="held-out examples to score (default 50)")
     p.add_argument("--no-generate", action="store_true", help="held-out loss only, no generated answers")
+    p.add_argument("--mc-objective", choices=["preference", "ce"],
+                   help="multiple-choice loss: preference over distractors (default, the paper's) or CE on the answer")
+    p.add_argument("--beta", type=float, help="beta of the preference loss (default 1)")
     p.add_argument("--config", metavar="FILE", help="YAML or TOML file of config fields; flags override it")
 
 

@@ -34,6 +34,9 @@ def config_values(args: argparse.Namespace) -> dict[str, Any]:
         flags.update(train_fraction=1.0, train_cap=args.train_size)
     if args.seed is not None:
         flags["seed"] = args.seed
+    scoring = {k: v for k, v in (("mc_objective", args.mc_objective), ("beta", args.beta)) if v is not None}
+    if scoring:
+        flags["scoring"] = scoring
     evals: dict[str, Any] = {"max_examples": args.eval_examples} if args.eval_examples is not None else {}
     if args.no_generate:
         evals["generate"] = False

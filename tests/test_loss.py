@@ -55,6 +55,7 @@ def test_prefix_modes_agree_and_shared_computes_fewest_tokens(tiny_lm):
         scorer = Scorer(tiny_lm, settings)
         losses[mode] = scorer.loss_matrix(PROMPTS[:1], VARIED).loss
         computed[mode] = scorer.tokens_computed
+        assert scorer.prefix_fallbacks == 0  # SmolLM2's chat template ends the prompt part at a clean token boundary
     np.testing.assert_allclose(losses["shared"], losses["expand"], rtol=1e-5)
     np.testing.assert_allclose(losses["shared"], losses["no-reuse"], rtol=1e-5)
     # Reuse skips the prompt in every row; packing also skips most padding.
@@ -154,8 +155,8 @@ def test_preference_loss_matches_formula(tiny_lm):
 
 def test_multiple_choice_scored_either_way(tiny_lm):
     example = MultipleChoice("Pick one.", ("yes", "no", "maybe"), "no")
-    ce = Scorer(tiny_lm).loss_matrix(PROMPTS[:1], [example])
-    pref = Scorer(tiny_lm, ScorerSettings(mc_objective="preference")).loss_matrix(PROMPTS[:1], [example])
+    ce = Scorer(tiny_lm, ScorerSettings(mc_objective="ce")).loss_matrix(PROMPTS[:1], [example])
+    pref = Scorer(tiny_lm).loss_matrix(PROMPTS[:1], [example])  # the default: the paper's preference recipe
     assert ce.loss[0, 0] == pytest.approx(naive_nll(tiny_lm, PROMPTS[0], "Pick one.", "no")[0], rel=1e-4)
     assert pref.loss[0, 0] != pytest.approx(ce.loss[0, 0])
     assert pref.nll[0, 0] == pytest.approx(ce.nll[0, 0])

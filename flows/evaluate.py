@@ -7,10 +7,11 @@ from pydantic import BaseModel
 
 from flows.config import ConfigError, EvaluateConfig
 from flows.steps import PrefectSteps
+from pmpo.budget import check_fits
 from pmpo.optimizer import OptimizerConfig
 from tasks import steps as t
 from tasks import tracking
-from tasks.models import model_ref
+from tasks.models import model_ref, text_side
 
 REGISTRY_PREFIX = "prompts:/"
 
@@ -49,6 +50,7 @@ def evaluate_prompt(config: EvaluateConfig = EvaluateConfig()) -> EvaluateSummar
         raise ConfigError(f"dataset {dataset.name!r} has no default prompt: give one (prompt / --prompt)")
     prompt = resolve_prompt(source)
     ref = model_ref(config.model.settings(), config.scorer())
+    check_fits(text_side(ref), prompt, split.test, config.scoring.mc_objective)
     result = PrefectSteps(ref, OptimizerConfig()).evaluate(prompt, config.eval.examples(split.test), "prompt", config.eval)
     return EvaluateSummary(
         prompt=prompt,

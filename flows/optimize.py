@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from flows.config import ConfigError, OptimizeConfig, config_hash
 from flows.record import Recorder, flatten
 from flows.steps import PrefectSteps, WorkLog
+from pmpo.budget import check_fits
 from pmpo.data import Dataset, Split
 from pmpo.evaluate import Evaluation
 from pmpo.optimizer import PMPO
@@ -21,7 +22,7 @@ from pmpo.result import Candidate, Iteration
 from tasks import steps as t
 from tasks import tracking
 from tasks.environment import code_version, shown_tracking_uri
-from tasks.models import ModelRef, model_ref
+from tasks.models import ModelRef, model_ref, text_side
 from tasks.progress import Event, report
 
 
@@ -92,6 +93,7 @@ def optimize_prompt(config: OptimizeConfig = OptimizeConfig()) -> OptimizeSummar
         raise ConfigError(f"dataset {dataset.name!r} has no default prompt: give one (prompt / --prompt)")
     task = config.task or dataset.name
     ref = model_ref(config.model.settings(), config.scorer())
+    check_fits(text_side(ref), prompt, dataset, config.scoring.mc_objective)  # before a run exists to leave empty
     run = tracking.start_run(
         config.experiment or task,
         run_key=run_key(config, ref, dataset),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from pmpo.budget import check_fits
 from pmpo.data import (
     ColumnMap,
     Dataset,
@@ -53,6 +54,7 @@ def optimize(
 ) -> OptimizeResult:
     """Optimise `prompt` for `model` on the training examples; returns every candidate and the best."""
     lm = model if isinstance(model, LoadedModel) else load_model(model)
+    check_fits(lm, prompt, train, scorer_settings.mc_objective)
     if iterations is not None:
         config = replace(config, iterations=iterations)
     if seed is not None:

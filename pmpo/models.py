@@ -141,29 +141,51 @@ def _not_available(repo_id: str, why: str) -> str:
     )
 
 
+@dataclass(frozen=True)
+class TextSide:
+    """A model's tokenizer, where its prompt goes and how long its context is: enough to check that texts fit
+    without loading the weights (a fully cached rerun never loads them)."""
+
+    tokenizer: Any
+    placement: Literal["system", "user", "plain"]
+    context_length: int
+
+
+def load_text_side(settings: ModelSettings | str = ModelSettings()) -> TextSide:
+    """The tokenizer, placement and context length of the model named by `settings`, without its weights."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    if isinstance(settings, str):
+        settings = ModelSettings(spec=settings)
+    path, _ = resolve_checkpoint(settings.spec, settings.revision)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    placement = settings.placement
+    if placement == "auto":
+        placement = "system" if getattr(tokenizer, "chat_template", None) else "plain"
+    config = AutoConfig.from_pretrained(path)
+    return TextSide(tokenizer, placement, int(getattr(config, "max_position_embeddings", 2048)))
+
+
 def load_model(settings: ModelSettings | str = ModelSettings()) -> LoadedModel:
     """Load the model named by `settings` (or a spec string) for scoring and generation."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     if isinstance(settings, str):
         settings = ModelSettings(spec=settings)
     path, identity = resolve_checkpoint(settings.spec, settings.revision)
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    text = load_text_side(settings)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
-    placement = settings.placement
-    if placement == "auto":
-        placement = "system" if getattr(tokenizer, "chat_template", None) else "plain"
     return LoadedModel(
         model=model,
-        tokenizer=tokenizer,
+        tokenizer=text.tokenizer,
         identity=identity,
-        placement=placement,
+        placement=text.placement,
         device=device,
         dtype=dtype,
-        context_length=int(getattr(model.config, "max_position_embeddings", 2048)),
+        context_length=text.context_length,
         n_params=sum(p.numel() for p in model.parameters()),
     )

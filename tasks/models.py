@@ -10,11 +10,21 @@ import threading
 from dataclasses import asdict, dataclass
 
 from pmpo.loss import Scorer, ScorerSettings
-from pmpo.models import LoadedModel, ModelSettings, load_model, resolve_checkpoint, resolve_device, resolve_dtype
+from pmpo.models import (
+    LoadedModel,
+    ModelSettings,
+    TextSide,
+    load_model,
+    load_text_side,
+    resolve_checkpoint,
+    resolve_device,
+    resolve_dtype,
+)
 from tasks.progress import Event, report
 
 _LOCK = threading.Lock()  # tasks may run in worker threads; a model must still load only once
 _MODELS: dict[ModelSettings, LoadedModel] = {}
+_TEXT: dict[ModelSettings, TextSide] = {}
 _SCORERS: dict[tuple[ModelSettings, ScorerSettings], Scorer] = {}
 
 
@@ -71,6 +81,16 @@ def scorer(ref: ModelRef) -> Scorer:
         if key not in _SCORERS:
             _SCORERS[key] = Scorer(lm, ref.scorer)
         return _SCORERS[key]
+
+
+def text_side(ref: ModelRef) -> TextSide | LoadedModel:
+    """The model's tokenizer, placement and context length, without its weights (loaded once per process)."""
+    with _LOCK:
+        if ref.settings in _MODELS:  # the loaded model has all of it
+            return _MODELS[ref.settings]
+        if ref.settings not in _TEXT:
+            _TEXT[ref.settings] = load_text_side(ref.settings)
+        return _TEXT[ref.settings]
 
 
 def is_loaded(ref: ModelRef) -> bool:

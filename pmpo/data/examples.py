@@ -57,12 +57,18 @@ class Dataset:
     # The prompt the task starts from when the user gives none (e.g. BIG-bench's task_prefix).
     default_prompt: str = ""
     fingerprint: str = field(default="", compare=False)
+    # Where the examples came from, for error messages: the source (file, hub name) and each example's row in it
+    # (1-based; default 1..n). Kept through subsets, so a training example is named by its row in the file.
+    origin: str = field(default="", compare=False)
+    rows: tuple[int, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         if not self.examples:
             raise DataError(f"dataset {self.name!r} is empty: it needs at least one example")
         if not self.fingerprint:
             object.__setattr__(self, "fingerprint", fingerprint(self.examples))
+        if not self.rows:
+            object.__setattr__(self, "rows", tuple(range(1, len(self.examples) + 1)))
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -74,7 +80,13 @@ class Dataset:
             examples=tuple(self.examples[i] for i in indices),
             description=self.description,
             default_prompt=self.default_prompt,
+            origin=self.origin,
+            rows=tuple(self.rows[i] for i in indices),
         )
+
+    def where(self, index: int) -> str:
+        """Where example `index` came from, as an error message names it: `data.jsonl, row 12`."""
+        return f"{self.origin or self.name}, row {self.rows[index]}"
 
 
 def example_key(example: Example) -> str:

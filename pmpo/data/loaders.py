@@ -85,6 +85,7 @@ def load_dataset(
     examples = to_examples(rows, columns or ColumnMap(), kind, raw.origin, text_lists=raw.text_lists)
     return Dataset(
         name=name or raw.name,
+        origin=raw.origin,
         examples=tuple(examples),
         description=raw.description,
         default_prompt=raw.default_prompt,
@@ -133,6 +134,7 @@ def _builtin(task: str, name: str | None, limit: int | None) -> Dataset:
     if task not in BUILTIN_TASKS:
         raise DataError(f"no built-in task {task!r}; choose one of {', '.join(sorted(BUILTIN_TASKS))}")
     dataset = BUILTIN_TASKS[task]() if limit is None else BUILTIN_TASKS[task](n=limit)
+    dataset = replace(dataset, origin=f"{BUILTIN_PREFIX}{task}")
     return dataset if name is None else dataset.subset(list(range(len(dataset))), name=name)
 
 

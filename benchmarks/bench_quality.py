@@ -43,6 +43,7 @@ from quality_report import (  # noqa: E402
     Cost,
     Measure,
     build_report,
+    markdown,
     table,
     to_json,
 )
@@ -79,6 +80,7 @@ def main(argv: list[str] | None = None) -> None:
         results += run_task(lm, task, settings, Path(args.data_dir), ape_candidates=args.ape_candidates)
     report = build_report(settings, _machine(lm), results)
     print(table(report))
+    print("\nREADME table (means over tasks):\n" + markdown(report))
     if args.json:
         Path(args.json).write_text(json.dumps(to_json(report), indent=2))
     if not args.no_mlflow:

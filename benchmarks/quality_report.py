@@ -229,6 +229,17 @@ def table(report: QualityReport) -> str:
     return "\n".join(lines)
 
 
+def markdown(report: QualityReport) -> str:
+    """The means over tasks as the README's Markdown table."""
+    head = "| arm | held-out loss | d loss | acc_norm* | d acc_norm* | forward tokens | wall s |"
+    rows = [
+        f"| {a.arm} | {_num(a.loss)} | {_num(a.loss_delta, True)} | {_num(a.headline)} | "
+        f"{_num(a.headline_delta, True)} | {a.forward_tokens:,} | {a.wall_s:.0f} |"
+        for a in report.summary
+    ]
+    return "\n".join([head, "|" + "---|" * 7, *rows])
+
+
 def to_json(report: QualityReport) -> dict[str, Any]:
     """The report as plain JSON-ready data (forward tokens included)."""
     out = asdict(report)

@@ -133,6 +133,13 @@ def test_table_shows_each_task_and_arm_with_paired_intervals_and_target_verdicts
     assert "met (5 of 6 shared tasks" in text and "NOT met (acc_norm" in text  # APE wins on accuracy here
 
 
+def test_markdown_table_has_one_row_per_arm_with_means():
+    text = qr.markdown(_report(_results([0.10, 0.05, 0.0, 0.02, -0.01, 0.04])))
+    lines = text.splitlines()
+    assert lines[0].startswith("| arm | held-out loss") and len(lines) == 2 + 3
+    assert lines[3] == "| pmpo | 2.000 | -0.100 | 0.529 | +0.029 | 7,000 | 21 |"
+
+
 def test_json_carries_every_row_forward_tokens_and_targets():
     report = _report(_results([0.10, 0.05, 0.0, 0.02, -0.01, 0.04]))
     data = json.loads(json.dumps(qr.to_json(report)))

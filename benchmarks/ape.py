@@ -36,6 +36,10 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])[\"'”’]?\s")
 _QUOTES = "\"'`“”‘’"
 
 
+class NoInstruction(ValueError):
+    """Every proposal failed to parse: there is nothing to select."""
+
+
 @dataclass(frozen=True)
 class ApeSettings:
     """How APE proposes and judges instructions."""
@@ -138,7 +142,7 @@ def training_accuracy(
 def select(candidates: Sequence[str], accuracies: Sequence[float]) -> int:
     """Index of the best candidate: highest accuracy, then the shorter text, then the earlier proposal."""
     if not candidates:
-        raise ValueError("APE has no candidate to select from: every proposal failed to parse")
+        raise NoInstruction("APE has no candidate to select from: every proposal failed to parse")
     return min(range(len(candidates)), key=lambda i: (-accuracies[i], len(candidates[i]), i))
 
 

@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import workload as wl  # noqa: E402
-from ape import ape  # noqa: E402
+from ape import NoInstruction, ape  # noqa: E402
 from quality_report import (  # noqa: E402
     ARMS,
     INITIAL,
@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     tasks = _tasks(args)
     arms = _arms(args.arms)
+    if "ape" in arms and not args.ape_candidates and not set(arms) & set(PMPO_ARMS):
+        raise SystemExit("--arms: ape takes its budget from a pmpo arm; add one or give --ape-candidates N")
     lm = load_model(ModelSettings())
     settings = BenchSettings(
         tasks=tuple(tasks), arms=arms, iterations=args.iterations, heldout=args.heldout, seed=args.seed,
@@ -109,25 +111,37 @@ def run_task(
             results.append(arm_result(task, shared, arm, initial, 1, base, None, Cost(0, 0, 0, 0.0)))
             continue
         start, clock = lm.usage.snapshot(), time.perf_counter()
+        budget = ape_candidates or scored.get(PMPO) or next(iter(scored.values()), 0)
+        found = search(lm, arm, initial, split.train, settings, ape_budget=budget)
+        if found is None:
+            _log(f"[{task}] {arm}: no candidate instruction parsed from any proposal; no {arm} row for this task")
+            continue
+        prompt, candidates = found
         if arm in PMPO_ARMS:
-            config, scoring = pmpo_arm(arm, settings)
-            outcome = pmpo.optimize(initial, split.train, lm, config=config, scorer_settings=scoring)
-            prompt, candidates = outcome.best_prompt, len(outcome.candidates)
             scored[arm] = candidates
-        else:
-            n = ape_candidates or scored.get(PMPO) or next(iter(scored.values()), 0)
-            if not n:
-                raise SystemExit("--arms: ape needs a pmpo arm to size its budget, or --ape-candidates N")
-            found = ape(lm, split.train, n, seed=settings.seed)
-            prompt, candidates = found.best, len(found.candidates)
         used, wall = lm.usage.snapshot() - start, time.perf_counter() - clock
         cost = Cost(used.forward_passes, used.tokens_scored, used.tokens_generated, wall)
         final = base if prompt == initial else evaluate(lm, prompt, heldout, scorer=scorer)
         delta = evaluation.compare(base, final)
         results.append(arm_result(task, shared, arm, prompt, candidates, final, delta, cost))
         _log(f"[{task}] {arm}: {candidates} candidates, {wall:.0f} s, {cost.forward_tokens:,} tokens; "
-             f"held-out loss {base.loss:.3f} -> {final.loss:.3f}; prompt {prompt!r}")
+             f"held-out loss {base.loss:.3f} -> {final.loss:.3f}; prompt {prompt[:200]!r}")
     return results
+
+
+def search(
+    lm: LoadedModel, arm: str, initial: str, train: Dataset, settings: BenchSettings, *, ape_budget: int
+) -> tuple[str, int] | None:
+    """Run one arm's prompt search: (final prompt, candidates scored or proposed); None if APE found none."""
+    if arm in PMPO_ARMS:
+        config, scoring = pmpo_arm(arm, settings)
+        outcome = pmpo.optimize(initial, train, lm, config=config, scorer_settings=scoring)
+        return outcome.best_prompt, len(outcome.candidates)
+    try:
+        found = ape(lm, train, ape_budget, seed=settings.seed)
+    except NoInstruction:  # a small model may write no parsable instruction at all: report it, keep the run going
+        return None
+    return found.best, len(found.candidates)
 
 
 def arm_result(task, shared, arm, prompt, candidates, ev: Evaluation, cmp, cost: Cost) -> ArmResult:

@@ -55,7 +55,7 @@ def test_select_prefers_accuracy_then_the_shorter_text_then_the_earlier_proposal
     assert ape.select(["a b c", "a b", "x y z w"], [0.5, 0.2, 0.9]) == 2
     assert ape.select(["long instruction.", "short one.", "short two."], [0.5, 0.5, 0.5]) == 1
     assert ape.select(["same len", "same len"], [0.1, 0.1]) == 0
-    with pytest.raises(ValueError, match="no candidate"):
+    with pytest.raises(ape.NoInstruction, match="no candidate"):
         ape.select([], [])
 
 

@@ -204,3 +204,23 @@ def test_arm_result_maps_evaluation_fields_to_report_measures():
     assert (row.loss.value, row.acc.value, row.acc_norm.value, row.gen_acc.value) == (1.5, 0.6, 0.7, 0.4)
     assert [m.delta.estimate for m in (row.loss, row.acc, row.acc_norm, row.gen_acc)] == [-0.2, 0.1, 0.2, 0.3]
     assert bench_quality.arm_result("navigate", True, "initial", "p", 1, ev, None, row.cost).acc_norm.delta is None
+
+
+def test_ape_without_a_budget_is_refused_before_any_model_loads(monkeypatch):
+    import bench_quality
+
+    monkeypatch.setattr(bench_quality, "load_model", lambda s: pytest.fail("loaded a model"))
+    with pytest.raises(SystemExit, match="ape takes its budget from a pmpo arm"):
+        bench_quality.main(["--arms", "initial,ape", "--tasks", "builtin:sentiment", "--no-mlflow"])
+
+
+def test_search_reports_an_ape_run_without_parsable_instructions_as_none(monkeypatch):
+    import ape
+    import bench_quality
+
+    def no_instruction(*args, **kwargs):
+        raise ape.NoInstruction("APE has no candidate")
+
+    monkeypatch.setattr(bench_quality, "ape", no_instruction)
+    settings = qr.BenchSettings(("t",), ("initial", "ape"), 1, 10, 0, "m", True)
+    assert bench_quality.search(None, "ape", "p", None, settings, ape_budget=4) is None

@@ -84,7 +84,7 @@ def parse_instruction(text: str) -> str | None:
     line = _SENTENCE_END.split(line, maxsplit=1)[0].strip().lstrip(":").strip().strip(_QUOTES).strip()
     if line.lower().startswith("to "):  # "The instruction was to add the numbers." -> "Add the numbers."
         line = line[3:].strip()
-    line = line.strip(_QUOTES).rstrip(".,;:!? ").strip()
+    line = line.strip(_QUOTES + " ").rstrip(_QUOTES + ".,;:!? ")
     if len(line.split()) < 2 or len(line.split()) > MAX_WORDS or re.search(r"\b(input|output)\s*:", line, re.I):
         return None
     return line[0].upper() + line[1:] + "."

@@ -35,6 +35,7 @@ def test_forward_request_is_apes_template_ending_where_the_instruction_goes():
         (": 'classify each review as positive or negative'", "Classify each review as positive or negative."),
         ('\n\n A number is odd." Find it using arithmetic.', "A number is odd."),
         (" to answer with the count of objects! It was easy.", "Answer with the count of objects."),
+        (' Always face forward".', "Always face forward."),
         ("", None),
         ("   \n  ", None),
         (" yes.", None),  # one word is not an instruction

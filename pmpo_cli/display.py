@@ -79,7 +79,8 @@ def optimize_summary(s: Any) -> None:
 
 def heldout_rows(h: Any) -> list[tuple[str, str, str, str]]:
     """(label, initial, final, change with interval) for held-out loss and each accuracy that was measured."""
-    rows = [(f"held-out loss ({h.n_examples} examples)", f"{h.initial_loss:.4f}", f"{h.final_loss:.4f}", _loss_change(h.delta_loss))]
+    loss = (f"{h.initial_loss:.4f}", f"{h.final_loss:.4f}", _loss_change(h.delta_loss))
+    rows = [(f"held-out loss ({h.n_examples} examples)", *loss)]
     for label, name in (
         ("held-out accuracy", "accuracy"),
         ("held-out option accuracy (acc)", "option_accuracy"),

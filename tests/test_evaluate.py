@@ -75,7 +75,8 @@ class FixedScorer:
 
 def test_acc_norm_divides_by_option_bytes_where_acc_does_not():
     # The correct long option has more NLL in total (acc picks the short one) but less per byte (acc_norm).
-    long_right = MultipleChoice("Is it raining?", ("no", "yes, heavily since this morning"), "yes, heavily since this morning")
+    heavily = "yes, heavily since this morning"
+    long_right = MultipleChoice("Is it raining?", ("no", heavily), heavily)
     short_right = MultipleChoice("Is it cold?", ("yes", "no, it is a warm sunny day"), "yes")
     scorer = FixedScorer({
         ("Is it raining?", "no"): 3.0, ("Is it raining?", "yes, heavily since this morning"): 6.0,

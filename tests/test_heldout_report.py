@@ -3,6 +3,7 @@ CLI's table, as the same numbers everywhere."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -46,7 +47,7 @@ def test_summary_json_and_table_show_the_same_intervals():
     heldout = _heldout_summary((INITIAL, FINAL), seed=4)
     dumped = json.loads(heldout.model_dump_json())
     delta = compare(INITIAL, FINAL, seed=4)
-    assert dumped["delta_loss"] == pytest.approx({"estimate": delta.loss.estimate, "low": delta.loss.low, "high": delta.loss.high})
+    assert dumped["delta_loss"] == pytest.approx(dataclasses.asdict(delta.loss))
     assert dumped["delta_option_accuracy_norm"]["estimate"] == pytest.approx(0.5)
     assert dumped["final_option_accuracy_norm"] == pytest.approx(0.5)
     rows = {label: change for label, _, _, change in display.heldout_rows(heldout)}

@@ -45,7 +45,7 @@ class Evaluation:
 class Comparison:
     """Final minus initial on the same held-out examples, each with a paired bootstrap interval (None: no data)."""
 
-    loss: Interval
+    loss: Interval | None  # None: an evaluation without per-example losses (made by an older pmpo)
     accuracy: Interval | None
     option_accuracy: Interval | None
     option_accuracy_norm: Interval | None
@@ -212,21 +212,18 @@ def evaluate(
 
 def compare(initial: Evaluation, final: Evaluation, *, seed: int = 0) -> Comparison:
     """Final minus initial for loss and every accuracy, with paired bootstrap 95% intervals."""
-    if initial.n_examples != final.n_examples or len(initial.example_losses) != len(final.example_losses):
+    if initial.n_examples != final.n_examples:
         raise PmpoError(
             f"compare needs both prompts scored on the same examples, not {initial.n_examples} and {final.n_examples}"
         )
 
     def delta(before: Sequence[float] | None, after: Sequence[float] | None) -> Interval | None:
-        if not before or not after:
+        if not before or not after or len(before) != len(after):
             return None
         return paired_bootstrap([float(x) for x in before], [float(x) for x in after], seed=seed)
 
-    loss = delta(initial.example_losses, final.example_losses)
-    if loss is None:
-        raise PmpoError("compare needs per-example losses: evaluate both prompts with this version of pmpo")
     return Comparison(
-        loss=loss,
+        loss=delta(initial.example_losses, final.example_losses),
         accuracy=delta(initial.example_correct, final.example_correct),
         option_accuracy=delta(initial.example_option_correct, final.example_option_correct),
         option_accuracy_norm=delta(initial.example_option_correct_norm, final.example_option_correct_norm),

@@ -9,7 +9,7 @@ from pmpo import generation
 from pmpo.data import Dataset, MultipleChoice, Supervised
 from pmpo.errors import PmpoError
 from pmpo.evaluate import (
-    ANSWER_MARGIN, Evaluation, answer_budget, compare, evaluate, is_correct, normalize, option_accuracy, option_hits,
+    ANSWER_MARGIN, Comparison, Evaluation, answer_budget, compare, evaluate, is_correct, normalize, option_accuracy, option_hits,
     task_labels,
 )  # fmt: skip
 
@@ -143,3 +143,5 @@ def test_compare_gives_final_minus_initial_with_intervals():
     assert compare(initial, final, seed=1) == delta
     with pytest.raises(PmpoError, match="same examples"):
         compare(initial, _evaluation([1.0], [True]))
+    older = Evaluation("p", initial.n_examples, 3.0, 1.0, 0.5, None)  # no per-example values: nothing to pair
+    assert compare(older, final) == Comparison(None, None, None, None)

@@ -28,6 +28,7 @@ class EvaluateSummary(BaseModel):
     loss_per_token: float
     accuracy: float | None
     option_accuracy: float | None
+    option_accuracy_norm: float | None = None  # multiple choice, per byte of the option (lm-eval `acc_norm`)
 
 
 def resolve_prompt(prompt: str) -> str:
@@ -62,4 +63,5 @@ def evaluate_prompt(config: EvaluateConfig = EvaluateConfig()) -> EvaluateSummar
         loss_per_token=result.loss_per_token,
         accuracy=result.accuracy,
         option_accuracy=result.option_accuracy,
+        option_accuracy_norm=result.option_accuracy_norm,
     )

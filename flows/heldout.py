@@ -29,6 +29,8 @@ class Score(BaseModel):
     loss: float  # mean over examples of the summed target cross-entropy: what decides
     loss_per_token: float
     accuracy: float | None  # generated answer is right (None: generation was off)
+    option_accuracy: float | None = None  # multiple choice: the likeliest option is right (lm-eval `acc`)
+    option_accuracy_norm: float | None = None  # the same per byte of the option (lm-eval `acc_norm`)
 
 
 def setup_of(optimize: OptimizeConfig) -> EvaluateConfig:
@@ -68,7 +70,14 @@ def recorded_setup(version: registry.PromptVersion) -> EvaluateConfig | None:
 def score(setup: EvaluateConfig, prompt: str) -> Score:
     """`prompt` on the set-up's held-out examples (the evaluate flow: cached, so a prompt costs once per data)."""
     result = evaluate_prompt(setup.model_copy(update={"prompt": prompt}))
-    return Score(n_examples=result.n_examples, loss=result.loss, loss_per_token=result.loss_per_token, accuracy=result.accuracy)
+    return Score(
+        n_examples=result.n_examples,
+        loss=result.loss,
+        loss_per_token=result.loss_per_token,
+        accuracy=result.accuracy,
+        option_accuracy=result.option_accuracy,
+        option_accuracy_norm=result.option_accuracy_norm,
+    )
 
 
 def _validated(values: dict, origin: str) -> EvaluateConfig:

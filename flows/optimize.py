@@ -16,9 +16,10 @@ from flows.record import Recorder, flatten
 from flows.steps import PrefectSteps, WorkLog
 from pmpo.budget import check_fits
 from pmpo.data import Dataset, Split
-from pmpo.evaluate import Evaluation
+from pmpo.evaluate import Evaluation, compare
 from pmpo.optimizer import PMPO
 from pmpo.result import Candidate, Iteration
+from pmpo.stats import Interval
 from tasks import steps as t
 from tasks import tracking
 from tasks.environment import code_version, shown_tracking_uri
@@ -42,13 +43,25 @@ class CandidateRow(BaseModel):
 
 
 class HeldOut(BaseModel):
-    """The initial and the final prompt on held-out examples (never seen by the optimiser)."""
+    """The initial and the final prompt on held-out examples (never seen by the optimiser).
+
+    Each delta is final - initial on the same examples with its paired bootstrap 95% interval: 50 examples
+    leave an accuracy several points of noise, and the interval says how many.
+    """
 
     n_examples: int
     initial_loss: float
     final_loss: float
     initial_accuracy: float | None
     final_accuracy: float | None
+    initial_option_accuracy: float | None = None  # multiple choice, lm-eval `acc`
+    final_option_accuracy: float | None = None
+    initial_option_accuracy_norm: float | None = None  # multiple choice, lm-eval `acc_norm` (per byte)
+    final_option_accuracy_norm: float | None = None
+    delta_loss: Interval | None = None
+    delta_accuracy: Interval | None = None
+    delta_option_accuracy: Interval | None = None
+    delta_option_accuracy_norm: Interval | None = None
 
 
 class Work(BaseModel):
@@ -130,7 +143,7 @@ def optimize_prompt(config: OptimizeConfig = OptimizeConfig()) -> OptimizeSummar
         best_loss=result.best.loss,
         n_candidates=len(result.candidates),
         n_iterations=len(result.iterations),
-        heldout=_heldout_summary(heldout),
+        heldout=_heldout_summary(heldout, config.seed),
         prompt_name=prompt_name,
         prompt_version=version,
         resumed=run.resumed,
@@ -184,16 +197,25 @@ def _heldout(config: OptimizeConfig, split: Split, initial: str, final: str, ste
     return tuple(steps.evaluate(p, data, which, config.eval) for which, p in (("initial", initial), ("final", final)))
 
 
-def _heldout_summary(heldout: tuple[Evaluation, Evaluation] | None) -> HeldOut | None:
+def _heldout_summary(heldout: tuple[Evaluation, Evaluation] | None, seed: int) -> HeldOut | None:
     if heldout is None:
         return None
     initial, final = heldout
+    delta = compare(initial, final, seed=seed)  # the same seed as the MLflow metrics: the same intervals
     return HeldOut(
         n_examples=initial.n_examples,
         initial_loss=initial.loss,
         final_loss=final.loss,
         initial_accuracy=initial.accuracy,
         final_accuracy=final.accuracy,
+        initial_option_accuracy=initial.option_accuracy,
+        final_option_accuracy=final.option_accuracy,
+        initial_option_accuracy_norm=initial.option_accuracy_norm,
+        final_option_accuracy_norm=final.option_accuracy_norm,
+        delta_loss=delta.loss,
+        delta_accuracy=delta.accuracy,
+        delta_option_accuracy=delta.option_accuracy,
+        delta_option_accuracy_norm=delta.option_accuracy_norm,
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pmpo.evaluate import Evaluation
+from pmpo.evaluate import Evaluation, compare
 from pmpo.result import Candidate, Iteration, OptimizeResult
 from tasks import plots, tracking
 from tasks.tracking import TrackedRun
@@ -52,7 +52,7 @@ class Recorder:
             "n_candidates_total": len(result.candidates),
         }
         if heldout is not None:
-            metrics.update(heldout_metrics(*heldout))
+            metrics.update(heldout_metrics(*heldout, seed=result.seed))
         tracking.log_metrics(run, metrics, step=len(result.iterations))
         fig = plots.loss_by_iteration(result.candidates, result.iterations, result.initial.loss)
         try:
@@ -75,16 +75,22 @@ class Recorder:
         return iteration > self.run.logged_through
 
 
-def heldout_metrics(initial: Evaluation, final: Evaluation) -> dict[str, float]:
-    """Held-out loss and accuracies of the initial and the final prompt."""
+def heldout_metrics(initial: Evaluation, final: Evaluation, *, seed: int = 0) -> dict[str, float]:
+    """Held-out loss and accuracies of the initial and the final prompt, and each change (final - initial)
+    with its paired bootstrap 95% interval (`heldout/delta_<name>`, `..._low`, `..._high`)."""
     out: dict[str, float] = {"heldout/n_examples": initial.n_examples}
     for which, e in (("initial", initial), ("final", final)):
         out[f"heldout/loss_{which}"] = e.loss
         out[f"heldout/loss_per_token_{which}"] = e.loss_per_token
-        if e.accuracy is not None:
-            out[f"heldout/accuracy_{which}"] = e.accuracy
-        if e.option_accuracy is not None:
-            out[f"heldout/option_accuracy_{which}"] = e.option_accuracy
+        for name in ("accuracy", "option_accuracy", "option_accuracy_norm"):
+            if (value := getattr(e, name)) is not None:
+                out[f"heldout/{name}_{which}"] = value
+    delta = compare(initial, final, seed=seed)
+    for name in ("loss", "accuracy", "option_accuracy", "option_accuracy_norm"):
+        if (interval := getattr(delta, name)) is not None:
+            out[f"heldout/delta_{name}"] = interval.estimate
+            out[f"heldout/delta_{name}_low"] = interval.low
+            out[f"heldout/delta_{name}_high"] = interval.high
     return out
 
 

@@ -1,19 +1,25 @@
-"""Held-out evaluation: mean loss, accuracy by generation, and multiple-choice accuracy by option likelihood."""
+"""Held-out evaluation: mean loss, accuracy by generation, and multiple-choice accuracy by option likelihood.
+
+Each number keeps its per-example values, so `compare` can put a paired bootstrap interval on the change
+from the initial to the final prompt.
+"""
 
 from __future__ import annotations
 
 import re
 import string
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 
 from pmpo.data.examples import Dataset, Example, MultipleChoice, Preference
+from pmpo.encoding import encode
+from pmpo.errors import PmpoError
 from pmpo.generation import greedy
 from pmpo.loss import Scorer
 from pmpo.models import LoadedModel
-from pmpo.encoding import encode
+from pmpo.stats import Interval, paired_bootstrap
 
 
 @dataclass(frozen=True)
@@ -25,7 +31,32 @@ class Evaluation:
     loss: float  # mean per-example loss, the training objective
     loss_per_token: float
     accuracy: float | None  # generated answer matches the reference (`Match`; aliases count)
-    option_accuracy: float | None  # multiple choice: the most likely option is the correct one
+    option_accuracy: float | None  # multiple choice: the most likely option is the correct one (lm-eval `acc`)
+    # multiple choice: the option most likely per byte is the correct one (lm-eval `acc_norm`): a long option
+    # collects more negative log-likelihood for its length alone, which `acc` holds against it
+    option_accuracy_norm: float | None = None
+    example_losses: tuple[float, ...] = ()  # per example, in the dataset's order: `loss` is their mean
+    example_correct: tuple[bool, ...] | None = None  # per example, when answers were generated
+    example_option_correct: tuple[bool, ...] | None = None  # per multiple-choice example, in order
+    example_option_correct_norm: tuple[bool, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Final minus initial on the same held-out examples, each with a paired bootstrap interval (None: no data)."""
+
+    loss: Interval | None  # None: an evaluation without per-example losses (made by an older pmpo)
+    accuracy: Interval | None
+    option_accuracy: Interval | None
+    option_accuracy_norm: Interval | None
+
+
+@dataclass(frozen=True)
+class OptionAccuracy:
+    """Multiple-choice hits of one prompt, by summed and by per-byte log-likelihood."""
+
+    correct: tuple[bool, ...]  # lm-eval `acc`
+    correct_norm: tuple[bool, ...]  # lm-eval `acc_norm`
 
 
 # exact: the reply's first line, normalised, is a reference (SQuAD/lm-eval exact match). contains: a reference
@@ -46,10 +77,26 @@ def extract_answer(output: str) -> str:
 
 
 def normalize(text: str) -> str:
-    """Lower-case, drop punctuation, articles and extra spaces (SQuAD-style normalisation)."""
-    text = text.lower().translate(str.maketrans("", "", string.punctuation))
-    text = re.sub(r"\b(a|an|the)\b", " ", text)
-    return " ".join(text.split())
+    """SQuAD-style normalisation (lower case; no punctuation, articles or extra spaces), made lighter when
+    that would leave nothing: "(A)" and "(B)" must stay distinct, not both become ""."""
+    return _normalizer(text)(text)
+
+
+def _squad(text: str) -> str:
+    return " ".join(re.sub(r"\b(a|an|the)\b", " ", _unpunctuated(text)).split())
+
+
+def _unpunctuated(text: str) -> str:
+    return " ".join(text.lower().translate(str.maketrans("", "", string.punctuation)).split())
+
+
+def _spaced(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def _normalizer(text: str) -> Callable[[str], str]:
+    """The strongest normalisation that leaves `text` non-empty; a reply is compared under its reference's."""
+    return next((f for f in (_squad, _unpunctuated) if f(text)), _spaced)
 
 
 def references(example: Example) -> list[str]:
@@ -61,12 +108,20 @@ def references(example: Example) -> list[str]:
 
 def is_correct(output: str, example: Example, match: Match = "exact", labels: Sequence[str] = ()) -> bool:
     """Whether the reply gives a reference answer; `labels`: the task's answers, for the `contains` guard."""
-    refs = {normalize(r) for r in references(example)}
+    refs = references(example)
     if match == "exact":
-        return normalize(extract_answer(output)) in refs
-    words = f" {normalize(output)} "
-    others = {normalize(o) for o in (example.options if isinstance(example, MultipleChoice) else labels)} - refs
-    return any(f" {r} " in words for r in refs if r) and not any(f" {o} " in words for o in others if o)
+        answer = extract_answer(output)
+        return any(_normalizer(r)(answer) == normalize(r) for r in refs)
+    kept = {normalize(r) for r in refs}
+    options = example.options if isinstance(example, MultipleChoice) else labels
+    others = [o for o in options if normalize(o) not in kept]
+    return any(_names(output, r) for r in refs) and not any(_names(output, o) for o in others)
+
+
+def _names(output: str, answer: str) -> bool:
+    """Whether `answer` appears as whole words in `output`, both normalised as the answer needs."""
+    norm = _normalizer(answer)
+    return bool(norm(answer)) and f" {norm(answer)} " in f" {norm(output)} "
 
 
 def task_labels(dataset: Dataset) -> tuple[str, ...]:
@@ -80,16 +135,39 @@ def task_labels(dataset: Dataset) -> tuple[str, ...]:
     return tuple(sorted(t for t in targets if not _NUMBER.fullmatch(t.strip())))
 
 
-def option_accuracy(scorer: Scorer, prompt: str, examples: list[MultipleChoice]) -> float:
-    """Share of examples whose correct option has the highest summed log-likelihood (lm-eval-harness `acc`)."""
+def option_hits(scorer: Scorer, prompt: str, examples: Sequence[MultipleChoice]) -> OptionAccuracy:
+    """Per example: is the correct option the most likely one, in total (`acc`) and per byte (`acc_norm`)?
+
+    One scorer pass serves both (lm-evaluation-harness: `acc` takes the argmax of the summed log-likelihood,
+    `acc_norm` of the log-likelihood divided by the option's length, here in UTF-8 bytes).
+    """
     pairs = [(e.input, o) for e in examples for o in e.options]
     nll, _ = scorer.completions(prompt, pairs)
-    hits, at = 0, 0
+    correct, correct_norm, at = [], [], 0
     for e in examples:
-        option_nll = nll[at : at + len(e.options)]
-        hits += e.options[int(np.argmin(option_nll))] == e.target
+        option_nll = nll[at : at + len(e.options)]  # [n_options]
+        n_bytes = np.array([max(len(o.encode("utf-8")), 1) for o in e.options], dtype=np.float64)
+        correct.append(e.options[int(np.argmin(option_nll))] == e.target)
+        correct_norm.append(e.options[int(np.argmin(option_nll / n_bytes))] == e.target)
         at += len(e.options)
-    return hits / len(examples)
+    return OptionAccuracy(tuple(correct), tuple(correct_norm))
+
+
+def option_accuracy(scorer: Scorer, prompt: str, examples: list[MultipleChoice]) -> float:
+    """Share of examples whose correct option has the highest summed log-likelihood (lm-eval-harness `acc`)."""
+    return float(np.mean(option_hits(scorer, prompt, examples).correct))
+
+
+# Tokens a greedy answer may run past the longest reference: chat models open with a lead-in ("The answer
+# is", "The sentiment of this review is") of about 5-10 tokens before the answer itself.
+ANSWER_MARGIN = 12
+
+
+def answer_budget(lm: LoadedModel, dataset: Dataset, margin: int = ANSWER_MARGIN) -> int:
+    """New tokens a greedy answer gets: the longest reference (aliases included) in tokens, plus `margin`."""
+    refs = {r for e in dataset.examples for r in references(e)}
+    longest = max((len(lm.tokenizer.encode(r, add_special_tokens=False)) for r in refs), default=0)
+    return longest + margin
 
 
 def evaluate(
@@ -99,24 +177,58 @@ def evaluate(
     *,
     scorer: Scorer | None = None,
     generate: bool = True,
-    max_new_tokens: int = 16,
+    max_new_tokens: int | None = None,
     match: Match = "contains",
 ) -> Evaluation:
-    """Loss and accuracy of `prompt` on `dataset` (normally the held-out split)."""
+    """Loss and accuracy of `prompt` on `dataset` (normally the held-out split).
+
+    `max_new_tokens`: None follows the longest reference (`answer_budget`).
+    """
     scorer = scorer or Scorer(lm)
     matrix = scorer.loss_matrix([prompt], dataset.examples)
-    accuracy = None
+    correct = None
     if generate:
         contexts = [encode(lm.tokenizer, lm.placement, prompt, e.input).ids for e in dataset.examples]
-        outputs = greedy(lm, contexts, max_new_tokens=max_new_tokens)
+        budget = max_new_tokens if max_new_tokens is not None else answer_budget(lm, dataset)
+        outputs = greedy(lm, contexts, max_new_tokens=budget)
         labels = task_labels(dataset)
-        accuracy = float(np.mean([is_correct(o, e, match, labels) for o, e in zip(outputs, dataset.examples)]))
+        correct = tuple(bool(is_correct(o, e, match, labels)) for o, e in zip(outputs, dataset.examples))
     mc = [e for e in dataset.examples if isinstance(e, MultipleChoice)]
+    hits = option_hits(scorer, prompt, mc) if mc else None
     return Evaluation(
         prompt=prompt,
         n_examples=len(dataset),
         loss=float(matrix.prompt_loss()[0]),
         loss_per_token=float(matrix.prompt_loss_per_token()[0]),
-        accuracy=accuracy,
-        option_accuracy=option_accuracy(scorer, prompt, mc) if mc else None,
+        accuracy=_share(correct),
+        option_accuracy=_share(hits.correct if hits else None),
+        option_accuracy_norm=_share(hits.correct_norm if hits else None),
+        example_losses=tuple(float(x) for x in matrix.loss[0]),
+        example_correct=correct,
+        example_option_correct=hits.correct if hits else None,
+        example_option_correct_norm=hits.correct_norm if hits else None,
     )
+
+
+def compare(initial: Evaluation, final: Evaluation, *, seed: int = 0) -> Comparison:
+    """Final minus initial for loss and every accuracy, with paired bootstrap 95% intervals."""
+    if initial.n_examples != final.n_examples:
+        raise PmpoError(
+            f"compare needs both prompts scored on the same examples, not {initial.n_examples} and {final.n_examples}"
+        )
+
+    def delta(before: Sequence[float] | None, after: Sequence[float] | None) -> Interval | None:
+        if not before or not after or len(before) != len(after):
+            return None
+        return paired_bootstrap([float(x) for x in before], [float(x) for x in after], seed=seed)
+
+    return Comparison(
+        loss=delta(initial.example_losses, final.example_losses),
+        accuracy=delta(initial.example_correct, final.example_correct),
+        option_accuracy=delta(initial.example_option_correct, final.example_option_correct),
+        option_accuracy_norm=delta(initial.example_option_correct_norm, final.example_option_correct_norm),
+    )
+
+
+def _share(hits: Sequence[bool] | None) -> float | None:
+    return None if hits is None else float(np.mean(hits))

@@ -16,7 +16,7 @@ import numpy as np
 from pmpo.data.examples import Dataset
 from pmpo.loss import LossMatrix, Scorer
 from pmpo.models import LoadedModel
-from pmpo.racing import RacingSettings, race_prompts
+from pmpo.racing import RacingSettings, race_prompts, slice_order
 from pmpo.result import Candidate, Iteration, OptimizeResult, Origin, SegmentEffect
 from pmpo.rewrite import RewriteSettings, hard_examples, propose
 from pmpo.segments import masking_analysis, model_units, split_units, unit_separator, without_unit
@@ -299,11 +299,12 @@ class PMPO:
     ) -> list[Candidate]:
         """Score the iteration's prompts in one batch, or race them against the incumbent when racing is on."""
 
-        def score(batch: list[str], n: int) -> LossMatrix:
-            data = train if n == len(train) else train.subset(list(range(n)))
+        def score(batch: list[str], indices: list[int]) -> LossMatrix:
+            data = train if len(indices) == len(train) else train.subset(indices)
             return self.steps.losses(batch, data, t)
 
-        raced = race_prompts(score, prompts, len(train), self.config.racing, reference=rows[incumbent.id])
+        order = slice_order(len(train), self.config.seed, t)
+        raced = race_prompts(score, prompts, len(train), self.config.racing, reference=rows[incumbent.id], order=order)
         new = []
         for prompt, origin, matrix in zip(prompts, origins, raced):
             dropped = matrix.loss.shape[1] < len(train)

@@ -6,6 +6,10 @@ dropped; the rest go on to a slice `growth` times longer (successive halving), u
 been scored on every example. The comparison is paired, example by example, because per-example losses of
 different prompts move together (a hard example is hard under every prompt): the margin is a number of
 standard errors of the per-example difference, so it adapts to the task's loss scale and noise.
+
+Slices are drawn in a seeded random order (run seed and iteration), not the file's: a file sorted by label
+would otherwise put one label only in the first slice and judge candidates on it. The full set is always
+scored in the dataset's order, so a survivor's loss and per-example row are those it gets without racing.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from pmpo.loss import LossMatrix, Scorer
 
 # losses(candidates, n) -> [len(candidates), n]: per-example losses of those candidates on the first n examples
 SliceLosses = Callable[[Sequence[int], int], np.ndarray]
+# score(prompts, indices) -> LossMatrix [len(prompts), len(indices)]: those prompts on those examples, in that order
+SliceScore = Callable[[list[str], list[int]], LossMatrix]
 
 
 @dataclass(frozen=True)
@@ -57,40 +63,57 @@ def race(
     examples: Sequence[Example],
     settings: RacingSettings = RacingSettings(),
     incumbent: str | None = None,
+    order: Sequence[int] | None = None,
 ) -> list[float | None]:
     """Full-set mean loss of each prompt that survives the race, None for those dropped early.
 
-    `incumbent`, when given, takes part as a reference (never dropped, not in the result).
+    `incumbent`, when given, takes part as a reference (never dropped, not in the result); `order`: the
+    order slices are drawn in (`slice_order`), the dataset's when None.
     """
     reference = scorer.loss_matrix([incumbent], examples).loss[0] if incumbent is not None else None
-    rows = race_prompts(lambda ps, n: scorer.loss_matrix(ps, examples[:n]), prompts, len(examples), settings, reference)
+    rows = race_prompts(
+        lambda ps, idx: scorer.loss_matrix(ps, [examples[i] for i in idx]),
+        prompts, len(examples), settings, reference, order=order,
+    )  # fmt: skip
     return [float(r.loss.mean()) if r.loss.shape[1] == len(examples) else None for r in rows]
 
 
+def slice_order(n_examples: int, seed: int, iteration: int) -> list[int]:
+    """A permutation of the examples, the same for the same run seed and iteration, to draw slices from."""
+    return np.random.default_rng([seed, iteration]).permutation(n_examples).tolist()
+
+
 def race_prompts(
-    score: Callable[[list[str], int], LossMatrix],
+    score: SliceScore,
     prompts: Sequence[str],
     n_examples: int,
     settings: RacingSettings,
     reference: np.ndarray | None = None,
+    order: Sequence[int] | None = None,
 ) -> list[LossMatrix]:
     """Each prompt's one-row loss matrix on the examples it was scored on: all of them when it survived.
 
-    `score(prompts, n)` scores prompts on the first n examples; `reference` holds the per-example losses of
-    a prompt already scored on every example (the optimizer's incumbent), which races but is never dropped.
+    A slice of n examples is the first n of `order` (the dataset's order when None), passed to
+    `score(prompts, indices)` sorted, so the full set comes back in the dataset's order. `reference` holds
+    the per-example losses, in the dataset's order, of a prompt already scored on every example (the
+    optimizer's incumbent), which races but is never dropped.
     """
+    order = list(range(n_examples)) if order is None else list(order)
+    if sorted(order) != list(range(n_examples)):
+        raise PmpoError(f"racing order must be a permutation of the {n_examples} examples")
     last: dict[int, LossMatrix] = {}
     n_prompts = len(prompts)
 
     def losses(candidates: Sequence[int], n: int) -> np.ndarray:
+        indices = sorted(order[:n])
         mine = [c for c in candidates if c < n_prompts]  # the reference, if racing, is the last index
         table = np.empty((0, n))
         if mine:
-            matrix = score([prompts[c] for c in mine], n)
+            matrix = score([prompts[c] for c in mine], indices)
             last.update((c, _row(matrix, r)) for r, c in enumerate(mine))
             table = matrix.loss
         if len(mine) < len(candidates):
-            table = np.vstack([table, reference[None, :n]])
+            table = np.vstack([table, reference[None, indices]])
         return table
 
     with_reference = reference is not None

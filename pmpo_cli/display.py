@@ -58,13 +58,14 @@ def optimize_summary(s: Any) -> None:
     table.add_column("")
     table.add_column("initial", justify="right")
     table.add_column("best / final", justify="right")
-    table.add_row("training loss (nats, mean per example)", f"{s.initial_loss:.4f}", f"{s.best_loss:.4f}")
+    table.add_column("change [95% CI]", justify="right")
+    table.add_row("training loss (nats, mean per example)", f"{s.initial_loss:.4f}", f"{s.best_loss:.4f}", "")
     if s.heldout is not None:
-        h = s.heldout
-        table.add_row(f"held-out loss ({h.n_examples} examples)", f"{h.initial_loss:.4f}", f"{h.final_loss:.4f}")
-        if h.initial_accuracy is not None:
-            table.add_row("held-out accuracy", f"{h.initial_accuracy:.1%}", f"{h.final_accuracy:.1%}")
+        for row in heldout_rows(s.heldout):
+            table.add_row(*row)
     console.print(table)
+    if s.heldout is not None and s.heldout.delta_loss is not None:
+        console.print("[dim]change: final - initial on the same held-out examples, paired bootstrap 95% interval[/dim]")
     console.print(f"[bold]initial prompt:[/bold] {s.initial_prompt}", soft_wrap=True)
     console.print(f"[bold]best prompt:[/bold]    {s.best_prompt}", soft_wrap=True)
     dropped = sum(c.dropped for c in s.candidates)
@@ -76,13 +77,42 @@ def optimize_summary(s: Any) -> None:
     _where(s.tracking_uri, s.run_url_path)
 
 
+def heldout_rows(h: Any) -> list[tuple[str, str, str, str]]:
+    """(label, initial, final, change with interval) for held-out loss and each accuracy that was measured."""
+    loss = (f"{h.initial_loss:.4f}", f"{h.final_loss:.4f}", _loss_change(h.delta_loss))
+    rows = [(f"held-out loss ({h.n_examples} examples)", *loss)]
+    for label, name in (
+        ("held-out accuracy", "accuracy"),
+        ("held-out option accuracy (acc)", "option_accuracy"),
+        ("held-out option accuracy per byte (acc_norm)", "option_accuracy_norm"),
+    ):
+        initial, final = getattr(h, f"initial_{name}"), getattr(h, f"final_{name}")
+        if initial is not None and final is not None:
+            rows.append((label, f"{initial:.1%}", f"{final:.1%}", _points_change(getattr(h, f"delta_{name}"))))
+    return rows
+
+
+def _loss_change(d: Any) -> str:
+    return "" if d is None else f"{d.estimate:+.4f} [{d.low:+.4f}, {d.high:+.4f}]"
+
+
+def _points_change(d: Any) -> str:
+    # Accuracy changes read as percentage points, the unit people compare prompts in.
+    return "" if d is None else f"{100 * d.estimate:+.1f} pts [{100 * d.low:+.1f}, {100 * d.high:+.1f}]"
+
+
 def evaluate_summary(s: Any) -> None:
     """One prompt's held-out numbers."""
     table = Table(title=f"{s.dataset}: held-out evaluation", header_style="bold")
-    for col in ("examples", "loss", "loss / token", "accuracy"):
+    columns = {"examples": str(s.n_examples), "loss": f"{s.loss:.4f}", "loss / token": f"{s.loss_per_token:.4f}"}
+    columns["accuracy"] = "-" if s.accuracy is None else f"{s.accuracy:.1%}"
+    if s.option_accuracy is not None:
+        columns["option acc"] = f"{s.option_accuracy:.1%}"
+    if s.option_accuracy_norm is not None:
+        columns["option acc_norm"] = f"{s.option_accuracy_norm:.1%}"
+    for col in columns:
         table.add_column(col, justify="right")
-    acc = "-" if s.accuracy is None else f"{s.accuracy:.1%}"
-    table.add_row(str(s.n_examples), f"{s.loss:.4f}", f"{s.loss_per_token:.4f}", acc)
+    table.add_row(*columns.values())
     console.print(table)
     console.print(f"[bold]prompt[/bold] ({s.prompt_source if s.prompt_source != s.prompt else 'as given'}): {s.prompt}")
 

@@ -153,7 +153,7 @@ def select_incumbent(incumbent: Candidate, candidates: list[Candidate], iteratio
     task_run_name=_named(evaluate_label),
 )
 def evaluate_prompt(
-    model: ModelRef, prompt: str, data: Dataset, which: str, generate: bool, max_new_tokens: int, match: str
+    model: ModelRef, prompt: str, data: Dataset, which: str, generate: bool, max_new_tokens: int | None, match: str
 ) -> Evaluation:
     """Held-out loss (and accuracy by greedy generation when `generate`) of one prompt."""
     label = evaluate_label(which, data)

@@ -99,6 +99,10 @@ def test_optimize_writes_summary_and_the_record_reads_back(capsys, tmp_path, pmp
     assert all(c["dropped"] == (c["n_examples"] < 8) for c in summary["candidates"])
     assert not any(c["dropped"] and c["selected"] for c in summary["candidates"])
     assert "mlflow ui --backend-store-uri sqlite:///" in shown and summary["run_url_path"] in shown
+    delta = summary["heldout"]["delta_loss"]  # final - initial on the held-out examples, with its interval
+    assert delta["low"] <= delta["estimate"] <= delta["high"]
+    assert delta["estimate"] == pytest.approx(summary["heldout"]["final_loss"] - summary["heldout"]["initial_loss"])
+    assert "change [95% CI]" in shown and f"{delta['estimate']:+.4f} [{delta['low']:+.4f}, {delta['high']:+.4f}]" in shown
 
     assert main(["runs"]) == 0
     assert summary["run_id"] in capsys.readouterr().out

@@ -72,6 +72,11 @@ def test_mlflow_run_record(first_run):
     assert metrics["best_loss"] == pytest.approx(summary.best_loss)
     assert metrics["heldout/loss_initial"] == pytest.approx(summary.heldout.initial_loss)
     assert "heldout/accuracy_final" in metrics
+    h = summary.heldout
+    assert metrics["heldout/delta_loss"] == pytest.approx(h.final_loss - h.initial_loss)
+    assert (metrics["heldout/delta_loss_low"], metrics["heldout/delta_loss_high"]) == pytest.approx((h.delta_loss.low, h.delta_loss.high))
+    assert metrics["heldout/delta_accuracy"] == pytest.approx(h.final_accuracy - h.initial_accuracy)
+    assert metrics["heldout/delta_accuracy_low"] <= metrics["heldout/delta_accuracy"] <= metrics["heldout/delta_accuracy_high"]
     artifacts = {a.path for a in tracking.client().list_artifacts(summary.run_id)}
     assert {"loss_by_iteration.png", "candidates.json", "config.json"} <= artifacts
     assert tracking.load_registered_prompt(f"prompts:/{summary.prompt_name}@latest") == summary.best_prompt

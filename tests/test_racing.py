@@ -8,7 +8,7 @@ from pmpo.errors import PmpoError
 from pmpo.loss import LossMatrix, Scorer
 from pmpo.optimizer import PMPO, OptimizerConfig, select
 from pmpo.result import Candidate
-from pmpo.racing import RacingSettings, race, race_losses
+from pmpo.racing import RacingSettings, race, race_losses, race_prompts, slice_order
 
 ON = RacingSettings(enabled=True, first_slice=10, margin=3.0)
 
@@ -79,7 +79,8 @@ def test_race_with_the_scorer_returns_plain_full_set_losses(tiny_lm, margin):
     examples = [Supervised(f"Review {i}: {'great' if i % 2 else 'awful'} item {i}.", "positive") for i in range(24)]
     prompts = ["Say positive.", "Classify the review.", "Write a poem about the ocean and the sky."]
     settings = RacingSettings(enabled=True, first_slice=6, margin=margin)
-    raced = race(Scorer(tiny_lm), prompts, examples, settings, incumbent="Answer positive or negative.")
+    order = slice_order(len(examples), seed=0, iteration=1)
+    raced = race(Scorer(tiny_lm), prompts, examples, settings, incumbent="Answer positive or negative.", order=order)
     plain = Scorer(tiny_lm).loss_matrix(prompts, examples).prompt_loss()
     assert len(raced) == len(prompts)
     for value, expected in zip(raced, plain):
@@ -97,10 +98,13 @@ class TableSteps:
     def __init__(self, table: dict[str, np.ndarray], proposals: list[str]):
         self.table, self.proposals = table, proposals
         self.scored: set[tuple[str, int]] = set()  # like the Scorer's memo: a pair costs once
+        self.slices: list[Dataset] = []  # every set of examples scored, in call order
 
     def losses(self, prompts, train, iteration):
-        self.scored |= {(p, i) for p in prompts for i in range(len(train))}
-        loss = np.stack([self.table[p][: len(train)] for p in prompts])
+        at = [int(e.input[1:]) for e in train.examples]  # example "x17" is row 17 of the table
+        self.slices.append(train)
+        self.scored |= {(p, i) for p in prompts for i in at}
+        loss = np.stack([self.table[p][at] for p in prompts])
         return LossMatrix(loss, loss, np.ones(loss.shape, dtype=np.int64))
 
     def segments(self, prompt, prompt_loss, train, iteration):
@@ -113,18 +117,21 @@ class TableSteps:
         return select(incumbent, candidates)
 
 
-def run_loop(racing: RacingSettings):
+def run_loop(racing: RacingSettings, iterations: int = 1, labels=("y",)):
     matrix = constructed()  # rows 0-2 close, 3-5 clearly worse
     table = {"start": matrix[0] + 0.5} | {f"variant {i}": row for i, row in enumerate(matrix)}
     steps = TableSteps(table, [f"variant {i}" for i in range(len(matrix))])
-    train = Dataset("t", tuple(Supervised(f"x{i}", "y") for i in range(matrix.shape[1])))
-    result = PMPO(config=OptimizerConfig(iterations=1, racing=racing), steps=steps).optimize("start", train)
-    return result, len(steps.scored)
+    n = matrix.shape[1]
+    # `labels` split the examples into contiguous blocks: a file sorted by label
+    train = Dataset("t", tuple(Supervised(f"x{i}", labels[i * len(labels) // n]) for i in range(n)))
+    config = OptimizerConfig(iterations=iterations, racing=racing, seed=7)
+    result = PMPO(config=config, steps=steps).optimize("start", train)
+    return result, len(steps.scored), steps
 
 
 def test_racing_in_the_loop_records_dropped_candidates_and_keeps_the_pick():
-    full, full_pairs = run_loop(RacingSettings())
-    raced, raced_pairs = run_loop(ON)
+    full, full_pairs, _ = run_loop(RacingSettings())
+    raced, raced_pairs, _ = run_loop(ON)
     assert raced.best.prompt == full.best.prompt == "variant 0"
     assert raced.best.loss == pytest.approx(full.best.loss) and raced.best.n_examples == 50
     dropped = {c.prompt: c for c in raced.candidates if c.dropped}
@@ -139,3 +146,27 @@ def test_a_dropped_candidate_is_never_selected_even_with_a_lower_slice_loss():
     incumbent = Candidate("a", None, 0, "initial", "start", 5.0, 1.0, 50)
     early = Candidate("b", "a", 1, "rewrite", "lucky", 1.0, 0.2, 10, dropped=True)
     assert select(incumbent, [early]) is incumbent
+
+
+def test_first_slice_of_a_label_sorted_set_holds_both_labels_and_survivors_keep_their_losses():
+    full, _, _ = run_loop(RacingSettings(), iterations=2, labels=("negative", "positive"))
+    raced, _, steps = run_loop(ON, iterations=2, labels=("negative", "positive"))
+    first = next(d for d in steps.slices if len(d) == ON.first_slice)
+    assert {e.target for e in first.examples} == {"negative", "positive"}  # the file's first 10 are all negative
+    assert [e.input for e in first.examples] != [f"x{i}" for i in range(ON.first_slice)]
+    whole = [d for d in steps.slices if len(d) == 50]
+    assert whole and all([e.input for e in d.examples] == [f"x{i}" for i in range(50)] for d in whole)
+    plain = {c.prompt: c.loss for c in full.candidates}
+    survivors = [c for c in raced.candidates if not c.dropped]
+    assert len(survivors) > 1 and all(c.loss == pytest.approx(plain[c.prompt], abs=1e-12) for c in survivors)
+    # hard examples come from full rows in the dataset's order, so racing leaves them as they were
+    assert [it.hard_examples for it in raced.iterations] == [it.hard_examples for it in full.iterations]
+
+
+def test_slice_order_is_seeded_by_run_and_iteration():
+    assert slice_order(30, seed=1, iteration=2) == slice_order(30, seed=1, iteration=2)
+    assert sorted(slice_order(30, seed=1, iteration=2)) == list(range(30))
+    assert slice_order(30, seed=1, iteration=2) != slice_order(30, seed=1, iteration=3)
+    assert slice_order(30, seed=1, iteration=2) != slice_order(30, seed=2, iteration=2)
+    with pytest.raises(PmpoError, match="permutation"):
+        race_prompts(lambda ps, idx: None, ["p"], 3, ON, order=[0, 0, 1])

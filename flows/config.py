@@ -182,7 +182,10 @@ class OptimizeConfig(_Strict):
     train_cap: int | None = Field(50, ge=1, description="...capped at 50 examples")
     seed: int = 0
     rewrite: RewriteConfig = Field(default_factory=RewriteConfig)
-    units: Literal["splitter", "model"] = Field("splitter", description="how the prompt is split for masking")
+    # auto: the rewriter marks units (the paper's way) when it has >= 1B parameters, else the splitter.
+    units: Literal["auto", "splitter", "model"] = Field("auto", description="how the prompt is split for masking")
+    # False is the paper's ablation without masking (no dL table, no mask forward passes, no removals).
+    masking: bool = Field(True, description="measure each unit's dL and show it to the rewriter")
     segment_removal: bool = Field(True, description="also try the prompt without each unit that hurts")
     racing: RacingConfig = Field(default_factory=RacingConfig)
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
@@ -195,6 +198,7 @@ class OptimizeConfig(_Strict):
         return OptimizerConfig(
             iterations=self.iterations,
             units=self.units,
+            masking=self.masking,
             segment_removal=self.segment_removal,
             rewrite=self.rewrite.settings(),
             racing=self.racing.settings(),

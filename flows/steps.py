@@ -70,7 +70,7 @@ class PrefectSteps:
         return self._run(
             "mask", iteration, t.segments_label(iteration), self._mask,
             model=self.model, prompt=prompt, prompt_loss=prompt_loss, data=train, iteration=iteration,
-            units=c.units, max_units=c.max_units, seed=c.seed,
+            units=c.units, max_units=c.max_units, seed=c.seed, small_model_params=c.rewrite.small_model_params,
         )  # fmt: skip
 
     def rewrites(

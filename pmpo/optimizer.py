@@ -19,7 +19,7 @@ from pmpo.models import LoadedModel
 from pmpo.racing import RacingSettings, race_prompts, slice_order
 from pmpo.result import Candidate, Iteration, OptimizeResult, Origin, SegmentEffect
 from pmpo.rewrite import RewriteSettings, hard_examples, propose
-from pmpo.segments import masking_analysis, model_units, split_units, unit_separator, without_unit
+from pmpo.segments import Units, locate, masking_analysis, model_units, segment
 
 OnCandidate = Callable[[Candidate], None]
 OnIteration = Callable[[Iteration], None]
@@ -33,8 +33,14 @@ class OptimizerConfig:
     # The paper runs T = 20; 3 shows the method at work in a few minutes on a 2-core CPU.
     iterations: int = 3
     max_units: int = 5  # the paper's cap on removable units per prompt
-    # The deterministic splitter is robust for small models; "model" asks the rewriter to mark <mask> units.
-    units: Literal["splitter", "model"] = "splitter"
+    # How the prompt is split for masking. auto: the rewriter marks <mask> units (the paper's way) when it
+    # has at least rewrite.small_model_params parameters, as the FULL template does; below that the
+    # deterministic splitter, since small models do not follow the marking request. "model" falls back to
+    # the splitter whenever the marks are unusable.
+    units: Literal["auto", "splitter", "model"] = "auto"
+    # False runs the paper's ablation without masking: no masking analysis (no mask forward passes), no
+    # masking table in the rewrite requests and no segment-removal candidates.
+    masking: bool = True
     # Dropping a unit with dL < 0 is a candidate too: it was already scored by the masking analysis.
     segment_removal: bool = True
     rewrite: RewriteSettings = field(default_factory=RewriteSettings)
@@ -80,30 +86,35 @@ def candidates_from(
     ]
 
 
-def prompt_units(lm: LoadedModel, prompt: str, config: OptimizerConfig, iteration: int) -> list[str]:
-    """The removable units of `prompt`: splitter by default, model-marked on request."""
-    if config.units == "model":
+def unit_mode(setting: str, n_params: int, small_model_params: int) -> str:
+    """"model" or "splitter": the setting itself, or by the rewriter's size when it is "auto"."""
+    if setting in ("splitter", "model"):
+        return setting
+    if setting != "auto":
+        raise ValueError(f"units must be auto, splitter or model, not {setting!r}")
+    return "splitter" if n_params < small_model_params else "model"
+
+
+def prompt_units(lm: LoadedModel, prompt: str, config: OptimizerConfig, iteration: int) -> Units:
+    """The removable units of `prompt` as spans: model-marked for large rewriters, else the splitter's."""
+    if unit_mode(config.units, lm.n_params, config.rewrite.small_model_params) == "model":
         return model_units(lm, prompt, seed=rewrite_seed(config.seed, iteration, -1), max_units=config.max_units)
-    return split_units(prompt, max_units=config.max_units)
+    return segment(prompt, max_units=config.max_units)
 
 
-def segment_effects(
-    scorer: Scorer, prompt_loss: float, units: list[str], train: Dataset, *, separator: str
-) -> tuple[SegmentEffect, ...]:
-    """dL_j = L(prompt without unit j) - L(prompt) for every unit."""
-    if len(units) < 2:  # removing the only unit leaves no prompt: nothing to learn from it
+def segment_effects(scorer: Scorer, prompt_loss: float, units: Units, train: Dataset) -> tuple[SegmentEffect, ...]:
+    """dL_j = L(prompt without unit j) - L(prompt) for every unit; `prompt_loss` is L(units.prompt)."""
+    if len(units.spans) < 2:  # removing the only unit leaves no prompt: nothing to learn from it
         return ()
     return masking_analysis(
-        lambda prompts: scorer.loss_matrix(prompts, train.examples).prompt_loss().tolist(),
-        prompt_loss,
-        units,
-        separator,
+        lambda prompts: scorer.loss_matrix(prompts, train.examples).prompt_loss().tolist(), prompt_loss, units
     )
 
 
-def removal_prompts(units: list[str], effects: Sequence[SegmentEffect], separator: str) -> list[str]:
-    """Prompts without each unit that hurts (dL < 0)."""
-    return [without_unit(units, e.index, separator) for e in effects if e.delta_loss < 0]
+def removal_prompts(prompt: str, units: Sequence[str], effects: Sequence[SegmentEffect]) -> list[str]:
+    """`prompt` without each unit that hurts (dL < 0), cut exactly as the masking analysis cut it."""
+    spans = locate(prompt, units)
+    return [spans.without(e.index) for e in effects if e.delta_loss < 0]
 
 
 def rewrite_prompts(
@@ -115,8 +126,12 @@ def rewrite_prompts(
     config: OptimizerConfig,
     iteration: int,
     seen: set[str] | frozenset[str],
+    scorer: Scorer | None = None,
 ) -> Rewrites:
-    """One rewrite request per hard example, n variants each; returns kept variants and rejections by reason."""
+    """One rewrite request per hard example, n variants each; returns kept variants and rejections by reason.
+
+    `scorer` (the FULL template only) finds the answer the model now prefers on each hard example.
+    """
     variants: list[str] = []
     rejected: dict[str, int] = {}
     for rank, index in enumerate(hard):
@@ -129,6 +144,7 @@ def rewrite_prompts(
             settings=config.rewrite,
             seed=rewrite_seed(config.seed, iteration, rank),
             seen=set(seen) | set(variants),
+            scorer=scorer,
         )
         variants.extend(proposal.variants)
         for reason, count in proposal.rejected.items():
@@ -194,7 +210,7 @@ class LocalSteps:
     ) -> tuple[list[str], tuple[SegmentEffect, ...]]:
         """The removable units of `prompt` and the loss change when each is masked out."""
         units = prompt_units(self.lm, prompt, self.config, iteration)
-        return units, segment_effects(self.scorer, prompt_loss, units, train, separator=unit_separator(prompt))
+        return list(units.texts), segment_effects(self.scorer, prompt_loss, units, train)
 
     def rewrites(
         self,
@@ -206,7 +222,7 @@ class LocalSteps:
         seen: frozenset[str],
     ) -> Rewrites:
         """Rewrite variants of `incumbent` proposed on the hard examples, and rejections by reason."""
-        return rewrite_prompts(self.lm, incumbent, train, hard, effects, self.config, iteration, seen)
+        return rewrite_prompts(self.lm, incumbent, train, hard, effects, self.config, iteration, seen, self.scorer)
 
     def select(self, incumbent: Candidate, candidates: Sequence[Candidate], iteration: int) -> Candidate:
         """The new incumbent."""
@@ -264,11 +280,13 @@ class PMPO:
         self, t: int, incumbent: Candidate, train: Dataset, known: dict[str, Candidate], rows: dict[str, np.ndarray]
     ) -> tuple[Iteration, list[Candidate]]:
         hard = hard_examples(rows[incumbent.id].tolist(), self.config.rewrite.hard_k)
-        units, effects = self.steps.segments(incumbent.prompt, incumbent.loss, train, t)
+        units, effects = [], ()
+        if self.config.masking:  # off: the paper's ablation, no mask passes, no table, no removals
+            units, effects = self.steps.segments(incumbent.prompt, incumbent.loss, train, t)
         seen = frozenset(c.prompt for c in known.values())
         removals = []
         if self.config.segment_removal:
-            removals = list(dict.fromkeys(p for p in removal_prompts(units, effects, unit_separator(incumbent.prompt)) if p and p not in seen))
+            removals = list(dict.fromkeys(p for p in removal_prompts(incumbent.prompt, units, effects) if p and p not in seen))
         rewrites, rejected = self.steps.rewrites(incumbent.prompt, train, hard, effects, t, seen | set(removals))
         prompts = removals + rewrites
         origins: list[Origin] = ["segment_removal"] * len(removals) + ["rewrite"] * len(rewrites)

@@ -2,34 +2,40 @@
 examples under the current prompt), and for each one ask the rewriter model for n = 4 sampled variants.
 
 The request shows the task description, the hard example with its expected answer, the masking table
-(see `pmpo.segments`), the current prompt and edit strategies; each variant comes back inside
-`<prompt>...</prompt>`. Two templates: FULL, close to the paper's, for capable models, and SHORT, a
-fill-in form for small models that cannot follow a long request: it ends inside an opened `<prompt>`
-tag so the model only has to write the new instruction. Replies are parsed defensively and the unusable
-ones are counted by reason.
+(see `pmpo.segments`; left out when masking is off), the current prompt and edit strategies; each variant
+comes back inside `<prompt>...</prompt>`. Two templates: FULL, close to the paper's, for capable models:
+it also shows what the model now prefers on the example (`pmpo.diagnosis`) and asks first for a short
+diagnosis of why the instruction fails; and SHORT, a fill-in form for small models that cannot follow a
+long request: it ends inside an opened `<prompt>` tag so the model only has to write the new
+instruction. Replies are parsed defensively (`pmpo.replies`) and the unusable ones are counted by reason;
+a reply cut off before its instruction ended ("unclosed") is one of them, so the token budget grows with
+the prompt.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Collection, Literal, Sequence
 
 from pmpo.data.examples import Example, MultipleChoice, Preference, Supervised
-from pmpo.errors import RewriteParseError
+from pmpo.diagnosis import Preferred, preferred_answer
 from pmpo.generation import sample
+from pmpo.loss import Scorer
 from pmpo.models import LoadedModel
 from pmpo.prompting import chat_request
+# Reply parsing lives in pmpo.replies; its public names are re-exported here, where callers look for them.
+from pmpo.replies import REJECT_REASONS, UnclosedPromptError, filter_variants, parse_prompt, short_reply_cut_off  # noqa: F401
 from pmpo.result import SegmentEffect
 from pmpo.segments import masking_table, verdict
 
 Template = Literal["auto", "full", "short"]
-REJECT_REASONS = ("no_tags", "empty", "unchanged", "duplicate", "too_long")
 
 # Long example texts are cut in the request: the rewriter needs the gist of the example, and a small
 # model's attention (and context) is better spent on the instruction it is rewriting.
 _MAX_EXAMPLE_CHARS = 1200
 _MAX_ANSWER_CHARS = 400
+# A rewrite may restate the whole prompt with edits: twice its tokens plus room for a short prompt to grow.
+_PROMPT_GROWTH_TOKENS = 32
 
 
 @dataclass(frozen=True)
@@ -43,7 +49,12 @@ class RewriteSettings:
     # Below ~1B parameters models lose track of a long multi-part request and echo it back; the short
     # fill-in form keeps them on task.
     small_model_params: int = 1_000_000_000
-    max_new_tokens: int = 160  # a good instruction is a few sentences; more is usually rambling
+    # The least a reply may run to: a good instruction is a few sentences, more is usually rambling. It
+    # grows to 2 x the current prompt's tokens + 32 for long prompts (a rewrite restates the prompt), so a
+    # reply is not cut off mid-instruction; the model's context caps it.
+    max_new_tokens: int = 160
+    # Extra tokens in the FULL template for the one-or-two-sentence diagnosis it asks for first.
+    diagnosis_tokens: int = 64
     temperature: float = 0.8  # diverse variants, still mostly on topic
     top_p: float = 0.95  # cuts the long tail of junk tokens a small model samples at this temperature
     # Variants longer than this are dropped: they are almost always a model that never closed the tag
@@ -75,19 +86,25 @@ Current instruction:
 An example the model finds hard under this instruction:
 {example}
 
+{table_section}Ways to improve the instruction:
+- Clarify the output format: say exactly what the answer looks like.
+- Add a constraint or piece of knowledge the hard example shows is missing; remove one that misleads.
+- Add reasoning steps when the task needs them, e.g. work through the problem, then give the answer.
+- Rephrase ambiguous parts so they can be read only one way.
+- Remove redundancy: a short, direct instruction usually works best.
+
+First, in one or two sentences, explain why the current instruction leads the model away from the \
+expected answer on this example. Then write one improved instruction inside <prompt></prompt> tags. It \
+must work for every input of the task, not only this example, so do not copy the example or its answer \
+into it."""
+
+FULL_TABLE_SECTION = """\
 Effect of each part of the current instruction. dL is the model's loss on the expected answers without \
-the part minus with it: positive means the part helps, negative means it hurts or is redundant.
+the part minus with it: positive means the part helps (keep it), negative means it hurts or is redundant \
+(rewrite or remove it).
 {table}
 
-Ways to improve the instruction:
-- Clarify the output format: say exactly what the answer looks like.
-- Remove or rewrite the parts that hurt (negative dL); keep the parts that help.
-- Add a missing constraint or piece of knowledge that the hard example shows is needed.
-- Be concise: a short, direct instruction usually works best.
-
-Write one improved instruction. It must work for every input of the task, not only this example, so do \
-not copy the example or its answer into it. Reply with the new instruction inside <prompt></prompt> tags \
-and nothing else."""
+"""
 
 # A few-shot fill-in form: the demonstrations carry the edit strategies (say the output format, drop the
 # weak part, reason step by step) because a small model copies a pattern far better than it follows a
@@ -153,15 +170,20 @@ def build_request(
     example: Example,
     prompt: str,
     effects: Sequence[SegmentEffect],
+    preferred: Preferred | None = None,
 ) -> str:
-    """The rewrite request message for one hard example, in the FULL or SHORT template."""
+    """The rewrite request message for one hard example, in the FULL or SHORT template.
+
+    No `effects` (masking off, or a one-unit prompt) leaves the masking section out; `preferred` (FULL
+    only) is what the model now answers or ranks first on the example.
+    """
     task = task_description.strip() or "(no description given; infer it from the example)"
     if template == "full":
         return FULL_TEMPLATE.format(
             task_description=task,
             prompt=prompt.strip() or "(empty)",
-            example=_example_block(example),
-            table=masking_table(effects),
+            example=_example_block(example, preferred),
+            table_section=FULL_TABLE_SECTION.format(table=masking_table(effects)) if effects else "",
         )
     if template == "short":
         return SHORT_TEMPLATE.format(
@@ -171,51 +193,6 @@ def build_request(
             hints=_short_hints(effects),  # ends in a newline when not empty
         )
     raise ValueError(f"rewrite template must be full or short, not {template!r}")
-
-
-def parse_prompt(reply: str, *, opened: bool = False) -> str:
-    """The text of the first non-empty <prompt>...</prompt> block (closing tag optional at the end).
-
-    With `opened` (the SHORT form, whose request ends in an opening tag) the reply is the first line of
-    text up to `</prompt>` (a repeated opening tag is skipped): the form asks for a one-line instruction,
-    and a small model that goes on to a second line is writing the next form entry, not the prompt.
-    """
-    if opened:
-        body = _CLOSE.split(_LEADING_OPEN.sub("", reply), maxsplit=1)[0]
-        return _clean(body.strip().split("\n", 1)[0])
-    blocks = _OPEN.split(reply)[1:]
-    if not blocks:
-        start = " ".join(reply.split())[:80]
-        raise RewriteParseError(f"the rewriter's reply has no <prompt> tag; it starts: {start!r}")
-    bodies = [_clean(_CLOSE.split(block, maxsplit=1)[0]) for block in blocks]
-    return next((b for b in bodies if b), "")
-
-
-def filter_variants(
-    replies: Sequence[str],
-    *,
-    current: str,
-    seen: Collection[str],
-    max_chars: int,
-    opened: bool,
-) -> tuple[list[str], dict[str, int]]:
-    """Parse replies and keep the new, usable prompts; count the dropped ones by reason."""
-    rejected = dict.fromkeys(REJECT_REASONS, 0)
-    known = {_norm(s) for s in seen}
-    kept: list[str] = []
-    for reply in replies:
-        try:
-            text = parse_prompt(reply, opened=opened)
-        except RewriteParseError:
-            rejected["no_tags"] += 1
-            continue
-        reason = _reject_reason(text, current, known, max_chars)
-        if reason:
-            rejected[reason] += 1
-            continue
-        known.add(_norm(text))
-        kept.append(text)
-    return kept, rejected
 
 
 def propose(
@@ -228,58 +205,55 @@ def propose(
     settings: RewriteSettings,
     seed: int,
     seen: Collection[str] = (),
+    scorer: Scorer | None = None,
 ) -> Proposal:
-    """One rewrite request for one hard example, sampled `settings.n_variants` times, filtered."""
+    """One rewrite request for one hard example, sampled `settings.n_variants` times, filtered.
+
+    The FULL template shows what the model now prefers on the example, found with `scorer` (a fresh one
+    when None; pass the run's scorer so its memo is reused).
+    """
     template = choose_template(settings.template, lm.n_params, settings.small_model_params)
+    preferred = None
+    if template == "full":  # costs a scoring pass or a greedy decode: only the FULL template shows it
+        preferred = preferred_answer(lm, scorer or Scorer(lm), prompt, example)
     message = build_request(
-        template, task_description=task_description, example=example, prompt=prompt, effects=effects
-    )
+        template, task_description=task_description, example=example, prompt=prompt, effects=effects,
+        preferred=preferred,
+    )  # fmt: skip
     opened = template == "short"  # the SHORT form ends inside an opened <prompt> tag
     if opened and settings.short_as_completion:
         text = message
     else:
         text = chat_request(lm.tokenizer, message) + ("<prompt>" if opened else "")
+    budget = rewrite_budget(lm, settings, template, prompt=prompt, request=text)
     replies = sample(
         lm,
         text,
         settings.n_variants,
         seed=seed,
-        max_new_tokens=settings.max_new_tokens,
+        max_new_tokens=budget,
         temperature=settings.temperature,
         top_p=settings.top_p,
         stop=("</prompt>", "\n") if opened else ("</prompt>",),  # where parsing would cut anyway
     )
+    cut_off = [short_reply_cut_off(r, _n_tokens(lm, r), budget) for r in replies] if opened else []
     variants, rejected = filter_variants(
-        replies, current=prompt, seen=seen, max_chars=settings.max_prompt_chars, opened=opened
+        replies, current=prompt, seen=seen, max_chars=settings.max_prompt_chars, opened=opened, cut_off=cut_off
     )
     return Proposal(variants=tuple(variants), rejected=rejected, request=message)
 
 
-_OPEN = re.compile(r"<\s*prompt\s*>", re.IGNORECASE)
-_LEADING_OPEN = re.compile(r"^\s*<\s*prompt\s*>", re.IGNORECASE)
-_CLOSE = re.compile(r"<\s*/\s*prompt\s*>", re.IGNORECASE)
-_FENCE = re.compile(r"^```[\w-]*\s*\n?|\n?\s*```$")
+def rewrite_budget(lm: LoadedModel, settings: RewriteSettings, template: str, *, prompt: str, request: str) -> int:
+    """New tokens a reply may run to: max(setting, 2 x prompt tokens + 32) (+ the FULL diagnosis), within
+    what the model's context leaves after the request."""
+    wanted = max(settings.max_new_tokens, 2 * _n_tokens(lm, prompt) + _PROMPT_GROWTH_TOKENS)
+    if template == "full":
+        wanted += settings.diagnosis_tokens
+    return max(1, min(wanted, lm.context_length - _n_tokens(lm, request)))
 
 
-def _clean(body: str) -> str:
-    """Strip whitespace and a markdown fence around the prompt text."""
-    return _FENCE.sub("", body.strip()).strip()
-
-
-def _norm(text: str) -> str:
-    return " ".join(text.split())
-
-
-def _reject_reason(text: str, current: str, known: set[str], max_chars: int) -> str | None:
-    if not text:
-        return "empty"
-    if _norm(text) == _norm(current):
-        return "unchanged"
-    if _norm(text) in known:
-        return "duplicate"
-    if len(text) > max_chars:
-        return "too_long"
-    return None
+def _n_tokens(lm: LoadedModel, text: str) -> int:
+    return len(lm.tokenizer.encode(text, add_special_tokens=False))
 
 
 def _clip(text: str, limit: int) -> str:
@@ -287,15 +261,25 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _example_block(example: Example) -> str:
-    """The hard example for the FULL template: input, options, expected (and a rejected) answer."""
+def _example_block(example: Example, preferred: Preferred | None = None) -> str:
+    """The hard example for the FULL template: input, options, expected answer, what the model prefers."""
     lines = [f"Input: {_clip(example.input, _MAX_EXAMPLE_CHARS)}"]
     if isinstance(example, MultipleChoice):
         lines.append("Options: " + " | ".join(_clip(o, _MAX_ANSWER_CHARS) for o in example.options))
     lines.append(f"Expected answer: {_clip(expected_answer(example), _MAX_ANSWER_CHARS)}")
-    if isinstance(example, Preference) and example.rejected:
+    if isinstance(example, Preference) and example.rejected and preferred is None:
         lines.append(f"A worse answer (should be avoided): {_clip(example.rejected[0], _MAX_ANSWER_CHARS)}")
+    if preferred is not None:
+        lines.append(_preferred_line(preferred))
     return "\n".join(lines)
+
+
+def _preferred_line(preferred: Preferred) -> str:
+    text = _clip(preferred.text, _MAX_ANSWER_CHARS) or "(nothing)"
+    if preferred.kind == "greedy":
+        return f"The model's own answer under the current instruction: {text}"
+    rank = "above" if preferred.above_expected else "below"
+    return f"The wrong answer the model ranks highest under the current instruction ({rank} the expected one): {text}"
 
 
 def _example_line(example: Example) -> str:

@@ -2,21 +2,22 @@
 measure dL_j = L(P without unit j) - L(P) for each. Positive dL: the unit helps; negative: it hurts or
 is redundant. The table of dL_j is shown to the rewriter as a hint.
 
-Units come either from a deterministic splitter (`split_units`, the robust default for small models) or
+Units come either from a deterministic splitter (`segment`, the robust default for small models) or
 from the model marking them with `<mask>...</mask>` as in the paper (`model_units`, which falls back to
 the splitter when the reply is unusable).
 
-Separator convention: units are plain texts without their separator. A prompt with two or more non-empty
-lines is split by lines and rejoined with "\\n"; a one-line prompt is split by sentences and rejoined with
-" ". `unit_separator(prompt)` tells which, `segment(prompt)` returns both at once, and `join_units` /
-`without_unit` / `masking_analysis` take the separator (default " ").
+Units are character spans of the prompt's own text (`Units`). "P without unit j" is the prompt with that
+span and one adjoining separator cut out, every other character (blank lines, indentation) kept, and
+removing nothing gives the prompt back byte for byte. So L(P) and every L(P without unit j) come from the
+same rendering and dL measures the unit's content, not a whitespace change shared by every ablation.
+A prompt with two or more non-empty lines is split by lines, a one-line prompt by sentences.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Collection, Sequence
 
 from pmpo.generation import sample
 from pmpo.models import LoadedModel
@@ -33,70 +34,99 @@ _ABBREVIATIONS = frozenset("e.g i.e cf vs al approx mr mrs ms dr prof jr sr fig 
 # A sentence ends at . ! or ? (plus closing quotes/brackets), then whitespace, then something that is not
 # lowercase. Decimals ("3.5") never match because no whitespace follows the period.
 _SENTENCE_END = re.compile(r"""[.!?]+["')\]]*\s+(?=[^\sa-z])""")
+_LINE = re.compile(r"[^\r\n]+")
 _MASK = re.compile(r"<mask>(.*?)</mask>", re.IGNORECASE | re.DOTALL)
 # Marked units must cover this share of the prompt's non-space characters; less means the model
 # paraphrased or dropped parts, and its units would not describe the prompt.
 _MIN_COVERAGE = 0.6
 
+Span = tuple[int, int]  # [start, end) character offsets into the prompt
+
 
 @dataclass(frozen=True)
 class Units:
-    """A prompt's units and the separator that rejoins them."""
+    """A prompt and its removable units, as character spans of the prompt's own text (in order)."""
 
-    texts: tuple[str, ...]
-    separator: str
+    prompt: str
+    spans: tuple[Span, ...]
+
+    @property
+    def texts(self) -> tuple[str, ...]:
+        """Each unit's text, exactly as it stands in the prompt."""
+        return tuple(self.prompt[a:b] for a, b in self.spans)
 
     def join(self) -> str:
-        """The prompt rebuilt from all units."""
-        return join_units(list(self.texts), self.separator)
+        """The prompt rebuilt from all units: the prompt itself."""
+        return self.remove(())
 
     def without(self, index: int) -> str:
-        """The prompt with unit `index` removed."""
-        return without_unit(list(self.texts), index, self.separator)
+        """The prompt with unit `index` removed (the empty string when it was the only unit)."""
+        return self.remove((index,))
+
+    def remove(self, indices: Collection[int]) -> str:
+        """The prompt without the units at `indices`; every other character stays as it was.
+
+        Between two kept units goes the strongest separator the prompt had anywhere between them (most
+        line breaks, then longest), so removing a paragraph's last line keeps the paragraph break.
+        """
+        drop = set(indices)
+        kept = [j for j in range(len(self.spans)) if j not in drop]
+        if not self.spans:
+            return self.prompt
+        if not kept:
+            return ""
+        gaps = [self.prompt[a[1] : b[0]] for a, b in zip(self.spans, self.spans[1:])]
+        parts = [self.prompt[: self.spans[0][0]]]  # leading whitespace of the prompt
+        for previous, j in zip([None, *kept], kept):
+            if previous is not None:
+                parts.append(max(gaps[previous:j], key=lambda g: (g.count("\n"), len(g))))
+            parts.append(self.prompt[slice(*self.spans[j])])
+        parts.append(self.prompt[self.spans[-1][1] :])  # trailing whitespace
+        return "".join(parts)
+
+
+def locate(prompt: str, texts: Sequence[str]) -> Units:
+    """The spans of unit texts cut from `prompt` (as `Units.texts` gives them), found in order."""
+    spans, position = [], 0
+    for text in texts:
+        start = prompt.find(text, position)
+        if start < 0 or not text:
+            raise ValueError(f"unit {text[:40]!r} is not a piece of the prompt after offset {position}")
+        spans.append((start, start + len(text)))
+        position = start + len(text)
+    return Units(prompt, tuple(spans))
 
 
 def unit_separator(prompt: str) -> str:
-    """The separator `split_units` uses for `prompt`: newline for multi-line prompts, else a space."""
-    return "\n" if len(_lines(prompt)) >= 2 else " "
+    """How `segment` splits `prompt`: "\\n" (by lines) for multi-line prompts, else " " (by sentences)."""
+    return "\n" if len(_line_spans(prompt)) >= 2 else " "
 
 
 def segment(prompt: str, max_units: int = MAX_UNITS) -> Units:
-    """`split_units` together with the separator that rejoins the units."""
-    return Units(tuple(split_units(prompt, max_units)), unit_separator(prompt))
+    """Split into at most `max_units` removable units: by non-empty lines if >= 2, else by sentences."""
+    lines = _line_spans(prompt)
+    pieces = lines if len(lines) >= 2 else _sentence_spans(prompt)
+    return Units(prompt, tuple(_merge(pieces, max_units)))
 
 
 def split_units(prompt: str, max_units: int = MAX_UNITS) -> list[str]:
-    """Split into at most `max_units` removable units: by non-empty lines if >= 2, else by sentences."""
-    lines = _lines(prompt)
-    pieces = lines if len(lines) >= 2 else split_sentences(prompt)
-    return _merge(pieces, max_units, unit_separator(prompt))
+    """The texts of `segment(prompt, max_units)`."""
+    return list(segment(prompt, max_units).texts)
 
 
 def split_sentences(text: str) -> list[str]:
     """Sentences of one paragraph; abbreviations such as "e.g." and decimals such as "3.5" stay whole."""
-    sentences, start = [], 0
-    for match in _SENTENCE_END.finditer(text):
-        words = text[start : match.start() + 1].split()
-        if words and words[-1].rstrip(".").lower() in _ABBREVIATIONS:  # "e.g. Paris", "Dr. Smith"
-            continue
-        sentences.append(text[start : match.end()].strip())
-        start = match.end()
-    sentences.append(text[start:].strip())
-    return [s for s in sentences if s]
-
-
-def join_units(units: list[str], separator: str = " ") -> str:
-    """Rebuild a prompt from its units."""
-    return separator.join(u.strip() for u in units if u.strip())
-
-
-def without_unit(units: list[str], index: int, separator: str = " ") -> str:
-    """The prompt with unit `index` removed (the empty string when it was the only unit)."""
-    return join_units(units[:index] + units[index + 1 :], separator)
+    return [text[a:b] for a, b in _sentence_spans(text)]
 
 
 def parse_marked_units(reply: str, prompt: str, max_units: int = MAX_UNITS) -> list[str] | None:
     """Units the model marked with <mask>...</mask>, as the prompt's own text; None when unusable."""
+    units = marked_units(reply, prompt, max_units)
+    return list(units.texts) if units else None
+
+
+def marked_units(reply: str, prompt: str, max_units: int = MAX_UNITS) -> Units | None:
+    """The model's <mask>...</mask> units as spans of the prompt; None when unusable."""
     marked = [m.strip() for m in _MASK.findall(reply)]
     marked = [m for m in marked if m]
     if not marked or len(marked) > max_units:
@@ -114,10 +144,10 @@ def parse_marked_units(reply: str, prompt: str, max_units: int = MAX_UNITS) -> l
     if covered < _MIN_COVERAGE * len("".join(prompt.split())):
         return None
     # Cut the prompt itself at the marked starts, so unmarked text (e.g. between units) stays in the
-    # preceding unit and the units rejoin to the whole prompt.
+    # preceding unit and the units cover the whole prompt.
     bounds = [0, *starts[1:], len(prompt)]
-    units = [prompt[a:b].strip() for a, b in zip(bounds, bounds[1:])]
-    return [u for u in units if u]
+    spans = [_stripped(prompt, a, b) for a, b in zip(bounds, bounds[1:])]
+    return Units(prompt, tuple(s for s in spans if s[0] < s[1]))
 
 
 MARK_REQUEST = (
@@ -127,7 +157,7 @@ MARK_REQUEST = (
 )
 
 
-def model_units(lm: LoadedModel, prompt: str, *, seed: int, max_units: int = MAX_UNITS) -> list[str]:
+def model_units(lm: LoadedModel, prompt: str, *, seed: int, max_units: int = MAX_UNITS) -> Units:
     """Units the model marks with <mask> tags (the paper's way); the splitter's units when unusable.
 
     SmolLM2-135M-Instruct copies the prompt but does not add the tags (checked with chat and few-shot
@@ -138,23 +168,24 @@ def model_units(lm: LoadedModel, prompt: str, *, seed: int, max_units: int = MAX
     # Low temperature: the reply should copy the prompt, so near-greedy; the seed keeps it reproducible.
     request = chat_request(lm.tokenizer, message)
     reply = sample(lm, request, 1, seed=seed, max_new_tokens=budget, temperature=0.3)[0]
-    return parse_marked_units(reply, prompt, max_units) or split_units(prompt, max_units)
+    return marked_units(reply, prompt, max_units) or segment(prompt, max_units)
 
 
 def masking_analysis(
-    loss_of: Callable[[list[str]], Sequence[float]],
-    prompt_loss: float,
-    units: list[str],
-    separator: str = " ",
+    loss_of: Callable[[list[str]], Sequence[float]], prompt_loss: float, units: Units
 ) -> tuple[SegmentEffect, ...]:
-    """dL_j = L(prompt without unit j) - L(prompt) for every unit, from one batched `loss_of` call."""
-    if not units:
+    """dL_j = L(prompt without unit j) - L(prompt) for every unit, from one batched `loss_of` call.
+
+    `prompt_loss` must be the loss of `units.prompt` itself, the text every ablation is cut from.
+    """
+    if not units.spans:
         return ()
-    ablated = [without_unit(units, j, separator) for j in range(len(units))]
+    ablated = [units.without(j) for j in range(len(units.spans))]
     losses = list(loss_of(ablated))
     if len(losses) != len(ablated):
         raise ValueError(f"loss_of returned {len(losses)} losses for {len(ablated)} prompts")
-    return tuple(SegmentEffect(j, units[j], float(losses[j]) - float(prompt_loss)) for j in range(len(units)))
+    texts = units.texts
+    return tuple(SegmentEffect(j, texts[j], float(losses[j]) - float(prompt_loss)) for j in range(len(texts)))
 
 
 def verdict(delta_loss: float) -> str:
@@ -176,16 +207,37 @@ def masking_table(effects: Sequence[SegmentEffect], width: int = 70) -> str:
     return "\n".join(rows)
 
 
-def _lines(prompt: str) -> list[str]:
-    return [line.strip() for line in prompt.splitlines() if line.strip()]
+def _stripped(text: str, start: int, end: int) -> Span:
+    """[start, end) narrowed to exclude leading and trailing whitespace."""
+    piece = text[start:end]
+    lead = len(piece) - len(piece.lstrip())
+    return (start + lead, start + len(piece.rstrip())) if piece.strip() else (start, start)
 
 
-def _merge(pieces: list[str], max_units: int, separator: str) -> list[str]:
+def _line_spans(prompt: str) -> list[Span]:
+    spans = [_stripped(prompt, m.start(), m.end()) for m in _LINE.finditer(prompt)]
+    return [s for s in spans if s[0] < s[1]]
+
+
+def _sentence_spans(text: str) -> list[Span]:
+    spans, start = [], 0
+    for match in _SENTENCE_END.finditer(text):
+        words = text[start : match.start() + 1].split()
+        if words and words[-1].rstrip(".").lower() in _ABBREVIATIONS:  # "e.g. Paris", "Dr. Smith"
+            continue
+        spans.append(_stripped(text, start, match.end()))
+        start = match.end()
+    spans.append(_stripped(text, start, len(text)))
+    return [s for s in spans if s[0] < s[1]]
+
+
+def _merge(pieces: list[Span], max_units: int) -> list[Span]:
     """Merge adjacent pieces until at most `max_units` remain, always the shortest adjacent pair (leftmost
-    on ties), so units end up balanced by length and the result is deterministic."""
+    on ties), so units end up balanced by length and the result is deterministic. A merged unit is the
+    prompt's text from the first piece's start to the second's end, separator included."""
     pieces = list(pieces)
     while len(pieces) > max(max_units, 1):
-        sizes = [len(a) + len(b) for a, b in zip(pieces, pieces[1:])]
+        sizes = [(a[1] - a[0]) + (b[1] - b[0]) for a, b in zip(pieces, pieces[1:])]
         i = sizes.index(min(sizes))
-        pieces[i : i + 2] = [pieces[i] + separator + pieces[i + 1]]
+        pieces[i : i + 2] = [(pieces[i][0], pieces[i + 1][1])]
     return pieces

@@ -17,7 +17,6 @@ from pmpo.data import ColumnMap, Dataset, Split, load_dataset, split_dataset
 from pmpo.evaluate import Evaluation, evaluate
 from pmpo.loss import LossMatrix
 from pmpo.optimizer import OptimizerConfig, prompt_units, rewrite_prompts, segment_effects, select
-from pmpo.segments import unit_separator
 from pmpo.result import Candidate, SegmentEffect
 from pmpo.rewrite import RewriteSettings
 from tasks.caching import policy
@@ -108,12 +107,21 @@ def loss_matrix(model: ModelRef, prompts: list[str], data: Dataset, iteration: i
     task_run_name=_named(segments_label),
 )
 def mask_segments(
-    model: ModelRef, prompt: str, prompt_loss: float, data: Dataset, iteration: int, units: str, max_units: int, seed: int
+    model: ModelRef,
+    prompt: str,
+    prompt_loss: float,
+    data: Dataset,
+    iteration: int,
+    units: str,
+    max_units: int,
+    seed: int,
+    small_model_params: int,
 ) -> tuple[list[str], tuple[SegmentEffect, ...]]:
     """The prompt's removable units and dL of masking each (iteration and seed matter for model-marked units)."""
-    config = OptimizerConfig(units=units, max_units=max_units, seed=seed)
-    unit_list = prompt_units(loaded(model), prompt, config, iteration)
-    return unit_list, segment_effects(scorer(model), prompt_loss, unit_list, data, separator=unit_separator(prompt))
+    rewrite = RewriteSettings(small_model_params=small_model_params)  # decides what units="auto" means
+    config = OptimizerConfig(units=units, max_units=max_units, seed=seed, rewrite=rewrite)
+    spans = prompt_units(loaded(model), prompt, config, iteration)
+    return list(spans.texts), segment_effects(scorer(model), prompt_loss, spans, data)
 
 
 @task(
@@ -136,7 +144,7 @@ def propose_rewrites(
 ) -> tuple[list[str], dict[str, int]]:
     """Rewrite variants on the hard examples; seed and iteration fix the sampling, so they are in the key."""
     config = OptimizerConfig(rewrite=rewrite, seed=seed)
-    return rewrite_prompts(loaded(model), incumbent, data, hard, effects, config, iteration, seen)
+    return rewrite_prompts(loaded(model), incumbent, data, hard, effects, config, iteration, seen, scorer(model))
 
 
 @task(name="select", cache_policy=NO_CACHE, task_run_name=_named(select_label))

@@ -87,7 +87,10 @@ def test_identical_rerun_recomputes_nothing_and_never_loads_the_model(first_run,
     from tasks import models
 
     config, first = first_run
-    assert first.work.computed["loss"] == config.iterations + 1  # initial + one batch per iteration
+    # The initial prompt, then one batch per iteration that had candidates to score (the tiny random model's
+    # rewrites are mostly cut off by their token budget and rejected, so an iteration may have none).
+    scored = {c.iteration for c in first.candidates if c.iteration > 0}
+    assert first.work.computed["loss"] == 1 + len(scored) >= 2
     monkeypatch.setattr(models, "_MODELS", {})  # as in a fresh process
     monkeypatch.setattr(models, "_SCORERS", {})
 
@@ -108,7 +111,9 @@ def test_more_iterations_reuse_the_ones_already_computed(first_run):
     config, first = first_run
     longer = optimize_prompt(config.model_copy(update={"iterations": config.iterations + 1}))
 
-    assert longer.work.computed["loss"] == 1  # only the new iteration's batch
+    new_iteration = config.iterations + 1
+    # Only the new iteration's batch (none when all its rewrites were rejected and nothing was removable).
+    assert longer.work.computed.get("loss", 0) == int(any(c.iteration == new_iteration for c in longer.candidates))
     assert longer.work.computed["rewrite"] == 1
     assert [c.id for c in longer.candidates][: first.n_candidates] == [c.id for c in first.candidates]
     assert longer.run_id != first.run_id  # another config: another run

@@ -4,6 +4,9 @@ import pytest
 
 from pmpo.data.examples import MultipleChoice, Preference, Supervised
 from pmpo.errors import RewriteParseError
+from pmpo.generation import greedy
+from pmpo.loss import Scorer
+from pmpo.prompting import render
 from pmpo.result import SegmentEffect
 from pmpo.rewrite import (
     REJECT_REASONS,
@@ -14,8 +17,10 @@ from pmpo.rewrite import (
     expected_answer,
     filter_variants,
     hard_examples,
+    UnclosedPromptError,
     parse_prompt,
     propose,
+    short_reply_cut_off,
 )
 
 EFFECTS = (SegmentEffect(0, "Read the text.", 1.25), SegmentEffect(1, "Be creative.", -0.5))
@@ -82,7 +87,7 @@ def test_build_request_clips_long_inputs():
         ("Sure! Here it is:\n<prompt>\n  Answer with one word.\n</prompt>\nHope it helps.", "Answer with one word."),
         ("<prompt>First.</prompt> and <prompt>Second.</prompt>", "First."),
         ("Use <prompt></prompt> tags.\n<PROMPT>Real one.</PROMPT>", "Real one."),
-        ("<prompt>Unclosed at the end of the reply.", "Unclosed at the end of the reply."),
+        ("<prompt>Closed.</prompt> then <prompt>cut off", "Closed."),
         ("<prompt>\n```\nFenced prompt.\n```\n</prompt>", "Fenced prompt."),
         ("```\n<prompt>Inside a fence.</prompt>\n```", "Inside a fence."),
         ("<prompt>  </prompt>", ""),
@@ -113,9 +118,42 @@ def test_parse_prompt_without_tags_names_the_problem_and_quotes_the_reply():
     assert "<prompt>" in message and "'I think the instruction is fine as it is.'" in message
 
 
+@pytest.mark.parametrize(
+    "reply",
+    ["<prompt>Cut off in the middle of a sen", "Why it fails: ...\n<prompt></prompt><prompt>Cut off again"],
+)
+def test_parse_prompt_rejects_an_unclosed_block_as_cut_off(reply):
+    with pytest.raises(UnclosedPromptError, match="never closes <prompt>"):
+        parse_prompt(reply)
+
+
+@pytest.mark.parametrize(
+    ("reply", "n_tokens", "cut"),
+    [
+        ("Answer with one word.</prompt>", 160, False),  # closed, however long
+        ("Answer with one word.\nTask: next", 160, False),  # stopped at the end of its line: complete
+        ("Answer with one word.", 40, False),  # the model ended it well within the budget
+        ("Answer with one word and then also", 159, True),  # ran into the budget mid-line
+        ("<prompt>Answer with one word and", 160, True),
+    ],
+)
+def test_short_reply_cut_off_only_when_it_ran_into_the_budget_mid_line(reply, n_tokens, cut):
+    assert short_reply_cut_off(reply, n_tokens, budget=160) is cut
+
+
+def test_filter_variants_counts_cut_off_short_replies_as_unclosed():
+    replies = ["Answer with one word", "Be brief.</prompt>"]
+    kept, rejected = filter_variants(
+        replies, current="x", seen=(), max_chars=100, opened=True, cut_off=[True, False]
+    )
+    assert kept == ["Be brief."]
+    assert rejected["unclosed"] == 1 and rejected["no_tags"] == 0
+
+
 def test_filter_variants_counts_each_reason():
     replies = [
         "no tags here",  # no_tags
+        "<prompt>Cut off in the mid",  # unclosed
         "<prompt> </prompt>",  # empty
         "<prompt>Read the text.   Be creative.</prompt>",  # unchanged (whitespace differs)
         "<prompt>Seen before.</prompt>",  # duplicate of `seen`
@@ -126,7 +164,7 @@ def test_filter_variants_counts_each_reason():
     ]
     kept, rejected = filter_variants(replies, current=PROMPT, seen=["Seen  before."], max_chars=40, opened=False)
     assert kept == ["New one.", "Another new one."]
-    assert rejected == {"no_tags": 1, "empty": 1, "unchanged": 1, "duplicate": 2, "too_long": 1}
+    assert rejected == {"no_tags": 1, "unclosed": 1, "empty": 1, "unchanged": 1, "duplicate": 2, "too_long": 1}
     assert tuple(rejected) == REJECT_REASONS
 
 
@@ -191,3 +229,86 @@ def test_propose_can_send_the_short_form_as_a_chat_turn(tiny_lm, monkeypatch):
     assert sent[0].endswith("<|im_start|>assistant\n<prompt>")
     assert proposal.variants == ("Answer with one word.",)
 
+
+
+def _capture_budget(monkeypatch, replies):
+    calls = []
+
+    def fake_sample(lm, text, n, **kwargs):
+        calls.append(kwargs["max_new_tokens"])
+        return replies[:n]
+
+    monkeypatch.setattr("pmpo.rewrite.sample", fake_sample)
+    return calls
+
+
+def test_short_proposal_rejects_a_reply_cut_off_by_the_budget_and_keeps_a_finished_one(tiny_lm, monkeypatch):
+    runaway = "Answer " + "with one more word " * 60  # no newline, no closing tag, longer than any budget
+    calls = _capture_budget(monkeypatch, [runaway, "Answer with one word.", "Reply briefly.</prompt>"])
+    proposal = _propose_short(tiny_lm)
+    assert len(tiny_lm.tokenizer.encode(runaway, add_special_tokens=False)) >= calls[0]
+    assert proposal.variants == ("Answer with one word.", "Reply briefly.")
+    assert proposal.rejected["unclosed"] == 1
+
+
+@pytest.mark.parametrize("template", ["full", "short"])
+def test_rewrite_budget_grows_with_the_prompt_and_stops_at_the_context(tiny_lm, monkeypatch, template):
+    example = MultipleChoice("Is it plausible?", ("yes", "no"), "no")
+    settings = RewriteSettings(template=template, n_variants=1, max_new_tokens=60, diagnosis_tokens=10)
+    extra = 10 if template == "full" else 0
+    budgets = []
+    for prompt in ("Answer yes or no.", "Answer yes or no. " * 8, "Answer yes or no. " * 80):
+        calls = _capture_budget(monkeypatch, ["<prompt>New.</prompt>"])
+        propose(tiny_lm, prompt=prompt, example=example, effects=(), task_description=TASK, settings=settings, seed=0)
+        budgets.append(calls[0])
+    tokens = [len(tiny_lm.tokenizer.encode(p, add_special_tokens=False)) for p in ("Answer yes or no. " * 8,)]
+    assert budgets[0] == 60 + extra  # a short prompt keeps the setting
+    assert budgets[1] == 2 * tokens[0] + 32 + extra  # a long one gets room to be restated
+    assert budgets[2] < 2 * 80 * 5  # the tiny model's 512-token context caps it
+    assert budgets[2] <= tiny_lm.context_length
+
+
+def _full_request(lm, monkeypatch, example, prompt=PROMPT, effects=EFFECTS):
+    _capture_budget(monkeypatch, ["Too vague.\n<prompt>Answer with one word.</prompt>"])
+    settings = RewriteSettings(template="full", n_variants=1)
+    return propose(
+        lm, prompt=prompt, example=example, effects=effects, task_description=TASK, settings=settings, seed=0
+    ).request
+
+
+def test_full_request_shows_the_distractor_the_model_ranks_first_and_asks_for_a_diagnosis(tiny_lm, monkeypatch):
+    example = MultipleChoice("Review: it broke. Sentiment?", ("positive", "negative", "mixed", "neutral"), "negative")
+    request = _full_request(tiny_lm, monkeypatch, example)
+    wrong = ["positive", "mixed", "neutral"]
+    nll, _ = Scorer(tiny_lm).completions(PROMPT, [(example.input, o) for o in ["negative", *wrong]])
+    top = wrong[int(nll[1:].argmin())]
+    rank = "above" if nll[1:].min() < nll[0] else "below"
+    assert f"The wrong answer the model ranks highest under the current instruction ({rank} the expected one): {top}" in request
+    assert "First, in one or two sentences, explain why the current instruction" in request
+    assert "<prompt></prompt>" in request and "reasoning steps" in request and "Rephrase ambiguous" in request
+
+
+def test_full_request_shows_the_models_greedy_answer_on_a_supervised_example(tiny_lm, monkeypatch):
+    example = Supervised("Review: great.", "positive")
+    request = _full_request(tiny_lm, monkeypatch, example)
+    context = render(tiny_lm.tokenizer, tiny_lm.placement, PROMPT, example.input).text
+    answer = greedy(tiny_lm, [context], max_new_tokens=16)[0].strip()
+    line = next(x for x in request.splitlines() if x.startswith("The model's own answer under the current instruction: "))
+    assert line.split(": ", 1)[1] == (answer or "(nothing)")[:400].strip()
+
+
+def test_full_request_without_masking_effects_leaves_the_table_out(tiny_lm, monkeypatch):
+    example = Preference("Write a haiku.", "An old silent pond", ("Roses are red", "A frog jumps"))
+    with_table = _full_request(tiny_lm, monkeypatch, example)
+    without = _full_request(tiny_lm, monkeypatch, example, effects=())
+    assert "dL" in with_table and "+1.25" in with_table
+    assert "dL" not in without and "Effect of each part" not in without
+    assert "The wrong answer the model ranks highest" in without
+
+
+def test_short_request_skips_the_models_preference(tiny_lm, monkeypatch):
+    computed = []
+    monkeypatch.setattr("pmpo.rewrite.preferred_answer", lambda *a: computed.append(a))
+    _capture_budget(monkeypatch, ["Answer with one word.</prompt>"])
+    _propose_short(tiny_lm)
+    assert computed == []  # a scoring pass or greedy decode only the FULL template uses

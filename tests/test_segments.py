@@ -4,7 +4,7 @@ import pytest
 
 from pmpo.result import SegmentEffect
 from pmpo.segments import (
-    join_units,
+    locate,
     masking_analysis,
     masking_table,
     model_units,
@@ -13,7 +13,6 @@ from pmpo.segments import (
     split_sentences,
     split_units,
     unit_separator,
-    without_unit,
 )
 
 
@@ -56,7 +55,7 @@ def test_many_pieces_merge_to_at_most_max_units_balanced_by_length():
     assert len(units) == 5
     lengths = [len(u) for u in units]
     assert max(lengths) <= 2 * min(lengths)  # no unit swallows most of the prompt
-    assert _norm(join_units(units, "\n")) == _norm(prompt)
+    assert segment(prompt, max_units=5).join() == prompt
 
 
 def test_merging_is_deterministic_and_keeps_order():
@@ -77,19 +76,63 @@ def test_merging_is_deterministic_and_keeps_order():
         "",
     ],
 )
-def test_round_trip_up_to_whitespace(prompt):
+def test_units_are_spans_that_rejoin_to_the_prompt_byte_for_byte(prompt):
     units = segment(prompt)
     assert len(units.texts) <= 5
-    assert _norm(units.join()) == _norm(prompt)
-    assert _norm(join_units(split_units(prompt), unit_separator(prompt))) == _norm(prompt)
+    assert units.join() == prompt
+    assert all(units.prompt[a:b] == t and t == t.strip() for (a, b), t in zip(units.spans, units.texts))
+    assert locate(prompt, units.texts) == units
 
 
-def test_without_unit_removes_exactly_that_unit():
-    units = ["First.", "Second.", "Third."]
-    assert without_unit(units, 1) == "First. Third."
-    assert without_unit(units, 0, "\n") == "Second.\nThird."
-    assert without_unit(["Only."], 0) == ""
+def test_without_removes_exactly_that_unit_and_one_separator():
+    units = segment("First. Second.  Third.")
+    assert units.without(1) == "First.  Third."  # of the two separators around it, the longer stays
+    assert units.without(0) == "Second.  Third."
+    assert units.without(2) == "First. Second."
+    assert segment("Only.").without(0) == ""
     assert segment("A.\nB.").without(0) == "B."
+
+
+MULTI_PARAGRAPH = (
+    "You grade short essays.\n"
+    "\n"
+    "Read the essay twice.\n"
+    "  Note its thesis and evidence.\n"
+    "\n"
+    "\n"
+    "Reply with one letter, A to F."
+)
+
+
+def test_multi_paragraph_ablations_keep_every_other_blank_line_and_indent():
+    units = segment(MULTI_PARAGRAPH)
+    assert units.texts == (
+        "You grade short essays.",
+        "Read the essay twice.",
+        "Note its thesis and evidence.",
+        "Reply with one letter, A to F.",
+    )
+    assert units.remove(()) == MULTI_PARAGRAPH
+    assert units.without(0) == "Read the essay twice.\n  Note its thesis and evidence.\n\n\nReply with one letter, A to F."
+    # The paragraph break after the removed line survives (the stronger of its two separators).
+    assert units.without(2) == "You grade short essays.\n\nRead the essay twice.\n\n\nReply with one letter, A to F."
+    assert units.without(3) == "You grade short essays.\n\nRead the essay twice.\n  Note its thesis and evidence."
+    for j, text in enumerate(units.texts):  # the rest of the prompt is untouched, byte for byte
+        ablated = units.without(j)
+        assert text not in ablated
+        others = [t for t in units.texts if t != text]
+        assert [ablated.index(t) for t in others] == sorted(ablated.index(t) for t in others)
+
+
+def test_merged_units_keep_their_inner_blank_lines():
+    units = segment(MULTI_PARAGRAPH, max_units=2)
+    assert len(units.texts) == 2 and units.join() == MULTI_PARAGRAPH
+    assert any("\n\n" in t or "\n  " in t for t in units.texts)
+
+
+def test_locate_rejects_text_that_is_not_in_the_prompt():
+    with pytest.raises(ValueError, match="not a piece of the prompt"):
+        locate("Read the text.", ["Write a poem."])
 
 
 def test_parse_marked_units_returns_the_prompts_own_text():
@@ -106,7 +149,7 @@ def test_parse_marked_units_keeps_unmarked_text_in_the_preceding_unit():
     reply = "<mask>Read the review.</mask> Think. <mask>Answer with one word: positive or negative.</mask>"
     units = parse_marked_units(reply, prompt)
     assert units == ["Read the review. Think.", "Answer with one word: positive or negative."]
-    assert _norm(join_units(units)) == _norm(prompt)
+    assert locate(prompt, units).join() == prompt
 
 
 @pytest.mark.parametrize(
@@ -125,7 +168,7 @@ def test_parse_marked_units_rejects_unusable_replies(reply):
 
 
 def test_masking_analysis_batches_all_ablations_in_one_call_and_signs_deltas():
-    units = ["Helpful unit.", "Harmful unit.", "Useless unit."]
+    units = segment("Helpful unit. Harmful unit. Useless unit.")
     losses = {
         "Harmful unit. Useless unit.": 12.0,  # without the helpful unit: worse
         "Helpful unit. Useless unit.": 8.0,  # without the harmful unit: better
@@ -137,23 +180,23 @@ def test_masking_analysis_batches_all_ablations_in_one_call_and_signs_deltas():
         calls.append(list(prompts))
         return [losses[p] for p in prompts]
 
-    effects = masking_analysis(loss_of, 10.0, units, " ")
+    effects = masking_analysis(loss_of, 10.0, units)
     assert len(calls) == 1 and len(calls[0]) == 3
     assert [e.delta_loss for e in effects] == [2.0, -2.0, 0.0]
-    assert [e.text for e in effects] == units
+    assert tuple(e.text for e in effects) == units.texts
     assert [e.index for e in effects] == [0, 1, 2]
 
 
 def test_masking_analysis_single_unit_ablates_to_empty_prompt():
     seen = []
-    effects = masking_analysis(lambda ps: seen.extend(ps) or [5.0], 3.0, ["Only unit."], " ")
+    effects = masking_analysis(lambda ps: seen.extend(ps) or [5.0], 3.0, segment("Only unit."))
     assert seen == [""]
     assert effects == (SegmentEffect(0, "Only unit.", 2.0),)
 
 
 def test_masking_analysis_rejects_a_loss_of_with_the_wrong_length():
     with pytest.raises(ValueError, match="2 losses for 3 prompts"):
-        masking_analysis(lambda ps: [1.0, 2.0], 1.0, ["a", "b", "c"])
+        masking_analysis(lambda ps: [1.0, 2.0], 1.0, segment("A. B. C."))
 
 
 def test_masking_table_shows_number_signed_delta_verdict_and_truncated_text():
@@ -168,7 +211,7 @@ def test_masking_table_shows_number_signed_delta_verdict_and_truncated_text():
 
 def test_model_units_falls_back_to_the_splitter_on_a_random_model(tiny_lm):
     prompt = "Read the review. Answer with one word."
-    assert model_units(tiny_lm, prompt, seed=0) == split_units(prompt)
+    assert model_units(tiny_lm, prompt, seed=0) == segment(prompt)
 
 
 def test_model_units_uses_the_models_marks_when_usable(tiny_lm, monkeypatch):
@@ -180,5 +223,7 @@ def test_model_units_uses_the_models_marks_when_usable(tiny_lm, monkeypatch):
         return ["<mask>Read the review.</mask> <mask>Answer with one word.</mask>"]
 
     monkeypatch.setattr("pmpo.segments.sample", fake_sample)
-    assert model_units(tiny_lm, prompt, seed=0) == ["Read the review.", "Answer with one word."]
+    units = model_units(tiny_lm, prompt, seed=0)
+    assert units.texts == ("Read the review.", "Answer with one word.")
+    assert units.without(0) == "Answer with one word."
     assert prompt in requests[0] and "<mask>" in requests[0]

@@ -1,0 +1,59 @@
+"""What the model now prefers on a hard example: the evidence the FULL rewrite request's diagnosis step
+reasons from (the paper asks the rewriter why the current instruction fails before it rewrites).
+
+Multiple-choice and preference examples show the wrong answer the model ranks first (lowest summed NLL
+under the current prompt); supervised examples show the model's greedy answer. Each costs one scoring
+pass or one greedy decode per hard example, so only the FULL template asks for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from pmpo.data.examples import Example, MultipleChoice, Preference, Supervised
+from pmpo.generation import greedy
+from pmpo.loss import Scorer
+from pmpo.models import LoadedModel
+from pmpo.prompting import render
+
+# A greedy answer needs room for the reference's length and some slack; beyond 256 tokens it is a long
+# rationale whose start already shows where the model goes wrong, and decoding it costs CPU time.
+_MIN_ANSWER_TOKENS = 16
+_MAX_ANSWER_TOKENS = 256
+
+
+@dataclass(frozen=True)
+class Preferred:
+    """The answer the model favours on one example under the current prompt, and how it was found."""
+
+    text: str
+    kind: Literal["distractor", "greedy"]
+    # distractor: whether the model ranks it above the expected answer; None for a greedy answer.
+    above_expected: bool | None
+
+
+def preferred_answer(lm: LoadedModel, scorer: Scorer, prompt: str, example: Example) -> Preferred | None:
+    """The highest-ranked wrong option (choice/preference examples) or the greedy answer (supervised)."""
+    if isinstance(example, (MultipleChoice, Preference)):
+        return _top_distractor(scorer, prompt, example)
+    if isinstance(example, Supervised):
+        target_tokens = len(lm.tokenizer.encode(example.target, add_special_tokens=False))
+        budget = min(max(2 * target_tokens + 8, _MIN_ANSWER_TOKENS), _MAX_ANSWER_TOKENS)
+        context = render(lm.tokenizer, lm.placement, prompt, example.input).text
+        return Preferred(greedy(lm, [context], max_new_tokens=budget)[0].strip(), "greedy", None)
+    raise TypeError(f"not an example: {example!r}")
+
+
+def _top_distractor(scorer: Scorer, prompt: str, example: MultipleChoice | Preference) -> Preferred | None:
+    if isinstance(example, MultipleChoice):
+        expected, wrong = example.target, [o for o in example.options if o != example.target]
+    else:
+        expected, wrong = example.chosen, list(example.rejected)
+    if not wrong:
+        return None
+    nll, _ = scorer.completions(prompt, [(example.input, c) for c in [expected, *wrong]])  # [1 + W]
+    best = int(np.argmin(nll[1:]))  # lowest summed NLL = highest likelihood; ties go to the first
+    return Preferred(wrong[best], "distractor", bool(nll[1 + best] < nll[0]))

@@ -19,6 +19,7 @@ from typing import Collection, Literal, Sequence
 
 from pmpo.data.examples import Example, MultipleChoice, Preference, Supervised
 from pmpo.diagnosis import Preferred, preferred_answer
+from pmpo.errors import ContextLengthError
 from pmpo.generation import sample
 from pmpo.loss import Scorer
 from pmpo.models import LoadedModel
@@ -246,10 +247,19 @@ def propose(
 def rewrite_budget(lm: LoadedModel, settings: RewriteSettings, template: str, *, prompt: str, request: str) -> int:
     """New tokens a reply may run to: max(setting, 2 x prompt tokens + 32) (+ the FULL diagnosis), within
     what the model's context leaves after the request."""
-    wanted = max(settings.max_new_tokens, 2 * _n_tokens(lm, prompt) + _PROMPT_GROWTH_TOKENS)
+    needed = 2 * _n_tokens(lm, prompt) + _PROMPT_GROWTH_TOKENS  # room for a rewrite of the whole prompt
+    wanted = max(settings.max_new_tokens, needed)
     if template == "full":
         wanted += settings.diagnosis_tokens
-    return max(1, min(wanted, lm.context_length - _n_tokens(lm, request)))
+    request_tokens = _n_tokens(lm, request)
+    room = lm.context_length - request_tokens
+    if room < min(wanted, needed):  # generating anyway would run past the context, silently
+        raise ContextLengthError(
+            f"the rewrite request is {request_tokens} tokens, and the model's context of {lm.context_length} leaves "
+            f"{max(room, 0)} for the reply, fewer than the {needed} a rewritten prompt needs: shorten the prompt or "
+            "the task description, or use a rewriter with a longer context"
+        )
+    return min(wanted, room)
 
 
 def _n_tokens(lm: LoadedModel, text: str) -> int:

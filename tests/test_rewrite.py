@@ -1,9 +1,11 @@
 """Rewrite requests, reply parsing and variant filtering; `propose` plumbing on the tiny random model."""
 
+from dataclasses import replace
+
 import pytest
 
 from pmpo.data.examples import MultipleChoice, Preference, Supervised
-from pmpo.errors import RewriteParseError
+from pmpo.errors import ContextLengthError, RewriteParseError
 from pmpo.generation import greedy
 from pmpo.loss import Scorer
 from pmpo.prompting import render
@@ -257,15 +259,21 @@ def test_rewrite_budget_grows_with_the_prompt_and_stops_at_the_context(tiny_lm, 
     settings = RewriteSettings(template=template, n_variants=1, max_new_tokens=60, diagnosis_tokens=10)
     extra = 10 if template == "full" else 0
     budgets = []
-    for prompt in ("Answer yes or no.", "Answer yes or no. " * 8, "Answer yes or no. " * 80):
+    for prompt, wanted in (("Answer yes or no.", 60), ("Answer yes or no. " * 8, 60), ("Answer yes or no.", 5000)):
         calls = _capture_budget(monkeypatch, ["<prompt>New.</prompt>"])
-        propose(tiny_lm, prompt=prompt, example=example, effects=(), task_description=TASK, settings=settings, seed=0)
-        budgets.append(calls[0])
+        wide = replace(settings, max_new_tokens=wanted)
+        proposal = propose(tiny_lm, prompt=prompt, example=example, effects=(), task_description=TASK, settings=wide, seed=0)
+        budgets.append((calls[0], proposal.request))
     tokens = [len(tiny_lm.tokenizer.encode(p, add_special_tokens=False)) for p in ("Answer yes or no. " * 8,)]
-    assert budgets[0] == 60 + extra  # a short prompt keeps the setting
-    assert budgets[1] == 2 * tokens[0] + 32 + extra  # a long one gets room to be restated
-    assert budgets[2] < 2 * 80 * 5  # the tiny model's 512-token context caps it
-    assert budgets[2] <= tiny_lm.context_length
+    assert budgets[0][0] == 60 + extra  # a short prompt keeps the setting
+    assert budgets[1][0] == 2 * tokens[0] + 32 + extra  # a long one gets room to be restated
+    # The tiny model's 512-token context caps a budget that would run past it (the request comes first).
+    assert budgets[2][0] < 5000 and budgets[2][0] <= tiny_lm.context_length
+    # A request that leaves no room for a whole rewritten prompt is refused, not run past the context.
+    _capture_budget(monkeypatch, ["<prompt>New.</prompt>"])
+    with pytest.raises(ContextLengthError, match="rewrite request is .* tokens"):
+        propose(tiny_lm, prompt="Answer yes or no. " * 80, example=example, effects=(), task_description=TASK,
+                settings=settings, seed=0)  # fmt: skip
 
 
 def _full_request(lm, monkeypatch, example, prompt=PROMPT, effects=EFFECTS):

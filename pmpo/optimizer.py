@@ -8,8 +8,8 @@ passes steps that run the same functions as cached tasks. Same seed, same steps,
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
-from typing import Callable, Literal, Protocol, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Literal, Protocol, Sequence
 
 import numpy as np
 
@@ -20,6 +20,7 @@ from pmpo.racing import RacingSettings, race_prompts
 from pmpo.result import Candidate, Iteration, OptimizeResult, Origin, SegmentEffect
 from pmpo.rewrite import RewriteSettings, hard_examples, propose
 from pmpo.segments import masking_analysis, model_units, split_units, unit_separator, without_unit
+from pmpo.usage import Meter, UsageSnapshot
 
 OnCandidate = Callable[[Candidate], None]
 OnIteration = Callable[[Iteration], None]
@@ -176,6 +177,10 @@ class Steps(Protocol):
         """The new incumbent."""
         ...
 
+    def usage(self) -> UsageSnapshot:
+        """The model work done so far by these steps' model in this process (zeros if it never ran)."""
+        ...
+
 
 class LocalSteps:
     """Steps run in this process, with one scorer (its memo spares re-scoring a prompt seen before)."""
@@ -212,6 +217,43 @@ class LocalSteps:
         """The new incumbent."""
         return select(incumbent, candidates)
 
+    def usage(self) -> UsageSnapshot:
+        """The model work done so far by this model in this process."""
+        return self.lm.usage.snapshot()
+
+
+class MeteredSteps:
+    """Steps that charge each call's wall time and model work to a `Meter` (what each iteration cost)."""
+
+    def __init__(self, steps: Steps):
+        self.inner = steps
+        # Steps written before the usage counters (test doubles, other backends) report no model work.
+        self.usage = getattr(steps, "usage", UsageSnapshot)
+        self.meter = Meter(self.usage)
+
+    def losses(self, *args: Any, **kwargs: Any) -> LossMatrix:
+        """The inner steps' losses, metered as `loss`."""
+        with self.meter.step("loss"):
+            return self.inner.losses(*args, **kwargs)
+
+    def segments(self, *args: Any, **kwargs: Any) -> tuple[list[str], tuple[SegmentEffect, ...]]:
+        """The inner steps' segments, metered as `mask`."""
+        with self.meter.step("mask"):
+            return self.inner.segments(*args, **kwargs)
+
+    def rewrites(self, *args: Any, **kwargs: Any) -> Rewrites:
+        """The inner steps' rewrites, metered as `rewrite`."""
+        with self.meter.step("rewrite"):
+            return self.inner.rewrites(*args, **kwargs)
+
+    def select(self, *args: Any, **kwargs: Any) -> Candidate:
+        """The inner steps' selection, metered as `select`."""
+        with self.meter.step("select"):
+            return self.inner.select(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)  # anything else (model_identity, scorer, work) is the inner steps'
+
 
 class PMPO:
     """The optimizer: settings and model (or steps) in the constructor, prompt and data in `optimize`."""
@@ -229,14 +271,16 @@ class PMPO:
         if steps is None and lm is None:
             raise TypeError("PMPO needs a loaded model or steps to run")
         self.config = config
-        self.steps: Steps = steps or LocalSteps(lm, config, scorer)
+        self.steps = MeteredSteps(steps or LocalSteps(lm, config, scorer))
         self.on_candidate = on_candidate or (lambda c: None)
         self.on_iteration = on_iteration or (lambda it: None)
 
     def optimize(self, prompt: str, train: Dataset) -> OptimizeResult:
         """Run T iterations from `prompt` on the training set."""
+        self.steps.meter.take()  # work left from an interrupted earlier call is not this run's
         matrix = self.steps.losses([prompt], train, 0)
         initial = candidates_from(matrix, [prompt], ["initial"], parent_id=None, iteration=0)[0]
+        initial_cost = self.steps.meter.take()
         self.on_candidate(initial)
         candidates = {initial.id: initial}
         rows = {initial.id: matrix.loss[0]}  # per-example losses of every candidate: hard examples come from here
@@ -244,6 +288,7 @@ class PMPO:
         iterations = []
         for t in range(1, self.config.iterations + 1):
             record, new = self._iteration(t, incumbent, train, candidates, rows)
+            record = replace(record, cost=self.steps.meter.take())
             for c in new:
                 candidates[c.id] = c
                 self.on_candidate(c)
@@ -258,6 +303,7 @@ class PMPO:
             model_identity=self.steps.model_identity,
             dataset_fingerprint=train.fingerprint,
             seed=self.config.seed,
+            initial_cost=initial_cost,
         )
 
     def _iteration(

@@ -99,6 +99,12 @@ def test_optimize_writes_summary_and_the_record_reads_back(capsys, tmp_path, pmp
     assert all(c["dropped"] == (c["n_examples"] < 8) for c in summary["candidates"])
     assert not any(c["dropped"] and c["selected"] for c in summary["candidates"])
     assert "mlflow ui --backend-store-uri sqlite:///" in shown and summary["run_url_path"] in shown
+    cost = summary["cost"]  # what the run cost, per iteration and in total
+    spans = [cost["initial"], *cost["iterations"], cost["heldout"]]
+    assert len(cost["iterations"]) == 1 and cost["total"]["tokens_scored"] > 0
+    assert cost["total"]["tokens_scored"] == sum(s["tokens_scored"] for s in spans)
+    assert cost["total"]["steps"]["rewrite"]["tokens_generated"] == cost["iterations"][0]["tokens_generated"]
+    assert "scored tok" in shown and f"{cost['total']['tokens_scored']:,}" in shown
 
     assert main(["runs"]) == 0
     assert summary["run_id"] in capsys.readouterr().out

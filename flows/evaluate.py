@@ -6,8 +6,10 @@ from prefect import flow
 from pydantic import BaseModel
 
 from flows.config import ConfigError, EvaluateConfig
+from flows.cost import CostRow, cost_row
 from flows.steps import PrefectSteps
 from pmpo.optimizer import OptimizerConfig
+from pmpo.usage import Meter
 from tasks import steps as t
 from tasks import tracking
 from tasks.models import model_ref
@@ -27,6 +29,7 @@ class EvaluateSummary(BaseModel):
     loss_per_token: float
     accuracy: float | None
     option_accuracy: float | None
+    cost: CostRow | None = None  # wall time and model work of this evaluation (zeros when it came from the cache)
 
 
 def resolve_prompt(prompt: str) -> str:
@@ -49,7 +52,10 @@ def evaluate_prompt(config: EvaluateConfig = EvaluateConfig()) -> EvaluateSummar
         raise ConfigError(f"dataset {dataset.name!r} has no default prompt: give one (prompt / --prompt)")
     prompt = resolve_prompt(source)
     ref = model_ref(config.model.settings())
-    result = PrefectSteps(ref, OptimizerConfig()).evaluate(prompt, config.eval.examples(split.test), "prompt", config.eval)
+    steps = PrefectSteps(ref, OptimizerConfig())
+    meter = Meter(steps.usage)
+    with meter.step("evaluate"):
+        result = steps.evaluate(prompt, config.eval.examples(split.test), "prompt", config.eval)
     return EvaluateSummary(
         prompt=prompt,
         prompt_source=source,
@@ -60,4 +66,5 @@ def evaluate_prompt(config: EvaluateConfig = EvaluateConfig()) -> EvaluateSummar
         loss_per_token=result.loss_per_token,
         accuracy=result.accuracy,
         option_accuracy=result.option_accuracy,
+        cost=cost_row(meter.take()),
     )

@@ -105,6 +105,12 @@ def evaluate_summary(s: Any) -> None:
     table.add_row(str(s.n_examples), f"{s.loss:.4f}", f"{s.loss_per_token:.4f}", acc)
     console.print(table)
     console.print(f"[bold]prompt[/bold] ({s.prompt_source if s.prompt_source != s.prompt else 'as given'}): {s.prompt}")
+    if getattr(s, "cost", None) is not None:
+        c = s.cost
+        console.print(
+            f"cost: {c.seconds:.1f} s, {c.forward_passes:,} forward passes, "
+            f"{c.tokens_scored:,} tokens scored, {c.tokens_generated:,} generated"
+        )
 
 
 def runs_table(runs: list[dict[str, Any]], ui_command: str) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Literal, Protocol, Sequence
+from typing import Callable, Literal, Protocol, Sequence
 
 import numpy as np
 
@@ -20,7 +20,8 @@ from pmpo.racing import RacingSettings, race_prompts
 from pmpo.result import Candidate, Iteration, OptimizeResult, Origin, SegmentEffect
 from pmpo.rewrite import RewriteSettings, hard_examples, propose
 from pmpo.segments import masking_analysis, model_units, split_units, unit_separator, without_unit
-from pmpo.usage import Meter, UsageSnapshot
+from pmpo.metered import MeteredSteps
+from pmpo.usage import UsageSnapshot
 
 OnCandidate = Callable[[Candidate], None]
 OnIteration = Callable[[Iteration], None]
@@ -220,39 +221,6 @@ class LocalSteps:
     def usage(self) -> UsageSnapshot:
         """The model work done so far by this model in this process."""
         return self.lm.usage.snapshot()
-
-
-class MeteredSteps:
-    """Steps that charge each call's wall time and model work to a `Meter` (what each iteration cost)."""
-
-    def __init__(self, steps: Steps):
-        self.inner = steps
-        # Steps written before the usage counters (test doubles, other backends) report no model work.
-        self.usage = getattr(steps, "usage", UsageSnapshot)
-        self.meter = Meter(self.usage)
-
-    def losses(self, *args: Any, **kwargs: Any) -> LossMatrix:
-        """The inner steps' losses, metered as `loss`."""
-        with self.meter.step("loss"):
-            return self.inner.losses(*args, **kwargs)
-
-    def segments(self, *args: Any, **kwargs: Any) -> tuple[list[str], tuple[SegmentEffect, ...]]:
-        """The inner steps' segments, metered as `mask`."""
-        with self.meter.step("mask"):
-            return self.inner.segments(*args, **kwargs)
-
-    def rewrites(self, *args: Any, **kwargs: Any) -> Rewrites:
-        """The inner steps' rewrites, metered as `rewrite`."""
-        with self.meter.step("rewrite"):
-            return self.inner.rewrites(*args, **kwargs)
-
-    def select(self, *args: Any, **kwargs: Any) -> Candidate:
-        """The inner steps' selection, metered as `select`."""
-        with self.meter.step("select"):
-            return self.inner.select(*args, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)  # anything else (model_identity, scorer, work) is the inner steps'
 
 
 class PMPO:

@@ -20,6 +20,7 @@ class StepRow(BaseModel):
     forward_passes: int
     tokens_scored: int
     tokens_generated: int
+    tokens_prefilled: int
 
 
 class CostRow(BaseModel):
@@ -29,6 +30,7 @@ class CostRow(BaseModel):
     forward_passes: int
     tokens_scored: int
     tokens_generated: int
+    tokens_prefilled: int  # context tokens read by generation before its first new token
     steps: dict[str, StepRow]  # mask, rewrite, loss, select, evaluate
 
 
@@ -46,7 +48,7 @@ def step_row(cost: StepCost) -> StepRow:
     u = cost.usage
     return StepRow(
         seconds=cost.seconds, calls=cost.calls, forward_passes=u.forward_passes,
-        tokens_scored=u.tokens_scored, tokens_generated=u.tokens_generated,
+        tokens_scored=u.tokens_scored, tokens_generated=u.tokens_generated, tokens_prefilled=u.tokens_prefilled,
     )  # fmt: skip
 
 
@@ -55,7 +57,7 @@ def cost_row(cost: Cost) -> CostRow:
     u = cost.usage
     return CostRow(
         seconds=cost.seconds, forward_passes=u.forward_passes, tokens_scored=u.tokens_scored,
-        tokens_generated=u.tokens_generated, steps={s: step_row(cost.step(s)) for s in STEPS},
+        tokens_generated=u.tokens_generated, tokens_prefilled=u.tokens_prefilled, steps={s: step_row(cost.step(s)) for s in STEPS},
     )  # fmt: skip
 
 

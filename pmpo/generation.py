@@ -50,7 +50,7 @@ def sample(
             input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config, stopping_criteria=criteria
         )  # [n, T + new]
     stops = set(config.eos_token_id)
-    _count(lm, out[:, ids.shape[1] :], stops, config.pad_token_id)
+    _count(lm, out, ids.shape[1], stops, config.pad_token_id)
     return [_decode(lm, row[ids.shape[1] :].tolist(), stops) for row in out]
 
 
@@ -69,7 +69,7 @@ def greedy(lm: LoadedModel, texts: list[str], *, max_new_tokens: int = 32, batch
             out = lm.model.generate(
                 input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), generation_config=config
             )  # [B, T + new]
-        _count(lm, out[:, ids.shape[1] :], stops, config.pad_token_id)
+        _count(lm, out, ids.shape[1], stops, config.pad_token_id)
         for i, row in zip(chunk, out):
             results[i] = _decode(lm, row[ids.shape[1] :].tolist(), stops)
     return results
@@ -141,10 +141,11 @@ def _left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
     return ids, mask
 
 
-def _count(lm: LoadedModel, new_ids: torch.Tensor, stops: set[int], pad_id: int) -> None:
-    """Charge a generate call to the model's usage: one forward pass per decoding step (the first is the
-    prefill of the whole batch), and the new tokens each row produced."""
-    lm.usage.generated(produced_tokens(new_ids.tolist(), stops, pad_id), passes=new_ids.shape[1])
+def _count(lm: LoadedModel, out: torch.Tensor, width: int, stops: set[int], pad_id: int) -> None:
+    """Charge a generate call ([rows, width + new] ids out) to the model's usage: one forward pass per decoding
+    step (the first is the prefill of every row's `width` context tokens), and the new tokens each row produced."""
+    new_ids = out[:, width:]
+    lm.usage.generated(produced_tokens(new_ids.tolist(), stops, pad_id), new_ids.shape[1], out.shape[0] * width)
 
 
 def _decode(lm: LoadedModel, new_ids: list[int], stops: set[int]) -> str:

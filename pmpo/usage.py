@@ -23,6 +23,9 @@ class UsageSnapshot:
     forward_passes: int = 0
     tokens_scored: int = 0  # tokens run through the model by the scorer (prefix and padded batches)
     tokens_generated: int = 0  # new tokens produced by generation (not the padding after a row ended)
+    # Context tokens generation ran before its first new token (every row, padding included): a rewrite
+    # request is hundreds of tokens for a reply of tens, so this is most of what a rewrite costs.
+    tokens_prefilled: int = 0
 
     def __add__(self, other: UsageSnapshot) -> UsageSnapshot:
         return UsageSnapshot(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
@@ -38,20 +41,22 @@ class Usage:
     forward_passes: int = 0
     tokens_scored: int = 0
     tokens_generated: int = 0
+    tokens_prefilled: int = 0
 
     def scored(self, tokens: int) -> None:
         """One scoring forward pass over `tokens` tokens."""
         self.forward_passes += 1
         self.tokens_scored += tokens
 
-    def generated(self, tokens: int, passes: int) -> None:
-        """A generate call that produced `tokens` new tokens in `passes` forward passes."""
+    def generated(self, tokens: int, passes: int, prefilled: int = 0) -> None:
+        """A generate call that read `prefilled` context tokens and produced `tokens` in `passes` forward passes."""
         self.forward_passes += passes
         self.tokens_generated += tokens
+        self.tokens_prefilled += prefilled
 
     def snapshot(self) -> UsageSnapshot:
         """The counters now, frozen."""
-        return UsageSnapshot(self.forward_passes, self.tokens_scored, self.tokens_generated)
+        return UsageSnapshot(self.forward_passes, self.tokens_scored, self.tokens_generated, self.tokens_prefilled)
 
 
 def produced_tokens(new_ids: Sequence[Sequence[int]], stops: set[int], pad_id: int | None) -> int:

@@ -82,7 +82,7 @@ def cost_table(cost: Any) -> None:
     """What the run cost (flows.cost.CostSummary): seconds per step and model work, per iteration and in total."""
     table = Table(title="cost (this process; cached steps compute nothing)", header_style="bold")
     table.add_column("")
-    for col in ("wall s", "mask s", "rewrite s", "loss s", "select s", "eval s", "passes", "scored tok", "gen tok"):
+    for col in ("wall s", "mask s", "rewrite s", "loss s", "select s", "eval s", "passes", "scored tok", "prefill tok", "gen tok"):
         table.add_column(col, justify="right")
     rows = [("initial", cost.initial)] + [(f"iter {i}", row) for i, row in enumerate(cost.iterations, start=1)]
     if cost.heldout is not None:
@@ -91,7 +91,7 @@ def cost_table(cost: Any) -> None:
         seconds = [f"{row.steps[step].seconds:.1f}" for step in ("mask", "rewrite", "loss", "select", "evaluate")]
         table.add_row(
             f"[bold]{label}[/bold]" if label == "total" else label, f"{row.seconds:.1f}", *seconds,
-            f"{row.forward_passes:,}", f"{row.tokens_scored:,}", f"{row.tokens_generated:,}",
+            f"{row.forward_passes:,}", f"{row.tokens_scored:,}", f"{row.tokens_prefilled:,}", f"{row.tokens_generated:,}",
         )  # fmt: skip
     console.print(table)
 
@@ -109,7 +109,7 @@ def evaluate_summary(s: Any) -> None:
         c = s.cost
         console.print(
             f"cost: {c.seconds:.1f} s, {c.forward_passes:,} forward passes, "
-            f"{c.tokens_scored:,} tokens scored, {c.tokens_generated:,} generated"
+            f"{c.tokens_scored:,} tokens scored, {c.tokens_prefilled:,} prefilled, {c.tokens_generated:,} generated"
         )
 
 

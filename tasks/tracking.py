@@ -141,6 +141,7 @@ def cost_metrics(cost: Cost, scope: str = "") -> dict[str, float]:
         f"cost{suffix}/forward_passes": u.forward_passes,
         f"cost{suffix}/tokens_scored": u.tokens_scored,
         f"cost{suffix}/tokens_generated": u.tokens_generated,
+        f"cost{suffix}/tokens_prefilled": u.tokens_prefilled,
         f"time{suffix}/wall_s": cost.seconds,
     }
     return metrics | {f"time{suffix}/{s}_s": cost.step(s).seconds for s in STEPS}

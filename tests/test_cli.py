@@ -120,7 +120,7 @@ def test_optimize_writes_summary_and_the_record_reads_back(capsys, tmp_path, pmp
     assert evaluation["prompt"] == summary["best_prompt"] and evaluation["prompt_source"] == registered
     assert evaluation["loss"] == pytest.approx(summary["heldout"]["final_loss"])  # the same held-out examples
     assert evaluation["accuracy"] is None
-    assert evaluation["cost"]["tokens_generated"] == 0  # --no-generate: scored only
+    assert evaluation["cost"]["tokens_generated"] == evaluation["cost"]["tokens_prefilled"] == 0  # scored only
     assert evaluation["cost"]["steps"]["evaluate"]["calls"] == 1
 
 

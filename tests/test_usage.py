@@ -23,10 +23,10 @@ def test_snapshots_subtract_and_add_field_by_field():
     before = usage.snapshot()
     usage.scored(10)
     usage.scored(5)
-    usage.generated(7, passes=3)
+    usage.generated(7, passes=3, prefilled=40)
     delta = usage.snapshot() - before
-    assert delta == UsageSnapshot(forward_passes=5, tokens_scored=15, tokens_generated=7)
-    assert delta + delta == UsageSnapshot(10, 30, 14)
+    assert delta == UsageSnapshot(forward_passes=5, tokens_scored=15, tokens_generated=7, tokens_prefilled=40)
+    assert delta + delta == UsageSnapshot(10, 30, 14, 80)
     assert before == UsageSnapshot()  # a snapshot is frozen: later counting leaves it alone
 
 
@@ -82,7 +82,10 @@ def test_greedy_counts_new_tokens_per_row_and_one_pass_per_decoding_step(tiny_lm
     # The random model emits no stop token in these k steps (checked: each output decodes k tokens' worth).
     reencoded = [tiny_lm.tokenizer.encode(o, add_special_tokens=False) for o in outputs]
     assert all(not stops & set(ids) for ids in reencoded)
-    assert spent == UsageSnapshot(forward_passes=2 * k, tokens_scored=0, tokens_generated=len(texts) * k)
+    # Prefill: each generate call reads its rows left-padded to the longest (texts sorted by length).
+    lengths = sorted(len(tiny_lm.tokenizer.encode(t, add_special_tokens=False)) for t in texts)
+    prefilled = 2 * lengths[1] + lengths[2]
+    assert spent == UsageSnapshot(2 * k, tokens_scored=0, tokens_generated=len(texts) * k, tokens_prefilled=prefilled)
 
 
 def test_meter_charges_each_step_its_time_and_usage():

@@ -18,7 +18,7 @@ from pmpo.result import Candidate, SegmentEffect
 from pmpo.usage import UsageSnapshot
 from tasks import steps as t
 from tasks.caching import result_storage
-from tasks.models import ModelRef, usage
+from tasks.models import ModelRef, usage as model_usage
 from tasks.progress import Event, report
 
 
@@ -107,7 +107,7 @@ class PrefectSteps:
 
     def usage(self) -> UsageSnapshot:
         """The work the model did in this process (zeros when every step came from the cache)."""
-        return usage(self.model)
+        return model_usage(self.model)
 
     def _run(self, step: str, iteration: int, label: str, task: Any, /, **kwargs: Any) -> Any:
         report(Event("start", label))

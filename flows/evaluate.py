@@ -6,9 +6,11 @@ from prefect import flow
 from pydantic import BaseModel
 
 from flows.config import ConfigError, EvaluateConfig
+from flows.cost import CostRow, cost_row
 from flows.steps import PrefectSteps
 from pmpo.budget import check_fits
 from pmpo.optimizer import OptimizerConfig
+from pmpo.usage import Meter
 from tasks import steps as t
 from tasks import tracking
 from tasks.models import model_ref, text_side
@@ -29,6 +31,7 @@ class EvaluateSummary(BaseModel):
     accuracy: float | None
     option_accuracy: float | None
     option_accuracy_norm: float | None = None  # multiple choice, per byte of the option (lm-eval `acc_norm`)
+    cost: CostRow | None = None  # wall time and model work of this evaluation (zeros when it came from the cache)
 
 
 def resolve_prompt(prompt: str) -> str:
@@ -52,7 +55,10 @@ def evaluate_prompt(config: EvaluateConfig = EvaluateConfig()) -> EvaluateSummar
     prompt = resolve_prompt(source)
     ref = model_ref(config.model.settings(), config.scorer())
     check_fits(text_side(ref), prompt, split.test, config.scoring.mc_objective)
-    result = PrefectSteps(ref, OptimizerConfig()).evaluate(prompt, config.eval.examples(split.test), "prompt", config.eval)
+    steps = PrefectSteps(ref, OptimizerConfig())
+    meter = Meter(steps.usage)
+    with meter.step("evaluate"):
+        result = steps.evaluate(prompt, config.eval.examples(split.test), "prompt", config.eval)
     return EvaluateSummary(
         prompt=prompt,
         prompt_source=source,
@@ -64,4 +70,5 @@ def evaluate_prompt(config: EvaluateConfig = EvaluateConfig()) -> EvaluateSummar
         accuracy=result.accuracy,
         option_accuracy=result.option_accuracy,
         option_accuracy_norm=result.option_accuracy_norm,
+        cost=cost_row(meter.take()),
     )

@@ -12,6 +12,7 @@ from prefect.runtime import flow_run
 from pydantic import BaseModel
 
 from flows.config import ConfigError, OptimizeConfig, config_hash
+from flows.cost import CostSummary, cost_summary, run_cost
 from flows.record import Recorder, flatten
 from flows.steps import PrefectSteps, WorkLog
 from pmpo.budget import check_fits
@@ -20,6 +21,7 @@ from pmpo.evaluate import Evaluation, compare
 from pmpo.optimizer import PMPO
 from pmpo.result import Candidate, Iteration
 from pmpo.stats import Interval
+from pmpo.usage import Meter
 from tasks import steps as t
 from tasks import tracking
 from tasks.environment import code_version, shown_tracking_uri
@@ -95,6 +97,7 @@ class OptimizeSummary(BaseModel):
     resumed: bool
     work: Work
     candidates: list[CandidateRow]
+    cost: CostSummary | None = None  # wall time and model work this process spent, by step and iteration
 
 
 @flow(name="optimize-prompt")
@@ -122,8 +125,13 @@ def optimize_prompt(config: OptimizeConfig = OptimizeConfig()) -> OptimizeSummar
             config=config.optimizer(), steps=steps, on_candidate=recorder.candidate, on_iteration=_noting(recorder)
         )
         result = optimizer.optimize(prompt, split.train)
-        heldout = _heldout(config, split, result.initial.prompt, result.best.prompt, steps)
-        prompt_name, version = recorder.finish(result, task, heldout, config.register_prompt)
+        meter = Meter(steps.usage)
+        with meter.step("evaluate"):
+            heldout = _heldout(config, split, result.initial.prompt, result.best.prompt, steps)
+        heldout_cost = meter.take() if heldout is not None else None
+        prompt_name, version = recorder.finish(
+            result, task, heldout, config.register_prompt, cost=run_cost(result, heldout_cost)
+        )
     except BaseException:
         tracking.finish(run, "FAILED")  # an identical command resumes a failed run, as it does a killed one
         raise
@@ -149,6 +157,7 @@ def optimize_prompt(config: OptimizeConfig = OptimizeConfig()) -> OptimizeSummar
         resumed=run.resumed,
         work=_work(steps.work),
         candidates=[_row(c, c.id in recorder.selected) for c in result.candidates],
+        cost=cost_summary(result, heldout_cost),
     )
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from pmpo.evaluate import Evaluation, compare
 from pmpo.result import Candidate, Iteration, OptimizeResult
+from pmpo.usage import Cost
 from tasks import plots, tracking
 from tasks.tracking import TrackedRun
 
@@ -40,9 +41,14 @@ class Recorder:
             tracking.log_iteration(self.run, it, n_total=len(self.candidates))
 
     def finish(
-        self, result: OptimizeResult, task: str, heldout: tuple[Evaluation, Evaluation] | None, register: bool
+        self,
+        result: OptimizeResult,
+        task: str,
+        heldout: tuple[Evaluation, Evaluation] | None,
+        register: bool,
+        cost: Cost | None = None,
     ) -> tuple[str | None, int | None]:
-        """Final metrics, plot, prompts and the Prompt Registry entry; returns (prompt name, version)."""
+        """Final metrics (`cost`: the run's total), plot, prompts and the Prompt Registry entry; returns (name, version)."""
         run = self.run
         tracking.log_candidates(run, result.candidates, self.selected)
         metrics: dict[str, float] = {
@@ -53,6 +59,8 @@ class Recorder:
         }
         if heldout is not None:
             metrics.update(heldout_metrics(*heldout, seed=result.seed))
+        if cost is not None:
+            metrics.update(tracking.cost_metrics(cost, "total"))
         tracking.log_metrics(run, metrics, step=len(result.iterations))
         fig = plots.loss_by_iteration(result.candidates, result.iterations, result.initial.loss)
         try:

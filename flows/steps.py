@@ -15,9 +15,10 @@ from pmpo.evaluate import Evaluation
 from pmpo.loss import LossMatrix
 from pmpo.optimizer import OptimizerConfig, Rewrites
 from pmpo.result import Candidate, SegmentEffect
+from pmpo.usage import UsageSnapshot
 from tasks import steps as t
 from tasks.caching import with_storage
-from tasks.models import ModelRef
+from tasks.models import ModelRef, usage as model_usage
 from tasks.progress import Event, report
 
 
@@ -103,6 +104,10 @@ class PrefectSteps:
             model=self.model, prompt=prompt, data=data, which=which, generate=settings.generate,
             max_new_tokens=settings.max_new_tokens, match=settings.match,
         )  # fmt: skip
+
+    def usage(self) -> UsageSnapshot:
+        """The work the model did in this process (zeros when every step came from the cache)."""
+        return model_usage(self.model)
 
     def _run(self, step: str, iteration: int, label: str, task: Any, /, **kwargs: Any) -> Any:
         report(Event("start", label))

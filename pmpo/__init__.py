@@ -30,11 +30,12 @@ from pmpo.optimizer import PMPO, OnCandidate, OnIteration, OptimizerConfig
 from pmpo.racing import RacingSettings
 from pmpo.result import Candidate, Iteration, OptimizeResult, SegmentEffect
 from pmpo.rewrite import RewriteSettings
+from pmpo.usage import Cost, Usage, UsageSnapshot
 
 __all__ = [
     "PMPO", "Candidate", "ColumnMap", "Dataset", "Evaluation", "Iteration", "LoadedModel", "LossMatrix",
     "ModelSettings", "MultipleChoice", "OptimizeResult", "OptimizerConfig", "Preference", "RacingSettings",
-    "RewriteSettings",
+    "RewriteSettings", "Cost", "Usage", "UsageSnapshot",
     "Scorer", "ScorerSettings", "SegmentEffect", "Split", "Supervised", "DEFAULT_MODEL", "demo_task",
     "evaluate", "load_dataset", "load_model", "optimize", "split_dataset",
 ]

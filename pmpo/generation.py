@@ -15,6 +15,7 @@ from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaLis
 
 from pmpo.encoding import encode_text
 from pmpo.models import LoadedModel
+from pmpo.usage import produced_tokens
 
 # End-of-turn markers of common chat templates; generation stops at whichever the tokenizer knows,
 # because some models' generation config names only the end-of-document token as eos.
@@ -51,6 +52,7 @@ def sample(
             input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config, stopping_criteria=criteria
         )  # [n, T + new]
     stops = set(config.eos_token_id)
+    _count(lm, out, ids.shape[1], stops, config.pad_token_id)
     return [_decode(lm, row[ids.shape[1] :].tolist(), stops) for row in out]
 
 
@@ -71,6 +73,7 @@ def greedy(
             out = lm.model.generate(
                 input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), generation_config=config
             )  # [B, T + new]
+        _count(lm, out, ids.shape[1], stops, config.pad_token_id)
         for i, row in zip(chunk, out):
             results[i] = _decode(lm, row[ids.shape[1] :].tolist(), stops)
     return results
@@ -140,6 +143,13 @@ def _left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
             ids[row, width - len(seq) :] = torch.tensor(seq)
             mask[row, width - len(seq) :] = 1
     return ids, mask
+
+
+def _count(lm: LoadedModel, out: torch.Tensor, width: int, stops: set[int], pad_id: int) -> None:
+    """Charge a generate call ([rows, width + new] ids out) to the model's usage: one forward pass per decoding
+    step (the first is the prefill of every row's `width` context tokens), and the new tokens each row produced."""
+    new_ids = out[:, width:]
+    lm.usage.generated(produced_tokens(new_ids.tolist(), stops, pad_id), new_ids.shape[1], out.shape[0] * width)
 
 
 def _decode(lm: LoadedModel, new_ids: list[int], stops: set[int]) -> str:

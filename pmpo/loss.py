@@ -195,6 +195,7 @@ class Scorer:
         ids = torch.tensor([prefix], device=self.lm.device)
         out = self.lm.model.base_model(input_ids=ids, use_cache=True)
         self.tokens_computed += len(prefix)
+        self.lm.usage.scored(len(prefix))
         return _cache_tensors(out.cache if _takes_cache_kwarg() else out.past_key_values)
 
     def _uses_shared_prefix(self) -> bool:
@@ -222,6 +223,7 @@ class Scorer:
             extra |= _cache_kwargs(_expanded_cache(prefix_kv, len(ids), model.config))
         hidden = model.base_model(input_ids=ids, **extra).last_hidden_state  # [R, W, H]
         self.tokens_computed += ids.numel()  # the prefix KV is reused, not recomputed
+        self.lm.usage.scored(ids.numel())
         # Logits only where a target token is predicted (the LM head is a large share of a small model's FLOPs).
         logits = model.get_output_embeddings()(hidden[batch.rows.to(device), batch.cols.to(device)]).float()  # [T, V]
         nll = F.cross_entropy(logits, batch.targets.to(device), reduction="none")  # [T]

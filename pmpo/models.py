@@ -6,7 +6,7 @@ import functools
 import hashlib
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,6 +14,7 @@ import torch
 
 from pmpo.bundled import BUNDLED_NAME, bundled_checkpoint
 from pmpo.errors import ModelNotAvailableError
+from pmpo.usage import Usage
 
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 Device = Literal["auto", "cpu", "cuda"]
@@ -47,6 +48,8 @@ class LoadedModel:
     dtype: torch.dtype
     context_length: int
     n_params: int
+    # The work this model did in this process (the scorer and generation count it); not part of its identity.
+    usage: Usage = field(default_factory=Usage, compare=False, repr=False)
 
 
 @functools.lru_cache(maxsize=1)

@@ -8,7 +8,7 @@ passes steps that run the same functions as cached tasks. Same seed, same steps,
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Literal, Protocol, Sequence
 
 import numpy as np
@@ -19,7 +19,9 @@ from pmpo.models import LoadedModel
 from pmpo.racing import RacingSettings, race_prompts, slice_order
 from pmpo.result import Candidate, Iteration, OptimizeResult, Origin, SegmentEffect
 from pmpo.rewrite import RewriteSettings, hard_examples, propose
+from pmpo.metered import MeteredSteps
 from pmpo.segments import Units, locate, masking_analysis, model_units, segment
+from pmpo.usage import UsageSnapshot
 
 OnCandidate = Callable[[Candidate], None]
 OnIteration = Callable[[Iteration], None]
@@ -192,6 +194,10 @@ class Steps(Protocol):
         """The new incumbent."""
         ...
 
+    def usage(self) -> UsageSnapshot:
+        """The model work done so far by these steps' model in this process (zeros if it never ran)."""
+        ...
+
 
 class LocalSteps:
     """Steps run in this process, with one scorer (its memo spares re-scoring a prompt seen before)."""
@@ -228,6 +234,10 @@ class LocalSteps:
         """The new incumbent."""
         return select(incumbent, candidates)
 
+    def usage(self) -> UsageSnapshot:
+        """The model work done so far by this model in this process."""
+        return self.lm.usage.snapshot()
+
 
 class PMPO:
     """The optimizer: settings and model (or steps) in the constructor, prompt and data in `optimize`."""
@@ -245,14 +255,16 @@ class PMPO:
         if steps is None and lm is None:
             raise TypeError("PMPO needs a loaded model or steps to run")
         self.config = config
-        self.steps: Steps = steps or LocalSteps(lm, config, scorer)
+        self.steps = MeteredSteps(steps or LocalSteps(lm, config, scorer))
         self.on_candidate = on_candidate or (lambda c: None)
         self.on_iteration = on_iteration or (lambda it: None)
 
     def optimize(self, prompt: str, train: Dataset) -> OptimizeResult:
         """Run T iterations from `prompt` on the training set."""
+        self.steps.meter.take()  # work left from an interrupted earlier call is not this run's
         matrix = self.steps.losses([prompt], train, 0)
         initial = candidates_from(matrix, [prompt], ["initial"], parent_id=None, iteration=0)[0]
+        initial_cost = self.steps.meter.take()
         self.on_candidate(initial)
         candidates = {initial.id: initial}
         rows = {initial.id: matrix.loss[0]}  # per-example losses of every candidate: hard examples come from here
@@ -260,6 +272,7 @@ class PMPO:
         iterations = []
         for t in range(1, self.config.iterations + 1):
             record, new = self._iteration(t, incumbent, train, candidates, rows)
+            record = replace(record, cost=self.steps.meter.take())
             for c in new:
                 candidates[c.id] = c
                 self.on_candidate(c)
@@ -274,6 +287,7 @@ class PMPO:
             model_identity=self.steps.model_identity,
             dataset_fingerprint=train.fingerprint,
             seed=self.config.seed,
+            initial_cost=initial_cost,
         )
 
     def _iteration(

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from pmpo.usage import Cost, total
+
 Origin = Literal["initial", "rewrite", "segment_removal"]
 
 
@@ -48,6 +50,7 @@ class Iteration:
     hard_examples: tuple[int, ...]  # indices into the training set
     improved: bool
     n_dropped: int = 0  # of the new candidates, how many racing dropped early
+    cost: Cost = Cost()  # wall time and model work of this iteration's steps
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,12 @@ class OptimizeResult:
     model_identity: str
     dataset_fingerprint: str
     seed: int
+    initial_cost: Cost = Cost()  # scoring the initial prompt
+
+    @property
+    def cost(self) -> Cost:
+        """What the whole run cost: the initial scoring and every iteration."""
+        return self.initial_cost + total([it.cost for it in self.iterations])
 
     @property
     def best_prompt(self) -> str:

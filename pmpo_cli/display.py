@@ -71,6 +71,8 @@ def optimize_summary(s: Any) -> None:
     dropped = sum(c.dropped for c in s.candidates)
     raced = f", {dropped} dropped early by racing" if dropped else ""
     console.print(f"{s.n_candidates} candidates over {s.n_iterations} iterations{raced}" + (" (resumed run)" if s.resumed else ""))
+    if getattr(s, "cost", None) is not None:
+        cost_table(s.cost)
     if s.prompt_version is not None:
         console.print(f"registered: prompts:/{s.prompt_name}/{s.prompt_version} (also prompts:/{s.prompt_name}@latest)")
     console.print(f"MLflow run {s.run_id} in experiment {s.experiment!r}")
@@ -99,6 +101,22 @@ def _loss_change(d: Any) -> str:
 def _points_change(d: Any) -> str:
     # Accuracy changes read as percentage points, the unit people compare prompts in.
     return "" if d is None else f"{100 * d.estimate:+.1f} pts [{100 * d.low:+.1f}, {100 * d.high:+.1f}]"
+def cost_table(cost: Any) -> None:
+    """What the run cost (flows.cost.CostSummary): seconds per step and model work, per iteration and in total."""
+    table = Table(title="cost (this process; cached steps compute nothing)", header_style="bold")
+    table.add_column("")
+    for col in ("wall s", "mask s", "rewrite s", "loss s", "select s", "eval s", "passes", "scored tok", "prefill tok", "gen tok"):
+        table.add_column(col, justify="right")
+    rows = [("initial", cost.initial)] + [(f"iter {i}", row) for i, row in enumerate(cost.iterations, start=1)]
+    if cost.heldout is not None:
+        rows.append(("held-out", cost.heldout))
+    for label, row in [*rows, ("total", cost.total)]:
+        seconds = [f"{row.steps[step].seconds:.1f}" for step in ("mask", "rewrite", "loss", "select", "evaluate")]
+        table.add_row(
+            f"[bold]{label}[/bold]" if label == "total" else label, f"{row.seconds:.1f}", *seconds,
+            f"{row.forward_passes:,}", f"{row.tokens_scored:,}", f"{row.tokens_prefilled:,}", f"{row.tokens_generated:,}",
+        )  # fmt: skip
+    console.print(table)
 
 
 def evaluate_summary(s: Any) -> None:
@@ -115,6 +133,12 @@ def evaluate_summary(s: Any) -> None:
     table.add_row(*columns.values())
     console.print(table)
     console.print(f"[bold]prompt[/bold] ({s.prompt_source if s.prompt_source != s.prompt else 'as given'}): {s.prompt}")
+    if getattr(s, "cost", None) is not None:
+        c = s.cost
+        console.print(
+            f"cost: {c.seconds:.1f} s, {c.forward_passes:,} forward passes, "
+            f"{c.tokens_scored:,} tokens scored, {c.tokens_prefilled:,} prefilled, {c.tokens_generated:,} generated"
+        )
 
 
 def runs_table(runs: list[dict[str, Any]], ui_command: str) -> None:

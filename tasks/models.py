@@ -20,6 +20,7 @@ from pmpo.models import (
     resolve_device,
     resolve_dtype,
 )
+from pmpo.usage import UsageSnapshot
 from tasks.progress import Event, report
 
 _LOCK = threading.Lock()  # tasks may run in worker threads; a model must still load only once
@@ -96,3 +97,10 @@ def text_side(ref: ModelRef) -> TextSide | LoadedModel:
 def is_loaded(ref: ModelRef) -> bool:
     """True when this process has loaded the model already (tests check that a cached rerun never does)."""
     return ref.settings in _MODELS
+
+
+def usage(ref: ModelRef) -> UsageSnapshot:
+    """The work `ref`'s model did in this process; zeros while it is not loaded (cached steps compute nothing)."""
+    with _LOCK:
+        lm = _MODELS.get(ref.settings)
+    return lm.usage.snapshot() if lm is not None else UsageSnapshot()

@@ -31,6 +31,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
 
 from pmpo.errors import PmpoError
 from pmpo.result import Candidate, Iteration, SegmentEffect
+from pmpo.usage import STEPS, Cost
 from tasks import locks
 from tasks.environment import artifacts_dir, home, shown_tracking_uri, tracking_uri
 
@@ -154,9 +155,24 @@ def log_iteration(run: TrackedRun, it: Iteration, n_total: int) -> None:
         "n_dropped": it.n_dropped,
         "improved": float(it.improved),
         **{f"rejected/{reason}": count for reason, count in it.rejected.items()},
+        **cost_metrics(it.cost),
     }
     log_metrics(run, metrics, it.iteration)
     log_metrics(run, {STEP_METRIC: it.incumbent_loss}, it.iteration)
+
+
+def cost_metrics(cost: Cost, scope: str = "") -> dict[str, float]:
+    """`cost/tokens_scored`, `time/loss_s`, ... of a span; a `scope` ("total") keeps run totals apart."""
+    suffix = f"_{scope}" if scope else ""
+    u = cost.usage
+    metrics = {
+        f"cost{suffix}/forward_passes": u.forward_passes,
+        f"cost{suffix}/tokens_scored": u.tokens_scored,
+        f"cost{suffix}/tokens_generated": u.tokens_generated,
+        f"cost{suffix}/tokens_prefilled": u.tokens_prefilled,
+        f"time{suffix}/wall_s": cost.seconds,
+    }
+    return metrics | {f"time{suffix}/{s}_s": cost.step(s).seconds for s in STEPS}
 
 
 def masking_columns(effects: Sequence[SegmentEffect]) -> dict[str, list]:

@@ -103,6 +103,12 @@ def test_optimize_writes_summary_and_the_record_reads_back(capsys, tmp_path, pmp
     assert delta["low"] <= delta["estimate"] <= delta["high"]
     assert delta["estimate"] == pytest.approx(summary["heldout"]["final_loss"] - summary["heldout"]["initial_loss"])
     assert "change [95% CI]" in shown and f"{delta['estimate']:+.4f} [{delta['low']:+.4f}, {delta['high']:+.4f}]" in shown
+    cost = summary["cost"]  # what the run cost, per iteration and in total
+    spans = [cost["initial"], *cost["iterations"], cost["heldout"]]
+    assert len(cost["iterations"]) == 1 and cost["total"]["tokens_scored"] > 0
+    assert cost["total"]["tokens_scored"] == sum(s["tokens_scored"] for s in spans)
+    assert cost["total"]["steps"]["rewrite"]["tokens_generated"] == cost["iterations"][0]["tokens_generated"]
+    assert "scored tok" in shown and f"{cost['total']['tokens_scored']:,}" in shown
 
     assert main(["runs"]) == 0
     assert summary["run_id"] in capsys.readouterr().out
@@ -118,6 +124,8 @@ def test_optimize_writes_summary_and_the_record_reads_back(capsys, tmp_path, pmp
     assert evaluation["prompt"] == summary["best_prompt"] and evaluation["prompt_source"] == registered
     assert evaluation["loss"] == pytest.approx(summary["heldout"]["final_loss"])  # the same held-out examples
     assert evaluation["accuracy"] is None
+    assert evaluation["cost"]["tokens_generated"] == evaluation["cost"]["tokens_prefilled"] == 0  # scored only
+    assert evaluation["cost"]["steps"]["evaluate"]["calls"] == 1
 
 
 def test_show_unknown_run_is_one_line(capsys, pmpo_home):

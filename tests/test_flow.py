@@ -146,3 +146,38 @@ def test_cache_keys_hold_content_not_objects_or_labels():
     assert key(model=ref, data=data, prompts=["p "]) != base
     with pytest.raises(TypeError, match="no content key"):
         content(object())
+
+
+def test_run_cost_adds_up_in_the_summary_and_mlflow(first_run):
+    from tasks import tracking
+
+    config, summary = first_run
+    cost = summary.cost
+    assert len(cost.iterations) == config.iterations
+    spans = [cost.initial, *cost.iterations, cost.heldout]
+    for field in ("forward_passes", "tokens_scored", "tokens_generated", "tokens_prefilled", "seconds"):
+        assert getattr(cost.total, field) == pytest.approx(sum(getattr(s, field) for s in spans))
+    assert cost.initial.steps["loss"].tokens_scored > 0 and cost.initial.tokens_generated == 0
+    assert all(it.steps["rewrite"].tokens_generated > 0 for it in cost.iterations)
+    assert all(it.steps["rewrite"].tokens_prefilled > it.steps["rewrite"].tokens_generated for it in cost.iterations)
+    assert cost.heldout.steps["evaluate"].tokens_scored > 0 and cost.heldout.seconds > 0
+    history = tracking.metric_history(summary.run_id, "cost/tokens_scored")
+    assert history == [(i, float(it.tokens_scored)) for i, it in enumerate(cost.iterations, start=1)]
+    metrics = tracking.client().get_run(summary.run_id).data.metrics
+    assert metrics["cost_total/tokens_scored"] == cost.total.tokens_scored
+    assert metrics["time_total/evaluate_s"] == pytest.approx(cost.heldout.seconds)
+
+
+def test_fully_cached_rerun_reports_no_model_work(first_run, monkeypatch):
+    from flows.optimize import optimize_prompt
+    from tasks import models
+
+    config, _ = first_run
+    monkeypatch.setattr(models, "_MODELS", {})  # as in a fresh process
+    monkeypatch.setattr(models, "_SCORERS", {})
+
+    again = optimize_prompt(config)
+
+    total = again.cost.total
+    assert (total.forward_passes, total.tokens_scored, total.tokens_generated, total.tokens_prefilled) == (0, 0, 0, 0)
+    assert len(again.cost.iterations) == config.iterations  # the iterations are there, each at zero cost

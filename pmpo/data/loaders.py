@@ -124,7 +124,7 @@ def check_utf8(path: Path) -> None:
             line += chunk.count(b"\n")
         try:
             decoder.decode(b"", final=True)
-        except UnicodeDecodeError as err:
+        except UnicodeDecodeError:
             raise DataError(f"{path}, line {line}: not UTF-8 text (the file ends inside a character)") from None
 
 

@@ -101,6 +101,8 @@ def _loss_change(d: Any) -> str:
 def _points_change(d: Any) -> str:
     # Accuracy changes read as percentage points, the unit people compare prompts in.
     return "" if d is None else f"{100 * d.estimate:+.1f} pts [{100 * d.low:+.1f}, {100 * d.high:+.1f}]"
+
+
 def cost_table(cost: Any) -> None:
     """What the run cost (flows.cost.CostSummary): seconds per step and model work, per iteration and in total."""
     table = Table(title="cost (this process; cached steps compute nothing)", header_style="bold")

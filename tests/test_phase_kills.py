@@ -1,0 +1,87 @@
+"""A SIGKILL at a random point of each phase of `pmpo optimize` (model load, mask, rewrite, loss, evaluate,
+register), then the same command again: the run resumes and finishes, every candidate is stored once, every
+iteration is recorded once, and one prompt version is registered."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from pipeline import tiny_values
+
+DRIVER = Path(__file__).with_name("phase_driver.py")
+ITERATIONS = 2
+# Each phase is entered when the driver prints this line; the kill lands a random 0-0.8 s later. `register` is
+# what follows the last held-out evaluation: final metrics, the plot, the registry.
+PHASES = {
+    "load": "PHASE start load model",
+    "mask": "PHASE start mask iter=1",
+    "rewrite": "PHASE start rewrite iter=1",
+    "loss": "PHASE start loss iter=1",
+    "evaluate": "PHASE start evaluate initial",
+    "register": "PHASE done evaluate final",
+}
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in {"MLFLOW_TRACKING_URI", "PREFECT_API_URL"}}
+    env.update(PMPO_HOME=str(tmp_path / "home"), PREFECT_HOME=str(tmp_path / "prefect"), HF_HUB_OFFLINE="1")
+    return env
+
+
+def _kill_during(argv: list[str], env: dict[str, str], marker: str, rng: random.Random) -> bool:
+    """Run until `marker` is printed, then SIGKILL the process group a random moment later; False if it ended first."""
+    child = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                             start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 300
+    try:
+        for line in child.stdout:
+            if line.startswith(marker):
+                time.sleep(rng.uniform(0.0, 0.8))
+                return child.poll() is None
+            assert time.monotonic() < deadline, f"{marker!r} never came"
+        return False
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+        child.wait(30)
+        child.stdout.close()
+
+
+@pytest.mark.parametrize("phase", list(PHASES))
+def test_kill_in_each_phase_then_rerun_loses_and_duplicates_nothing(tmp_path, tiny_model_dir, monkeypatch, phase):
+    config = tmp_path / "run.yaml"
+    values = tiny_values(tiny_model_dir, iterations=ITERATIONS, task="phases")
+    config.write_text(yaml.safe_dump(values))
+    env = _env(tmp_path)
+    out = tmp_path / "summary.json"
+    argv = [sys.executable, str(DRIVER), "optimize", "--config", str(config), "--output", str(out)]
+    killed = _kill_during(argv, env, PHASES[phase], random.Random(phase))
+    if not killed:
+        pytest.skip(f"the run finished before it could be killed in {phase}")  # pragma: no cover
+
+    rerun = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    summary = json.loads(out.read_text())
+
+    monkeypatch.setenv("PMPO_HOME", env["PMPO_HOME"])
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    from tasks import registry, tracking
+
+    runs = tracking.list_runs("phases")
+    assert [r["run_id"] for r in runs] == [summary["run_id"]] and runs[0]["status"] == "FINISHED"
+    rows = tracking.run_candidates(summary["run_id"])
+    ids = [r["id"] for r in rows]
+    assert len(ids) == len(set(ids)) == summary["n_candidates"]  # each candidate once, none lost
+    assert ids == [c["id"] for c in summary["candidates"]]
+    steps = [s for s, _ in tracking.metric_history(summary["run_id"], "incumbent_loss")]
+    assert steps == list(range(ITERATIONS + 1))  # every iteration recorded exactly once
+    assert registry.version_numbers(summary["prompt_name"]) == [summary["prompt_version"]] == [1]

@@ -12,7 +12,7 @@ Arms, on the same seeded split and the same held-out examples (the first --heldo
   ape              APE's forward template, as many candidates as the pmpo arm scored, best training accuracy
 Every arm's final prompt is evaluated with the same scorer (ScorerSettings() defaults), so held-out losses
 compare; accuracy deltas carry 95% paired bootstrap intervals against the initial prompt. Cost is the
-model's usage counters (forward passes, tokens scored + generated) and wall time of the arm's search only.
+model's usage counters (forward passes; tokens scored, read as generation context, and generated) and wall time of the arm's search only.
 One MLflow run per invocation goes to experiment `pmpo-quality` (MLFLOW_TRACKING_URI, else pmpo's store).
 """
 
@@ -120,7 +120,7 @@ def run_task(
         if arm in PMPO_ARMS:
             scored[arm] = candidates
         used, wall = lm.usage.snapshot() - start, time.perf_counter() - clock
-        cost = Cost(used.forward_passes, used.tokens_scored, used.tokens_generated, wall)
+        cost = Cost(used.forward_passes, used.tokens_scored, used.tokens_generated, wall, used.tokens_prefilled)
         final = base if prompt == initial else evaluate(lm, prompt, heldout, scorer=scorer)
         delta = evaluation.compare(base, final)
         results.append(arm_result(task, shared, arm, prompt, candidates, final, delta, cost))

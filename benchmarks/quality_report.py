@@ -41,11 +41,14 @@ class Cost:
     tokens_scored: int
     tokens_generated: int
     wall_s: float
+    # Context tokens generation read before its first new token (rewrite requests, APE's training answers): most
+    # of a generating method's compute, so the 1/5-compute target must count them.
+    tokens_prefilled: int = 0
 
     @property
     def forward_tokens(self) -> int:
-        """Tokens through the model, scored or generated: the compute the targets compare."""
-        return self.tokens_scored + self.tokens_generated
+        """Tokens through the model, scored, read as generation context, or generated: what the targets compare."""
+        return self.tokens_scored + self.tokens_prefilled + self.tokens_generated
 
 
 @dataclass(frozen=True)
@@ -262,7 +265,7 @@ def table_columns(report: QualityReport) -> dict[str, list]:
             cols.setdefault(m, []).append(measure.value)
             for part in ("estimate", "low", "high"):
                 cols.setdefault(f"{m}_delta_{part}", []).append(getattr(measure.delta, part, None))
-        for key in ("forward_passes", "tokens_scored", "tokens_generated", "forward_tokens", "wall_s"):
+        for key in ("forward_passes", "tokens_scored", "tokens_prefilled", "tokens_generated", "forward_tokens", "wall_s"):
             cols.setdefault(key, []).append(getattr(r.cost, key))
     return cols
 

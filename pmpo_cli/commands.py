@@ -89,7 +89,8 @@ def before_flows() -> None:
 
 
 class _DropUserErrors(logging.Filter):
-    """Drop Prefect's reports of a user mistake (a PmpoError): the CLI prints it once, as one line.
+    """Drop Prefect's reports of a user mistake (a PmpoError) or of a tracking store that failed (MLflow's error:
+    a server down, a bad store): the CLI prints it once, as one line.
 
     Prefect reports a failure three times (task failed, task state, flow failed), with a traceback; that is
     right for a bug, and stays so for any other exception.
@@ -97,9 +98,15 @@ class _DropUserErrors(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info:
-            return not isinstance(record.exc_info[1], PmpoError)
+            return not isinstance(record.exc_info[1], (PmpoError, *_tracking_errors()))
         match = _STATE_EXCEPTION.search(record.getMessage())
-        return not (match and match.group(1) in _user_error_names())
+        return not (match and match.group(1) in _user_error_names() | {e.__name__ for e in _tracking_errors()})
+
+
+def _tracking_errors() -> tuple[type, ...]:
+    from mlflow.exceptions import MlflowException  # loaded by then: a flow that reports has imported tasks.tracking
+
+    return (MlflowException,)
 
 
 _STATE_EXCEPTION = re.compile(r"encountered an exception:? (\w+)")

@@ -153,11 +153,6 @@ def option_hits(scorer: Scorer, prompt: str, examples: Sequence[MultipleChoice])
     return OptionAccuracy(tuple(correct), tuple(correct_norm))
 
 
-def option_accuracy(scorer: Scorer, prompt: str, examples: list[MultipleChoice]) -> float:
-    """Share of examples whose correct option has the highest summed log-likelihood (lm-eval-harness `acc`)."""
-    return float(np.mean(option_hits(scorer, prompt, examples).correct))
-
-
 # Tokens a greedy answer may run past the longest reference: chat models open with a lead-in ("The answer
 # is", "The sentiment of this review is") of about 5-10 tokens before the answer itself.
 ANSWER_MARGIN = 12

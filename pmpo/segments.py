@@ -97,11 +97,6 @@ def locate(prompt: str, texts: Sequence[str]) -> Units:
     return Units(prompt, tuple(spans))
 
 
-def unit_separator(prompt: str) -> str:
-    """How `segment` splits `prompt`: "\\n" (by lines) for multi-line prompts, else " " (by sentences)."""
-    return "\n" if len(_line_spans(prompt)) >= 2 else " "
-
-
 def segment(prompt: str, max_units: int = MAX_UNITS) -> Units:
     """Split into at most `max_units` removable units: by non-empty lines if >= 2, else by sentences."""
     lines = _line_spans(prompt)

@@ -9,7 +9,7 @@ from pmpo import generation
 from pmpo.data import Dataset, MultipleChoice, Supervised
 from pmpo.errors import PmpoError
 from pmpo.evaluate import (
-    ANSWER_MARGIN, Comparison, Evaluation, answer_budget, compare, evaluate, is_correct, normalize, option_accuracy, option_hits,
+    ANSWER_MARGIN, Comparison, Evaluation, answer_budget, compare, evaluate, is_correct, normalize, option_hits,
     task_labels,
 )  # fmt: skip
 
@@ -85,7 +85,6 @@ def test_acc_norm_divides_by_option_bytes_where_acc_does_not():
     hits = option_hits(scorer, "Answer.", [long_right, short_right])
     assert hits.correct == (False, True)
     assert hits.correct_norm == (True, False)  # 6/31 < 3/2; 5/26 < 2/3
-    assert option_accuracy(scorer, "Answer.", [long_right, short_right]) == 0.5
 
 
 def test_evaluate_keeps_per_example_values_in_order(tiny_lm):

@@ -12,7 +12,6 @@ from pmpo.segments import (
     segment,
     split_sentences,
     split_units,
-    unit_separator,
 )
 
 
@@ -23,13 +22,11 @@ def _norm(text: str) -> str:
 def test_multi_line_prompt_splits_by_non_empty_lines():
     prompt = "You are a grader.\n\n  Read the essay.\nReply with a grade from A to F."
     assert split_units(prompt) == ["You are a grader.", "Read the essay.", "Reply with a grade from A to F."]
-    assert unit_separator(prompt) == "\n"
 
 
 def test_one_line_prompt_splits_by_sentences():
     prompt = "Read the text. Is it positive? Answer now!"
     assert split_units(prompt) == ["Read the text.", "Is it positive?", "Answer now!"]
-    assert unit_separator(prompt) == " "
 
 
 def test_abbreviations_and_decimals_do_not_end_sentences():

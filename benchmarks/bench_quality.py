@@ -80,6 +80,9 @@ def main(argv: list[str] | None = None) -> None:
     results: list[ArmResult] = []
     for task in tasks:
         results += run_task(lm, task, settings, Path(args.data_dir), ape_candidates=args.ape_candidates)
+        if args.json:  # after every task, so a run cut short keeps the tasks it finished
+            partial = build_report(settings, _machine(lm), results)
+            Path(args.json).write_text(json.dumps(to_json(partial), indent=2))
     report = build_report(settings, _machine(lm), results)
     print(table(report))
     print("\nREADME table (means over tasks):\n" + markdown(report))
@@ -125,8 +128,14 @@ def run_task(
         delta = evaluation.compare(base, final)
         results.append(arm_result(task, shared, arm, prompt, candidates, final, delta, cost))
         _log(f"[{task}] {arm}: {candidates} candidates, {wall:.0f} s, {cost.forward_tokens:,} tokens; "
-             f"held-out loss {base.loss:.3f} -> {final.loss:.3f}; prompt {prompt[:200]!r}")
+             f"held-out loss {base.loss:.3f} -> {final.loss:.3f}, acc_norm {_pct(base.option_accuracy_norm)} -> "
+             f"{_pct(final.option_accuracy_norm)}, gen acc {_pct(base.accuracy)} -> {_pct(final.accuracy)}; "
+             f"prompt {prompt[:200]!r}")
     return results
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
 
 
 def search(

@@ -70,14 +70,7 @@ def recorded_setup(version: registry.PromptVersion) -> EvaluateConfig | None:
 def score(setup: EvaluateConfig, prompt: str) -> Score:
     """`prompt` on the set-up's held-out examples (the evaluate flow: cached, so a prompt costs once per data)."""
     result = evaluate_prompt(setup.model_copy(update={"prompt": prompt}))
-    return Score(
-        n_examples=result.n_examples,
-        loss=result.loss,
-        loss_per_token=result.loss_per_token,
-        accuracy=result.accuracy,
-        option_accuracy=result.option_accuracy,
-        option_accuracy_norm=result.option_accuracy_norm,
-    )
+    return Score.model_validate(result.model_dump(include=set(Score.model_fields)))  # the summary's fields of that name
 
 
 def _validated(values: dict, origin: str) -> EvaluateConfig:

@@ -18,7 +18,7 @@ from pmpo.loss import LossMatrix, Scorer
 from pmpo.models import LoadedModel
 from pmpo.racing import RacingSettings, race_prompts, slice_order
 from pmpo.result import Candidate, Iteration, OptimizeResult, Origin, SegmentEffect
-from pmpo.rewrite import RewriteSettings, hard_examples, propose
+from pmpo.rewrite import RewriteSettings, by_size, hard_examples, propose
 from pmpo.metered import MeteredSteps
 from pmpo.segments import Units, locate, masking_analysis, model_units, segment
 from pmpo.usage import UsageSnapshot
@@ -90,11 +90,7 @@ def candidates_from(
 
 def unit_mode(setting: str, n_params: int, small_model_params: int) -> str:
     """"model" or "splitter": the setting itself, or by the rewriter's size when it is "auto"."""
-    if setting in ("splitter", "model"):
-        return setting
-    if setting != "auto":
-        raise ValueError(f"units must be auto, splitter or model, not {setting!r}")
-    return "splitter" if n_params < small_model_params else "model"
+    return by_size(setting, n_params, small_model_params, small="splitter", large="model", what="units")
 
 
 def prompt_units(lm: LoadedModel, prompt: str, config: OptimizerConfig, iteration: int) -> Units:

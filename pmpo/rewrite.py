@@ -140,13 +140,19 @@ Old instruction: {prompt}
 {hints}New instruction: <prompt>"""
 
 
-def choose_template(setting: str, n_params: int, small_model_params: int) -> str:
-    """"full" or "short": the setting itself, or by model size when it is "auto"."""
-    if setting in ("full", "short"):
+def by_size(setting: str, n_params: int, small_model_params: int, *, small: str, large: str, what: str) -> str:
+    """`small` or `large`: the setting itself, or by the model's size when it is "auto" (one rule for every
+    choice that follows the rewriter's size: the template, the units)."""
+    if setting in (small, large):
         return setting
     if setting != "auto":
-        raise ValueError(f"rewrite template must be auto, full or short, not {setting!r}")
-    return "short" if n_params < small_model_params else "full"
+        raise ValueError(f"{what} must be auto, {large} or {small}, not {setting!r}")
+    return small if n_params < small_model_params else large
+
+
+def choose_template(setting: str, n_params: int, small_model_params: int) -> str:
+    """"full" or "short": the setting itself, or by model size when it is "auto"."""
+    return by_size(setting, n_params, small_model_params, small="short", large="full", what="rewrite template")
 
 
 def hard_examples(example_losses: Sequence[float], k: int) -> list[int]:

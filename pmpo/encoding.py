@@ -44,10 +44,19 @@ def encode(tokenizer: Any, placement: str, prompt: str, input_text: str, complet
     return encode_many(tokenizer, placement, prompt, [(input_text, completion)])[0]
 
 
+def render_pairs(tokenizer: Any, placement: str, prompt: str, pairs: Sequence[tuple[str, str]]) -> list[tuple[str, int]]:
+    """(whole text, index of the completion's first character) of each (input, completion) under `prompt`.
+
+    The one way every backend (in-process or remote) turns a prompt and an example into text.
+    """
+    contexts = render_many(tokenizer, placement, prompt, [inp for inp, _ in pairs])
+    return [(ctx + completion, len(ctx)) for ctx, (_, completion) in zip(contexts, pairs)]
+
+
 def encode_many(tokenizer: Any, placement: str, prompt: str, pairs: Sequence[tuple[str, str]]) -> list[Encoded]:
     """`encode` of many (input, completion) pairs under one prompt, batch-tokenised."""
-    contexts = render_many(tokenizer, placement, prompt, [inp for inp, _ in pairs])
-    return encode_texts(tokenizer, contexts, [c for _, c in pairs])
+    rendered = render_pairs(tokenizer, placement, prompt, pairs)
+    return encode_texts(tokenizer, [text[:at] for text, at in rendered], [text[at:] for text, at in rendered])
 
 
 def encode_texts(tokenizer: Any, contexts: Sequence[str], completions: Sequence[str]) -> list[Encoded]:

@@ -13,7 +13,7 @@ from typing import Literal
 
 import numpy as np
 
-from pmpo.data.examples import Example, MultipleChoice, Preference, Supervised
+from pmpo.data.examples import Example, MultipleChoice, Preference, Supervised, example_input
 from pmpo.generation import greedy
 from pmpo.loss import Scorer
 from pmpo.models import LoadedModel
@@ -42,7 +42,7 @@ def preferred_answer(lm: LoadedModel, scorer: Scorer, prompt: str, example: Exam
     if isinstance(example, Supervised):
         target_tokens = len(lm.tokenizer.encode(example.target, add_special_tokens=False))
         budget = min(max(2 * target_tokens + 8, _MIN_ANSWER_TOKENS), _MAX_ANSWER_TOKENS)
-        context = render(lm.tokenizer, lm.placement, prompt, example.input).text
+        context = render(lm.tokenizer, lm.placement, prompt, example_input(example)).text
         return Preferred(greedy(lm, [context], max_new_tokens=budget)[0].strip(), "greedy", None)
     raise TypeError(f"not an example: {example!r}")
 
@@ -54,6 +54,6 @@ def _top_distractor(scorer: Scorer, prompt: str, example: MultipleChoice | Prefe
         expected, wrong = example.chosen, list(example.rejected)
     if not wrong:
         return None
-    nll, _ = scorer.completions(prompt, [(example.input, c) for c in [expected, *wrong]])  # [1 + W]
+    nll, _ = scorer.completions(prompt, [(example_input(example), c) for c in [expected, *wrong]])  # [1 + W]
     best = int(np.argmin(nll[1:]))  # lowest summed NLL = highest likelihood; ties go to the first
     return Preferred(wrong[best], "distractor", bool(nll[1 + best] < nll[0]))

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from pmpo.prompting import render_many
+from pmpo.template import ExampleInput
 
 _BOS: "weakref.WeakKeyDictionary[Any, tuple[int, ...]]" = weakref.WeakKeyDictionary()
 
@@ -39,21 +40,27 @@ class Encoded:
         return self.ids[self.target_start :]
 
 
-def encode(tokenizer: Any, placement: str, prompt: str, input_text: str, completion: str = "") -> Encoded:
-    """Ids of `prompt` and `input_text` placed as `placement` says, followed by `completion`."""
+def encode(tokenizer: Any, placement: str, prompt: str, input_text: ExampleInput, completion: str = "") -> Encoded:
+    """Ids of `prompt` and `input_text` (a text, or fields for a template) placed as `placement` says, then `completion`."""
     return encode_many(tokenizer, placement, prompt, [(input_text, completion)])[0]
 
 
-def render_pairs(tokenizer: Any, placement: str, prompt: str, pairs: Sequence[tuple[str, str]]) -> list[tuple[str, int]]:
+def render_pairs(
+    tokenizer: Any, placement: str, prompt: str, pairs: Sequence[tuple[ExampleInput, str]]
+) -> list[tuple[str, int]]:
     """(whole text, index of the completion's first character) of each (input, completion) under `prompt`.
 
-    The one way every backend (in-process or remote) turns a prompt and an example into text.
+    The one way every backend (in-process or remote) turns a prompt and an example into text. `prompt` may be
+    an instruction, a `{{variable}}` template or a chat prompt (pmpo.template); an input is one text, or the
+    example's `Fields` that fill the variables (`pmpo.data.examples.example_input` gives the right one).
     """
     contexts = render_many(tokenizer, placement, prompt, [inp for inp, _ in pairs])
     return [(ctx + completion, len(ctx)) for ctx, (_, completion) in zip(contexts, pairs)]
 
 
-def encode_many(tokenizer: Any, placement: str, prompt: str, pairs: Sequence[tuple[str, str]]) -> list[Encoded]:
+def encode_many(
+    tokenizer: Any, placement: str, prompt: str, pairs: Sequence[tuple[ExampleInput, str]]
+) -> list[Encoded]:
     """`encode` of many (input, completion) pairs under one prompt, batch-tokenised."""
     rendered = render_pairs(tokenizer, placement, prompt, pairs)
     return encode_texts(tokenizer, [text[:at] for text, at in rendered], [text[at:] for text, at in rendered])

@@ -13,7 +13,7 @@ from typing import Callable, Literal, Sequence
 
 import numpy as np
 
-from pmpo.data.examples import Dataset, Example, MultipleChoice, Preference
+from pmpo.data.examples import Dataset, Example, MultipleChoice, Preference, example_input
 from pmpo.encoding import encode
 from pmpo.errors import PmpoError
 from pmpo.generation import greedy
@@ -141,7 +141,7 @@ def option_hits(scorer: Scorer, prompt: str, examples: Sequence[MultipleChoice])
     One scorer pass serves both (lm-evaluation-harness: `acc` takes the argmax of the summed log-likelihood,
     `acc_norm` of the log-likelihood divided by the option's length, here in UTF-8 bytes).
     """
-    pairs = [(e.input, o) for e in examples for o in e.options]
+    pairs = [(example_input(e), o) for e in examples for o in e.options]
     nll, _ = scorer.completions(prompt, pairs)
     correct, correct_norm, at = [], [], 0
     for e in examples:
@@ -183,7 +183,7 @@ def evaluate(
     matrix = scorer.loss_matrix([prompt], dataset.examples)
     correct = None
     if generate:
-        contexts = [encode(lm.tokenizer, lm.placement, prompt, e.input).ids for e in dataset.examples]
+        contexts = [encode(lm.tokenizer, lm.placement, prompt, example_input(e)).ids for e in dataset.examples]
         budget = max_new_tokens if max_new_tokens is not None else answer_budget(lm, dataset)
         outputs = greedy(lm, contexts, max_new_tokens=budget)
         labels = task_labels(dataset)

@@ -18,11 +18,12 @@ import torch.nn.functional as F
 
 from pmpo import prefix_attention
 from pmpo.batching import Batch, plan
-from pmpo.data.examples import Example, MultipleChoice, Preference, Supervised
+from pmpo.data.examples import Example, MultipleChoice, Preference, Supervised, example_input
 from pmpo.encoding import Encoded, common_length, encode_many, encode_text
 from pmpo.errors import ContextLengthError
 from pmpo.models import LoadedModel
 from pmpo.prompting import render
+from pmpo.template import ExampleInput
 
 Objective = Literal["ce", "preference"]
 
@@ -65,21 +66,25 @@ class LossMatrix:
         return self.nll.sum(axis=1) / np.maximum(self.tokens.sum(axis=1), 1)
 
 
-def example_rows(example: Example, mc_objective: Objective = "preference") -> tuple[str, list[str], bool]:
-    """(input, completions, is_preference): the first completion is the target or the chosen output."""
+def example_rows(example: Example, mc_objective: Objective = "preference") -> tuple[ExampleInput, list[str], bool]:
+    """(input, completions, is_preference): the first completion is the target or the chosen output.
+
+    The input is what rendering takes: the example's text, or its fields when it has several.
+    """
+    inp = example_input(example)
     if isinstance(example, Supervised):
-        return example.input, [example.target], False
+        return inp, [example.target], False
     if isinstance(example, Preference):
-        return example.input, [example.chosen, *example.rejected], True
+        return inp, [example.chosen, *example.rejected], True
     if isinstance(example, MultipleChoice):
         if mc_objective == "ce":
-            return example.input, [example.target], False
+            return inp, [example.target], False
         # An option that is the answer in other words (an accepted alias) is never a distractor.
         correct = {_folded(a) for a in (example.target, *example.aliases)}
         others = [o for o in example.options if _folded(o) not in correct]
         if not others:  # nothing to prefer the answer over
-            return example.input, [example.target], False
-        return example.input, [example.target, *others], True
+            return inp, [example.target], False
+        return inp, [example.target, *others], True
     raise TypeError(f"not an example: {example!r}")
 
 

@@ -21,6 +21,7 @@ from pmpo.result import Candidate, Iteration, OptimizeResult, Origin, SegmentEff
 from pmpo.rewrite import RewriteSettings, by_size, hard_examples, propose
 from pmpo.metered import MeteredSteps
 from pmpo.segments import Units, locate, masking_analysis, model_units, segment
+from pmpo.template import editable, with_editable
 from pmpo.usage import UsageSnapshot
 
 OnCandidate = Callable[[Candidate], None]
@@ -94,10 +95,14 @@ def unit_mode(setting: str, n_params: int, small_model_params: int) -> str:
 
 
 def prompt_units(lm: LoadedModel, prompt: str, config: OptimizerConfig, iteration: int) -> Units:
-    """The removable units of `prompt` as spans: model-marked for large rewriters, else the splitter's."""
+    """The removable units of `prompt` (of its system message, for a chat prompt) as spans: model-marked for
+    large rewriters, else the splitter's."""
+    text = editable(prompt)
     if unit_mode(config.units, lm.n_params, config.rewrite.small_model_params) == "model":
-        return model_units(lm, prompt, seed=rewrite_seed(config.seed, iteration, -1), max_units=config.max_units)
-    return segment(prompt, max_units=config.max_units)
+        units = model_units(lm, text, seed=rewrite_seed(config.seed, iteration, -1), max_units=config.max_units)
+    else:
+        units = segment(text, max_units=config.max_units)
+    return replace(units, frame=prompt) if text != prompt else units
 
 
 def segment_effects(scorer: Scorer, prompt_loss: float, units: Units, train: Dataset) -> tuple[SegmentEffect, ...]:
@@ -105,14 +110,16 @@ def segment_effects(scorer: Scorer, prompt_loss: float, units: Units, train: Dat
     if len(units.spans) < 2:  # removing the only unit leaves no prompt: nothing to learn from it
         return ()
     return masking_analysis(
-        lambda prompts: scorer.loss_matrix(prompts, train.examples).prompt_loss().tolist(), prompt_loss, units
+        lambda texts: scorer.loss_matrix([units.whole(t) for t in texts], train.examples).prompt_loss().tolist(),
+        prompt_loss,
+        units,
     )
 
 
 def removal_prompts(prompt: str, units: Sequence[str], effects: Sequence[SegmentEffect]) -> list[str]:
     """`prompt` without each unit that hurts (dL < 0), cut exactly as the masking analysis cut it."""
-    spans = locate(prompt, units)
-    return [spans.without(e.index) for e in effects if e.delta_loss < 0]
+    spans = locate(editable(prompt), units)
+    return [with_editable(prompt, spans.without(e.index)) for e in effects if e.delta_loss < 0 and spans.without(e.index)]
 
 
 def rewrite_prompts(
@@ -132,22 +139,24 @@ def rewrite_prompts(
     """
     variants: list[str] = []
     rejected: dict[str, int] = {}
+    text = editable(incumbent)  # a chat prompt's system message; the other messages stay as they are
+    known = {editable(s) for s in seen}
     for rank, index in enumerate(hard):
         proposal = propose(
             lm,
-            prompt=incumbent,
+            prompt=text,
             example=train.examples[index],
             effects=effects,
             task_description=train.description,
             settings=config.rewrite,
             seed=rewrite_seed(config.seed, iteration, rank),
-            seen=set(seen) | set(variants),
+            seen=known | set(variants),
             scorer=scorer,
         )
         variants.extend(proposal.variants)
         for reason, count in proposal.rejected.items():
             rejected[reason] = rejected.get(reason, 0) + count
-    return variants, rejected
+    return [with_editable(incumbent, v) for v in variants], rejected
 
 
 def select(incumbent: Candidate, candidates: Sequence[Candidate]) -> Candidate:

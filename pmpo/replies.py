@@ -11,8 +11,10 @@ import re
 from typing import Collection, Sequence
 
 from pmpo.errors import RewriteParseError
+from pmpo.template import same_variables
 
-REJECT_REASONS = ("no_tags", "unclosed", "empty", "unchanged", "duplicate", "too_long")
+# "variables": the reply dropped, renamed or added a template {{variable}}; the application could not fill it.
+REJECT_REASONS = ("no_tags", "unclosed", "empty", "unchanged", "duplicate", "too_long", "variables")
 # Decoding sampled tokens and encoding the text again can merge a few of them: a SHORT reply this close
 # to its token budget counts as having run into it.
 _REENCODE_SLACK = 3
@@ -68,11 +70,13 @@ def filter_variants(
     max_chars: int,
     opened: bool,
     cut_off: Sequence[bool] = (),
+    variables: Sequence[str] = (),
 ) -> tuple[list[str], dict[str, int]]:
     """Parse replies and keep the new, usable prompts; count the dropped ones by reason.
 
     `cut_off[i]`: reply i ran into its token budget mid-instruction (SHORT replies, which carry no
     closing tag to tell); such a reply is "unclosed", like a FULL reply that never closes <prompt>.
+    `variables`: the template variables of the current prompt; a prompt without exactly these is "variables".
     """
     rejected = dict.fromkeys(REJECT_REASONS, 0)
     known = {_norm(s) for s in seen}
@@ -88,7 +92,7 @@ def filter_variants(
         except RewriteParseError:
             rejected["no_tags"] += 1
             continue
-        reason = _reject_reason(text, current, known, max_chars)
+        reason = _reject_reason(text, current, known, max_chars, variables)
         if reason:
             rejected[reason] += 1
             continue
@@ -112,9 +116,11 @@ def _norm(text: str) -> str:
     return " ".join(text.split())
 
 
-def _reject_reason(text: str, current: str, known: set[str], max_chars: int) -> str | None:
+def _reject_reason(text: str, current: str, known: set[str], max_chars: int, variables: Sequence[str]) -> str | None:
     if not text:
         return "empty"
+    if not same_variables(text, variables):
+        return "variables"
     if _norm(text) == _norm(current):
         return "unchanged"
     if _norm(text) in known:

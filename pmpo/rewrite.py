@@ -28,6 +28,7 @@ from pmpo.prompting import chat_request
 from pmpo.replies import REJECT_REASONS, UnclosedPromptError, filter_variants, parse_prompt, short_reply_cut_off  # noqa: F401
 from pmpo.result import SegmentEffect
 from pmpo.segments import masking_table, verdict
+from pmpo.template import variables
 
 Template = Literal["auto", "full", "short"]
 
@@ -83,7 +84,7 @@ Task: {task_description}
 
 Current instruction:
 {prompt}
-
+{variables_section}
 An example the model finds hard under this instruction:
 {example}
 
@@ -98,6 +99,13 @@ First, in one or two sentences, explain why the current instruction leads the mo
 expected answer on this example. Then write one improved instruction inside <prompt></prompt> tags. It \
 must work for every input of the task, not only this example, so do not copy the example or its answer \
 into it."""
+
+# A template's variables are filled by the application (`prompt.format(review=...)`): a rewrite without them
+# cannot be used, so the request names them (such replies are rejected as "variables" anyway).
+FULL_VARIABLES_SECTION = """\
+The instruction is a template: {names} {are} replaced by each example's text. Keep {each} exactly as written \
+(double braces included), once, in the improved instruction.
+"""
 
 FULL_TABLE_SECTION = """\
 Effect of each part of the current instruction. dL is the model's loss on the expected answers without \
@@ -191,13 +199,14 @@ def build_request(
             prompt=prompt.strip() or "(empty)",
             example=_example_block(example, preferred),
             table_section=FULL_TABLE_SECTION.format(table=masking_table(effects)) if effects else "",
+            variables_section=_variables_section(prompt),
         )
     if template == "short":
         return SHORT_TEMPLATE.format(
             task_description=task,
             example=_example_line(example),
             prompt=" ".join(prompt.split()) or "(empty)",
-            hints=_short_hints(effects),  # ends in a newline when not empty
+            hints=_short_hints(effects) + _short_keep(prompt),  # ends in a newline when not empty
         )
     raise ValueError(f"rewrite template must be full or short, not {template!r}")
 
@@ -245,8 +254,9 @@ def propose(
     )
     cut_off = [short_reply_cut_off(r, _n_tokens(lm, r), budget) for r in replies] if opened else []
     variants, rejected = filter_variants(
-        replies, current=prompt, seen=seen, max_chars=settings.max_prompt_chars, opened=opened, cut_off=cut_off
-    )
+        replies, current=prompt, seen=seen, max_chars=settings.max_prompt_chars, opened=opened, cut_off=cut_off,
+        variables=variables(prompt),
+    )  # fmt: skip
     return Proposal(variants=tuple(variants), rejected=rejected, request=message)
 
 
@@ -314,3 +324,22 @@ def _short_hints(effects: Sequence[SegmentEffect]) -> str:
     keep = " ".join(f'"{_clip(e.text, 80)}"' for e in effects if verdict(e.delta_loss) == "helps")
     drop = " ".join(f'"{_clip(e.text, 80)}"' for e in effects if verdict(e.delta_loss) == "hurts")
     return (f"Good part: {keep}\n" if keep else "") + (f"Weak part: {drop}\n" if drop else "")
+
+
+def _braced(names: Sequence[str]) -> str:
+    return ", ".join("{{" + name + "}}" for name in names)
+
+
+def _variables_section(prompt: str) -> str:
+    """The FULL request's note on the template's variables ("" for a prompt without any)."""
+    names = variables(prompt)
+    if not names:
+        return ""
+    many = len(names) > 1
+    return FULL_VARIABLES_SECTION.format(names=_braced(names), are="are" if many else "is", each="each" if many else "it")
+
+
+def _short_keep(prompt: str) -> str:
+    """The SHORT form's line naming the variables the new instruction must keep verbatim."""
+    names = variables(prompt)
+    return f"Keep exactly: {_braced(names)}\n" if names else ""

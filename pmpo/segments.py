@@ -23,6 +23,7 @@ from pmpo.generation import sample
 from pmpo.models import LoadedModel
 from pmpo.prompting import chat_request
 from pmpo.result import SegmentEffect
+from pmpo.template import has_variable, with_editable
 
 MAX_UNITS = 5  # the paper splits prompts into at most 5 units
 
@@ -49,6 +50,13 @@ class Units:
 
     prompt: str
     spans: tuple[Span, ...]
+    # The chat prompt whose optimised message `prompt` is (pmpo.template.editable); "" when `prompt` is the
+    # whole prompt. Scoring an ablation needs the whole prompt back.
+    frame: str = ""
+
+    def whole(self, text: str) -> str:
+        """The whole prompt with `text` (e.g. an ablation of `prompt`) as its optimised part."""
+        return with_editable(self.frame, text) if self.frame else text
 
     @property
     def texts(self) -> tuple[str, ...]:
@@ -171,16 +179,19 @@ def masking_analysis(
 ) -> tuple[SegmentEffect, ...]:
     """dL_j = L(prompt without unit j) - L(prompt) for every unit, from one batched `loss_of` call.
 
-    `prompt_loss` must be the loss of `units.prompt` itself, the text every ablation is cut from.
+    `prompt_loss` must be the loss of `units.prompt` itself, the text every ablation is cut from. A unit
+    holding a template `{{variable}}` is never cut out (the prompt could no longer be filled), so it is not
+    measured and no removal candidate can drop it.
     """
-    if not units.spans:
+    texts = units.texts
+    removable = [j for j, text in enumerate(texts) if not has_variable(text)]
+    if not removable:
         return ()
-    ablated = [units.without(j) for j in range(len(units.spans))]
+    ablated = [units.without(j) for j in removable]
     losses = list(loss_of(ablated))
     if len(losses) != len(ablated):
         raise ValueError(f"loss_of returned {len(losses)} losses for {len(ablated)} prompts")
-    texts = units.texts
-    return tuple(SegmentEffect(j, texts[j], float(losses[j]) - float(prompt_loss)) for j in range(len(texts)))
+    return tuple(SegmentEffect(j, texts[j], float(loss) - float(prompt_loss)) for j, loss in zip(removable, losses))
 
 
 def verdict(delta_loss: float) -> str:

@@ -166,7 +166,7 @@ def test_filter_variants_counts_each_reason():
     ]
     kept, rejected = filter_variants(replies, current=PROMPT, seen=["Seen  before."], max_chars=40, opened=False)
     assert kept == ["New one.", "Another new one."]
-    assert rejected == {"no_tags": 1, "unclosed": 1, "empty": 1, "unchanged": 1, "duplicate": 2, "too_long": 1}
+    assert rejected == {"no_tags": 1, "unclosed": 1, "empty": 1, "unchanged": 1, "duplicate": 2, "too_long": 1, "variables": 0}
     assert tuple(rejected) == REJECT_REASONS
 
 

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal, Union
 
 from pmpo.errors import DataError
+from pmpo.template import ExampleInput, Fields
 
 Objective = Literal["ce", "preference"]
 
@@ -19,6 +20,8 @@ class Supervised:
     input: str
     target: str
     aliases: tuple[str, ...] = ()
+    # Named input fields that fill a template's {{variables}} (column order); empty: `input` is the one field.
+    fields: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,8 @@ class Preference:
     input: str
     chosen: str
     rejected: tuple[str, ...]
+    # Named input fields that fill a template's {{variables}} (column order); empty: `input` is the one field.
+    fields: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,8 @@ class MultipleChoice:
     options: tuple[str, ...]
     target: str
     aliases: tuple[str, ...] = ()
+    # Named input fields that fill a template's {{variables}} (column order); empty: `input` is the one field.
+    fields: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if self.target not in self.options:
@@ -89,9 +96,16 @@ class Dataset:
         return f"{self.origin or self.name}, row {self.rows[index]}"
 
 
+def example_input(example: Example) -> ExampleInput:
+    """What a rendering takes from the example: its named fields, or its one input text."""
+    return Fields(example.fields) if example.fields else example.input
+
+
 def example_key(example: Example) -> str:
     """A stable content hash of one example (used to memoise its loss)."""
     payload = {"kind": type(example).__name__, **asdict(example)}
+    if not payload["fields"]:  # single-input examples keep the hash they had before fields existed
+        del payload["fields"]
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

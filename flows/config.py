@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from pmpo.data import Dataset
 from pmpo.data.loaders import BUILTIN_PREFIX, FORMATS, infer_format
+from pmpo.data.rows import ColumnMap
 from pmpo.errors import PmpoError
 from pmpo.loss import ScorerSettings
 from pmpo.models import DEFAULT_MODEL, ModelSettings
@@ -72,10 +73,11 @@ class DataConfig(_Strict):
     @field_validator("columns")
     @classmethod
     def _known_fields(cls, columns: dict[str, str]) -> dict[str, str]:
-        known = ("input", "target", "chosen", "rejected", "options", "aliases")
-        unknown = sorted(set(columns) - set(known))
-        if unknown:
-            raise ValueError(f"unknown field(s) {', '.join(unknown)}; map one of {', '.join(known)}")
+        # A name that is not one of our fields is a template variable (`review: text` fills {{review}}).
+        try:
+            ColumnMap.from_mapping(columns)
+        except PmpoError as exc:
+            raise ValueError(str(exc)) from None
         return columns
 
 

@@ -10,6 +10,7 @@ from flows.cost import CostRow, cost_row
 from flows.steps import PrefectSteps
 from pmpo.budget import check_fits
 from pmpo.optimizer import OptimizerConfig
+from pmpo.template import prompt_variables
 from pmpo.usage import Meter
 from tasks import steps as t
 from tasks import tracking
@@ -43,16 +44,18 @@ def resolve_prompt(prompt: str) -> str:
 def evaluate_prompt(config: EvaluateConfig = EvaluateConfig()) -> EvaluateSummary:
     """Score a prompt on the held-out part of the same split an optimisation run with this seed used."""
     d = config.data
+    given = resolve_prompt(config.prompt) if config.prompt else ""  # its variables say which columns to read
     dataset, split = t.load_split(
         d.source, format=d.format, columns=d.columns, kind=d.kind, limit=d.limit, hub_config=d.hub_config,
         hub_split=d.hub_split, seed=config.seed, train_fraction=config.train_fraction, train_cap=config.train_cap,
+        variables=prompt_variables(given),
     )  # fmt: skip
     if split.test is None:
         raise ConfigError(f"dataset {dataset.name!r} has one example: nothing is left to hold out")
     source = config.prompt or dataset.default_prompt
     if not source:
         raise ConfigError(f"dataset {dataset.name!r} has no default prompt: give one (prompt / --prompt)")
-    prompt = resolve_prompt(source)
+    prompt = given or source
     ref = model_ref(config.model.settings(), config.scorer())
     check_fits(text_side(ref), prompt, split.test, config.scoring.mc_objective)
     steps = PrefectSteps(ref, OptimizerConfig())

@@ -21,12 +21,15 @@ from pmpo.evaluate import Evaluation, compare
 from pmpo.optimizer import PMPO
 from pmpo.result import Candidate, Iteration
 from pmpo.stats import Interval
+from pmpo.template import prompt_variables
 from pmpo.usage import Meter
 from tasks import steps as t
 from tasks import tracking
 from tasks.environment import code_version, shown_tracking_uri
 from tasks.models import ModelRef, model_ref, text_side
 from tasks.progress import Event, report
+
+REGISTRY_PREFIX = "prompts:/"
 
 
 class CandidateRow(BaseModel):
@@ -103,6 +106,8 @@ class OptimizeSummary(BaseModel):
 @flow(name="optimize-prompt")
 def optimize_prompt(config: OptimizeConfig = OptimizeConfig()) -> OptimizeSummary:
     """Optimise a prompt with PMPO on a dataset; every candidate goes to MLflow, the best to the registry."""
+    if config.prompt and config.prompt.startswith(REGISTRY_PREFIX):  # the run is keyed by the text it starts from
+        config = config.model_copy(update={"prompt": tracking.load_registered_prompt(config.prompt)})
     dataset, split = _load(config)
     prompt = config.prompt or dataset.default_prompt
     if not prompt:
@@ -185,6 +190,7 @@ def _load(config: OptimizeConfig) -> tuple[Dataset, Split]:
     return t.load_split(
         d.source, format=d.format, columns=d.columns, kind=d.kind, limit=d.limit, hub_config=d.hub_config,
         hub_split=d.hub_split, seed=config.seed, train_fraction=config.train_fraction, train_cap=config.train_cap,
+        variables=prompt_variables(config.prompt or ""),
     )  # fmt: skip
 
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
 from flows.config import ConfigError, build, merge, read_config_file, read_text
-from pmpo.data.rows import ColumnMap
+from pmpo.data.rows import ROLES, ColumnMap
 from pmpo.errors import PmpoError
 
 
@@ -63,7 +62,8 @@ def columns(pairs: list[str]) -> dict[str, str]:
     except PmpoError as exc:
         raise ConfigError(str(exc)) from None
     given = {pair.partition("=")[0].strip() for pair in pairs}
-    return {f.name: getattr(mapped, f.name) for f in fields(ColumnMap) if f.name in given}
+    every = {name: getattr(mapped, name) for name in ROLES} | dict(mapped.variables)
+    return {name: column for name, column in every.items() if name in given}
 
 
 def read_prompt(path: str) -> str:

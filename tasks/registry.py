@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from pmpo.template import from_registry, to_registry
 from tasks.environment import shown_tracking_uri
 from tasks.tracking import MlflowException, TrackedRun, TrackingError, client, experiment_id
 
@@ -41,7 +42,8 @@ def get_version(name: str, ref: str | int) -> PromptVersion | None:
         return None  # no such prompt, version or alias: the caller decides whether that is a mistake
     if found is None:
         return None
-    return PromptVersion(found.name, int(found.version), found.template, dict(found.tags), tuple(found.aliases))
+    text = from_registry(found.template)  # a chat prompt: its messages as one string (pmpo.template)
+    return PromptVersion(found.name, int(found.version), text, dict(found.tags), tuple(found.aliases))
 
 
 def require_version(name: str, ref: str | int) -> PromptVersion:
@@ -70,12 +72,13 @@ def find_version(name: str, text: str) -> int | None:
         found = client().search_prompt_versions(name)
     except MlflowException:
         return None
-    return max((int(v.version) for v in found if v.template == text), default=None)
+    return max((int(v.version) for v in found if from_registry(v.template) == text), default=None)
 
 
 def register(name: str, text: str, message: str, tags: dict[str, str]) -> int:
-    """A new version of `name` with `tags`; returns its number."""
-    version = client().register_prompt(name, text, commit_message=message, tags=tags)
+    """A new version of `name` with `tags`; returns its number. A chat prompt is registered as its list of
+    messages, so the registry keeps the format the application loads."""
+    version = client().register_prompt(name, to_registry(text), commit_message=message, tags=tags)
     return int(version.version)
 
 

@@ -74,11 +74,15 @@ def load_split(
     seed: int,
     train_fraction: float,
     train_cap: int | None,
+    variables: Sequence[str] = (),
 ) -> tuple[Dataset, Split]:
-    """Read the dataset and split it (not cached: the source may change; its fingerprint keys the rest)."""
+    """Read the dataset and split it (not cached: the source may change; its fingerprint keys the rest).
+
+    `variables`: the prompt's template variables, which the examples' fields fill."""
     dataset = load_dataset(
-        source, format=format, columns=ColumnMap(**columns), kind=kind, limit=limit, hub_config=hub_config, split=hub_split
-    )
+        source, format=format, columns=ColumnMap.from_mapping(columns), kind=kind, limit=limit, hub_config=hub_config,
+        split=hub_split, variables=variables,
+    )  # fmt: skip
     return dataset, split_dataset(dataset, seed=seed, train_fraction=train_fraction, train_cap=train_cap)
 
 

@@ -31,6 +31,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
 
 from pmpo.errors import PmpoError
 from pmpo.result import Candidate, Iteration, SegmentEffect
+from pmpo.template import from_registry, to_registry
 from pmpo.usage import STEPS, Cost
 from tasks import locks
 from tasks.environment import artifacts_dir, home, shown_tracking_uri, tracking_uri
@@ -273,7 +274,7 @@ def register_prompt(task: str, prompt: str, loss: float, run: TrackedRun) -> tup
         return name, int(existing.version)
     version = mlflow.genai.register_prompt(
         name=name,
-        template=prompt,
+        template=to_registry(prompt),  # a chat prompt stays a list of messages, as the application loads it
         commit_message=f"pmpo run {run.run_id}: training loss {loss:.4f}",
         tags={"loss": f"{loss:.6f}", "run_id": run.run_id, RUN_IDS_TAG: run.run_id},
     )
@@ -286,15 +287,16 @@ def _same_text_version(c: MlflowClient, name: str, text: str):
         versions = c.search_prompt_versions(name)
     except MlflowException:
         return None
-    same = [v for v in versions if v.template == text]
+    same = [v for v in versions if from_registry(v.template) == text]
     return max(same, key=lambda v: int(v.version), default=None)
 
 
 def load_registered_prompt(uri: str) -> str:
-    """The text of a registered prompt, e.g. `prompts:/sentiment@latest` or `prompts:/sentiment/2`."""
+    """The text of a registered prompt, e.g. `prompts:/sentiment@latest` or `prompts:/sentiment/2` (a chat
+    prompt as pmpo's one string form of its messages, pmpo.template)."""
     client()
     try:
-        return mlflow.genai.load_prompt(uri).template
+        return from_registry(mlflow.genai.load_prompt(uri).template)
     except MlflowException as exc:
         raise TrackingError(f"prompt {uri!r} not found in {shown_tracking_uri()}: {exc.message.splitlines()[0]}") from None
 

@@ -213,8 +213,10 @@ def test_column_map_from_cli_pairs():
     assert ColumnMap.from_pairs(["target = answer", "input=question"]) == ColumnMap(input="question", target="answer")
     with pytest.raises(DataError, match="FIELD=COLUMN"):
         ColumnMap.from_pairs(["answer"])
-    with pytest.raises(DataError, match="'label=x'"):
-        ColumnMap.from_pairs(["label=x"])
+    with pytest.raises(DataError, match="'la-bel=x'"):
+        ColumnMap.from_pairs(["la-bel=x"])
+    # A name that is not one of our fields maps a template variable to a column.
+    assert ColumnMap.from_pairs(["review=text"]).variables == (("review", "text"),)
 
 
 # --- fingerprints ----------------------------------------------------------------------------------

@@ -18,10 +18,10 @@ import contextlib
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from pmpo.data.examples import Dataset
-from pmpo.data.rows import ColumnMap, Kind, to_examples
+from pmpo.data.rows import ColumnMap, Kind, _missing_variable, field_columns, to_examples
 from pmpo.errors import DataError
 
 __all__ = ["ColumnMap", "Kind", "load_dataset", "infer_format", "FORMATS"]
@@ -60,13 +60,18 @@ def load_dataset(
     split: str | None = None,
     kind: Kind = "auto",
     limit: int | None = None,
+    variables: Sequence[str] = (),
 ) -> Dataset:
-    """Load examples from a file, a built-in task (`builtin:sentiment`) or a `datasets` hub name."""
+    """Load examples from a file, a built-in task (`builtin:sentiment`) or a `datasets` hub name.
+
+    `variables`: the prompt's template variables (pmpo.template.prompt_variables); each example then carries
+    the fields that fill them, read from the columns of the same names or those `columns` maps them to.
+    """
     if limit is not None and limit < 1:
         raise DataError(f"limit must be at least 1, not {limit}")
     text = str(source)
     if text.startswith(BUILTIN_PREFIX) and format is None:
-        return _builtin(text[len(BUILTIN_PREFIX) :], name, limit)
+        return _with_fields(_builtin(text[len(BUILTIN_PREFIX) :], name, limit), columns or ColumnMap(), variables)
     fmt = format or infer_format(source)
     if fmt == "hub":
         raw = _read_hub(text, hub_config, split, limit)
@@ -82,7 +87,7 @@ def load_dataset(
     rows = raw.rows[:limit] if limit else raw.rows
     if not rows:
         raise DataError(f"{raw.origin} holds no examples")
-    examples = to_examples(rows, columns or ColumnMap(), kind, raw.origin, text_lists=raw.text_lists)
+    examples = to_examples(rows, columns or ColumnMap(), kind, raw.origin, text_lists=raw.text_lists, variables=variables)
     return Dataset(
         name=name or raw.name,
         origin=raw.origin,
@@ -126,6 +131,21 @@ def check_utf8(path: Path) -> None:
             decoder.decode(b"", final=True)
         except UnicodeDecodeError:
             raise DataError(f"{path}, line {line}: not UTF-8 text (the file ends inside a character)") from None
+
+
+def _with_fields(dataset: Dataset, columns: ColumnMap, variables: Sequence[str]) -> Dataset:
+    """A built-in task's examples with the fields a template's variables take (its one column is `input`)."""
+    sources = field_columns(columns, variables)
+    if not sources:
+        return dataset
+    for name, column in sources.items():
+        if column != "input":
+            raise _missing_variable(dataset.origin, name, column, ["input"])
+    examples = tuple(replace(e, fields=tuple((name, e.input) for name in sources)) for e in dataset.examples)
+    return Dataset(
+        name=dataset.name, examples=examples, description=dataset.description,
+        default_prompt=dataset.default_prompt, origin=dataset.origin, rows=dataset.rows,
+    )  # fmt: skip
 
 
 def _builtin(task: str, name: str | None, limit: int | None) -> Dataset:

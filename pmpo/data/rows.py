@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, fields
-from typing import Any, Callable, Iterable, Literal
+from typing import Any, Callable, Iterable, Literal, Sequence
 
 from pmpo.data.examples import Example, MultipleChoice, Preference, Supervised
 from pmpo.errors import DataError
+from pmpo.template import INPUT, VARIABLE, Fields
+
+log = logging.getLogger(__name__)
 
 Kind = Literal["auto", "supervised", "preference", "multiple_choice"]
 
@@ -31,36 +35,107 @@ class ColumnMap:
     rejected: str = "rejected"
     options: str = "options"
     aliases: str = "aliases"
+    # Template variable -> the column that fills it (`--column review=text`); a variable not named here is
+    # filled from the column of its own name.
+    variables: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_pairs(cls, pairs: Iterable[str]) -> "ColumnMap":
-        """Parse CLI-style `FIELD=COLUMN` pairs, e.g. ["target=answer", "input=question"]."""
-        known = [f.name for f in fields(cls)]
+        """Parse CLI-style `NAME=COLUMN` pairs, e.g. ["target=answer", "review=text"]: NAME is one of our
+        fields or a template variable."""
         mapping: dict[str, str] = {}
         for pair in pairs:
-            field_name, sep, column = (part.strip() for part in pair.partition("="))
-            if not sep or not column or field_name not in known:
-                raise DataError(f"--column {pair!r}: expected FIELD=COLUMN with FIELD one of {', '.join(known)}")
-            mapping[field_name] = column
-        return cls(**mapping)
+            name, sep, column = (part.strip() for part in pair.partition("="))
+            if not sep or not column or not name:
+                raise DataError(f"--column {pair!r}: expected FIELD=COLUMN with FIELD one of {', '.join(ROLES)} or a variable")
+            mapping[name] = column
+        try:
+            return cls.from_mapping(mapping)
+        except DataError as exc:
+            raise DataError(f"--column: {exc}") from None
+
+    @classmethod
+    def from_mapping(cls, mapping: dict[str, str]) -> "ColumnMap":
+        """Our fields and template variables -> columns, as a config's `data.columns` gives them."""
+        bad = [name for name in mapping if name not in ROLES and not _is_variable_name(name)]
+        if bad:
+            raise DataError(
+                f"{', '.join(repr(f'{n}={mapping[n]}') for n in bad)}: not one of our fields ({', '.join(ROLES)}) "
+                "nor a template variable name (letters, digits, _)"
+            )
+        roles = {name: column for name, column in mapping.items() if name in ROLES and name != INPUT}
+        variables = tuple((name, column) for name, column in mapping.items() if name not in ROLES)
+        return cls(**roles, input=mapping.get(INPUT, INPUT), variables=variables)
+
+    def as_mapping(self) -> dict[str, str]:
+        """Every field and variable whose column is not the default (the inverse of `from_mapping`)."""
+        defaults = ColumnMap()
+        out = {name: getattr(self, name) for name in ROLES if getattr(self, name) != getattr(defaults, name)}
+        return out | dict(self.variables)
+
+
+ROLES = ("input", "target", "chosen", "rejected", "options", "aliases")  # our fields, as `--column` names them
+
+
+def _is_variable_name(name: str) -> bool:
+    return VARIABLE.fullmatch("{{" + name + "}}") is not None
 
 
 def to_examples(
-    rows: list[dict[str, Any]], columns: ColumnMap, kind: Kind, origin: str, text_lists: bool = False
+    rows: list[dict[str, Any]],
+    columns: ColumnMap,
+    kind: Kind,
+    origin: str,
+    text_lists: bool = False,
+    variables: Sequence[str] = (),
 ) -> list[Example]:
     """Turn rows into examples of one kind; errors name `origin`, the row and the column.
 
     `text_lists`: the source has no list type (CSV), so a list field's cell may hold a JSON list.
+    `variables`: the prompt's template variables; each is filled from a column (its own name, or the one
+    `columns.variables` maps to it), and the examples carry those fields. Then the `input` column is optional.
     """
     rows = [_from_target_scores(row, columns) for row in rows]
     # A key that is null in every row is absent: JSON-lines readers fill missing keys with None.
     present = [c for c in dict.fromkeys(k for row in rows for k in row) if any(r.get(c) is not None for r in rows)]
     resolved = _resolve_kind(kind, present, columns)
+    sources = field_columns(columns, variables)
+    for name, column in sources.items():
+        if column not in present:
+            raise _missing_variable(origin, name, column, present)
     for field_name in _REQUIRED[resolved]:
+        if field_name == INPUT and sources:
+            continue  # the fields are the input
         if getattr(columns, field_name) not in present:
             raise _missing_column(origin, resolved, field_name, columns, present)
+    if sources:
+        _warn_unused(origin, present, columns, sources)
     build = _BUILDERS[resolved]
-    return [build(_Cells(row, columns, f"{origin}, row {i}", text_lists)) for i, row in enumerate(rows, start=1)]
+    return [
+        build(_Cells(row, columns, f"{origin}, row {i}", text_lists, sources)) for i, row in enumerate(rows, start=1)
+    ]
+
+
+def field_columns(columns: ColumnMap, variables: Sequence[str]) -> dict[str, str]:
+    """Each field an example carries (the prompt's variables and every mapped one) -> the column it comes from."""
+    mapped = dict(columns.variables)
+    names = list(dict.fromkeys([*variables, *mapped]))
+    return {name: mapped.get(name, columns.input if name == INPUT else name) for name in names}
+
+
+def _missing_variable(origin: str, name: str, column: str, present: list[str]) -> DataError:
+    return DataError(
+        f"{origin}: the prompt's variable {{{{{name}}}}} has no field: no column {column!r}. "
+        f"Columns found: {', '.join(present) or 'none'}. Map the one that fills it with --column {name}=<column>"
+    )
+
+
+def _warn_unused(origin: str, present: list[str], columns: ColumnMap, sources: dict[str, str]) -> None:
+    """One warning for the columns neither a field of ours nor any variable reads (they are ignored)."""
+    used = {getattr(columns, f) for f in ROLES} | set(sources.values()) | {BIGBENCH_SCORES}
+    unused = [c for c in present if c not in used]
+    if unused:
+        log.warning("%s: column(s) %s fill no variable of the prompt; ignored", origin, ", ".join(map(repr, unused)))
 
 
 def _resolve_kind(kind: str, present: list[str], columns: ColumnMap) -> str:
@@ -109,6 +184,25 @@ class _Cells:
     columns: ColumnMap
     where: str
     text_lists: bool
+    sources: dict[str, str]  # field -> column, for a prompt with variables; empty: one input text
+
+    def fields(self) -> tuple[tuple[str, str], ...]:
+        """The example's named input fields (empty when the prompt has no variables)."""
+        return tuple((name, self._cell(name, column)) for name, column in self.sources.items())
+
+    def input(self) -> str:
+        """The input text: the input column, or the fields as `name: value` lines when there is none."""
+        if not self.sources or self.row.get(self.columns.input) is not None:
+            return self.text("input")
+        return Fields(self.fields()).text
+
+    def _cell(self, name: str, column: str) -> str:
+        value = self.row.get(column)
+        if isinstance(value, (dict, list, tuple)):
+            raise DataError(f"{self.where}: the variable {{{{{name}}}}} (column {column!r}) must be text, not {value!r}")
+        if value is None or not str(value).strip():
+            raise DataError(f"{self.where}: the variable {{{{{name}}}}} (column {column!r}) is empty")
+        return str(value)
 
     def text(self, field_name: str) -> str:
         """The field as non-empty text (numbers and booleans are written as text)."""
@@ -153,14 +247,14 @@ def _json_list(value: str) -> Any:
 
 def _supervised(cells: _Cells) -> Supervised:
     target, aliases = cells.target_and_aliases()
-    return Supervised(input=cells.text("input"), target=target, aliases=aliases)
+    return Supervised(input=cells.input(), target=target, aliases=aliases, fields=cells.fields())
 
 
 def _preference(cells: _Cells) -> Preference:
     rejected = cells.texts("rejected")
     if not rejected:
         raise DataError(f"{cells.where}: the rejected output (column {cells.columns.rejected!r}) is empty")
-    return Preference(input=cells.text("input"), chosen=cells.text("chosen"), rejected=rejected)
+    return Preference(input=cells.input(), chosen=cells.text("chosen"), rejected=rejected, fields=cells.fields())
 
 
 def _multiple_choice(cells: _Cells) -> MultipleChoice:
@@ -173,7 +267,7 @@ def _multiple_choice(cells: _Cells) -> MultipleChoice:
     target, aliases = cells.target_and_aliases()
     if target not in options:
         raise DataError(f"{cells.where}: the target {target!r} is not one of the options {list(options)}")
-    return MultipleChoice(input=cells.text("input"), options=options, target=target, aliases=aliases)
+    return MultipleChoice(input=cells.input(), options=options, target=target, aliases=aliases, fields=cells.fields())
 
 
 _BUILDERS: dict[str, Callable[[_Cells], Example]] = {

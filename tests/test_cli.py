@@ -31,7 +31,7 @@ def _one_line_error(capsys, argv: list[str], code: int = 2) -> str:
         (["frobnicate"], "invalid choice: 'frobnicate'"),
         (["optimize", "--data", "no/such/file.jsonl"], "data file 'no/such/file.jsonl' does not exist"),
         (["optimize", "--column", "target"], "--column 'target': expected FIELD=COLUMN"),
-        (["optimize", "--column", "answer=target"], "FIELD one of input, target"),
+        (["optimize", "--column", "an-swer=target"], "not one of our fields (input, target"),
         (["optimize", "--prompt", "a", "--prompt-file", "b"], "not allowed with argument"),
         (["optimize", "--prompt-file", "no-such-prompt.txt"], "--prompt-file no-such-prompt.txt"),
         (["optimize", "--iterations", "-1"], "iterations: Input should be greater than or equal to 0"),

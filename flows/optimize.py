@@ -21,7 +21,7 @@ from pmpo.evaluate import Evaluation, compare
 from pmpo.optimizer import PMPO
 from pmpo.result import Candidate, Iteration
 from pmpo.stats import Interval
-from pmpo.template import prompt_variables
+from pmpo.template import normalized, prompt_variables
 from pmpo.usage import Meter
 from tasks import steps as t
 from tasks import tracking
@@ -108,6 +108,8 @@ def optimize_prompt(config: OptimizeConfig = OptimizeConfig()) -> OptimizeSummar
     """Optimise a prompt with PMPO on a dataset; every candidate goes to MLflow, the best to the registry."""
     if config.prompt and config.prompt.startswith(REGISTRY_PREFIX):  # the run is keyed by the text it starts from
         config = config.model_copy(update={"prompt": tracking.load_registered_prompt(config.prompt)})
+    elif config.prompt:  # a chat prompt however its JSON was written: the same messages are the same candidate
+        config = config.model_copy(update={"prompt": normalized(config.prompt)})
     dataset, split = _load(config)
     prompt = config.prompt or dataset.default_prompt
     if not prompt:

@@ -116,6 +116,12 @@ def chat_prompt(messages: Sequence[Message] | Sequence[Mapping[str, str]]) -> st
     return json.dumps([{"role": m.role, "content": m.content} for m in items], ensure_ascii=False)
 
 
+def normalized(prompt: str) -> str:
+    """A chat prompt in its one string form (however its JSON was written); any other prompt unchanged."""
+    messages = chat_messages(prompt)
+    return prompt if messages is None else chat_prompt(messages)
+
+
 def to_registry(prompt: str) -> str | list[dict[str, str]]:
     """What MLflow's `register_prompt(template=...)` takes: the text, or the list of messages."""
     messages = chat_messages(prompt)

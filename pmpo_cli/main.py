@@ -72,7 +72,7 @@ def _positive(text: str) -> int:
 def _data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", metavar="SOURCE", help="file (.jsonl .json .csv .tsv .parquet), builtin:<task> or hub name")
     p.add_argument("--format", help="data format, when the file name does not say it")
-    p.add_argument("--column", action="append", default=[], metavar="FIELD=COLUMN", help="map a column, e.g. target=answer")
+    p.add_argument("--column", action="append", default=[], metavar="FIELD=COLUMN", help="map a column to our field or a template variable, e.g. target=answer, review=text")
     p.add_argument("--limit", type=int, help="read at most this many examples")
     p.add_argument("--model", metavar="SPEC", help="built-in name, hub id or local directory (default: bundled SmolLM2)")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
@@ -89,8 +89,12 @@ def _data_options(p: argparse.ArgumentParser) -> None:
 
 def _prompt_options(p: argparse.ArgumentParser) -> None:
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--prompt", help="the prompt (default: the dataset's default prompt)")
-    group.add_argument("--prompt-file", metavar="FILE", help="read the prompt from a file")
+    group.add_argument(
+        "--prompt", help="the prompt, a {{variable}} template, or prompts:/name@alias (default: the dataset's default prompt)"
+    )
+    group.add_argument(
+        "--prompt-file", metavar="FILE", help="read the prompt from a file (a template, or a chat prompt as a JSON message list)"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

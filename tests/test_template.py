@@ -244,3 +244,13 @@ def test_a_column_no_variable_uses_is_ignored_with_one_warning(tmp_path, caplog)
     assert ds.examples[0].fields == (("review", "Loved it, works great."),)
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 1 and "'product'" in warnings[0] and "ignored" in warnings[0]
+
+
+def test_column_flags_and_config_map_template_variables():
+    from flows.config import DataConfig
+    from pmpo_cli.options import columns
+
+    assert columns(["review=text", "target=label"]) == {"review": "text", "target": "label"}
+    assert DataConfig(columns={"review": "text", "target": "label"}).columns == {"review": "text", "target": "label"}
+    with pytest.raises(ValueError, match="nor a template variable name"):
+        DataConfig(columns={"re view": "text"})

@@ -9,6 +9,13 @@ its end share the whole instruction; a template that opens with its variable sha
 every example runs the instruction again. Three forms of the same instruction are scored on the same examples,
 each as `--variants` distinct candidates (a candidate's prefix is computed once); the table gives the tokens run
 through the model and the wall time per candidate, and the early template against the instruction prompt.
+
+Measured here (SmolLM2-135M fp32, 2 CPU cores shared with other jobs, 40 examples x 3 candidates per form):
+
+    prompt form                       tokens/cand   s/cand  x tokens  x time fallbacks
+    instruction (input after it)             1288    30.90      1.00    1.00         0
+    template, variable last                  1335    33.51      1.04    1.08         0
+    template, variable first                 5633    99.24      4.37    3.21         0
 """
 
 from __future__ import annotations

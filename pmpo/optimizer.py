@@ -152,6 +152,7 @@ def rewrite_prompts(
             seed=rewrite_seed(config.seed, iteration, rank),
             seen=known | set(variants),
             scorer=scorer,
+            scored_prompt=incumbent,
         )
         variants.extend(proposal.variants)
         for reason, count in proposal.rejected.items():

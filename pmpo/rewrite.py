@@ -222,16 +222,18 @@ def propose(
     seed: int,
     seen: Collection[str] = (),
     scorer: Scorer | None = None,
+    scored_prompt: str | None = None,
 ) -> Proposal:
     """One rewrite request for one hard example, sampled `settings.n_variants` times, filtered.
 
     The FULL template shows what the model now prefers on the example, found with `scorer` (a fresh one
-    when None; pass the run's scorer so its memo is reused).
+    when None; pass the run's scorer so its memo is reused), under `scored_prompt` when `prompt` is only the
+    optimised part of it (a chat prompt's system message).
     """
     template = choose_template(settings.template, lm.n_params, settings.small_model_params)
     preferred = None
     if template == "full":  # costs a scoring pass or a greedy decode: only the FULL template shows it
-        preferred = preferred_answer(lm, scorer or Scorer(lm), prompt, example)
+        preferred = preferred_answer(lm, scorer or Scorer(lm), scored_prompt or prompt, example)
     message = build_request(
         template, task_description=task_description, example=example, prompt=prompt, effects=effects,
         preferred=preferred,

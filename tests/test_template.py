@@ -254,3 +254,13 @@ def test_column_flags_and_config_map_template_variables():
     assert DataConfig(columns={"review": "text", "target": "label"}).columns == {"review": "text", "target": "label"}
     with pytest.raises(ValueError, match="nor a template variable name"):
         DataConfig(columns={"re view": "text"})
+
+
+def test_the_full_request_diagnoses_the_whole_chat_prompt(tiny_lm, monkeypatch):
+    scored = []
+    monkeypatch.setattr("pmpo.rewrite.preferred_answer", lambda lm, scorer, prompt, example: scored.append(prompt))
+    monkeypatch.setattr("pmpo.rewrite.sample", lambda *a, **k: ["<prompt>Label the review.</prompt>"])
+    config = OptimizerConfig(rewrite=RewriteSettings(hard_k=1, n_variants=1, template="full"))
+    variants, _ = rewrite_prompts(tiny_lm, CHAT, Dataset("t", _examples()), [0], (), config, 1, frozenset({CHAT}))
+    assert scored == [CHAT]  # what the model prefers is found under the whole prompt, not its system text alone
+    assert [editable(v) for v in variants] == ["Label the review."]

@@ -7,6 +7,8 @@ import pytest
 
 from pmpo.template import variables
 
+pytestmark = pytest.mark.real_model
+
 # The second line misleads the model; the refresh can drop it, never the {{review}} line.
 START = (
     "Classify the sentiment of the review as positive or negative.\n"

@@ -85,7 +85,7 @@ def value_of(example_input: ExampleInput, name: str) -> str:
     if value is None:
         raise TemplateError(
             f"the prompt's variable {{{{{name}}}}} has no field in the example (fields: {fields}); "
-            f"map a column to it with --column {name}=<column>"
+            f"map a column to it with --column {name}=<column> (in Python: load_dataset(..., variables=...))"
         )
     return value
 

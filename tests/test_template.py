@@ -223,7 +223,7 @@ def test_several_columns_fill_several_variables(tmp_path):
     renamed = [{"text": r["review"], "item": r["product"], "target": r["target"]} for r in ROWS]
     path = tmp_path / "r.csv"
     path.write_text("text,item,target\n" + "".join(f"\"{r['text']}\",{r['item']},{r['target']}\n" for r in renamed))
-    mapped = load_dataset(path, columns=ColumnMap.from_pairs(["review=text", "product=item"]), variables=("review",))
+    mapped = load_dataset(path, columns=ColumnMap.from_pairs(["review=text", "product=item"]), variables=("review", "product"))
     assert mapped.examples[1].fields == (("review", "Broke after a day."), ("product", "lamp"))
 
 
@@ -244,6 +244,14 @@ def test_a_column_no_variable_uses_is_ignored_with_one_warning(tmp_path, caplog)
     assert ds.examples[0].fields == (("review", "Loved it, works great."),)
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 1 and "'product'" in warnings[0] and "ignored" in warnings[0]
+    # A column mapped to a variable the prompt does not have is unused too.
+    from pmpo.data.rows import ColumnMap
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="pmpo.data.rows"):
+        ds = load_dataset(tmp_path / "d.jsonl", columns=ColumnMap.from_pairs(["item=product"]), variables=("review",))
+    assert ds.examples[0].fields == (("review", "Loved it, works great."),)
+    assert ["'product'" in r.getMessage() for r in caplog.records] == [True]
 
 
 def test_column_flags_and_config_map_template_variables():

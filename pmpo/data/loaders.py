@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from pmpo.data.examples import Dataset
-from pmpo.data.rows import ColumnMap, Kind, _missing_variable, field_columns, to_examples
+from pmpo.data.rows import ColumnMap, Kind, missing_variable, field_columns, to_examples
 from pmpo.errors import DataError
 
 __all__ = ["ColumnMap", "Kind", "load_dataset", "infer_format", "FORMATS"]
@@ -140,7 +140,7 @@ def _with_fields(dataset: Dataset, columns: ColumnMap, variables: Sequence[str])
         return dataset
     for name, column in sources.items():
         if column != "input":
-            raise _missing_variable(dataset.origin, name, column, ["input"])
+            raise missing_variable(dataset.origin, name, column, ["input"])
     examples = tuple(replace(e, fields=tuple((name, e.input) for name in sources)) for e in dataset.examples)
     return Dataset(
         name=dataset.name, examples=examples, description=dataset.description,

@@ -102,7 +102,7 @@ def to_examples(
     sources = field_columns(columns, variables)
     for name, column in sources.items():
         if column not in present:
-            raise _missing_variable(origin, name, column, present)
+            raise missing_variable(origin, name, column, present)
     for field_name in _REQUIRED[resolved]:
         if field_name == INPUT and sources:
             continue  # the fields are the input
@@ -117,13 +117,15 @@ def to_examples(
 
 
 def field_columns(columns: ColumnMap, variables: Sequence[str]) -> dict[str, str]:
-    """Each field an example carries (the prompt's variables and every mapped one) -> the column it comes from."""
+    """Each field an example carries -> the column it comes from: the prompt's variables when they are known
+    (a mapped name the prompt does not use is left out, and its column warned about as unused), else every mapped one."""
     mapped = dict(columns.variables)
-    names = list(dict.fromkeys([*variables, *mapped]))
+    names = list(variables) if variables else list(mapped)
     return {name: mapped.get(name, columns.input if name == INPUT else name) for name in names}
 
 
-def _missing_variable(origin: str, name: str, column: str, present: list[str]) -> DataError:
+def missing_variable(origin: str, name: str, column: str, present: list[str]) -> DataError:
+    """The error for a variable whose column the source lacks: names the variable, the column and the way out."""
     return DataError(
         f"{origin}: the prompt's variable {{{{{name}}}}} has no field: no column {column!r}. "
         f"Columns found: {', '.join(present) or 'none'}. Map the one that fills it with --column {name}=<column>"

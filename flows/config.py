@@ -189,6 +189,8 @@ class OptimizeConfig(_Strict):
     # False is the paper's ablation without masking (no dL table, no mask forward passes, no removals).
     masking: bool = Field(True, description="measure each unit's dL and show it to the rewriter")
     segment_removal: bool = Field(True, description="also try the prompt without each unit that hurts")
+    # The system message is where a chat prompt's instruction usually is; name another by its index.
+    chat_message: int | None = Field(None, ge=0, description="chat prompts: index of the message to optimise (default: system)")
     racing: RacingConfig = Field(default_factory=RacingConfig)
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
@@ -202,6 +204,7 @@ class OptimizeConfig(_Strict):
             units=self.units,
             masking=self.masking,
             segment_removal=self.segment_removal,
+            chat_message=self.chat_message,
             rewrite=self.rewrite.settings(),
             racing=self.racing.settings(),
             seed=self.seed,

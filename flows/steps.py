@@ -72,6 +72,7 @@ class PrefectSteps:
             "mask", iteration, t.segments_label(iteration), self._mask,
             model=self.model, prompt=prompt, prompt_loss=prompt_loss, data=train, iteration=iteration,
             units=c.units, max_units=c.max_units, seed=c.seed, small_model_params=c.rewrite.small_model_params,
+            chat_message=c.chat_message,
         )  # fmt: skip
 
     def rewrites(
@@ -88,6 +89,7 @@ class PrefectSteps:
             "rewrite", iteration, t.rewrites_label(iteration, hard), self._rewrite,
             model=self.model, incumbent=incumbent, data=train, hard=list(hard), effects=tuple(effects),
             iteration=iteration, seen=seen, rewrite=self.config.rewrite, seed=self.config.seed,
+            chat_message=self.config.chat_message,
         )  # fmt: skip
 
     def select(self, incumbent: Candidate, candidates: Sequence[Candidate], iteration: int) -> Candidate:

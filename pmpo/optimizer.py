@@ -46,6 +46,9 @@ class OptimizerConfig:
     masking: bool = True
     # Dropping a unit with dL < 0 is a candidate too: it was already scored by the masking analysis.
     segment_removal: bool = True
+    # Which message of a chat prompt is optimised (its index); None: the system message, where the instruction
+    # usually is. The other messages stay exactly as they are.
+    chat_message: int | None = None
     rewrite: RewriteSettings = field(default_factory=RewriteSettings)
     # Stop scoring clearly worse candidates after a first slice of the training set (off by default).
     racing: RacingSettings = field(default_factory=RacingSettings)
@@ -97,12 +100,12 @@ def unit_mode(setting: str, n_params: int, small_model_params: int) -> str:
 def prompt_units(lm: LoadedModel, prompt: str, config: OptimizerConfig, iteration: int) -> Units:
     """The removable units of `prompt` (of its system message, for a chat prompt) as spans: model-marked for
     large rewriters, else the splitter's."""
-    text = editable(prompt)
+    text = editable(prompt, config.chat_message)
     if unit_mode(config.units, lm.n_params, config.rewrite.small_model_params) == "model":
         units = model_units(lm, text, seed=rewrite_seed(config.seed, iteration, -1), max_units=config.max_units)
     else:
         units = segment(text, max_units=config.max_units)
-    return replace(units, frame=prompt) if text != prompt else units
+    return replace(units, frame=prompt, message=config.chat_message) if text != prompt else units
 
 
 def segment_effects(scorer: Scorer, prompt_loss: float, units: Units, train: Dataset) -> tuple[SegmentEffect, ...]:
@@ -116,10 +119,14 @@ def segment_effects(scorer: Scorer, prompt_loss: float, units: Units, train: Dat
     )
 
 
-def removal_prompts(prompt: str, units: Sequence[str], effects: Sequence[SegmentEffect]) -> list[str]:
-    """`prompt` without each unit that hurts (dL < 0), cut exactly as the masking analysis cut it."""
-    spans = locate(editable(prompt), units)
-    return [with_editable(prompt, spans.without(e.index)) for e in effects if e.delta_loss < 0 and spans.without(e.index)]
+def removal_prompts(
+    prompt: str, units: Sequence[str], effects: Sequence[SegmentEffect], message: int | None = None
+) -> list[str]:
+    """`prompt` without each unit that hurts (dL < 0), cut exactly as the masking analysis cut it (`message`: the
+    chat prompt's optimised message, as `OptimizerConfig.chat_message`)."""
+    spans = locate(editable(prompt, message), units)
+    cut = [spans.without(e.index) for e in effects if e.delta_loss < 0]
+    return [with_editable(prompt, text, message) for text in cut if text]
 
 
 def rewrite_prompts(
@@ -139,8 +146,9 @@ def rewrite_prompts(
     """
     variants: list[str] = []
     rejected: dict[str, int] = {}
-    text = editable(incumbent)  # a chat prompt's system message; the other messages stay as they are
-    known = {editable(s) for s in seen}
+    message = config.chat_message
+    text = editable(incumbent, message)  # a chat prompt's optimised message; the others stay as they are
+    known = {editable(s, message) for s in seen}
     for rank, index in enumerate(hard):
         proposal = propose(
             lm,
@@ -157,7 +165,7 @@ def rewrite_prompts(
         variants.extend(proposal.variants)
         for reason, count in proposal.rejected.items():
             rejected[reason] = rejected.get(reason, 0) + count
-    return [with_editable(incumbent, v) for v in variants], rejected
+    return [with_editable(incumbent, v, message) for v in variants], rejected
 
 
 def select(incumbent: Candidate, candidates: Sequence[Candidate]) -> Candidate:
@@ -306,7 +314,7 @@ class PMPO:
         seen = frozenset(c.prompt for c in known.values())
         removals = []
         if self.config.segment_removal:
-            removals = list(dict.fromkeys(p for p in removal_prompts(incumbent.prompt, units, effects) if p and p not in seen))
+            removals = list(dict.fromkeys(p for p in removal_prompts(incumbent.prompt, units, effects, self.config.chat_message) if p and p not in seen))
         rewrites, rejected = self.steps.rewrites(incumbent.prompt, train, hard, effects, t, seen | set(removals))
         prompts = removals + rewrites
         origins: list[Origin] = ["segment_removal"] * len(removals) + ["rewrite"] * len(rewrites)

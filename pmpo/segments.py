@@ -53,10 +53,11 @@ class Units:
     # The chat prompt whose optimised message `prompt` is (pmpo.template.editable); "" when `prompt` is the
     # whole prompt. Scoring an ablation needs the whole prompt back.
     frame: str = ""
+    message: int | None = None  # which message of `frame` `prompt` is (None: its system message)
 
     def whole(self, text: str) -> str:
         """The whole prompt with `text` (e.g. an ablation of `prompt`) as its optimised part."""
-        return with_editable(self.frame, text) if self.frame else text
+        return with_editable(self.frame, text, self.message) if self.frame else text
 
     @property
     def texts(self) -> tuple[str, ...]:

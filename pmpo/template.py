@@ -133,8 +133,12 @@ def from_registry(template: str | list) -> str:
     return template if isinstance(template, str) else chat_prompt(template)
 
 
-def optimised_index(messages: Sequence[Message]) -> int:
-    """Which message's text the loop optimises: the system message (the first, if several)."""
+def optimised_index(messages: Sequence[Message], message: int | None = None) -> int:
+    """Which message's text the loop optimises: `message` (an index) when given, else the system message."""
+    if message is not None:
+        if not 0 <= message < len(messages):
+            raise TemplateError(f"chat_message {message}: the chat prompt has {len(messages)} message(s), numbered from 0")
+        return message
     for i, message in enumerate(messages):
         if message.role == "system":
             return i
@@ -144,18 +148,19 @@ def optimised_index(messages: Sequence[Message]) -> int:
     )
 
 
-def editable(prompt: str) -> str:
-    """The part of `prompt` that masking and rewriting work on: the prompt, or its system message's text."""
+def editable(prompt: str, message: int | None = None) -> str:
+    """The part of `prompt` that masking and rewriting work on: the prompt, or the text of its optimised message
+    (`message`, an index; default the system message)."""
     messages = chat_messages(prompt)
-    return prompt if messages is None else messages[optimised_index(messages)].content
+    return prompt if messages is None else messages[optimised_index(messages, message)].content
 
 
-def with_editable(prompt: str, text: str) -> str:
+def with_editable(prompt: str, text: str, message: int | None = None) -> str:
     """`prompt` with its editable part replaced by `text`; the other messages stay as they are."""
     messages = chat_messages(prompt)
     if messages is None:
         return text
-    i = optimised_index(messages)
+    i = optimised_index(messages, message)
     return chat_prompt([*messages[:i], Message(messages[i].role, text), *messages[i + 1 :]])
 
 

@@ -120,10 +120,11 @@ def mask_segments(
     max_units: int,
     seed: int,
     small_model_params: int,
+    chat_message: int | None = None,
 ) -> tuple[list[str], tuple[SegmentEffect, ...]]:
     """The prompt's removable units and dL of masking each (iteration and seed matter for model-marked units)."""
     rewrite = RewriteSettings(small_model_params=small_model_params)  # decides what units="auto" means
-    config = OptimizerConfig(units=units, max_units=max_units, seed=seed, rewrite=rewrite)
+    config = OptimizerConfig(units=units, max_units=max_units, seed=seed, rewrite=rewrite, chat_message=chat_message)
     spans = prompt_units(loaded(model), prompt, config, iteration)
     return list(spans.texts), segment_effects(scorer(model), prompt_loss, spans, data)
 
@@ -145,9 +146,10 @@ def propose_rewrites(
     seen: frozenset[str],
     rewrite: RewriteSettings,
     seed: int,
+    chat_message: int | None = None,
 ) -> tuple[list[str], dict[str, int]]:
     """Rewrite variants on the hard examples; seed and iteration fix the sampling, so they are in the key."""
-    config = OptimizerConfig(rewrite=rewrite, seed=seed)
+    config = OptimizerConfig(rewrite=rewrite, seed=seed, chat_message=chat_message)
     return rewrite_prompts(loaded(model), incumbent, data, hard, effects, config, iteration, seen, scorer(model))
 
 

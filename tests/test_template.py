@@ -4,6 +4,7 @@ from data with several fields without ever losing a variable (tiny random model;
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 import logging
 
 import numpy as np
@@ -17,6 +18,7 @@ from pmpo.loss import Scorer, ScorerSettings
 from pmpo.optimizer import OptimizerConfig, prompt_units, removal_prompts, rewrite_prompts, segment_effects
 from pmpo.prompting import render
 from pmpo.replies import filter_variants
+from pmpo.result import SegmentEffect
 from pmpo.rewrite import RewriteSettings, build_request
 from pmpo.template import (
     Fields,
@@ -148,7 +150,7 @@ def test_masking_never_cuts_out_a_variable(tiny_lm):
     loss = float(scorer.loss_matrix([TEMPLATE], train.examples).prompt_loss()[0])
     effects = segment_effects(scorer, loss, units, train)
     assert effects and all("{{" not in e.text for e in effects)  # the variable's unit is never measured
-    hurting = [e.__class__(e.index, e.text, -1.0) for e in effects]  # pretend every measured unit hurts
+    hurting = [SegmentEffect(e.index, e.text, -1.0) for e in effects]  # pretend every measured unit hurts
     for prompt in removal_prompts(TEMPLATE, list(units.texts), hurting):
         assert variables(prompt) == ("review",)
 
@@ -161,7 +163,7 @@ def test_masking_a_chat_prompt_cuts_its_system_message_only(tiny_lm):
     loss = float(scorer.loss_matrix([CHAT], train.examples).prompt_loss()[0])
     effects = segment_effects(scorer, loss, units, train)
     assert len(effects) == 2
-    removed = removal_prompts(CHAT, list(units.texts), [e.__class__(0, e.text, -1.0) for e in effects[:1]])
+    removed = removal_prompts(CHAT, list(units.texts), [SegmentEffect(0, effects[0].text, -1.0)])
     assert [editable(p) for p in removed] == ["Reply with one word."]
     assert chat_messages(removed[0])[1] == chat_messages(CHAT)[1]
     # The loss of a removal is what the masking analysis measured for it.
@@ -272,3 +274,27 @@ def test_the_full_request_diagnoses_the_whole_chat_prompt(tiny_lm, monkeypatch):
     variants, _ = rewrite_prompts(tiny_lm, CHAT, Dataset("t", _examples()), [0], (), config, 1, frozenset({CHAT}))
     assert scored == [CHAT]  # what the model prefers is found under the whole prompt, not its system text alone
     assert [editable(v) for v in variants] == ["Label the review."]
+
+
+def test_the_config_can_name_another_chat_message_to_optimise(tiny_lm, monkeypatch):
+    two = chat_prompt(
+        [
+            {"role": "system", "content": "You are a careful assistant."},
+            {"role": "user", "content": "Label the review as positive or negative.\nBe brief.\n\nReview: {{review}}"},
+        ]
+    )
+    train = Dataset("t", _examples())
+    config = OptimizerConfig(units="splitter", chat_message=1)
+    units = prompt_units(tiny_lm, two, config, 1)
+    assert units.texts[0] == "Label the review as positive or negative." and units.message == 1
+    effects = segment_effects(Scorer(tiny_lm), 0.0, units, train)
+    assert [e.text for e in effects] == ["Label the review as positive or negative.", "Be brief."]  # not the variable
+    [removed] = removal_prompts(two, list(units.texts), [SegmentEffect(1, "Be brief.", -1.0)], 1)  # as if it hurt
+    assert chat_messages(removed)[0] == chat_messages(two)[0]
+    assert chat_messages(removed)[1].content == "Label the review as positive or negative.\n\nReview: {{review}}"
+    monkeypatch.setattr("pmpo.rewrite.sample", lambda *a, **k: ["Say positive or negative. Review: {{review}}</prompt>"])
+    rewrite = RewriteSettings(hard_k=1, n_variants=1, template="short")
+    variants, _ = rewrite_prompts(tiny_lm, two, train, [0], (), replace(config, rewrite=rewrite), 1, frozenset({two}))
+    assert [chat_messages(v)[1].content for v in variants] == ["Say positive or negative. Review: {{review}}"]
+    with pytest.raises(TemplateError, match="chat_message 5: the chat prompt has 2 message"):
+        editable(two, 5)

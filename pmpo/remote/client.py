@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from pmpo.errors import PmpoError
+
+if TYPE_CHECKING:
+    from pmpo.models import ModelSettings
 
 
 class RemoteError(PmpoError):
@@ -35,6 +38,22 @@ class RemoteSettings:
     prompts_per_request: int = 16
     # The self-check costs one request per server and process; off only for a server checked by other means.
     check: bool = True
+
+    @classmethod
+    def of(cls, model: "ModelSettings") -> "RemoteSettings":
+        """The remote part of a model's settings (backend openai)."""
+        if not model.base_url:
+            raise RemoteError("model.base_url is required for backend openai (e.g. http://localhost:8000/v1)")
+        return cls(
+            base_url=model.base_url,
+            model=model.model,
+            api_key_env=model.api_key_env,
+            revision=model.revision,
+            timeout_s=model.timeout_s,
+            max_retries=model.max_retries,
+            max_concurrency=model.max_concurrency,
+            check=model.check,
+        )
 
 
 class Endpoint:

@@ -157,3 +157,46 @@ def test_an_example_over_the_context_is_refused_before_sending(real_lm, echo_url
     remote = RemoteScorer(small, Endpoint(RemoteSettings(base_url=echo_url, model="smol")))
     with pytest.raises(ContextLengthError, match="over the model's context of 16"):
         remote.loss_matrix(PROMPTS[:1], EXAMPLES[:1])
+
+
+# --- config and CLI ------------------------------------------------------------------------------------------
+
+
+def test_cli_flags_fill_the_model_block():
+    from flows.config import OptimizeConfig
+    from pmpo_cli.main import build_parser
+    from pmpo_cli.options import config_values
+
+    argv = ["optimize", "--backend", "openai", "--base-url", "http://h:8000/v1", "--served-model", "m",
+            "--api-key-env", "MY_KEY", "--tokenizer", "org/tok", "--max-concurrency", "8"]
+    config = OptimizeConfig.model_validate(config_values(build_parser().parse_args(argv)))
+    settings = RemoteSettings.of(config.model.settings())
+    assert (settings.base_url, settings.model, settings.api_key_env, settings.max_concurrency) == ("http://h:8000/v1", "m", "MY_KEY", 8)
+    assert config.model.tokenizer == "org/tok"
+
+
+@pytest.mark.parametrize(
+    "model, why",
+    [
+        ({"backend": "openai"}, "model: backend openai needs base_url"),
+        ({"backend": "openai", "base_url": "http://h/v1", "api_key_env": "sk-abc123"}, "model: api_key_env takes the NAME of an environment variable"),
+        ({"backend": "vllm"}, "model.backend"),
+    ],
+)
+def test_bad_remote_config_is_one_line_naming_the_field(model, why):
+    from flows.config import ConfigError, OptimizeConfig, build
+
+    with pytest.raises(ConfigError, match=why) as err:
+        build(OptimizeConfig, {"model": model})
+    assert "sk-abc123" not in str(err.value)  # a key pasted in the wrong field is not repeated back
+
+
+def test_local_cache_keys_are_unchanged_and_remote_keys_hold_the_tokenizer():
+    from pmpo.loss import ScorerSettings
+    from pmpo.models import ModelSettings
+    from tasks.models import ModelRef
+
+    local = ModelRef(ModelSettings(spec="/m"), ScorerSettings(), "tiny@sha256:1", "float32", "cpu").cache_key()
+    assert "tokenizer" not in local  # the keys of runs made before the remote backend still hit
+    remote = ModelRef(ModelSettings(backend="openai", base_url="u"), ScorerSettings(), "openai:u#m@r1", "remote", "remote", "tok@sha256:2")
+    assert remote.cache_key()["tokenizer"] == "tok@sha256:2" and remote.cache_key()["identity"] == "openai:u#m@r1"

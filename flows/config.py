@@ -100,6 +100,9 @@ class ModelConfig(_Strict):
     timeout_s: float = Field(60.0, gt=0, description="openai: seconds per request")
     max_retries: int = Field(3, ge=0, description="openai: retries of 429, 5xx and timeouts, with backoff")
     check: bool = Field(True, description="openai: refuse a server whose prompt log-probs fail the self-check")
+    # Off: it adds a BOS token the model may not see in-process. On for llama.cpp's server, whose echoed
+    # log-probs are aligned only after a leading BOS (pmpo.remote.check).
+    prepend_bos: bool = Field(False, description="openai: begin every text with BOS (llama.cpp needs it)")
 
     @model_validator(mode="after")
     def _remote_needs_url(self) -> "ModelConfig":

@@ -48,6 +48,7 @@ class ModelSettings:
     timeout_s: float = 60.0  # openai: seconds per request before a retry
     max_retries: int = 3  # openai: retries of 429, 5xx and timeouts, with exponential backoff
     check: bool = True  # openai: refuse a server whose prompt log-probs fail the self-check (pmpo.remote.check)
+    prepend_bos: bool = False  # openai: begin texts with BOS (llama.cpp's echo is aligned only after one)
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,9 @@ class RemoteSettings:
     prompts_per_request: int = 16
     # The self-check costs one request per server and process; off only for a server checked by other means.
     check: bool = True
+    # Begin every text with the tokenizer's BOS token. llama-cpp-python's echoed log-probs are aligned only after
+    # a leading BOS (which it drops from the echo); without one each token gets the next position's value.
+    prepend_bos: bool = False
 
     @classmethod
     def of(cls, model: "ModelSettings") -> "RemoteSettings":
@@ -53,6 +56,7 @@ class RemoteSettings:
             max_retries=model.max_retries,
             max_concurrency=model.max_concurrency,
             check=model.check,
+            prepend_bos=model.prepend_bos,
         )
 
 
@@ -88,16 +92,18 @@ class Endpoint:
 
     def identity(self) -> str:
         """What cache keys hold: base URL, the served model id, and the revision the user pinned (if any)."""
-        return f"openai:{self.settings.base_url.rstrip('/')}#{self.served_model()}@{self.settings.revision or 'unpinned'}"
+        bos = "+bos" if self.settings.prepend_bos else ""  # the model then reads a BOS the text lacked
+        return f"openai:{self.settings.base_url.rstrip('/')}#{self.served_model()}@{self.settings.revision or 'unpinned'}{bos}"
 
-    def complete(self, texts: Sequence[str]) -> list[dict[str, Any]]:
+    def complete(self, texts: Sequence[str], *, retry: bool = True) -> list[dict[str, Any]]:
         """The echoed choices (as dicts) of `texts` sent in one request, in the order of `texts`."""
         from pmpo.remote.logprobs import choices_in_order
 
+        client = self._client if retry else self._client.with_options(max_retries=0)
         # max_tokens 1, not 0: llama-cpp-python reads 0 as "until the context is full"; the one generated
         # token lies past the prompt's characters and is never counted.
         reply = self._call(
-            lambda: self._client.completions.create(
+            lambda: client.completions.create(
                 model=self.served_model(), prompt=list(texts), echo=True, logprobs=1, max_tokens=1, temperature=0.0
             ),
             "/completions",

@@ -42,8 +42,12 @@ class TokenLogprobs:
         return sum(values) / len(values)
 
 
-def prompt_logprobs(choice: Mapping[str, Any], text: str) -> TokenLogprobs:
-    """The echoed prompt tokens of one completion `choice` (a dict) for the prompt `text`."""
+def prompt_logprobs(choice: Mapping[str, Any], text: str, lead: str = "") -> TokenLogprobs:
+    """The echoed prompt tokens of one completion `choice` (a dict) for the prompt `text`.
+
+    `lead`: a BOS token's text that `text` begins with and the server may leave out of its echoed tokens
+    (llama-cpp-python drops a leading BOS and counts offsets from after it); offsets are then moved back.
+    """
     lp = choice.get("logprobs")
     if not lp or lp.get("token_logprobs") is None or lp.get("text_offset") is None:
         raise LogprobsMissing(
@@ -55,15 +59,38 @@ def prompt_logprobs(choice: Mapping[str, Any], text: str) -> TokenLogprobs:
         raise LogprobsMissing(f"the server returned {len(offsets)} token offsets but {len(values)} log-probs")
     if not str(choice.get("text", "")).startswith(text) or not offsets or offsets[0] != 0:
         raise LogprobsMissing("the server did not echo the prompt (`echo: true` ignored): its tokens are not in the reply")
+    skipped = _dropped_lead(lp.get("tokens"), text, lead)
+    offsets = [o + skipped for o in offsets]
     n = sum(1 for o in offsets if o < len(text))  # tokens past the prompt were generated (max_tokens)
     if any(b < a for a, b in zip(offsets[:n], offsets[1:n])):
         raise LogprobsMissing("the server's text_offset values go backwards: they are not character offsets")
+    _check_offsets(lp.get("tokens"), offsets[:n], text)
     return TokenLogprobs(tuple(offsets[:n]), tuple(values[:n]), len(text))
 
 
-def completion_nll(choice: Mapping[str, Any], text: str, start: int) -> tuple[float, int]:
-    """(summed NLL, token count) of the completion `text[start:]` in an echoed choice."""
-    values = prompt_logprobs(choice, text).target(start)
+def _dropped_lead(tokens: Sequence[str] | None, text: str, lead: str) -> int:
+    """len(lead) when the echoed tokens start after `lead` (their offsets count from there), else 0."""
+    first = tokens[0] if tokens else ""
+    if lead and first and text.startswith(lead) and not text.startswith(first) and text.startswith(first, len(lead)):
+        return len(lead)
+    return 0
+
+
+def _check_offsets(tokens: Sequence[str] | None, offsets: Sequence[int], text: str) -> None:
+    """Each echoed token's text must stand at its offset, or the offsets cannot locate the completion."""
+    for i, (token, at) in enumerate(zip(tokens or (), offsets)):
+        # '' and U+FFFD: a special token rendered as nothing, or part of a character split across tokens
+        if token and "\ufffd" not in token and text[at : at + len(token)] != token:
+            raise LogprobsMissing(
+                f"the server's text_offset does not locate its tokens in the text (token {i}, {token!r}, is not at "
+                f"character {at}): llama.cpp's server counts no characters for special tokens such as <|im_end|>, "
+                "so a chat-template text cannot be scored through it (placement: plain avoids them)"
+            )
+
+
+def completion_nll(choice: Mapping[str, Any], text: str, start: int, lead: str = "") -> tuple[float, int]:
+    """(summed NLL, token count) of the completion `text[start:]` in an echoed choice (`lead`: as above)."""
+    values = prompt_logprobs(choice, text, lead).target(start)
     if not values:
         raise LogprobsMissing(f"no echoed token holds the completion (characters {start}..{len(text)})")
     if any(v is None for v in values):  # only the very first token has none: nothing precedes it

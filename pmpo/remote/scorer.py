@@ -52,12 +52,18 @@ class RemoteScorer(Scorer):
     def facts(self) -> ServerFacts:
         """The server's self-check findings (the check runs on first use)."""
         if self._facts is None:
-            self._facts = verified(self.endpoint)
+            self._facts = verified(self.endpoint, self._bos())
         return self._facts
+
+    def _bos(self) -> str:
+        return (self.lm.tokenizer.bos_token or "") if self.endpoint.settings.prepend_bos else ""
 
     def _score_new(self, prompt: str, pairs: list[tuple[str, str]], owner_of: dict) -> None:
         rendered = render_pairs(self.lm.tokenizer, self.lm.placement, prompt, pairs)
         self._check_fits(rendered, [owner_of.get(p) for p in pairs])
+        bos = self._bos()
+        if bos:  # a chat template may begin with BOS already (SmolLM2's <|im_start|>): never two
+            rendered = [(t, at) if t.startswith(bos) else (bos + t, at + len(bos)) for t, at in rendered]
         per_request = self.facts().prompts_per_request
         chunks = [rendered[i : i + per_request] for i in range(0, len(rendered), per_request)]
         # One candidate's texts go out in order, so a server's prefix cache sees the shared prompt back to back.
@@ -75,7 +81,7 @@ class RemoteScorer(Scorer):
         out = []
         for (text, start), choice in zip(chunk, choices):
             try:
-                nll, tokens = completion_nll(choice, text, start)
+                nll, tokens = completion_nll(choice, text, start, self._bos())
             except LogprobsMissing as exc:
                 raise RemoteError(f"the scoring server at {self.endpoint.settings.base_url}: {exc}") from None
             out.append((nll, tokens, len(choice["logprobs"]["text_offset"])))

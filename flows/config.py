@@ -6,6 +6,7 @@ A config file (YAML or TOML) holds the same fields: `pmpo optimize --config run.
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -88,7 +89,31 @@ class ModelConfig(_Strict):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     placement: Literal["auto", "system", "user", "plain"] = "auto"
-    revision: str | None = None
+    revision: str | None = Field(None, description="hub revision; backend openai: a label pinning the served weights")
+    # local keeps the embedded path; openai scores through a server's /v1/completions (echo + logprobs).
+    backend: Literal["local", "openai"] = Field("local", description="local: load the weights; openai: score via a server")
+    base_url: str | None = Field(None, description="openai: the server's API root, e.g. http://localhost:8000/v1")
+    model: str | None = Field(None, description="openai: the served model's name (default: the one it serves)")
+    api_key_env: str | None = Field(None, description="openai: environment variable holding the API key (never the key)")
+    tokenizer: str | None = Field(None, description="openai: HF id or directory of the served model's tokenizer (default: spec)")
+    # 4 in flight keeps a batching server (vLLM) busy and a one-request-at-a-time server (llama.cpp) queued briefly.
+    max_concurrency: int = Field(4, ge=1, description="openai: requests in flight at once")
+    # 60 s: a batch of long prompts on a busy CPU server; timeouts are retried with backoff.
+    timeout_s: float = Field(60.0, gt=0, description="openai: seconds per request")
+    max_retries: int = Field(3, ge=0, description="openai: retries of 429, 5xx and timeouts, with backoff")
+    check: bool = Field(True, description="openai: refuse a server whose prompt log-probs fail the self-check")
+    # Off: it adds a BOS token the model may not see in-process. On for llama.cpp's server, whose echoed
+    # log-probs are aligned only after a leading BOS (pmpo.remote.check).
+    prepend_bos: bool = Field(False, description="openai: begin every text with BOS (llama.cpp needs it)")
+
+    @model_validator(mode="after")
+    def _remote_needs_url(self) -> "ModelConfig":
+        if self.backend == "openai" and not self.base_url:
+            raise ValueError("backend openai needs base_url (e.g. http://localhost:8000/v1)")
+        if self.api_key_env is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.api_key_env):
+            # a key pasted here instead of a variable name would land in every record of the run
+            raise ValueError("api_key_env takes the NAME of an environment variable (e.g. OPENAI_API_KEY), not a key")
+        return self
 
     def settings(self) -> ModelSettings:
         """As pmpo's ModelSettings."""

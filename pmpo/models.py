@@ -19,6 +19,7 @@ from pmpo.usage import Usage
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 Device = Literal["auto", "cpu", "cuda"]
 Placement = Literal["auto", "system", "user", "plain"]
+Backend = Literal["local", "openai"]
 DEFAULT_MODEL = BUNDLED_NAME
 
 
@@ -33,7 +34,21 @@ class ModelSettings:
     device: Device = "auto"
     # auto: the chat template's system message when the tokenizer has one, else a plain text prefix.
     placement: Placement = "auto"
-    revision: str | None = None  # hub revision (branch, tag or commit)
+    # hub revision (branch, tag or commit); backend openai: a label that pins the served weights in cache keys
+    revision: str | None = None
+    # local: load the weights into this process. openai: score through an OpenAI-compatible completions server
+    # (pmpo.remote); `spec` (or `tokenizer`) then only names the tokenizer and chat template that render texts.
+    backend: Backend = "local"
+    base_url: str | None = None  # openai: the server's API root, e.g. http://localhost:8000/v1
+    model: str | None = None  # openai: the served model's name (None: the one model the server lists)
+    api_key_env: str | None = None  # openai: the environment variable holding the key (never the key)
+    tokenizer: str | None = None  # openai: HF id or directory of the served model's tokenizer (None: `spec`)
+    # openai: requests in flight at once; servers batch concurrent requests, a single-process one queues them.
+    max_concurrency: int = 4
+    timeout_s: float = 60.0  # openai: seconds per request before a retry
+    max_retries: int = 3  # openai: retries of 429, 5xx and timeouts, with exponential backoff
+    check: bool = True  # openai: refuse a server whose prompt log-probs fail the self-check (pmpo.remote.check)
+    prepend_bos: bool = False  # openai: begin texts with BOS (llama.cpp's echo is aligned only after one)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ def config_values(args: argparse.Namespace) -> dict[str, Any]:
     if data:
         flags["data"] = data
     model = {k: v for k, v in (("spec", args.model), ("dtype", args.dtype), ("device", args.device)) if v is not None}
+    model |= remote_values(args)
     if model:
         flags["model"] = model
     if args.prompt is not None:
@@ -42,6 +43,15 @@ def config_values(args: argparse.Namespace) -> dict[str, Any]:
     if evals:
         flags["eval"] = evals
     return merge(values, flags)
+
+
+def remote_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The `model:` fields of the scoring-server flags that were given (absent flags: the namespace lacks them)."""
+    pairs = (
+        ("backend", "backend"), ("base_url", "base_url"), ("model", "served_model"),
+        ("api_key_env", "api_key_env"), ("tokenizer", "tokenizer"), ("max_concurrency", "max_concurrency"),
+    )
+    return {field: v for field, flag in pairs if (v := getattr(args, flag, None)) is not None}
 
 
 def build_config(model: type[BaseModel], values: dict[str, Any], args: argparse.Namespace) -> BaseModel:

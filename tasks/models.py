@@ -1,7 +1,8 @@
 """A process-wide model cache: each model is loaded once per process, and only when a task must compute.
 
 Cache keys use a `ModelRef` (the model's identity and the settings that change its numbers), which is cheap to
-build: a fully cached rerun never loads the model at all.
+build: a fully cached rerun never loads the model at all. A model behind a server (backend openai) is scored by a
+`pmpo.remote.RemoteScorer`; its identity is the server's (base URL, served model id, pinned revision).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pmpo.models import (
     resolve_device,
     resolve_dtype,
 )
+from pmpo.remote import Endpoint, RemoteScorer, RemoteSettings
 from pmpo.usage import UsageSnapshot
 from tasks.progress import Event, report
 
@@ -27,6 +29,7 @@ _LOCK = threading.Lock()  # tasks may run in worker threads; a model must still 
 _MODELS: dict[ModelSettings, LoadedModel] = {}
 _TEXT: dict[ModelSettings, TextSide] = {}
 _SCORERS: dict[tuple[ModelSettings, ScorerSettings], Scorer] = {}
+_ENDPOINTS: dict[ModelSettings, Endpoint] = {}
 
 
 @dataclass(frozen=True)
@@ -36,22 +39,28 @@ class ModelRef:
     settings: ModelSettings
     scorer: ScorerSettings
     identity: str  # name + content hash or hub revision (pmpo.models.resolve_checkpoint)
-    dtype: str  # resolved: "auto" means different numbers on different hardware
+    dtype: str  # resolved: "auto" means different numbers on different hardware ("remote": the server's)
     device: str
+    # backend openai: the identity of the tokenizer that renders the texts (its chat template changes them)
+    text_identity: str = ""
 
     def cache_key(self) -> dict:
         """The parts of the reference that change a result (the spec string does not: the identity does)."""
-        return {
+        key = {
             "identity": self.identity,
             "dtype": self.dtype,
             "device": self.device,
             "placement": self.settings.placement,
             "scorer": asdict(self.scorer),
         }
+        return key | ({"tokenizer": self.text_identity} if self.text_identity else {})
 
 
 def model_ref(settings: ModelSettings, scorer: ScorerSettings = ScorerSettings()) -> ModelRef:
-    """Resolve a model's identity without loading it."""
+    """Resolve a model's identity without loading it (backend openai: asks the server which model it serves)."""
+    if settings.backend == "openai":
+        _, text_identity = resolve_checkpoint(text_settings(settings).spec)
+        return ModelRef(settings, scorer, endpoint(settings).identity(), "remote", "remote", text_identity)
     _, identity = resolve_checkpoint(settings.spec, settings.revision)
     device = resolve_device(settings.device)
     return ModelRef(
@@ -63,24 +72,51 @@ def model_ref(settings: ModelSettings, scorer: ScorerSettings = ScorerSettings()
     )
 
 
+def text_settings(settings: ModelSettings) -> ModelSettings:
+    """The local model whose tokenizer renders texts; backend openai: `tokenizer` (else `spec`) loaded here.
+
+    The revision is left out for a remote model: there it labels the server's weights, not a hub commit.
+    """
+    if settings.backend == "local":
+        return settings
+    return ModelSettings(spec=settings.tokenizer or settings.spec, dtype=settings.dtype, device=settings.device, placement=settings.placement)
+
+
+def endpoint(settings: ModelSettings) -> Endpoint:
+    """The process's client for a remote model's server (one per settings; it reads the key once)."""
+    with _LOCK:
+        if settings not in _ENDPOINTS:
+            _ENDPOINTS[settings] = Endpoint(RemoteSettings.of(settings))
+        return _ENDPOINTS[settings]
+
+
 def loaded(ref: ModelRef) -> LoadedModel:
-    """The loaded model for `ref`, loading it on first use in this process."""
+    """The loaded model for `ref`, loading it on first use in this process.
+
+    Backend openai: a local copy of `tokenizer` (else `spec`), which rewrites and generates until a separate
+    rewriter is configured; scoring never uses it.
+    """
     with _LOCK:
         if ref.settings not in _MODELS:
             label = f"load model {ref.identity}"
             report(Event("start", label))
-            _MODELS[ref.settings] = load_model(ref.settings)
+            _MODELS[ref.settings] = load_model(text_settings(ref.settings))
             report(Event("done", label))
         return _MODELS[ref.settings]
 
 
 def scorer(ref: ModelRef) -> Scorer:
-    """The process's scorer for `ref`: one per model and scorer settings, so its memo is shared by all tasks."""
-    lm = loaded(ref)
+    """The process's scorer for `ref`: one per model and scorer settings, so its memo is shared by all tasks.
+
+    Backend openai: a RemoteScorer, which needs the tokenizer only, never the weights.
+    """
+    remote = ref.settings.backend == "openai"
+    lm = text_side(ref) if remote else loaded(ref)
+    client = endpoint(ref.settings) if remote else None
     with _LOCK:
         key = (ref.settings, ref.scorer)
         if key not in _SCORERS:
-            _SCORERS[key] = Scorer(lm, ref.scorer)
+            _SCORERS[key] = RemoteScorer(lm, client, ref.scorer) if client else Scorer(lm, ref.scorer)
         return _SCORERS[key]
 
 
@@ -90,7 +126,7 @@ def text_side(ref: ModelRef) -> TextSide | LoadedModel:
         if ref.settings in _MODELS:  # the loaded model has all of it
             return _MODELS[ref.settings]
         if ref.settings not in _TEXT:
-            _TEXT[ref.settings] = load_text_side(ref.settings)
+            _TEXT[ref.settings] = load_text_side(text_settings(ref.settings))
         return _TEXT[ref.settings]
 
 
@@ -103,4 +139,5 @@ def usage(ref: ModelRef) -> UsageSnapshot:
     """The work `ref`'s model did in this process; zeros while it is not loaded (cached steps compute nothing)."""
     with _LOCK:
         lm = _MODELS.get(ref.settings)
-    return lm.usage.snapshot() if lm is not None else UsageSnapshot()
+        remote = [s.usage.snapshot() for (m, _), s in _SCORERS.items() if m == ref.settings and isinstance(s, RemoteScorer)]
+    return sum(remote, lm.usage.snapshot() if lm is not None else UsageSnapshot())

@@ -20,7 +20,7 @@ from pmpo.optimizer import OptimizerConfig, prompt_units, rewrite_prompts, segme
 from pmpo.result import Candidate, SegmentEffect
 from pmpo.rewrite import RewriteSettings
 from tasks.caching import policy
-from tasks.models import ModelRef, loaded, scorer
+from tasks.models import ModelRef, loaded, scorer, text_side
 from tasks.progress import Event, report
 from tasks.serialization import PmpoJSONSerializer
 
@@ -172,8 +172,12 @@ def evaluate_prompt(
     """Held-out loss (and accuracy by greedy generation when `generate`) of one prompt."""
     label = evaluate_label(which, data)
     report(Event("advance", label, 0, 1))
+    remote = model.settings.backend == "openai"
+    if remote and generate:  # a local copy is not the served model: its answers would not be the server's
+        report(Event("note", "held-out accuracy by generation skipped: the scored model is behind a server"))
+    lm = text_side(model) if remote else loaded(model)  # remote: loss and option scores go through the server
     result = evaluate(
-        loaded(model), prompt, data, scorer=scorer(model), generate=generate, max_new_tokens=max_new_tokens, match=match
+        lm, prompt, data, scorer=scorer(model), generate=generate and not remote, max_new_tokens=max_new_tokens, match=match
     )
     report(Event("advance", label, 1, 1))
     return result

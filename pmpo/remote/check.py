@@ -1,0 +1,114 @@
+"""The self-check a server must pass before pmpo trusts its prompt log-probabilities.
+
+It scores a sentence repeated three times. Any language model predicts the last copy almost perfectly (it has
+just read it twice): SmolLM2-135M gives it -0.47 nats/token in-process, against -3.93 for the first copy. A
+server whose echoed log-probabilities are misaligned by one position (llama-cpp-python's: the value for token
+i comes from the logits at i, which predict token i+1) gives the last copy about -11 instead, and is refused.
+No in-process copy of the model is needed, so it works for any served model.
+
+A shift by one cannot be undone from the reply: the distribution that predicts token i (the logits at i-1) is
+reported only as its top `logprobs` entries keyed by token text, so token i's own log-prob there is unknown
+whenever it is not among them. pmpo refuses such a server instead of guessing. llama-cpp-python's cause is
+narrower: it drops a leading BOS token from the echo and pairs the rest with the logits one position early,
+which is right exactly when the text begins with BOS. `prepend_bos` sends every text that way (and the check
+text too, so the check judges what is really sent); it is opt-in because it adds a BOS the model may not
+otherwise see, and the check still has the last word.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from pmpo.remote.client import Endpoint, RemoteError
+from pmpo.remote.logprobs import LogprobsMissing, prompt_logprobs
+
+SENTENCE = "The quick brown fox jumps over the lazy dog near the old mill by the river."
+COPIES = 3
+# The last copy must be predicted this well (nats/token; SmolLM2-135M: -0.47, a misaligned server: ~-11)...
+MIN_LAST_COPY = -1.0
+# ...and this much better than the first copy (SmolLM2-135M: 3.5 nats/token better), which rules out a
+# server that reports a constant or near-zero value for every token.
+MIN_GAIN = 1.0
+
+_LOCK = threading.Lock()
+_CHECKED: dict[tuple[str, str], "ServerFacts"] = {}
+
+
+@dataclass(frozen=True)
+class ServerFacts:
+    """What the self-check found out about one server and served model."""
+
+    identity: str
+    prompts_per_request: int  # 1 where the server takes one prompt per request
+    first_copy: float  # mean log-prob per token of the first copy
+    last_copy: float  # ... and of the last copy
+
+
+def check_text() -> str:
+    """The text the self-check scores."""
+    return " ".join([SENTENCE] * COPIES)
+
+
+def judge(first_copy: float, last_copy: float, where: str, hint: bool = True) -> None:
+    """Refuse log-probabilities no language model would give the repeated sentence."""
+    if last_copy > MIN_LAST_COPY and last_copy - first_copy >= MIN_GAIN:
+        return
+    fix = (
+        "; for llama.cpp's server, model.prepend_bos: true makes them aligned (it scores right after a leading BOS)"
+        if hint
+        else ""
+    )
+    raise RemoteError(
+        f"{where} returns implausible prompt log-probabilities: a sentence repeated {COPIES} times scores "
+        f"{last_copy:.2f} nats/token on its last copy and {first_copy:.2f} on its first (any language model "
+        f"predicts the last copy well: expected above {MIN_LAST_COPY} and at least {MIN_GAIN} better than the first). "
+        "They are likely misaligned by one position (llama.cpp's server gives token i the log-prob from the logits "
+        "at i, not i-1), so pmpo will not score with them; use a server whose echoed log-probabilities are right "
+        f"(vLLM){fix}, or set model.check: false only if you have verified them yourself"
+    )
+
+
+def copy_means(choice: dict, text: str, lead: str = "") -> tuple[float, float]:
+    """Mean log-prob per token of the first and of the last copy of the sentence in an echoed `choice`
+    (`text` is `lead` + check_text())."""
+    tokens = prompt_logprobs(choice, text, lead)
+    last_start = len(text) - len(SENTENCE)
+    return tokens.mean(len(lead), len(lead) + len(SENTENCE)), tokens.mean(last_start, len(text))
+
+
+def verified(endpoint: Endpoint, bos: str = "") -> ServerFacts:
+    """The self-check's findings for `endpoint`, run once per server identity and process.
+
+    `bos`: the tokenizer's BOS text, put in front of the check text when the settings ask for `prepend_bos`.
+    """
+    identity = endpoint.identity()
+    lead = bos if endpoint.settings.prepend_bos else ""
+    with _LOCK:
+        if (identity, lead) not in _CHECKED:
+            _CHECKED[(identity, lead)] = _run(endpoint, identity, lead)
+        return _CHECKED[(identity, lead)]
+
+
+def _run(endpoint: Endpoint, identity: str, lead: str) -> ServerFacts:
+    text, where = lead + check_text(), f"the scoring server at {endpoint.settings.base_url}"
+    per_request = endpoint.settings.prompts_per_request
+    try:  # no retries: a refusal here is an answer (one prompt per request), not a fault to wait out
+        choice = endpoint.complete([text, text], retry=False)[1] if per_request > 1 else endpoint.complete([text])[0]
+    except (RemoteError, LogprobsMissing):  # some servers (llama-cpp-python) take one prompt per request
+        per_request = 1
+        choice = _single(endpoint, text, where)
+    try:
+        first, last = copy_means(choice, text, lead)
+    except LogprobsMissing as exc:
+        raise RemoteError(f"{where} cannot score prompts: {exc}") from None
+    if endpoint.settings.check:
+        judge(first, last, where, hint=not lead)
+    return ServerFacts(identity, per_request, first, last)
+
+
+def _single(endpoint: Endpoint, text: str, where: str) -> dict:
+    try:
+        return endpoint.complete([text])[0]
+    except LogprobsMissing as exc:
+        raise RemoteError(f"{where} cannot score prompts: {exc}") from None

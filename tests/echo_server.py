@@ -1,0 +1,101 @@
+"""A small, real OpenAI-compatible completions server over an in-process transformers model, for tests.
+
+It serves `/v1/models` and `/v1/completions` with `echo` + `logprobs` the way vLLM does: the server's own
+tokenizer splits the prompt, `text_offset` gives each token's first character, and token i's log-prob comes
+from the logits at i-1. It is written here, not a third-party server: it checks pmpo's client path (HTTP,
+batching, offsets, errors), while `shift=1` reproduces llama-cpp-python's misalignment for the self-check.
+"""
+
+
+import contextlib
+import socket
+import threading
+import time
+from typing import Iterator, Optional
+
+import torch
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def echo_app(lm, name: str = "echo-model", *, shift: int = 0, key: Optional[str] = None, completions: bool = True):
+    """The FastAPI app; `shift=1`: token i gets the log-prob from the logits at i (llama.cpp's bug)."""
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse
+
+    app = FastAPI()
+    tok, model = lm.tokenizer, lm.model
+
+    def refused(request: Request):
+        if key is not None and request.headers.get("authorization") != f"Bearer {key}":
+            return JSONResponse({"error": {"message": "invalid API key"}}, status_code=401)
+        return None
+
+    @app.get("/v1/models")
+    def models(request: Request):
+        return refused(request) or {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "test"}]}
+
+    @app.post("/v1/chat/completions")
+    def chat(request: Request):
+        return refused(request) or {"id": "x", "object": "chat.completion", "choices": []}
+
+    if completions:
+
+        @app.post("/v1/completions")
+        async def complete(request: Request):
+            if (bad := refused(request)) is not None:
+                return bad
+            body = await request.json()
+            if body.get("model") != name:
+                return JSONResponse({"error": {"message": f"model {body.get('model')} not found"}}, status_code=404)
+            prompts = body["prompt"] if isinstance(body["prompt"], list) else [body["prompt"]]
+            choices = [_choice(tok, model, text, i, shift) for i, text in enumerate(prompts)]
+            return {"id": "cmpl", "object": "text_completion", "created": 0, "model": name, "choices": choices}
+
+    return app
+
+
+@torch.inference_mode()
+def _choice(tok, model, text: str, index: int, shift: int) -> dict:
+    enc = tok(text, return_offsets_mapping=True)
+    ids = enc["input_ids"]
+    logprobs = model(torch.tensor([ids])).logits[0].float().log_softmax(-1)  # [T, V]
+    values = [None] + [logprobs[i - 1 + shift, ids[i]].item() for i in range(1, len(ids))]
+    offsets = [start for start, _ in enc["offset_mapping"]]
+    new = int(logprobs[-1].argmax())  # max_tokens 1: one greedy token after the prompt
+    new_text = tok.decode([new])
+    return {
+        "index": index,
+        "text": text + new_text,
+        "finish_reason": "length",
+        "logprobs": {
+            "tokens": [tok.decode([i]) for i in ids] + [new_text],
+            "token_logprobs": values + [logprobs[-1, new].item()],
+            "text_offset": offsets + [len(text)],
+            "top_logprobs": None,
+        },
+    }
+
+
+@contextlib.contextmanager
+def serving(app) -> Iterator[str]:
+    """Run `app` on a free local port in a thread; yields its base URL (…/v1)."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

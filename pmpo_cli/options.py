@@ -26,6 +26,9 @@ def config_values(args: argparse.Namespace) -> dict[str, Any]:
     model = {k: v for k, v in (("spec", args.model), ("dtype", args.dtype), ("device", args.device)) if v is not None}
     if model:
         flags["model"] = model
+    rewriter = rewriter_flags(args)
+    if rewriter:
+        flags["rewriter"] = rewriter
     if args.prompt is not None:
         flags["prompt"] = args.prompt
     if args.prompt_file is not None:
@@ -43,6 +46,17 @@ def config_values(args: argparse.Namespace) -> dict[str, Any]:
     if evals:
         flags["eval"] = evals
     return merge(values, flags)
+
+
+def rewriter_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The `rewriter` block the --rewriter-* flags give (optimize only); a URL implies backend openai, a spec local."""
+    names = {"spec": "rewriter_spec", "base_url": "rewriter_base_url", "model": "rewriter_model", "api_key_env": "rewriter_api_key_env"}
+    block = {k: getattr(args, a) for k, a in names.items() if getattr(args, a, None) is not None}
+    if block.get("base_url"):
+        block["backend"] = "openai"
+    elif block.get("spec"):
+        block["backend"] = "local"
+    return block
 
 
 def build_config(model: type[BaseModel], values: dict[str, Any], args: argparse.Namespace) -> BaseModel:

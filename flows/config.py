@@ -23,6 +23,7 @@ from pmpo.models import DEFAULT_MODEL, ModelSettings
 from pmpo.optimizer import OptimizerConfig
 from pmpo.racing import RacingSettings
 from pmpo.rewrite import RewriteSettings
+from pmpo.rewriter import ChatSettings
 
 DEMO_TASK = "builtin:sentiment"
 _FILE_FORMATS = {"jsonl", "json", "bigbench", "csv", "tsv", "parquet"}
@@ -120,6 +121,51 @@ class ModelConfig(_Strict):
         return ModelSettings(**self.model_dump())
 
 
+class RewriterConfig(_Strict):
+    """Which model writes the rewrites and marks prompt units: the scored model (the paper's default), another
+    in-process model, or an OpenAI-compatible chat endpoint. Selection is by the scored model's loss either way."""
+
+    backend: Literal["same", "local", "openai"] = Field(
+        "same", description="same: the scored model; local: another model in this process; openai: a chat endpoint"
+    )
+    # local
+    spec: str | None = Field(None, description="local: built-in name, hub id or directory of the rewriter model")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # openai (and revision for both: it pins weights a name alone does not)
+    base_url: str | None = Field(None, description="openai: the endpoint, e.g. http://localhost:8000/v1")
+    model: str | None = Field(None, description="openai: the served model's name")
+    api_key_env: str | None = Field(None, description="openai: the environment variable holding the API key (never the key)")
+    # A rewrite is a few hundred tokens: a minute covers a busy server; retries (with backoff) cover a blip.
+    timeout_s: float = Field(60.0, gt=0, description="openai: seconds to wait for one reply")
+    max_retries: int = Field(3, ge=0, description="openai: retries on connection errors, 429 and 5xx")
+    n_params: int | None = Field(
+        None, ge=1, description="openai: the model's size, for template/units auto (unknown: treated as large)"
+    )
+    revision: str | None = Field(None, description="pins the rewriter's weights in the cache key (a server can swap them)")
+
+    @model_validator(mode="after")
+    def _backend_fields(self) -> "RewriterConfig":
+        if self.backend == "local" and not self.spec:
+            raise ValueError("backend local needs spec (the rewriter model)")
+        if self.backend == "openai" and not (self.base_url and self.model):
+            raise ValueError("backend openai needs base_url and model")
+        if self.api_key_env and not self.api_key_env.replace("_", "").isalnum():
+            raise ValueError("api_key_env is the *name* of an environment variable holding the key, e.g. OPENAI_API_KEY")
+        return self
+
+    def model_settings(self) -> ModelSettings:
+        """backend local: as pmpo's ModelSettings."""
+        return ModelSettings(spec=self.spec or DEFAULT_MODEL, dtype=self.dtype, device=self.device, revision=self.revision)
+
+    def chat_settings(self) -> ChatSettings:
+        """backend openai: as pmpo's ChatSettings (the key stays in the environment)."""
+        return ChatSettings(
+            base_url=self.base_url or "", model=self.model or "", api_key_env=self.api_key_env,
+            timeout_s=self.timeout_s, max_retries=self.max_retries, n_params=self.n_params, revision=self.revision,
+        )  # fmt: skip
+
+
 class RewriteConfig(_Strict):
     """The rewrite step: k hard examples, n variants each (the paper: 3 x 4)."""
 
@@ -202,6 +248,8 @@ class OptimizeConfig(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     prompt: str | None = Field(None, description="the prompt to start from; default: the dataset's default prompt")
     model: ModelConfig = Field(default_factory=ModelConfig)
+    # same: the scored model rewrites for itself, as in the paper; a stronger rewriter helps a small model most.
+    rewriter: RewriterConfig = Field(default_factory=RewriterConfig)
     # The paper runs 20 iterations. 2 show the method at work (masking, rewrites, selection, twice) and keep
     # the demo under three minutes on an idle 2-core CPU (2 min 45 s, `pmpo optimize` from an empty store).
     iterations: int = Field(2, ge=0)

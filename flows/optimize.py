@@ -11,14 +11,15 @@ from prefect import flow
 from prefect.runtime import flow_run
 from pydantic import BaseModel
 
-from flows.config import ConfigError, OptimizeConfig, config_hash
+from flows.config import ConfigError, OptimizeConfig, RewriterConfig, config_hash
 from flows.cost import CostSummary, cost_summary, run_cost
 from flows.record import Recorder, flatten
 from flows.steps import PrefectSteps, WorkLog
 from pmpo.budget import check_fits
 from pmpo.data import Dataset, Split
 from pmpo.evaluate import Evaluation, compare
-from pmpo.optimizer import PMPO
+from pmpo.optimizer import PMPO, unit_mode
+from pmpo.rewrite import choose_template
 from pmpo.result import Candidate, Iteration
 from pmpo.stats import Interval
 from pmpo.template import normalized, prompt_variables
@@ -26,7 +27,8 @@ from pmpo.usage import Meter
 from tasks import steps as t
 from tasks import tracking
 from tasks.environment import code_version, shown_tracking_uri
-from tasks.models import ModelRef, model_ref, text_side
+from tasks.models import ModelRef, is_loaded, loaded, model_ref, text_side
+from tasks.rewriters import RewriterRef, chat_ref, local_ref, same_as
 from tasks.progress import Event, report
 
 REGISTRY_PREFIX = "prompts:/"
@@ -87,6 +89,7 @@ class OptimizeSummary(BaseModel):
     run_url_path: str  # append to the MLflow UI's address
     task: str
     model_identity: str
+    rewriter_identity: str | None = None  # who wrote the rewrites: the scored model unless `rewriter` says otherwise
     dataset_fingerprint: str
     initial_prompt: str
     best_prompt: str
@@ -117,21 +120,26 @@ def optimize_prompt(config: OptimizeConfig = OptimizeConfig()) -> OptimizeSummar
     task = config.task or dataset.name
     ref = model_ref(config.model.settings(), config.scorer())
     check_fits(text_side(ref), prompt, dataset, config.scoring.mc_objective)  # before a run exists to leave empty
+    writer = rewriter_ref(config.rewriter, ref)  # a chat endpoint is checked here: key, server, model name
     run = tracking.start_run(
         config.experiment or task,
-        run_key=run_key(config, ref, dataset),
+        run_key=run_key(config, ref, dataset, writer),
         run_name=f"{task} {flow_run.get_name() or ''}".strip(),
-        params={**flatten(config.model_dump(mode="json")), "prompt": prompt, "train.n": len(split.train)},
-        tags=_tags(ref, dataset, split),
+        params={
+            **flatten(config.model_dump(mode="json")), "prompt": prompt, "train.n": len(split.train),
+            "rewriter.identity": writer.identity,
+        },  # fmt: skip
+        tags={**_tags(ref, dataset, split), "pmpo.rewriter_identity": writer.identity},
     )
     try:
         tracking.log_text(run, config.model_dump_json(indent=2), "config.json")
-        steps = PrefectSteps(ref, config.optimizer())
+        steps = PrefectSteps(ref, config.optimizer(), writer)
         recorder = Recorder(run)
         optimizer = PMPO(
             config=config.optimizer(), steps=steps, on_candidate=recorder.candidate, on_iteration=_noting(recorder)
         )
         result = optimizer.optimize(prompt, split.train)
+        tracking.set_tags(run, size_choices(config, writer))
         meter = Meter(steps.usage)
         with meter.step("evaluate"):
             heldout = _heldout(config, split, result.initial.prompt, result.best.prompt, steps)
@@ -151,6 +159,7 @@ def optimize_prompt(config: OptimizeConfig = OptimizeConfig()) -> OptimizeSummar
         run_url_path=run.url_path,
         task=task,
         model_identity=ref.identity,
+        rewriter_identity=writer.identity,
         dataset_fingerprint=dataset.fingerprint,
         initial_prompt=result.initial.prompt,
         best_prompt=result.best.prompt,
@@ -181,10 +190,37 @@ def _noting(recorder: Recorder):
     return on_iteration
 
 
-def run_key(config: OptimizeConfig, ref: ModelRef, dataset: Dataset) -> str:
-    """Same config, model and data -> same key: how a rerun finds the run it continues."""
+def run_key(config: OptimizeConfig, ref: ModelRef, dataset: Dataset, writer: RewriterRef | None = None) -> str:
+    """Same config, model, rewriter and data -> same key: how a rerun finds the run it continues."""
     text = f"{config_hash(config)}:{ref.identity}:{ref.dtype}:{dataset.fingerprint}"
+    if writer is not None and writer.backend != "same":  # the scored model's own runs keep their old keys
+        text += f":{writer.identity}"
     return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def rewriter_ref(config: RewriterConfig, model: ModelRef) -> RewriterRef:
+    """The rewriter the config names: the scored model, another in-process model, or a chat endpoint."""
+    if config.backend == "local":
+        return local_ref(config.model_settings())
+    if config.backend == "openai":
+        return chat_ref(config.chat_settings())
+    return same_as(model)
+
+
+def size_choices(config: OptimizeConfig, writer: RewriterRef) -> dict[str, str]:
+    """The template and units the rewriter's size chose, as tags; none when the size is unknown here.
+
+    An in-process rewriter's size is known only once loaded: a fully cached rerun loads nothing, and its run
+    (the same one, resumed) holds these tags already.
+    """
+    if writer.model is not None and not is_loaded(writer.model):
+        return {}
+    n_params = loaded(writer.model).n_params if writer.model is not None else writer.chat.n_params
+    small = config.rewrite.settings().small_model_params
+    return {
+        "pmpo.rewrite_template": choose_template(config.rewrite.template, n_params, small),
+        "pmpo.units": unit_mode(config.units, n_params, small) if config.masking else "off",
+    }
 
 
 def _load(config: OptimizeConfig) -> tuple[Dataset, Split]:

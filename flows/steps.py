@@ -19,6 +19,7 @@ from pmpo.usage import UsageSnapshot
 from tasks import steps as t
 from tasks.caching import with_storage
 from tasks.models import ModelRef, usage as model_usage
+from tasks.rewriters import RewriterRef, same_as, usage as rewriter_usage
 from tasks.progress import Event, report
 
 
@@ -48,8 +49,9 @@ class WorkLog:
 class PrefectSteps:
     """pmpo's Steps protocol over Prefect tasks with results persisted under the data directory."""
 
-    def __init__(self, model: ModelRef, config: OptimizerConfig):
+    def __init__(self, model: ModelRef, config: OptimizerConfig, rewriter: RewriterRef | None = None):
         self.model, self.config = model, config
+        self.rewriter = rewriter or same_as(model)
         self.model_identity = model.identity
         self.work = WorkLog()
         # bound now: the data directory may differ between flow runs in one process
@@ -70,8 +72,8 @@ class PrefectSteps:
         c = self.config
         return self._run(
             "mask", iteration, t.segments_label(iteration), self._mask,
-            model=self.model, prompt=prompt, prompt_loss=prompt_loss, data=train, iteration=iteration,
-            units=c.units, max_units=c.max_units, seed=c.seed, small_model_params=c.rewrite.small_model_params,
+            model=self.model, rewriter=self.rewriter, prompt=prompt, prompt_loss=prompt_loss, data=train,
+            iteration=iteration, units=c.units, max_units=c.max_units, seed=c.seed, small_model_params=c.rewrite.small_model_params,
             chat_message=c.chat_message,
         )  # fmt: skip
 
@@ -87,7 +89,7 @@ class PrefectSteps:
         """Rewrite variants on the hard examples (one task run: `rewrite iter=2 k=3`)."""
         return self._run(
             "rewrite", iteration, t.rewrites_label(iteration, hard), self._rewrite,
-            model=self.model, incumbent=incumbent, data=train, hard=list(hard), effects=tuple(effects),
+            model=self.model, rewriter=self.rewriter, incumbent=incumbent, data=train, hard=list(hard), effects=tuple(effects),
             iteration=iteration, seen=seen, rewrite=self.config.rewrite, seed=self.config.seed,
             chat_message=self.config.chat_message,
         )  # fmt: skip
@@ -108,8 +110,8 @@ class PrefectSteps:
         )  # fmt: skip
 
     def usage(self) -> UsageSnapshot:
-        """The work the model did in this process (zeros when every step came from the cache)."""
-        return model_usage(self.model)
+        """The work the model and the rewriter did in this process (zeros when every step came from the cache)."""
+        return model_usage(self.model) + rewriter_usage(self.rewriter, self.model)
 
     def _run(self, step: str, iteration: int, label: str, task: Any, /, **kwargs: Any) -> Any:
         report(Event("start", label))

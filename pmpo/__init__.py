@@ -30,12 +30,13 @@ from pmpo.optimizer import PMPO, OnCandidate, OnIteration, OptimizerConfig
 from pmpo.racing import RacingSettings
 from pmpo.result import Candidate, Iteration, OptimizeResult, SegmentEffect
 from pmpo.rewrite import RewriteSettings
+from pmpo.rewriter import ChatRewriter, ChatSettings, LocalRewriter, Rewriter
 from pmpo.usage import Cost, Usage, UsageSnapshot
 
 __all__ = [
     "PMPO", "Candidate", "ColumnMap", "Dataset", "Evaluation", "Iteration", "LoadedModel", "LossMatrix",
     "ModelSettings", "MultipleChoice", "OptimizeResult", "OptimizerConfig", "Preference", "RacingSettings",
-    "RewriteSettings", "Cost", "Usage", "UsageSnapshot",
+    "RewriteSettings", "Rewriter", "LocalRewriter", "ChatRewriter", "ChatSettings", "Cost", "Usage", "UsageSnapshot",
     "Scorer", "ScorerSettings", "SegmentEffect", "Split", "Supervised", "DEFAULT_MODEL", "demo_task",
     "evaluate", "load_dataset", "load_model", "optimize", "split_dataset",
 ]
@@ -52,13 +53,19 @@ def optimize(
     seed: int | None = None,
     on_candidate: OnCandidate | None = None,
     on_iteration: OnIteration | None = None,
+    rewriter: Rewriter | None = None,
 ) -> OptimizeResult:
-    """Optimise `prompt` for `model` on the training examples; returns every candidate and the best."""
+    """Optimise `prompt` for `model` on the training examples; returns every candidate and the best.
+
+    `rewriter` writes the rewrites (default: `model` itself), e.g. `ChatRewriter.connect(ChatSettings(...))`.
+    """
     lm = model if isinstance(model, LoadedModel) else load_model(model)
     check_fits(lm, prompt, train, scorer_settings.mc_objective)
     if iterations is not None:
         config = replace(config, iterations=iterations)
     if seed is not None:
         config = replace(config, seed=seed)
-    optimizer = PMPO(lm, config, Scorer(lm, scorer_settings), on_candidate=on_candidate, on_iteration=on_iteration)
+    optimizer = PMPO(
+        lm, config, Scorer(lm, scorer_settings), on_candidate=on_candidate, on_iteration=on_iteration, rewriter=rewriter
+    )
     return optimizer.optimize(prompt, train)

@@ -19,6 +19,7 @@ from pmpo.models import LoadedModel
 from pmpo.racing import RacingSettings, race_prompts, slice_order
 from pmpo.result import Candidate, Iteration, OptimizeResult, Origin, SegmentEffect
 from pmpo.rewrite import RewriteSettings, by_size, hard_examples, propose
+from pmpo.rewriter import Rewriter, as_rewriter
 from pmpo.metered import MeteredSteps
 from pmpo.segments import Units, locate, masking_analysis, model_units, segment
 from pmpo.template import editable, with_editable
@@ -92,17 +93,18 @@ def candidates_from(
     ]
 
 
-def unit_mode(setting: str, n_params: int, small_model_params: int) -> str:
+def unit_mode(setting: str, n_params: int | None, small_model_params: int) -> str:
     """"model" or "splitter": the setting itself, or by the rewriter's size when it is "auto"."""
     return by_size(setting, n_params, small_model_params, small="splitter", large="model", what="units")
 
 
-def prompt_units(lm: LoadedModel, prompt: str, config: OptimizerConfig, iteration: int) -> Units:
+def prompt_units(rewriter: Rewriter | LoadedModel, prompt: str, config: OptimizerConfig, iteration: int) -> Units:
     """The removable units of `prompt` (of its system message, for a chat prompt) as spans: model-marked for
     large rewriters, else the splitter's."""
+    rewriter = as_rewriter(rewriter)
     text = editable(prompt, config.chat_message)
-    if unit_mode(config.units, lm.n_params, config.rewrite.small_model_params) == "model":
-        units = model_units(lm, text, seed=rewrite_seed(config.seed, iteration, -1), max_units=config.max_units)
+    if unit_mode(config.units, rewriter.n_params, config.rewrite.small_model_params) == "model":
+        units = model_units(rewriter, text, seed=rewrite_seed(config.seed, iteration, -1), max_units=config.max_units)
     else:
         units = segment(text, max_units=config.max_units)
     return replace(units, frame=prompt, message=config.chat_message) if text != prompt else units
@@ -130,7 +132,7 @@ def removal_prompts(
 
 
 def rewrite_prompts(
-    lm: LoadedModel,
+    rewriter: Rewriter | LoadedModel,
     incumbent: str,
     train: Dataset,
     hard: Sequence[int],
@@ -142,7 +144,8 @@ def rewrite_prompts(
 ) -> Rewrites:
     """One rewrite request per hard example, n variants each; returns kept variants and rejections by reason.
 
-    `scorer` (the FULL template only) finds the answer the model now prefers on each hard example.
+    `scorer` (the FULL template only) finds the answer the scored model now prefers on each hard example;
+    it is required when the rewriter is not the scored model.
     """
     variants: list[str] = []
     rejected: dict[str, int] = {}
@@ -151,7 +154,7 @@ def rewrite_prompts(
     known = {editable(s, message) for s in seen}
     for rank, index in enumerate(hard):
         proposal = propose(
-            lm,
+            rewriter,
             prompt=text,
             example=train.examples[index],
             effects=effects,
@@ -214,11 +217,15 @@ class Steps(Protocol):
 
 
 class LocalSteps:
-    """Steps run in this process, with one scorer (its memo spares re-scoring a prompt seen before)."""
+    """Steps run in this process, with one scorer (its memo spares re-scoring a prompt seen before) and one
+    rewriter (the scored model itself unless another is given)."""
 
-    def __init__(self, lm: LoadedModel, config: OptimizerConfig, scorer: Scorer | None = None):
+    def __init__(
+        self, lm: LoadedModel, config: OptimizerConfig, scorer: Scorer | None = None, rewriter: Rewriter | None = None
+    ):
         self.lm, self.config = lm, config
         self.scorer = scorer or Scorer(lm)
+        self.rewriter = rewriter or as_rewriter(lm)
         self.model_identity = lm.identity
 
     def losses(self, prompts: Sequence[str], train: Dataset, iteration: int) -> LossMatrix:
@@ -229,7 +236,7 @@ class LocalSteps:
         self, prompt: str, prompt_loss: float, train: Dataset, iteration: int
     ) -> tuple[list[str], tuple[SegmentEffect, ...]]:
         """The removable units of `prompt` and the loss change when each is masked out."""
-        units = prompt_units(self.lm, prompt, self.config, iteration)
+        units = prompt_units(self.rewriter, prompt, self.config, iteration)
         return list(units.texts), segment_effects(self.scorer, prompt_loss, units, train)
 
     def rewrites(
@@ -242,15 +249,16 @@ class LocalSteps:
         seen: frozenset[str],
     ) -> Rewrites:
         """Rewrite variants of `incumbent` proposed on the hard examples, and rejections by reason."""
-        return rewrite_prompts(self.lm, incumbent, train, hard, effects, self.config, iteration, seen, self.scorer)
+        return rewrite_prompts(self.rewriter, incumbent, train, hard, effects, self.config, iteration, seen, self.scorer)
 
     def select(self, incumbent: Candidate, candidates: Sequence[Candidate], iteration: int) -> Candidate:
         """The new incumbent."""
         return select(incumbent, candidates)
 
     def usage(self) -> UsageSnapshot:
-        """The model work done so far by this model in this process."""
-        return self.lm.usage.snapshot()
+        """The model work done so far in this process by the scored model and, when another, the rewriter."""
+        own = self.lm.usage.snapshot()
+        return own if self.rewriter.usage is self.lm.usage else own + self.rewriter.usage.snapshot()
 
 
 class PMPO:
@@ -265,11 +273,12 @@ class PMPO:
         on_iteration: OnIteration | None = None,
         *,
         steps: Steps | None = None,
+        rewriter: Rewriter | None = None,
     ):
         if steps is None and lm is None:
             raise TypeError("PMPO needs a loaded model or steps to run")
         self.config = config
-        self.steps = MeteredSteps(steps or LocalSteps(lm, config, scorer))
+        self.steps = MeteredSteps(steps or LocalSteps(lm, config, scorer, rewriter))
         self.on_candidate = on_candidate or (lambda c: None)
         self.on_iteration = on_iteration or (lambda it: None)
 

@@ -24,6 +24,7 @@ from pmpo.generation import sample
 from pmpo.loss import Scorer
 from pmpo.models import LoadedModel
 from pmpo.prompting import chat_request
+from pmpo.rewriter import Rewriter, as_rewriter, local_model
 # Reply parsing lives in pmpo.replies; its public names are re-exported here, where callers look for them.
 from pmpo.replies import REJECT_REASONS, UnclosedPromptError, filter_variants, parse_prompt, short_reply_cut_off  # noqa: F401
 from pmpo.result import SegmentEffect
@@ -148,17 +149,18 @@ Old instruction: {prompt}
 {hints}New instruction: <prompt>"""
 
 
-def by_size(setting: str, n_params: int, small_model_params: int, *, small: str, large: str, what: str) -> str:
+def by_size(setting: str, n_params: int | None, small_model_params: int, *, small: str, large: str, what: str) -> str:
     """`small` or `large`: the setting itself, or by the model's size when it is "auto" (one rule for every
-    choice that follows the rewriter's size: the template, the units)."""
+    choice that follows the rewriter's size: the template, the units). An unknown size (a remote rewriter)
+    counts as large: a served or hosted model is almost always far past the small-model threshold."""
     if setting in (small, large):
         return setting
     if setting != "auto":
         raise ValueError(f"{what} must be auto, {large} or {small}, not {setting!r}")
-    return small if n_params < small_model_params else large
+    return small if n_params is not None and n_params < small_model_params else large
 
 
-def choose_template(setting: str, n_params: int, small_model_params: int) -> str:
+def choose_template(setting: str, n_params: int | None, small_model_params: int) -> str:
     """"full" or "short": the setting itself, or by model size when it is "auto"."""
     return by_size(setting, n_params, small_model_params, small="short", large="full", what="rewrite template")
 
@@ -212,7 +214,7 @@ def build_request(
 
 
 def propose(
-    lm: LoadedModel,
+    rewriter: Rewriter | LoadedModel,
     *,
     prompt: str,
     example: Example,
@@ -224,21 +226,42 @@ def propose(
     scorer: Scorer | None = None,
     scored_prompt: str | None = None,
 ) -> Proposal:
-    """One rewrite request for one hard example, sampled `settings.n_variants` times, filtered.
+    """One rewrite request for one hard example, sampled `settings.n_variants` times by `rewriter`, filtered.
 
-    The FULL template shows what the model now prefers on the example, found with `scorer` (a fresh one
-    when None; pass the run's scorer so its memo is reused), under `scored_prompt` when `prompt` is only the
-    optimised part of it (a chat prompt's system message).
+    The FULL template shows what the *scored* model now prefers on the example, found with `scorer` (for an
+    in-process rewriter that is also the scored model, a fresh scorer when None; pass the run's scorer so its
+    memo is reused), under `scored_prompt` when `prompt` is only the optimised part of it (a chat prompt's
+    system message).
     """
-    template = choose_template(settings.template, lm.n_params, settings.small_model_params)
+    rewriter = as_rewriter(rewriter)
+    lm = local_model(rewriter)
+    template = choose_template(settings.template, rewriter.n_params, settings.small_model_params)
     preferred = None
     if template == "full":  # costs a scoring pass or a greedy decode: only the FULL template shows it
-        preferred = preferred_answer(lm, scorer or Scorer(lm), scored_prompt or prompt, example)
+        if scorer is None and lm is None:
+            raise TypeError("the FULL template needs the scorer of the scored model when the rewriter is remote")
+        scorer = scorer or Scorer(lm)
+        preferred = preferred_answer(scorer.lm, scorer, scored_prompt or prompt, example)
     message = build_request(
         template, task_description=task_description, example=example, prompt=prompt, effects=effects,
         preferred=preferred,
     )  # fmt: skip
     opened = template == "short"  # the SHORT form ends inside an opened <prompt> tag
+    if lm is None:
+        replies, cut_off = _chat_replies(rewriter, message, settings, template, prompt, seed, scorer)
+    else:
+        replies, cut_off = _local_replies(lm, message, settings, template, prompt, seed, opened)
+    variants, rejected = filter_variants(
+        replies, current=prompt, seen=seen, max_chars=settings.max_prompt_chars, opened=opened, cut_off=cut_off,
+        variables=variables(prompt),
+    )  # fmt: skip
+    return Proposal(variants=tuple(variants), rejected=rejected, request=message)
+
+
+def _local_replies(
+    lm: LoadedModel, message: str, settings: RewriteSettings, template: str, prompt: str, seed: int, opened: bool
+) -> tuple[list[str], list[bool]]:
+    """Replies of an in-process rewriter: raw continuation for the SHORT form, stop strings, context budget."""
     if opened and settings.short_as_completion:
         text = message
     else:
@@ -255,11 +278,31 @@ def propose(
         stop=("</prompt>", "\n") if opened else ("</prompt>",),  # where parsing would cut anyway
     )
     cut_off = [short_reply_cut_off(r, _n_tokens(lm, r), budget) for r in replies] if opened else []
-    variants, rejected = filter_variants(
-        replies, current=prompt, seen=seen, max_chars=settings.max_prompt_chars, opened=opened, cut_off=cut_off,
-        variables=variables(prompt),
+    return replies, cut_off
+
+
+def _chat_replies(
+    rewriter: Rewriter,
+    message: str,
+    settings: RewriteSettings,
+    template: str,
+    prompt: str,
+    seed: int,
+    scorer: Scorer | None,
+) -> tuple[list[str], list[bool]]:
+    """Replies of a remote rewriter: the request as one user turn (a chat endpoint cannot continue raw text).
+
+    Its tokenizer and context are unknown: the budget counts the prompt in the scored model's tokens (a
+    close enough stand-in for "twice the prompt") and leaves the context to the server.
+    """
+    tokens = len(scorer.lm.tokenizer.encode(prompt, add_special_tokens=False)) if scorer else len(prompt) // 3
+    budget = max(settings.max_new_tokens, 2 * tokens + _PROMPT_GROWTH_TOKENS)
+    budget += settings.diagnosis_tokens if template == "full" else 0
+    replies = rewriter.reply(
+        message, n=settings.n_variants, temperature=settings.temperature, top_p=settings.top_p, seed=seed,
+        max_tokens=budget,
     )  # fmt: skip
-    return Proposal(variants=tuple(variants), rejected=rejected, request=message)
+    return replies, []
 
 
 def rewrite_budget(lm: LoadedModel, settings: RewriteSettings, template: str, *, prompt: str, request: str) -> int:

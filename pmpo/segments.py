@@ -23,6 +23,7 @@ from pmpo.generation import sample
 from pmpo.models import LoadedModel
 from pmpo.prompting import chat_request
 from pmpo.result import SegmentEffect
+from pmpo.rewriter import Rewriter, as_rewriter, local_model
 from pmpo.template import has_variable, with_editable
 
 MAX_UNITS = 5  # the paper splits prompts into at most 5 units
@@ -161,17 +162,25 @@ MARK_REQUEST = (
 )
 
 
-def model_units(lm: LoadedModel, prompt: str, *, seed: int, max_units: int = MAX_UNITS) -> Units:
-    """Units the model marks with <mask> tags (the paper's way); the splitter's units when unusable.
+def model_units(rewriter: Rewriter | LoadedModel, prompt: str, *, seed: int, max_units: int = MAX_UNITS) -> Units:
+    """Units the rewriter marks with <mask> tags (the paper's way); the splitter's units when unusable.
 
     SmolLM2-135M-Instruct copies the prompt but does not add the tags (checked with chat and few-shot
     forms), so with it this always falls back; capable models can mark units as the paper does.
     """
+    rewriter = as_rewriter(rewriter)
     message = MARK_REQUEST.format(max_units=max_units, prompt=prompt)
-    budget = 2 * len(lm.tokenizer.encode(prompt, add_special_tokens=False)) + 8 * max_units + 16
+    lm = local_model(rewriter)
+    # The reply copies the prompt with tags: twice its tokens and room for the tags. A remote rewriter's
+    # tokenizer is unknown; ~3 characters a token is a safe side of English text for common tokenizers.
+    prompt_tokens = len(lm.tokenizer.encode(prompt, add_special_tokens=False)) if lm else len(prompt) // 3 + 1
+    budget = 2 * prompt_tokens + 8 * max_units + 16
     # Low temperature: the reply should copy the prompt, so near-greedy; the seed keeps it reproducible.
-    request = chat_request(lm.tokenizer, message)
-    reply = sample(lm, request, 1, seed=seed, max_new_tokens=budget, temperature=0.3)[0]
+    if lm is None:
+        reply = rewriter.reply(message, n=1, temperature=0.3, top_p=1.0, seed=seed, max_tokens=budget)[0]
+    else:
+        request = chat_request(lm.tokenizer, message)
+        reply = sample(lm, request, 1, seed=seed, max_new_tokens=budget, temperature=0.3)[0]
     return marked_units(reply, prompt, max_units) or segment(prompt, max_units)
 
 

@@ -71,6 +71,9 @@ def optimize_summary(s: Any) -> None:
     dropped = sum(c.dropped for c in s.candidates)
     raced = f", {dropped} dropped early by racing" if dropped else ""
     console.print(f"{s.n_candidates} candidates over {s.n_iterations} iterations{raced}" + (" (resumed run)" if s.resumed else ""))
+    writer = getattr(s, "rewriter_identity", None)
+    if writer and writer != s.model_identity:  # only when another model wrote the rewrites
+        console.print(f"rewrites by {writer}")
     if getattr(s, "cost", None) is not None:
         cost_table(s.cost)
     if s.prompt_version is not None:

@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--output", metavar="FILE", help="write the run's summary as JSON")
     opt.add_argument("--racing", action="store_true", default=None,
                      help="score candidates on a first slice and finish only the competitive ones (faster)")
+    _rewriter_options(opt)
 
     ev = sub.add_parser("evaluate", help="score a prompt (or prompts:/name@alias) on a dataset's held-out split")
     _data_options(ev)
@@ -91,6 +92,14 @@ def _data_options(p: argparse.ArgumentParser) -> None:
                    help="multiple-choice loss: preference over distractors (default, the paper's) or CE on the answer")
     p.add_argument("--beta", type=float, help="beta of the preference loss (default 1)")
     p.add_argument("--config", metavar="FILE", help="YAML or TOML file of config fields; flags override it")
+
+
+def _rewriter_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("rewriter (default: the scored model rewrites for itself)")
+    g.add_argument("--rewriter-spec", metavar="SPEC", help="another in-process model as the rewriter (backend local)")
+    g.add_argument("--rewriter-base-url", metavar="URL", help="an OpenAI-compatible chat endpoint (backend openai)")
+    g.add_argument("--rewriter-model", metavar="NAME", help="the served model's name at --rewriter-base-url")
+    g.add_argument("--rewriter-api-key-env", metavar="VAR", help="environment variable holding its API key (never the key)")
 
 
 def _prompt_options(p: argparse.ArgumentParser) -> None:

@@ -26,6 +26,9 @@ def config_values(args: argparse.Namespace) -> dict[str, Any]:
     model |= remote_values(args)
     if model:
         flags["model"] = model
+    rewriter = rewriter_flags(args)
+    if rewriter:
+        flags["rewriter"] = rewriter
     if args.prompt is not None:
         flags["prompt"] = args.prompt
     if args.prompt_file is not None:
@@ -52,6 +55,17 @@ def remote_values(args: argparse.Namespace) -> dict[str, Any]:
         ("api_key_env", "api_key_env"), ("tokenizer", "tokenizer"), ("max_concurrency", "max_concurrency"),
     )
     return {field: v for field, flag in pairs if (v := getattr(args, flag, None)) is not None}
+
+
+def rewriter_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The `rewriter` block the --rewriter-* flags give (optimize only); a URL implies backend openai, a spec local."""
+    names = {"spec": "rewriter_spec", "base_url": "rewriter_base_url", "model": "rewriter_model", "api_key_env": "rewriter_api_key_env"}
+    block = {k: getattr(args, a) for k, a in names.items() if getattr(args, a, None) is not None}
+    if block.get("base_url"):
+        block["backend"] = "openai"
+    elif block.get("spec"):
+        block["backend"] = "local"
+    return block
 
 
 def build_config(model: type[BaseModel], values: dict[str, Any], args: argparse.Namespace) -> BaseModel:

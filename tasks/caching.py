@@ -28,6 +28,7 @@ import pmpo
 from pmpo.data.examples import Dataset
 from tasks.environment import results_dir
 from tasks.models import ModelRef
+from tasks.rewriters import RewriterRef
 from tasks.serialization import SafeRecordStorage
 
 
@@ -52,6 +53,8 @@ def content(value: Any) -> Any:
     """A JSON-able stand-in for `value` that is equal exactly when the value's content is."""
     if isinstance(value, ModelRef):
         return {"model": value.cache_key()}
+    if isinstance(value, RewriterRef):  # who writes the rewrites, never a client or a key
+        return {"rewriter": value.cache_key()}
     if isinstance(value, Dataset):
         return {"dataset": value.fingerprint, "description": value.description}
     if isinstance(value, BaseModel):

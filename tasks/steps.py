@@ -21,6 +21,7 @@ from pmpo.result import Candidate, SegmentEffect
 from pmpo.rewrite import RewriteSettings
 from tasks.caching import policy
 from tasks.models import ModelRef, loaded, scorer, text_side
+from tasks.rewriters import RewriterRef, rewriter as get_rewriter
 from tasks.progress import Event, report
 from tasks.serialization import PmpoJSONSerializer
 
@@ -112,6 +113,7 @@ def loss_matrix(model: ModelRef, prompts: list[str], data: Dataset, iteration: i
 )
 def mask_segments(
     model: ModelRef,
+    rewriter: RewriterRef,
     prompt: str,
     prompt_loss: float,
     data: Dataset,
@@ -122,10 +124,11 @@ def mask_segments(
     small_model_params: int,
     chat_message: int | None = None,
 ) -> tuple[list[str], tuple[SegmentEffect, ...]]:
-    """The prompt's removable units and dL of masking each (iteration and seed matter for model-marked units)."""
+    """The prompt's removable units and dL of masking each (iteration, seed and the rewriter matter for
+    model-marked units)."""
     rewrite = RewriteSettings(small_model_params=small_model_params)  # decides what units="auto" means
     config = OptimizerConfig(units=units, max_units=max_units, seed=seed, rewrite=rewrite, chat_message=chat_message)
-    spans = prompt_units(loaded(model), prompt, config, iteration)
+    spans = prompt_units(get_rewriter(rewriter), prompt, config, iteration)
     return list(spans.texts), segment_effects(scorer(model), prompt_loss, spans, data)
 
 
@@ -138,6 +141,7 @@ def mask_segments(
 )
 def propose_rewrites(
     model: ModelRef,
+    rewriter: RewriterRef,
     incumbent: str,
     data: Dataset,
     hard: list[int],
@@ -148,9 +152,10 @@ def propose_rewrites(
     seed: int,
     chat_message: int | None = None,
 ) -> tuple[list[str], dict[str, int]]:
-    """Rewrite variants on the hard examples; seed and iteration fix the sampling, so they are in the key."""
+    """Rewrite variants on the hard examples; the rewriter, seed and iteration fix the sampling, so they are in
+    the key (the scored model too: the FULL template shows what it now prefers)."""
     config = OptimizerConfig(rewrite=rewrite, seed=seed, chat_message=chat_message)
-    return rewrite_prompts(loaded(model), incumbent, data, hard, effects, config, iteration, seen, scorer(model))
+    return rewrite_prompts(get_rewriter(rewriter), incumbent, data, hard, effects, config, iteration, seen, scorer(model))
 
 
 @task(name="select", cache_policy=NO_CACHE, task_run_name=_named(select_label))

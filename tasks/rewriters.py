@@ -1,0 +1,77 @@
+"""A process-wide rewriter cache, as tasks.models is for scored models: each rewriter is built once per process.
+
+Cache keys use a `RewriterRef`: which rewriter writes the rewrites (its identity), never the client or the model
+object, and never an API key (the settings name only the variable that holds it).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from pmpo.models import ModelSettings
+from pmpo.rewriter import ChatRewriter, ChatSettings, LocalRewriter, Rewriter
+from pmpo.usage import UsageSnapshot
+from tasks.models import ModelRef, loaded, model_ref, usage as model_usage
+
+_LOCK = threading.Lock()
+_CHAT: dict[ChatSettings, ChatRewriter] = {}
+
+
+@dataclass(frozen=True)
+class RewriterRef:
+    """What a task needs to get the rewriter, and what its results depend on."""
+
+    backend: str  # same | local | openai
+    identity: str  # local: the model's identity; openai: base URL + served model id (+ revision)
+    model: ModelRef | None = None  # same / local: the in-process model
+    chat: ChatSettings | None = None  # openai: how to reach it (no key)
+
+    def cache_key(self) -> dict:
+        """The parts that change a rewrite: who writes it (same and local alike: the model, dtype and device)."""
+        if self.model is not None:
+            return {"identity": self.identity, "dtype": self.model.dtype, "device": self.model.device}
+        return {"identity": self.identity}
+
+
+def same_as(model: ModelRef) -> RewriterRef:
+    """The scored model as its own rewriter (the paper's default)."""
+    return RewriterRef("same", model.identity, model=model)
+
+
+def local_ref(settings: ModelSettings) -> RewriterRef:
+    """Another in-process model as the rewriter, resolved without loading it."""
+    model = model_ref(settings)
+    return RewriterRef("local", model.identity, model=model)
+
+
+def chat_ref(settings: ChatSettings) -> RewriterRef:
+    """A chat endpoint as the rewriter: connects once to read the model id the server reports (and checks key,
+    server and model name now, before a run exists)."""
+    return RewriterRef("openai", _chat(settings).identity, chat=settings)
+
+
+def rewriter(ref: RewriterRef) -> Rewriter:
+    """The process's rewriter for `ref` (a local model loads on first use)."""
+    if ref.model is not None:
+        return LocalRewriter(loaded(ref.model))
+    assert ref.chat is not None
+    return _chat(ref.chat)
+
+
+def usage(ref: RewriterRef, scored: ModelRef) -> UsageSnapshot:
+    """The work the rewriter did in this process (zeros when it is the `scored` model: counted there already)."""
+    if ref.model is not None and ref.model.settings == scored.settings:
+        return UsageSnapshot()
+    if ref.model is not None:
+        return model_usage(ref.model)
+    with _LOCK:
+        client = _CHAT.get(ref.chat)
+    return client.usage.snapshot() if client is not None else UsageSnapshot()
+
+
+def _chat(settings: ChatSettings) -> ChatRewriter:
+    with _LOCK:
+        if settings not in _CHAT:
+            _CHAT[settings] = ChatRewriter.connect(settings)
+        return _CHAT[settings]

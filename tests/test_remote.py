@@ -33,6 +33,16 @@ def test_completion_tokens_are_found_by_character_offsets():
     assert completion_nll(CHOICE, TEXT, 10) == (0.75, 1)
 
 
+def test_a_bos_the_server_leaves_out_of_its_tokens_moves_offsets_back():
+    # llama-cpp-python: the text begins with BOS, the echoed tokens and their offsets start after it.
+    text = "<s>ab cd"
+    choice = {"index": 0, "text": text + "!", "logprobs": {
+        "tokens": ["ab", " cd", "!"], "token_logprobs": [None, -2.0, -5.0], "text_offset": [0, 2, 5]}}
+    assert completion_nll(choice, text, 5, lead="<s>") == (2.0, 1)
+    with pytest.raises(LogprobsMissing, match="does not locate its tokens"):  # read as if nothing was left out
+        completion_nll(choice, text, 5)
+
+
 def test_the_first_token_cannot_be_a_target():
     with pytest.raises(LogprobsMissing, match="first token has no log-prob"):
         completion_nll(CHOICE, TEXT, 0)

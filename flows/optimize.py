@@ -11,6 +11,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 from pydantic import BaseModel
 
+from flows.cluster import loss_fan_out
 from flows.config import ConfigError, OptimizeConfig, config_hash
 from flows.cost import CostSummary, cost_summary, run_cost
 from flows.record import Recorder, flatten
@@ -27,6 +28,10 @@ from tasks import tracking
 from tasks.environment import code_version, shown_tracking_uri
 from tasks.models import ModelRef, model_ref, text_side
 from tasks.progress import Event, report
+
+
+# Config fields that change no number, so not which run a config continues: where the losses are computed.
+RUN_NEUTRAL = frozenset({"task_runner"})
 
 
 class CandidateRow(BaseModel):
@@ -114,17 +119,18 @@ def optimize_prompt(config: OptimizeConfig = OptimizeConfig()) -> OptimizeSummar
         config.experiment or task,
         run_key=run_key(config, ref, dataset),
         run_name=f"{task} {flow_run.get_name() or ''}".strip(),
-        params={**flatten(config.model_dump(mode="json")), "prompt": prompt, "train.n": len(split.train)},
-        tags=_tags(ref, dataset, split),
+        params={**flatten(config.model_dump(mode="json", exclude={"task_runner"})), "prompt": prompt, "train.n": len(split.train)},
+        tags={**_tags(ref, dataset, split), **_runner_tags(config)},
     )
     try:
         tracking.log_text(run, config.model_dump_json(indent=2), "config.json")
-        steps = PrefectSteps(ref, config.optimizer())
-        recorder = Recorder(run)
-        optimizer = PMPO(
-            config=config.optimizer(), steps=steps, on_candidate=recorder.candidate, on_iteration=_noting(recorder)
-        )
-        result = optimizer.optimize(prompt, split.train)
+        with loss_fan_out(config.task_runner) as fan_out:
+            steps = PrefectSteps(ref, config.optimizer(), fan_out)
+            recorder = Recorder(run)
+            optimizer = PMPO(
+                config=config.optimizer(), steps=steps, on_candidate=recorder.candidate, on_iteration=_noting(recorder)
+            )
+            result = optimizer.optimize(prompt, split.train)
         meter = Meter(steps.usage)
         with meter.step("evaluate"):
             heldout = _heldout(config, split, result.initial.prompt, result.best.prompt, steps)
@@ -176,8 +182,15 @@ def _noting(recorder: Recorder):
 
 def run_key(config: OptimizeConfig, ref: ModelRef, dataset: Dataset) -> str:
     """Same config, model and data -> same key: how a rerun finds the run it continues."""
-    text = f"{config_hash(config)}:{ref.identity}:{ref.dtype}:{dataset.fingerprint}"
+    text = f"{config_hash(config, RUN_NEUTRAL)}:{ref.identity}:{ref.dtype}:{dataset.fingerprint}"
     return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _runner_tags(config: OptimizeConfig) -> dict[str, str]:
+    """Where this process computes losses: tags, not params, since a resumed run may compute them elsewhere."""
+    r = config.task_runner
+    where = "in-process" if r.kind == "local" else (r.address or f"local cluster {r.n_workers}x{r.threads_per_worker}")
+    return {"pmpo.task_runner": r.kind, "pmpo.task_runner.where": where}
 
 
 def _load(config: OptimizeConfig) -> tuple[Dataset, Split]:

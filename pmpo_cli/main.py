@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--output", metavar="FILE", help="write the run's summary as JSON")
     opt.add_argument("--racing", action="store_true", default=None,
                      help="score candidates on a first slice and finish only the competitive ones (faster)")
+    opt.add_argument("--dask", metavar="ADDRESS",
+                     help="compute losses on a Dask cluster: local (started here) or tcp://host:port of a scheduler")
+    opt.add_argument("--dask-workers", type=_positive, metavar="N", help="worker processes of a local Dask cluster (default 2)")
 
     ev = sub.add_parser("evaluate", help="score a prompt (or prompts:/name@alias) on a dataset's held-out split")
     _data_options(ev)

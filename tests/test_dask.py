@@ -199,3 +199,48 @@ def test_two_processes_sharing_the_store_compute_an_evaluation_once(tmp_path, ti
     assert [r["state"] for r in runs] == ["Cached", "Completed"]  # computed once
     cached, computed = runs
     assert cached["go"] < computed["end"]  # it asked while the other was computing: it waited, it did not arrive late
+
+
+def test_killed_dask_run_resumes_without_duplicates_or_recomputation(tmp_path, tiny_model_dir, monkeypatch):
+    """test_resume's check on the cluster path: SIGKILL the CLI (and its local cluster) after iteration 1 is
+    recorded, run the same command again: the same MLflow run, each candidate once, no finished shard recomputed."""
+    import signal
+
+    import yaml
+    from pipeline import tiny_values
+    from test_resume import KILL_AFTER_ITERATION, _command, _env, _recorded_iterations
+
+    iterations = 3
+    config = tmp_path / "run.yaml"
+    values = tiny_values(tiny_model_dir, iterations=iterations, task_runner={"kind": "dask", "n_workers": 2})
+    config.write_text(yaml.safe_dump({**values, "eval": {"max_examples": 2, "generate": False}}))
+    env = _env(tmp_path)
+    monkeypatch.setenv("PMPO_HOME", env["PMPO_HOME"])
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    from tasks import tracking
+
+    child = subprocess.Popen(
+        _command(config, tmp_path / "first.json"),
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 600
+    while KILL_AFTER_ITERATION not in _recorded_iterations(tracking):
+        assert child.poll() is None, f"the run ended before it could be killed: {child.stderr.read().decode()[-2000:]}"
+        assert time.monotonic() < deadline, "iteration 1 was never recorded"
+        time.sleep(0.2)
+    os.killpg(child.pid, signal.SIGKILL)  # the flow process, its Prefect API and the Dask workers alike
+    child.wait(timeout=30)
+    child.stderr.close()
+    done_before_kill = sorted(set(_recorded_iterations(tracking)))
+    if done_before_kill[-1] >= iterations:
+        pytest.skip("the machine was too slow to kill the run before it ended")  # pragma: no cover
+
+    rerun = subprocess.run(_command(config, tmp_path / "second.json"), env=env, capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    summary = json.loads((tmp_path / "second.json").read_text())
+    assert summary["resumed"] and [r["run_id"] for r in tracking.list_runs()] == [summary["run_id"]]
+    ids = [r["id"] for r in tracking.run_candidates(summary["run_id"])]
+    assert len(ids) == len(set(ids)) == summary["n_candidates"]
+    assert [s for s, _ in tracking.metric_history(summary["run_id"], "incumbent_loss")] == list(range(iterations + 1))
+    computed = {int(k): v for k, v in summary["work"]["loss_computed_by_iteration"].items()}
+    assert all(computed[i] == 0 for i in done_before_kill), computed  # every shard of those came from the store

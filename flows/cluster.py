@@ -18,6 +18,9 @@ from prefect.tasks import Task
 from prefect_dask import DaskTaskRunner
 
 from flows.config import TaskRunnerConfig
+from pmpo.usage import UsageSnapshot
+from tasks.models import ModelRef
+from tasks.models import usage as model_usage
 
 
 class TorchThreads(WorkerPlugin):
@@ -54,6 +57,8 @@ class LossFanOut:
     def __init__(self, runner: DaskTaskRunner):
         self.runner = runner
         self._workers: int | None = None
+        self._usage = UsageSnapshot()  # the workers' last reported work: what usage() says once the cluster is gone
+        self.closed = False
 
     def workers(self) -> int:
         """The cluster's worker count; the first call connects (or starts the local cluster) and sets torch threads."""
@@ -70,6 +75,15 @@ class LossFanOut:
     def submit(self, task: Task, **parameters: Any) -> PrefectFuture:
         """One task run on the cluster."""
         return self.runner.submit(task, parameters)
+
+    def usage(self, ref: ModelRef) -> UsageSnapshot:
+        """The work `ref`'s model did on the workers so far (so the run's cost counts the shards' forward passes).
+
+        Summed over the workers alive now: on a cluster shared with other runs it counts their work too.
+        """
+        if self._workers is not None and not self.closed:
+            self._usage = sum(self.runner.client.run(model_usage, ref).values(), UsageSnapshot())
+        return self._usage
 
 
 def shard(items: list[str], n: int) -> list[list[str]]:
@@ -88,4 +102,8 @@ def loss_fan_out(config: TaskRunnerConfig) -> Iterator[LossFanOut | None]:
         yield None
         return
     with runner:  # the cluster starts on the first submit: a fully cached run never starts one
-        yield LossFanOut(runner)
+        fan_out = LossFanOut(runner)
+        try:
+            yield fan_out
+        finally:
+            fan_out.closed = True  # usage() keeps its last figure: the meter after the loop reads it

@@ -126,8 +126,9 @@ class PrefectSteps:
         )  # fmt: skip
 
     def usage(self) -> UsageSnapshot:
-        """The work the model did in this process (zeros when every step came from the cache)."""
-        return model_usage(self.model)
+        """The work the model did in this process and on the cluster's workers (zeros when all came from the cache)."""
+        local = model_usage(self.model)
+        return local if self.fan_out is None else local + self.fan_out.usage(self.model)
 
     def _run(self, step: str, iteration: int, label: str, task: Any, /, **kwargs: Any) -> Any:
         report(Event("start", label))

@@ -98,6 +98,10 @@ def test_flow_on_dask_gives_the_in_process_candidates(tmp_path, monkeypatch, tin
     from tasks.models import load_count
 
     assert sorted(client.run(load_count).values()) == [1, 1]
+    # the run's cost counts the workers' forward passes (the initial scoring: no memo differs between the paths)
+    local_loss, dask_loss = (s.cost.initial.steps["loss"] for s in (local, dask))
+    assert dask_loss.forward_passes == local_loss.forward_passes > 0
+    assert dask_loss.tokens_scored == local_loss.tokens_scored
 
 
 @pytest.mark.real_model

@@ -119,7 +119,7 @@ def optimize_prompt(config: OptimizeConfig = OptimizeConfig()) -> OptimizeSummar
         config.experiment or task,
         run_key=run_key(config, ref, dataset),
         run_name=f"{task} {flow_run.get_name() or ''}".strip(),
-        params={**flatten(config.model_dump(mode="json", exclude={"task_runner"})), "prompt": prompt, "train.n": len(split.train)},
+        params={**flatten(config.model_dump(mode="json", exclude=RUN_NEUTRAL)), "prompt": prompt, "train.n": len(split.train)},
         tags={**_tags(ref, dataset, split), **_runner_tags(config)},
     )
     try:

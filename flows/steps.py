@@ -73,9 +73,8 @@ class PrefectSteps:
         """The loss step as one task run per shard of prompts on the cluster, joined in the prompts' order."""
         report(Event("start", label))
         shards = self.fan_out.shards(prompts)
-        futures = [
-            self.fan_out.submit(self._loss, model=self.model, prompts=s, data=train, iteration=iteration) for s in shards
-        ]
+        submit = self.fan_out.submit
+        futures = [submit(self._loss, model=self.model, prompts=s, data=train, iteration=iteration) for s in shards]
         parts = [f.result() for f in futures]  # raises the first failed shard's exception
         cached = [f.state.name == "Cached" for f in futures]
         for s, hit in zip(shards, cached):

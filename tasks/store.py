@@ -79,7 +79,9 @@ class FileLocks:
         os.makedirs(self.directory, exist_ok=True)
         return os.path.join(self.directory, hashlib.sha256(key.encode()).hexdigest()[:32] + ".lock")
 
-    def acquire_lock(self, key: str, holder: str, acquire_timeout: float | None = None, hold_timeout: float | None = None) -> bool:
+    def acquire_lock(
+        self, key: str, holder: str, acquire_timeout: float | None = None, hold_timeout: float | None = None
+    ) -> bool:
         """Take the key's lock for `holder`, waiting up to `acquire_timeout` s (None: as long as it takes)."""
         path = self._path(key)
         if self.is_lock_holder(key, holder):

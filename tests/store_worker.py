@@ -1,7 +1,8 @@
 """One process of the shared-store test: load the model, wait at a barrier, run one loss task, say what it did.
 
-Usage: python store_worker.py MODEL_DIR BARRIER_FILE OUT_JSON; OUT_JSON.ready appears at the barrier. The result store is $PMPO_RESULTS_DIR (shared by
-the processes under test); each process has its own PREFECT_HOME (its own local API). Prints nothing; writes
+Usage: python store_worker.py MODEL_DIR BARRIER_FILE OUT_JSON (OUT_JSON.ready appears at the barrier). The result
+store is $PMPO_RESULTS_DIR (shared by the processes under test); each process has its own PREFECT_HOME (its own
+local API). Prints nothing; writes
 {"state": "Completed" | "Cached", "go": t, "end": t} (time.time() seconds) to OUT_JSON.
 """
 

@@ -34,7 +34,8 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=50, help="training examples (PMPO caps them at 50)")
     parser.add_argument("--task", default="object_counting", help="BIG-bench sample in ../shared/data/bbh")
     parser.add_argument("--bbh-dir", type=Path, default=workload.BBH_DIR, help="where the BIG-bench samples are")
-    X
+    # bfloat16: the fast CPU path; auto would pick by a speed probe, which a loaded machine can tip either way.
+    parser.add_argument("--dtype", default="bfloat16", help="model dtype")
     parser.add_argument("--repeats", type=int, default=1, help="turns of the three paths (median)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures here")
     args = parser.parse_args()

@@ -241,6 +241,36 @@ class EvalConfig(_Strict):
         return test.subset(list(range(n)))
 
 
+class TaskRunnerConfig(_Strict):
+    """Where the loss evaluations run: in this process, or sharded over a Dask cluster (prefect-dask)."""
+
+    # local: the embedded path, unchanged (one loss task per step, in this process).
+    kind: Literal["local", "dask"] = "local"
+    # None or "local": a LocalCluster the flow starts and stops; tcp://host:port: a running scheduler (its
+    # workers must import pmpo and reach the result store; see the README).
+    address: str | None = Field(None, description="Dask scheduler: tcp://host:port, or local (a cluster of this machine)")
+    # 2: the smallest cluster that shards at all. Processes, not threads: torch releases the GIL too seldom
+    # for threads to run two forward passes at once.
+    n_workers: int = Field(2, ge=1, description="worker processes of a local cluster (one model copy each)")
+    # 1: on a machine of few cores, one torch thread per worker keeps workers from fighting over cores.
+    threads_per_worker: int = Field(1, ge=1, description="threads (and torch threads) per local worker")
+
+    @field_validator("address")
+    @classmethod
+    def _scheduler_address(cls, address: str | None) -> str | None:
+        if address is None or address == "local":
+            return None
+        if not re.match(r"^(tcp|tls|inproc|ucx|ws|wss)://\S+$", address):
+            raise ValueError(f"{address!r} is not a Dask scheduler address: use tcp://host:port or local")
+        return address
+
+    @model_validator(mode="after")
+    def _dask_for_address(self) -> "TaskRunnerConfig":
+        if self.address is not None and self.kind != "dask":
+            raise ValueError("an address needs kind: dask")
+        return self
+
+
 class OptimizeConfig(_Strict):
     """Everything one optimisation run needs; the defaults run the demo task on the bundled model."""
 
@@ -269,6 +299,9 @@ class OptimizeConfig(_Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     experiment: str | None = Field(None, description="MLflow experiment; default: the task name")
     register_prompt: bool = Field(True, description="register the final prompt in the MLflow Prompt Registry")
+    # Not part of the run's identity (run_key leaves it out): where losses are computed changes no number, so
+    # a run started on a cluster may resume in one process and the other way round.
+    task_runner: TaskRunnerConfig = Field(default_factory=TaskRunnerConfig)
 
     def optimizer(self) -> OptimizerConfig:
         """As pmpo's OptimizerConfig."""
@@ -358,11 +391,12 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def config_hash(config: BaseModel) -> str:
-    """A stable digest of a config's content (part of the MLflow run key)."""
+def config_hash(config: BaseModel, exclude: frozenset[str] = frozenset()) -> str:
+    """A stable digest of a config's content, less the `exclude` fields (part of the MLflow run key)."""
     import hashlib
 
-    return hashlib.sha256(json.dumps(config.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+    values = config.model_dump(mode="json", exclude=set(exclude) or None)
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _first_line(exc: Exception) -> str:

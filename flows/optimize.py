@@ -11,6 +11,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 from pydantic import BaseModel
 
+from flows.cluster import loss_fan_out
 from flows.config import ConfigError, OptimizeConfig, RewriterConfig, config_hash
 from flows.cost import CostSummary, cost_summary, run_cost
 from flows.record import Recorder, flatten
@@ -32,6 +33,10 @@ from tasks.rewriters import RewriterRef, chat_ref, local_ref, same_as
 from tasks.progress import Event, report
 
 REGISTRY_PREFIX = "prompts:/"
+
+
+# Config fields that change no number, so not which run a config continues: where the losses are computed.
+RUN_NEUTRAL = frozenset({"task_runner"})
 
 
 class CandidateRow(BaseModel):
@@ -126,19 +131,20 @@ def optimize_prompt(config: OptimizeConfig = OptimizeConfig()) -> OptimizeSummar
         run_key=run_key(config, ref, dataset, writer),
         run_name=f"{task} {flow_run.get_name() or ''}".strip(),
         params={
-            **flatten(config.model_dump(mode="json")), "prompt": prompt, "train.n": len(split.train),
+            **flatten(config.model_dump(mode="json", exclude=RUN_NEUTRAL)), "prompt": prompt, "train.n": len(split.train),
             "rewriter.identity": writer.identity,
         },  # fmt: skip
-        tags={**_tags(ref, dataset, split), "pmpo.rewriter_identity": writer.identity},
+        tags={**_tags(ref, dataset, split), **_runner_tags(config), "pmpo.rewriter_identity": writer.identity},
     )
     try:
         tracking.log_text(run, config.model_dump_json(indent=2), "config.json")
-        steps = PrefectSteps(ref, config.optimizer(), writer)
-        recorder = Recorder(run)
-        optimizer = PMPO(
-            config=config.optimizer(), steps=steps, on_candidate=recorder.candidate, on_iteration=_noting(recorder)
-        )
-        result = optimizer.optimize(prompt, split.train)
+        with loss_fan_out(config.task_runner) as fan_out:
+            steps = PrefectSteps(ref, config.optimizer(), writer, fan_out=fan_out)
+            recorder = Recorder(run)
+            optimizer = PMPO(
+                config=config.optimizer(), steps=steps, on_candidate=recorder.candidate, on_iteration=_noting(recorder)
+            )
+            result = optimizer.optimize(prompt, split.train)
         tracking.set_tags(run, size_choices(config, writer))
         meter = Meter(steps.usage)
         with meter.step("evaluate"):
@@ -192,10 +198,17 @@ def _noting(recorder: Recorder):
 
 def run_key(config: OptimizeConfig, ref: ModelRef, dataset: Dataset, writer: RewriterRef | None = None) -> str:
     """Same config, model, rewriter and data -> same key: how a rerun finds the run it continues."""
-    text = f"{config_hash(config)}:{ref.identity}:{ref.dtype}:{dataset.fingerprint}"
+    text = f"{config_hash(config, RUN_NEUTRAL)}:{ref.identity}:{ref.dtype}:{dataset.fingerprint}"
     if writer is not None and writer.backend != "same":  # the scored model's own runs keep their old keys
         text += f":{writer.identity}"
     return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _runner_tags(config: OptimizeConfig) -> dict[str, str]:
+    """Where this process computes losses: tags, not params, since a resumed run may compute them elsewhere."""
+    r = config.task_runner
+    where = "in-process" if r.kind == "local" else (r.address or f"local cluster {r.n_workers}x{r.threads_per_worker}")
+    return {"pmpo.task_runner": r.kind, "pmpo.task_runner.where": where}
 
 
 def rewriter_ref(config: RewriterConfig, model: ModelRef) -> RewriterRef:

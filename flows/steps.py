@@ -9,6 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+import numpy as np
+
+from flows.cluster import LossFanOut
 from flows.config import EvalConfig
 from pmpo.data.examples import Dataset
 from pmpo.evaluate import Evaluation
@@ -49,9 +52,12 @@ class WorkLog:
 class PrefectSteps:
     """pmpo's Steps protocol over Prefect tasks with results persisted under the data directory."""
 
-    def __init__(self, model: ModelRef, config: OptimizerConfig, rewriter: RewriterRef | None = None):
+    def __init__(
+        self, model: ModelRef, config: OptimizerConfig, rewriter: RewriterRef | None = None, *, fan_out: LossFanOut | None = None
+    ):
         self.model, self.config = model, config
         self.rewriter = rewriter or same_as(model)
+        self.fan_out = fan_out  # None: each loss step is one task run in this process
         self.model_identity = model.identity
         self.work = WorkLog()
         # bound now: the data directory may differ between flow runs in one process
@@ -63,7 +69,22 @@ class PrefectSteps:
     def losses(self, prompts: Sequence[str], train: Dataset, iteration: int) -> LossMatrix:
         """Per-example losses of `prompts` on the training set (one task run: `loss iter=2 13x40`)."""
         label = t.loss_label(prompts, train, iteration)
+        if self.fan_out is not None:
+            return self._sharded(label, prompts, train, iteration)
         return self._run("loss", iteration, label, self._loss, model=self.model, prompts=list(prompts), data=train, iteration=iteration)
+
+    def _sharded(self, label: str, prompts: Sequence[str], train: Dataset, iteration: int) -> LossMatrix:
+        """The loss step as one task run per shard of prompts on the cluster, joined in the prompts' order."""
+        report(Event("start", label))
+        shards = self.fan_out.shards(prompts)
+        submit = self.fan_out.submit
+        futures = [submit(self._loss, model=self.model, prompts=s, data=train, iteration=iteration) for s in shards]
+        parts = [f.result() for f in futures]  # raises the first failed shard's exception
+        cached = [f.state.name == "Cached" for f in futures]
+        for s, hit in zip(shards, cached):
+            self.work.runs.append(StepRun("loss", iteration, t.loss_label(s, train, iteration), hit))
+        report(Event("done", label, cached=all(cached)))
+        return LossMatrix(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("loss", "nll", "tokens")))
 
     def segments(
         self, prompt: str, prompt_loss: float, train: Dataset, iteration: int
@@ -110,8 +131,10 @@ class PrefectSteps:
         )  # fmt: skip
 
     def usage(self) -> UsageSnapshot:
-        """The work the model and the rewriter did in this process (zeros when every step came from the cache)."""
-        return model_usage(self.model) + rewriter_usage(self.rewriter, self.model)
+        """The work the model and the rewriter did in this process and on the cluster's workers (zeros when every
+        step came from the cache)."""
+        local = model_usage(self.model) + rewriter_usage(self.rewriter, self.model)
+        return local if self.fan_out is None else local + self.fan_out.usage(self.model)
 
     def _run(self, step: str, iteration: int, label: str, task: Any, /, **kwargs: Any) -> Any:
         report(Event("start", label))

@@ -23,6 +23,7 @@ def optimize(args: argparse.Namespace) -> int:
     """`pmpo optimize`: the optimisation flow, with progress and a summary table."""
     from flows.config import OptimizeConfig
     from flows.optimize import optimize_prompt
+    from flows.config import merge
     from pmpo_cli.options import build_config, config_values
 
     values = config_values(args)
@@ -31,8 +32,19 @@ def optimize(args: argparse.Namespace) -> int:
             values[key] = getattr(args, flag)
     if args.racing:
         values["racing"] = {**values.get("racing", {}), "enabled": True}
+    values = merge(values, _task_runner_flags(args))
     config = build_config(OptimizeConfig, values, args)
     return _run_flow(optimize_prompt, config, display.optimize_summary, args.output)
+
+
+def _task_runner_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """`--dask ADDRESS` and `--dask-workers N` as the `task_runner` block (either one turns Dask on)."""
+    block: dict[str, Any] = {}
+    if args.dask is not None:
+        block.update(kind="dask", address=args.dask)
+    if args.dask_workers is not None:
+        block.update(kind="dask", n_workers=args.dask_workers)
+    return {"task_runner": block} if block else {}
 
 
 def evaluate(args: argparse.Namespace) -> int:

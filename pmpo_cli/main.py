@@ -13,7 +13,7 @@ import sys
 import threading
 from typing import Sequence
 
-QUIET = {"PREFECT_LOGGING_LEVEL": "WARNING", "MLFLOW_LOGGING_LEVEL": "WARNING", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+QUIET = {"PREFECT_LOGGING_LEVEL": "WARNING", "DASK_LOGGING__DISTRIBUTED": "error", "MLFLOW_LOGGING_LEVEL": "WARNING", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
 
 
 class UsageError(Exception):
@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--racing", action="store_true", default=None,
                      help="score candidates on a first slice and finish only the competitive ones (faster)")
     _rewriter_options(opt)
+    opt.add_argument("--dask", metavar="ADDRESS",
+                     help="compute losses on a Dask cluster: local (started here) or tcp://host:port of a scheduler")
+    opt.add_argument("--dask-workers", type=_positive, metavar="N", help="worker processes of a local Dask cluster (default 2)")
 
     ev = sub.add_parser("evaluate", help="score a prompt (or prompts:/name@alias) on a dataset's held-out split")
     _data_options(ev)

@@ -26,10 +26,9 @@ from pydantic import BaseModel
 
 import pmpo
 from pmpo.data.examples import Dataset
-from tasks.environment import results_dir
 from tasks.models import ModelRef
 from tasks.rewriters import RewriterRef
-from tasks.serialization import SafeRecordStorage
+from tasks.store import result_store
 
 
 def _pmpo_version() -> str:
@@ -91,15 +90,23 @@ def policy(*exclude: str) -> CachePolicy:
 
 
 def with_storage(task: Task) -> Task:
-    """`task` persisting under the data directory ($PMPO_HOME/results, read now), with records that are checked.
+    """`task` persisting to the result store ($PMPO_RESULTS_DIR or $PMPO_HOME/results, read now; tasks.store),
+    with records that are checked, and one computation per key however many processes ask for it at once.
 
-    Records (what a cache key maps to) go to results/records, values to results/values; the record storage hands
-    Prefect only records pmpo's JSON serializer wrote (tasks.serialization): a planted or foreign file is a
-    cache miss, never unpickled.
+    Records (what a cache key maps to) go to records/, values to values/; the record storage hands Prefect only
+    records pmpo's JSON serializer wrote (tasks.serialization): a planted or foreign file is a cache miss, never
+    unpickled. SERIALIZABLE: a run takes its key's lock before it looks the key up, so a second process (another
+    Dask worker, another machine on the same store) waits and then reads the result instead of computing it.
     """
-    root = results_dir()
-    records, values = root / "records", root / "values"
-    for path in (records, values):
-        path.mkdir(parents=True, exist_ok=True)
-    keys = SafeRecordStorage(basepath=str(records), values=str(values))
-    return task.with_options(result_storage=values, cache_policy=task.cache_policy.configure(key_storage=keys))
+    store = result_store()
+    cache = task.cache_policy.configure(
+        key_storage=store.records, isolation_level="SERIALIZABLE", lock_manager=store.locks
+    )
+    if isinstance(store.values, Path):
+        return task.with_options(result_storage=store.values, cache_policy=cache)
+    # Prefect takes a URL storage on a task only as a block saved on its API, so that a record can name it by id.
+    # Ours never needs that: a record holds the value's URL and SafeRemoteRecordStorage reads it there. An unsaved
+    # block also works across Prefect servers (each machine may have its own), which a block id would not.
+    configured = task.with_options(cache_policy=cache)
+    configured.result_storage = store.values
+    return configured

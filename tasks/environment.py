@@ -4,7 +4,7 @@ Everything lives under one data directory, `$PMPO_HOME` (default `./.pmpo`):
   mlflow.db     MLflow tracking and Prompt Registry (SQLite), unless MLFLOW_TRACKING_URI says otherwise
   mlartifacts/  MLflow artifacts (tables, plots)
   results/      Prefect task results: the cache that makes a rerun resume instead of recompute
-                ($PMPO_RESULTS_DIR puts it elsewhere, e.g. on a disk shared by several machines)
+                ($PMPO_RESULTS_DIR puts it elsewhere: a disk shared by several machines, or an fsspec URL)
 """
 
 from __future__ import annotations
@@ -58,8 +58,18 @@ def home() -> Path:
 
 def results_dir() -> Path:
     """Where Prefect persists task results (the resume cache): $PMPO_RESULTS_DIR, else results/ in the home."""
+    location = results_location()
+    if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", location):
+        raise PmpoError(f"PMPO_RESULTS_DIR {redact(location)!r} is a URL, not a directory")
+    return Path(location)
+
+
+def results_location() -> str:
+    """$PMPO_RESULTS_DIR as given when it is an fsspec URL (s3://...), else the directory as an absolute path."""
     custom = os.environ.get("PMPO_RESULTS_DIR")
-    return Path(custom).expanduser().resolve() if custom else home() / "results"
+    if custom and re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", custom):
+        return custom
+    return str(Path(custom).expanduser().resolve() if custom else home() / "results")
 
 
 def artifacts_dir() -> Path:

@@ -30,6 +30,7 @@ _MODELS: dict[ModelSettings, LoadedModel] = {}
 _TEXT: dict[ModelSettings, TextSide] = {}
 _SCORERS: dict[tuple[ModelSettings, ScorerSettings], Scorer] = {}
 _ENDPOINTS: dict[ModelSettings, Endpoint] = {}
+_LOADS: list[ModelSettings] = []  # every load this process did, in order (a Dask worker must do each once)
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,7 @@ def loaded(ref: ModelRef) -> LoadedModel:
             label = f"load model {ref.identity}"
             report(Event("start", label))
             _MODELS[ref.settings] = load_model(text_settings(ref.settings))
+            _LOADS.append(ref.settings)
             report(Event("done", label))
         return _MODELS[ref.settings]
 
@@ -133,6 +135,12 @@ def text_side(ref: ModelRef) -> TextSide | LoadedModel:
 def is_loaded(ref: ModelRef) -> bool:
     """True when this process has loaded the model already (tests check that a cached rerun never does)."""
     return ref.settings in _MODELS
+
+
+def load_count() -> int:
+    """How many times this process loaded a model (tests check a Dask worker loads each model once)."""
+    with _LOCK:
+        return len(_LOADS)
 
 
 def usage(ref: ModelRef) -> UsageSnapshot:

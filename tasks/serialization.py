@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 from prefect._internal.compatibility.async_dispatch import async_dispatch
-from prefect.filesystems import LocalFileSystem
+from prefect.filesystems import LocalFileSystem, RemoteFileSystem
 from prefect.serializers import Serializer
 from pydantic import Field
 
@@ -172,7 +172,27 @@ def check_metadata(content: bytes) -> str:
     return metadata["storage_key"]
 
 
-class SafeRecordStorage(LocalFileSystem):
+class _CheckedRecords:
+    """What both record storages do: hand Prefect a record only once it is ours and its value decodes."""
+
+    def _value_bytes(self, key: str) -> bytes:
+        raise NotImplementedError
+
+    async def aread_path(self, path: str) -> bytes:
+        """The record's bytes, after checking it (see `read_path`)."""
+        return self._checked(path, await super().aread_path(path))
+
+    def _checked(self, path: str, content: bytes) -> bytes:
+        try:
+            key = check_metadata(content)
+            PmpoJSONSerializer().loads(self._value_bytes(key))
+        except Exception as exc:  # whatever stops the value being read back, the step is recomputed
+            logger.warning("ignoring cached result %s: %s; it will be recomputed and overwritten", path, exc)
+            raise UnsafeResult(str(exc)) from None
+        return content
+
+
+class SafeRecordStorage(_CheckedRecords, LocalFileSystem):
     """Storage of result *records* (Prefect's cache-key metadata) that passes on only pmpo-json records whose value
     decodes; anything else is a logged cache miss. `values` is the folder of the values the records point to."""
 
@@ -181,22 +201,29 @@ class SafeRecordStorage(LocalFileSystem):
 
     values: str = Field(description="folder of the result values the records point to")
 
-    async def aread_path(self, path: str) -> bytes:
-        """The record's bytes, after checking it (see `read_path`)."""
-        return self._checked(path, await super().aread_path(path))
-
-    @async_dispatch(aread_path)
+    @async_dispatch(_CheckedRecords.aread_path)
     def read_path(self, path: str) -> bytes:  # Prefect's exists() and read() both come through here
         """The record's bytes, once it is known to be ours and its value decodes; `UnsafeResult` otherwise."""
         return self._checked(path, super().read_path(path, _sync=True))
 
-    def _checked(self, path: str, content: bytes) -> bytes:
-        try:
-            key = check_metadata(content)
-            PmpoJSONSerializer().loads(LocalFileSystem(basepath=self.values).read_path(key, _sync=True))
-        except Exception as exc:  # whatever stops the value being read back, the step is recomputed
-            logger.warning("ignoring cached result %s: %s; it will be recomputed and overwritten", path, exc)
-            raise UnsafeResult(str(exc)) from None
-        return content
+    def _value_bytes(self, key: str) -> bytes:
+        return LocalFileSystem(basepath=self.values).read_path(key, _sync=True)
+
+
+class SafeRemoteRecordStorage(_CheckedRecords, RemoteFileSystem):
+    """The same check over an fsspec URL (`s3://...`): records under `basepath`, values under the `values` URL."""
+
+    _block_type_name = "pmpo safe remote result records"
+    _block_type_slug = "pmpo-safe-remote-result-records"
+
+    values: str = Field(description="URL of the result values the records point to")
+
+    @async_dispatch(_CheckedRecords.aread_path)
+    def read_path(self, path: str) -> bytes:
+        """The record's bytes, once it is known to be ours and its value decodes; `UnsafeResult` otherwise."""
+        return self._checked(path, super().read_path(path, _sync=True))
+
+    def _value_bytes(self, key: str) -> bytes:
+        return RemoteFileSystem(basepath=self.values, settings=self.settings).read_path(key, _sync=True)
 
 allow(LossMatrix, SegmentEffect, Candidate, Iteration, Evaluation, OptimizeResult)

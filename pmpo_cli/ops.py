@@ -25,6 +25,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--prompts", default=str(EXAMPLE_PROMPTS), metavar="FILE", help="managed prompts of the nightly refresh")
     serve.add_argument("--cron", default=DEFAULT_CRON, help=f"nightly refresh schedule (default {DEFAULT_CRON!r})")
     serve.add_argument("--timezone", default=DEFAULT_TIMEZONE, help=f"schedule time zone (default {DEFAULT_TIMEZONE})")
+    serve.add_argument("--db", metavar="URL", help="postgresql://user@host:port/db: both servers' records on PostgreSQL "
+                       "(databases <db>_mlflow, <db>_prefect; default $PMPO_DB_URL, else SQLite under PMPO_HOME)")  # fmt: skip
 
     nightly = sub.add_parser("nightly", help="run the nightly refresh once, now")
     nightly.add_argument("--config", required=True, metavar="FILE", help="managed prompts file (YAML or TOML)")
@@ -51,6 +53,9 @@ def run(args: argparse.Namespace) -> int:
 
 def serve(args: argparse.Namespace) -> int:
     """`pmpo serve`: start the local stack, print its addresses, and stop it all on Ctrl-C."""
+    import os
+
+    from deployments.postgres import DB_ENV, redacted
     from deployments.stack import Stack, StackSettings
     from tasks.environment import home
 
@@ -61,7 +66,7 @@ def serve(args: argparse.Namespace) -> int:
         raise ConfigError(f"--prompts {args.prompts}: no such file")
     settings = StackSettings(
         home=home(), host=args.host, prefect_port=args.prefect_port, mlflow_port=args.mlflow_port,
-        prompts_file=prompts, cron=args.cron, timezone=args.timezone,
+        prompts_file=prompts, cron=args.cron, timezone=args.timezone, db=args.db or os.environ.get(DB_ENV) or None,
     )  # fmt: skip
     stack = Stack(settings)
     stack.start(say=lambda line: print(line, flush=True))
@@ -71,7 +76,7 @@ def serve(args: argparse.Namespace) -> int:
         f"deployments: nightly-refresh/nightly-refresh (cron {settings.cron!r}, {settings.timezone}), "
         "optimize-prompt/optimize, compare-prompts/compare\n"
         f"run the refresh now: PREFECT_API_URL={api} prefect deployment run nightly-refresh/nightly-refresh\n"
-        f"records: {settings.home} (server logs in {settings.home / 'logs'})\n"
+        f"records: {redacted(settings.db) if settings.db else settings.home} (server logs in {settings.home / 'logs'})\n"
         "Ctrl-C stops everything.",
         flush=True,
     )

@@ -42,17 +42,12 @@ def stores(url: str) -> Stores:
 
 
 def ensure_databases(url: str) -> Stores:
-    """Create the two databases where missing (connecting to the database `url` names); return the stores."""
+    """Create the two databases where missing (connected to the one `url` names, or `postgres`); return the stores."""
     import psycopg2
     from psycopg2 import sql
 
     found = stores(url)
-    parts = urlsplit(url)
-    connect_to = urlunsplit(("postgresql", parts.netloc, parts.path or "/postgres", parts.query, ""))
-    try:
-        conn = psycopg2.connect(connect_to, connect_timeout=10)
-    except psycopg2.OperationalError as exc:
-        raise DatabaseError(f"--db {redacted(url)}: cannot connect: {' '.join(str(exc).split())}") from None
+    conn = _connect(url)
     conn.autocommit = True  # CREATE DATABASE cannot run inside a transaction
     try:
         with conn.cursor() as cur:
@@ -65,6 +60,22 @@ def ensure_databases(url: str) -> Stores:
     finally:
         conn.close()
     return found
+
+
+def _connect(url: str):
+    """A connection to the database the URL names, else (it need not exist) to the maintenance database."""
+    import psycopg2
+
+    parts = urlsplit(url)
+    tried = [parts.path] if parts.path not in ("", "/", "/postgres") else []
+    for path in [*tried, "/postgres"]:
+        try:
+            return psycopg2.connect(urlunsplit(("postgresql", parts.netloc, path, parts.query, "")), connect_timeout=10)
+        except psycopg2.OperationalError as exc:
+            error = " ".join(str(exc).split())
+            if "does not exist" not in error:
+                break
+    raise DatabaseError(f"--db {redacted(url)}: cannot connect: {error}")
 
 
 def redacted(url: str) -> str:

@@ -50,6 +50,9 @@ class StackSettings:
     # set-up) has taken over a minute.
     startup_timeout: float = 240.0
     db: str | None = None  # postgresql://user@host:port/db: both servers' records there (None: SQLite in home)
+    # False: the servers only, for a work pool whose workers run the deployments of prefect.yaml (a served
+    # deployment of the same name would take their runs).
+    serve_deployments: bool = True
 
     @property
     def prefect_url(self) -> str:
@@ -101,6 +104,8 @@ class Stack:
                                "--artifacts-destination", str(s.home / "mlartifacts")], {})  # fmt: skip
         self._wait(lambda: _get(f"{s.prefect_url}/api/health") is not None, "the Prefect server")
         self._wait(lambda: _get(f"{s.mlflow_url}/health") is not None, "the MLflow server")
+        if not s.serve_deployments:
+            return
         say("starting the deployments ...")
         serve = [py, "-m", "deployments.serve", "--prompts", str(s.prompts_file), "--cron", s.cron, "--timezone", s.timezone]
         # INFO: the flow runs' own log (each nightly decision is a line of it) goes to the Prefect UI and here.

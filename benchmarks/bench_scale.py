@@ -53,6 +53,7 @@ def optimize_values(model_dir: Path, seed: int, limit: int) -> dict[str, Any]:
 
 def base_env(home: Path, **extra: str) -> dict[str, str]:
     """This checkout first, offline, no Prefect or MLflow settings inherited from the caller."""
+    (home / "prefect-client").mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_TRACKING"))}
     env.update(PYTHONPATH=str(ROOT), PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
                PMPO_HOME=str(home), PREFECT_HOME=str(home / "prefect-client"), HF_HUB_OFFLINE="1",

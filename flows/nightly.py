@@ -106,19 +106,19 @@ def nightly_refresh(config: NightlyConfig) -> NightlyReport:
 def refresh(config: NightlyConfig, propose: Proposer = optimize_candidate) -> NightlyReport:
     """The refresh inside a running flow, with `propose` making each candidate (in this process, or fanned out)."""
     the_plan = plan(config)
+    deployment = fanout.deployment_for(the_plan.fan_out.mode, the_plan.fan_out.deployment)  # before a record exists
     run = registry.start_record_run(
         the_plan.experiment,
         run_name=f"nightly {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}",
         tags={"pmpo.kind": "nightly", "prefect.flow_run_id": str(flow_run.get_id() or "")},
     )
-    deployment = fanout.deployment_for(the_plan.fan_out.mode, the_plan.fan_out.deployment)
     if deployment is None:
         proposed = [_isolated(e.label, lambda e=e: _propose_here(e.managed(), propose)) for e in the_plan.entries]
     else:
         proposed = _propose_on_pool(the_plan, deployment)
     # Every optimisation has ended before the first decision: the decisions see all candidates of the night.
     decisions = [
-        p if isinstance(p, Decision) else _isolated(p.managed.name, lambda p=p: decide(p, the_plan.rule, run.run_id))
+        p if isinstance(p, Decision) else _linked(_isolated(p.managed.name, lambda p=p: decide(p, the_plan.rule, run.run_id)), p)
         for p in proposed
     ]
     report = NightlyReport(run_id=run.run_id, experiment=run.experiment, decisions=decisions)
@@ -135,6 +135,13 @@ class _Proposed:
     managed: ManagedPrompt
     production: PromptVersion | None  # production when the optimisation started from it
     proposal: Proposal
+
+
+def _linked(decision: Decision, p: _Proposed) -> Decision:
+    """A decision that failed while judging still names the flow run that made its candidate."""
+    if decision.flow_run_id or not p.proposal.flow_run_id:
+        return decision
+    return decision.model_copy(update={"flow_run_id": p.proposal.flow_run_id, "flow_run_url": p.proposal.flow_run_url})
 
 
 def _propose_here(managed: ManagedPrompt, propose: Proposer) -> _Proposed:

@@ -132,6 +132,9 @@ def decisions_table(report: Any) -> None:
             d.name, Text(d.outcome, style=style), _v(d.production_version), _v(d.candidate_version), losses, d.reason
         )
     console.print(table)
+    for d in report.decisions:  # fanned out over a work pool: where each prompt's optimisation ran
+        if d.flow_run_url:
+            console.print(f"{d.name}: flow run {d.flow_run_url}")
     console.print(f"MLflow run {report.run_id} in experiment {report.experiment!r} (table decisions.json)")
 
 

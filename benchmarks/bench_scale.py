@@ -8,7 +8,8 @@ same concurrent optimisations against SQLite.
 2. The nightly refresh of `--prompts` (4) prompts, each a flow run of the `optimize` deployment on one process
    work pool, with 2 workers and then with 1, one run at a time each (fresh prompt names and records each time): which worker ran which
    prompt, and the refresh's wall time.
-3. Step 1 again with both servers on SQLite (what `pmpo serve` uses by default).
+3. Step 1 again with both servers on SQLite (what `pmpo serve` uses by default), and with no servers at all:
+   each process writing one SQLite file itself (what `pmpo optimize` does by default).
 
     python benchmarks/bench_scale.py                 # all three
     python benchmarks/bench_scale.py --skip-sqlite --json scale.json
@@ -74,9 +75,14 @@ def stack(home: Path, db: str | None) -> Iterator[Any]:
         s.stop()
 
 
-def concurrent_optimize(s: Any, model_dir: Path, work: Path, runs: int, limit: int) -> dict[str, Any]:
-    """`runs` optimisations at once; what MLflow and Prefect recorded of them, and the servers' error lines."""
-    env = base_env(work / "home", PREFECT_API_URL=f"{s.settings.prefect_url}/api", MLFLOW_TRACKING_URI=s.settings.mlflow_url)
+def concurrent_optimize(s: Any | None, model_dir: Path, work: Path, runs: int, limit: int) -> dict[str, Any]:
+    """`runs` optimisations at once; what MLflow and Prefect recorded of them, and the servers' error lines.
+
+    With no servers (`s` None), each process writes one SQLite file itself and runs its own serverless Prefect
+    API: `pmpo optimize`'s default.
+    """
+    uri = s.settings.mlflow_url if s else f"sqlite:///{work / 'mlflow.db'}"
+    env = base_env(work / "home", MLFLOW_TRACKING_URI=uri, **({"PREFECT_API_URL": f"{s.settings.prefect_url}/api"} if s else {}))
     procs = []
     start = time.monotonic()
     for i in range(runs):
@@ -87,7 +93,7 @@ def concurrent_optimize(s: Any, model_dir: Path, work: Path, runs: int, limit: i
         procs.append(subprocess.Popen(argv, env=env, cwd=work, stdout=open(work / f"run{i}.log", "wb"), stderr=subprocess.STDOUT))
     codes = [p.wait() for p in procs]
     wall = time.monotonic() - start
-    os.environ["MLFLOW_TRACKING_URI"] = s.settings.mlflow_url
+    os.environ["MLFLOW_TRACKING_URI"] = uri
     from tasks import tracking
 
     runs_found = []
@@ -104,6 +110,8 @@ def concurrent_optimize(s: Any, model_dir: Path, work: Path, runs: int, limit: i
         else:
             row["error"] = (work / f"run{i}.log").read_text()[-400:].strip().splitlines()[-1:]
         runs_found.append(row)
+    if s is None:
+        return {"wall_s": round(wall, 1), "runs": runs_found}
     flow_runs = _post(f"{s.settings.prefect_url}/api/flow_runs/filter", {})
     states = sorted(r["state_type"] for r in flow_runs)
     return {"wall_s": round(wall, 1), "runs": runs_found, "prefect_flow_runs": states, "server_errors": server_errors(s.settings.home)}
@@ -244,6 +252,10 @@ def main() -> None:
             (work / "lite" / "opt").mkdir(parents=True)
             figures["sqlite"] = {**concurrent_optimize(s, model_dir, work / "lite" / "opt", args.runs, args.limit), "load": load()}
             print(json.dumps(figures["sqlite"], indent=1), flush=True)
+        print(f"3b. {args.runs} concurrent `pmpo optimize` runs, no servers: each writes one SQLite file itself", flush=True)
+        (work / "file").mkdir()
+        figures["sqlite_file"] = {**concurrent_optimize(None, model_dir, work / "file", args.runs, args.limit), "load": load()}
+        print(json.dumps(figures["sqlite_file"], indent=1), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Callable
 
+from deployments import postgres
 from deployments.serve import DEFAULT_CRON, DEFAULT_TIMEZONE, DEPLOYMENTS, EXAMPLE_PROMPTS
 from pmpo.errors import PmpoError
 
@@ -48,6 +49,10 @@ class StackSettings:
     # `prefect server start` is healthy in ~7 s on an idle machine; a first start on a busy 2-core one (database
     # set-up) has taken over a minute.
     startup_timeout: float = 240.0
+    db: str | None = None  # postgresql://user@host:port/db: both servers' records there (None: SQLite in home)
+    # False: the servers only, for a work pool whose workers run the deployments of prefect.yaml (a served
+    # deployment of the same name would take their runs).
+    serve_deployments: bool = True
 
     @property
     def prefect_url(self) -> str:
@@ -83,17 +88,24 @@ class Stack:
                 raise StackError(f"port {port} on {s.host} is in use (another server running?): choose another with {flag}")
         (s.home / "logs").mkdir(parents=True, exist_ok=True)
         py = sys.executable
+        prefect_env, mlflow_store = {}, f"sqlite:///{s.home / 'mlflow.db'}"
+        if s.db:
+            stores = postgres.ensure_databases(s.db)
+            say(f"records on PostgreSQL {postgres.redacted(s.db)}: databases {', '.join(stores.databases)}")
+            prefect_env, mlflow_store = {"PREFECT_SERVER_DATABASE_CONNECTION_URL": stores.prefect}, stores.mlflow
         say(f"starting the Prefect server on {s.prefect_url} ...")
         # The UI asks /ui-settings where the API is; without PREFECT_UI_API_URL it answers with the default port
         # (4200), whatever --port says, and every UI page on another port fails to load its data.
         self._spawn("prefect", [py, "-m", "prefect", "server", "start", "--host", s.host, "--port", str(s.prefect_port)],
-                    {"PREFECT_HOME": str(s.home / "prefect"), "PREFECT_UI_API_URL": f"{s.prefect_url}/api"})  # fmt: skip
+                    {"PREFECT_HOME": str(s.home / "prefect"), "PREFECT_UI_API_URL": f"{s.prefect_url}/api", **prefect_env})  # fmt: skip
         say(f"starting the MLflow server on {s.mlflow_url} ...")
         self._spawn("mlflow", [py, "-m", "mlflow", "server", "--host", s.host, "--port", str(s.mlflow_port), "--workers", "1",
-                               "--backend-store-uri", f"sqlite:///{s.home / 'mlflow.db'}",
+                               "--backend-store-uri", mlflow_store,
                                "--artifacts-destination", str(s.home / "mlartifacts")], {})  # fmt: skip
         self._wait(lambda: _get(f"{s.prefect_url}/api/health") is not None, "the Prefect server")
         self._wait(lambda: _get(f"{s.mlflow_url}/health") is not None, "the MLflow server")
+        if not s.serve_deployments:
+            return
         say("starting the deployments ...")
         serve = [py, "-m", "deployments.serve", "--prompts", str(s.prompts_file), "--cron", s.cron, "--timezone", s.timezone]
         # INFO: the flow runs' own log (each nightly decision is a line of it) goes to the Prefect UI and here.

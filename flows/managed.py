@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -77,6 +77,18 @@ class PromotionRule(_Strict):
         return True, f"better: {loss}{accuracy}"
 
 
+class FanOut(_Strict):
+    """Where the prompts' optimisations run: in this process, or as flow runs of a deployment on a work pool."""
+
+    # auto: on the pool when a Prefect server runs the refresh and the deployment is there, else in this process
+    # (so `pmpo nightly` without a server behaves as it always did).
+    mode: Literal["auto", "in_process", "work_pool"] = "auto"
+    deployment: str = Field("optimize-prompt/optimize", description="the optimize deployment the prompts run as")
+    # None: wait as long as the children run (the deployment's concurrency limit may queue them for hours).
+    timeout_s: float | None = Field(None, gt=0, description="stop waiting for the prompts' runs after this many seconds")
+    poll_s: float = Field(5.0, gt=0, description="how often to ask the server whether the prompts' runs ended")
+
+
 class NightlyConfig(_Strict):
     """The nightly refresh's parameter: a prompts file (its usual form), or the prompts inline."""
 
@@ -86,6 +98,7 @@ class NightlyConfig(_Strict):
     prompts: list[ManagedPrompt] = Field(default_factory=list, description="prompts given inline (with no file)")
     promotion: PromotionRule = Field(default_factory=PromotionRule)
     experiment: str = Field("nightly-refresh", description="MLflow experiment of the refresh's own record")
+    fan_out: FanOut = Field(default_factory=FanOut)
 
 
 @dataclass(frozen=True)
@@ -110,6 +123,7 @@ class Plan:
     rule: PromotionRule
     experiment: str
     entries: tuple[Entry, ...]
+    fan_out: FanOut = FanOut()
 
 
 def plan(config: NightlyConfig) -> Plan:
@@ -117,7 +131,8 @@ def plan(config: NightlyConfig) -> Plan:
     if config.prompts_file is None:
         if not config.prompts:
             raise ConfigError("nightly refresh: no prompts to manage: give prompts_file or prompts")
-        return Plan(config.promotion, config.experiment, tuple(Entry(p.name, p, p.name) for p in config.prompts))
+        entries = tuple(Entry(p.name, p, p.name) for p in config.prompts)
+        return Plan(config.promotion, config.experiment, entries, config.fan_out)
     if config.prompts:
         raise ConfigError("nightly refresh: give prompts_file or prompts, not both")
     path = config.prompts_file
@@ -132,7 +147,7 @@ def plan(config: NightlyConfig) -> Plan:
     twice = sorted({n for n in labels if labels.count(n) > 1})
     if twice:
         raise ConfigError(f"{path}: prompts: name(s) listed twice: {', '.join(twice)}")
-    return Plan(settings.promotion, settings.experiment, tuple(entries))
+    return Plan(settings.promotion, settings.experiment, tuple(entries), settings.fan_out)
 
 
 def _entry(path: str, index: int, item: Any) -> Entry:

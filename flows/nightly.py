@@ -5,19 +5,25 @@ optimisation run's tags and the refresh's own MLflow run.
 
 One failing prompt does not stop the others: the refresh finishes them all, then fails naming the ones that
 failed. The step that makes a candidate is a parameter of `refresh` (tests pass a deliberately bad one).
+
+Against a Prefect server whose `optimize` deployment sits on a work pool, the optimisations fan out: each prompt
+is its own flow run on the pool (flows.fanout), and the decisions are made once every one of them has ended,
+each linking its flow run. Otherwise they run one after another in this process.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Callable, Literal
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict
 
+from flows import fanout
 from flows.heldout import SETUP_TAG, Score, score, setup_of, setup_tag
-from flows.managed import ManagedPrompt, NightlyConfig, PromotionRule, plan
+from flows.managed import ManagedPrompt, NightlyConfig, Plan, PromotionRule, plan
 from flows.optimize import optimize_prompt
 from pmpo.errors import PmpoError
 from tasks import registry, tracking
@@ -34,6 +40,8 @@ class Proposal(BaseModel):
     training_loss: float | None = None
     start_training_loss: float | None = None
     run_id: str | None = None  # the optimisation run
+    flow_run_id: str | None = None  # fanned out: the prompt's own flow run on the work pool
+    flow_run_url: str | None = None
 
 
 Proposer = Callable[[ManagedPrompt, "str | None"], Proposal]
@@ -51,6 +59,8 @@ class Decision(BaseModel):
     candidate: Score | None = None
     training_loss: float | None = None  # the candidate's, on the optimiser's training examples (not used to decide)
     run_id: str | None = None  # the optimisation run
+    flow_run_id: str | None = None  # fanned out: the flow run that made the candidate (in the Prefect UI: url)
+    flow_run_url: str | None = None
 
 
 class NightlyReport(BaseModel):
@@ -94,25 +104,23 @@ def nightly_refresh(config: NightlyConfig) -> NightlyReport:
 
 
 def refresh(config: NightlyConfig, propose: Proposer = optimize_candidate) -> NightlyReport:
-    """The refresh inside a running flow, with `propose` making each candidate."""
-    log = get_run_logger()
+    """The refresh inside a running flow, with `propose` making each candidate (in this process, or fanned out)."""
     the_plan = plan(config)
+    deployment = fanout.deployment_for(the_plan.fan_out.mode, the_plan.fan_out.deployment)  # before a record exists
     run = registry.start_record_run(
         the_plan.experiment,
         run_name=f"nightly {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}",
         tags={"pmpo.kind": "nightly", "prefect.flow_run_id": str(flow_run.get_id() or "")},
     )
-    decisions = []
-    for entry in the_plan.entries:
-        try:
-            decision = refresh_one(entry.managed(), the_plan.rule, propose, run.run_id)
-        except Exception as exc:  # noqa: BLE001  (any failure of one prompt must leave the others running)
-            reason = str(exc) if isinstance(exc, PmpoError) else f"{type(exc).__name__}: {exc}"
-            log.error("%s: FAILED: %s", entry.label, reason, exc_info=not isinstance(exc, PmpoError))
-            decision = Decision(name=entry.label, outcome="failed", reason=" ".join(reason.split()))
-        else:
-            log.info("%s", _line(decision))
-        decisions.append(decision)
+    if deployment is None:
+        proposed = [_isolated(e.label, lambda e=e: _propose_here(e.managed(), propose)) for e in the_plan.entries]
+    else:
+        proposed = _propose_on_pool(the_plan, deployment)
+    # Every optimisation has ended before the first decision: the decisions see all candidates of the night.
+    decisions = [
+        p if isinstance(p, Decision) else _linked(_isolated(p.managed.name, lambda p=p: decide(p, the_plan.rule, run.run_id)), p)
+        for p in proposed
+    ]
     report = NightlyReport(run_id=run.run_id, experiment=run.experiment, decisions=decisions)
     _record(run, report)
     if report.failed:
@@ -120,15 +128,93 @@ def refresh(config: NightlyConfig, propose: Proposer = optimize_candidate) -> Ni
     return report
 
 
-def refresh_one(managed: ManagedPrompt, rule: PromotionRule, propose: Proposer, nightly_run_id: str) -> Decision:
-    """Optimise, judge on held-out data, register the candidate with its decision, and promote it if it won."""
+@dataclass(frozen=True)
+class _Proposed:
+    """A prompt whose candidate is made, waiting for its decision."""
+
+    managed: ManagedPrompt
+    production: PromptVersion | None  # production when the optimisation started from it
+    proposal: Proposal
+
+
+def _linked(decision: Decision, p: _Proposed) -> Decision:
+    """A decision that failed while judging still names the flow run that made its candidate."""
+    if decision.flow_run_id or not p.proposal.flow_run_id:
+        return decision
+    return decision.model_copy(update={"flow_run_id": p.proposal.flow_run_id, "flow_run_url": p.proposal.flow_run_url})
+
+
+def _propose_here(managed: ManagedPrompt, propose: Proposer) -> _Proposed:
+    production = registry.get_version(managed.name, PRODUCTION)
+    return _Proposed(managed, production, propose(managed, production.text if production else None))
+
+
+def _propose_on_pool(the_plan: Plan, deployment: str) -> list[_Proposed | Decision]:
+    """Start every prompt's flow run, wait until all have ended, then read each one's candidate."""
+    started: list[tuple[ManagedPrompt, PromptVersion | None, fanout.Child] | Decision] = []
+    for entry in the_plan.entries:
+        started.append(_isolated(entry.label, lambda entry=entry: _launch(entry.managed(), deployment)))
+    children = [s[2] for s in started if not isinstance(s, Decision)]
+    get_run_logger().info("waiting for %d flow run(s) of %s: %s", len(children), deployment, ", ".join(c.url for c in children))
+    ended = fanout.wait_all(children, poll_s=the_plan.fan_out.poll_s, timeout_s=the_plan.fan_out.timeout_s)
+    proposed: list[_Proposed | Decision] = []
+    for s in started:
+        if isinstance(s, Decision):
+            proposed.append(s)
+            continue
+        managed, production, child = s
+        decision = _isolated(managed.name, lambda: _proposed_by(managed, production, child, ended[child.flow_run_id]))
+        proposed.append(decision.model_copy(update={"flow_run_id": child.flow_run_id, "flow_run_url": child.url})
+                        if isinstance(decision, Decision) else decision)  # fmt: skip
+    return proposed
+
+
+def _launch(managed: ManagedPrompt, deployment: str) -> tuple[ManagedPrompt, PromptVersion | None, fanout.Child]:
+    production = registry.get_version(managed.name, PRODUCTION)
+    child = fanout.launch(deployment, managed.name, managed.optimize_from(production.text if production else None))
+    get_run_logger().info("%s: started flow run %s (%s)", managed.name, child.flow_run_id, child.url)
+    return managed, production, child
+
+
+def _proposed_by(managed: ManagedPrompt, production: PromptVersion | None, child: fanout.Child, ended: fanout.Ended) -> _Proposed:
+    record = fanout.outcome(child, ended)
+    proposal = Proposal(
+        start_prompt=record.initial_prompt, prompt=record.best_prompt, training_loss=record.best_loss,
+        start_training_loss=record.initial_loss, run_id=record.run_id, flow_run_id=child.flow_run_id,
+        flow_run_url=child.url,
+    )  # fmt: skip
+    return _Proposed(managed, production, proposal)
+
+
+def _isolated(label: str, step: Callable[[], Any]) -> Any:
+    """`step()`, or a failed Decision naming why: one prompt's failure must leave the others running."""
+    log = get_run_logger()
+    try:
+        return step()
+    except Exception as exc:  # noqa: BLE001
+        reason = str(exc) if isinstance(exc, PmpoError) else f"{type(exc).__name__}: {exc}"
+        log.error("%s: FAILED: %s", label, reason, exc_info=not isinstance(exc, PmpoError))
+        return Decision(name=label, outcome="failed", reason=" ".join(reason.split()))
+
+
+def decide(proposed: _Proposed, rule: PromotionRule, nightly_run_id: str) -> Decision:
+    """Judge the candidate on held-out data, register it with its decision, and promote it if it won."""
+    decision = refresh_one(proposed.managed, rule, proposed.production, proposed.proposal, nightly_run_id)
+    get_run_logger().info("%s", _line(decision))
+    return decision
+
+
+def refresh_one(
+    managed: ManagedPrompt, rule: PromotionRule, production: PromptVersion | None, proposal: Proposal, nightly_run_id: str
+) -> Decision:
+    """Judge `proposal` against production on held-out data, register it with its decision, promote it if it won."""
     name = managed.name
-    production = registry.get_version(name, PRODUCTION)
-    proposal = propose(managed, production.text if production else None)
     setup = setup_of(managed.optimize)
     baseline = score(setup, production.text if production else proposal.start_prompt)
     candidate = score(setup, proposal.prompt)
     common = {SETUP_TAG: setup_tag(setup), "pmpo.nightly_run_id": nightly_run_id}
+    if proposal.flow_run_id:  # fanned out: the decision links the flow run that made its candidate
+        common.update({"pmpo.flow_run_id": proposal.flow_run_id, "pmpo.flow_run_url": proposal.flow_run_url or ""})
     if production is None:
         production = _bootstrap(name, proposal.start_prompt, baseline, common)
     if proposal.prompt == production.text:
@@ -148,11 +234,11 @@ def refresh_one(managed: ManagedPrompt, rule: PromotionRule, propose: Proposer, 
     outcome = "promoted" if promote else "kept"
     if proposal.run_id:
         registry.tag_run(proposal.run_id, {"pmpo.nightly.decision": outcome, "pmpo.nightly.reason": reason,
-                                           "pmpo.nightly.run_id": nightly_run_id})  # fmt: skip
+                                           "pmpo.nightly.run_id": nightly_run_id, **_flow_run_tags(proposal)})  # fmt: skip
     return Decision(
         name=name, outcome=outcome, reason=reason, production_version=version if promote else production.version,
         candidate_version=version, production=baseline, candidate=candidate, training_loss=proposal.training_loss,
-        run_id=proposal.run_id,
+        run_id=proposal.run_id, flow_run_id=proposal.flow_run_id, flow_run_url=proposal.flow_run_url,
     )  # fmt: skip
 
 
@@ -187,6 +273,11 @@ def _decision_tags(
     return tags
 
 
+def _flow_run_tags(p: Proposal) -> dict[str, str]:
+    """Fanned out: the prompt's flow run, on its optimisation run's record."""
+    return {"pmpo.nightly.flow_run_id": p.flow_run_id, "pmpo.nightly.flow_run_url": p.flow_run_url or ""} if p.flow_run_id else {}
+
+
 def _record(run: tracking.TrackedRun, report: NightlyReport) -> None:
     """The refresh's run: a decisions table, one tag and the held-out losses per prompt."""
     ds = report.decisions
@@ -198,9 +289,11 @@ def _record(run: tracking.TrackedRun, report: NightlyReport) -> None:
         "production_loss": [d.production.loss if d.production else None for d in ds],
         "candidate_loss": [d.candidate.loss if d.candidate else None for d in ds],
         "reason": [d.reason for d in ds],
+        "flow_run_url": [d.flow_run_url for d in ds],
     }
     tracking.write_table(tracking.client(), run, "decisions.json", columns)
     tracking.set_tags(run, {f"pmpo.decision.{d.name}": d.outcome for d in ds})
+    tracking.set_tags(run, {f"pmpo.flow_run.{d.name}": d.flow_run_url for d in ds if d.flow_run_url})
     metrics = {}
     for d in ds:
         if d.production and d.candidate:

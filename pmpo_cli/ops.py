@@ -25,6 +25,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--prompts", default=str(EXAMPLE_PROMPTS), metavar="FILE", help="managed prompts of the nightly refresh")
     serve.add_argument("--cron", default=DEFAULT_CRON, help=f"nightly refresh schedule (default {DEFAULT_CRON!r})")
     serve.add_argument("--timezone", default=DEFAULT_TIMEZONE, help=f"schedule time zone (default {DEFAULT_TIMEZONE})")
+    serve.add_argument("--db", metavar="URL", help="postgresql://user@host:port/db: both servers' records on PostgreSQL "
+                       "(databases <db>_mlflow, <db>_prefect; default $PMPO_DB_URL, else SQLite under PMPO_HOME)")  # fmt: skip
+    serve.add_argument("--servers-only", action="store_true",
+                       help="no served deployments: workers on a work pool run those of deployments/prefect.yaml")  # fmt: skip
 
     nightly = sub.add_parser("nightly", help="run the nightly refresh once, now")
     nightly.add_argument("--config", required=True, metavar="FILE", help="managed prompts file (YAML or TOML)")
@@ -51,6 +55,9 @@ def run(args: argparse.Namespace) -> int:
 
 def serve(args: argparse.Namespace) -> int:
     """`pmpo serve`: start the local stack, print its addresses, and stop it all on Ctrl-C."""
+    import os
+
+    from deployments.postgres import DB_ENV, redacted
     from deployments.stack import Stack, StackSettings
     from tasks.environment import home
 
@@ -61,17 +68,22 @@ def serve(args: argparse.Namespace) -> int:
         raise ConfigError(f"--prompts {args.prompts}: no such file")
     settings = StackSettings(
         home=home(), host=args.host, prefect_port=args.prefect_port, mlflow_port=args.mlflow_port,
-        prompts_file=prompts, cron=args.cron, timezone=args.timezone,
+        prompts_file=prompts, cron=args.cron, timezone=args.timezone, db=args.db or os.environ.get(DB_ENV) or None,
+        serve_deployments=not args.servers_only,
     )  # fmt: skip
     stack = Stack(settings)
     stack.start(say=lambda line: print(line, flush=True))
     api = f"{settings.prefect_url}/api"
-    print(
-        f"\nPrefect UI:  {settings.prefect_url}\nMLflow UI:   {settings.mlflow_url}\n"
+    served = (
         f"deployments: nightly-refresh/nightly-refresh (cron {settings.cron!r}, {settings.timezone}), "
         "optimize-prompt/optimize, compare-prompts/compare\n"
         f"run the refresh now: PREFECT_API_URL={api} prefect deployment run nightly-refresh/nightly-refresh\n"
-        f"records: {settings.home} (server logs in {settings.home / 'logs'})\n"
+        if settings.serve_deployments
+        else f"deployments: none served; PREFECT_API_URL={api} prefect deploy --all --prefect-file deployments/prefect.yaml\n"
+    )
+    print(
+        f"\nPrefect UI:  {settings.prefect_url}\nMLflow UI:   {settings.mlflow_url}\n{served}"
+        f"records: {redacted(settings.db) if settings.db else settings.home} (server logs in {settings.home / 'logs'})\n"
         "Ctrl-C stops everything.",
         flush=True,
     )
@@ -120,6 +132,9 @@ def decisions_table(report: Any) -> None:
             d.name, Text(d.outcome, style=style), _v(d.production_version), _v(d.candidate_version), losses, d.reason
         )
     console.print(table)
+    for d in report.decisions:  # fanned out over a work pool: where each prompt's optimisation ran
+        if d.flow_run_url:
+            console.print(f"{d.name}: flow run {d.flow_run_url}")
     console.print(f"MLflow run {report.run_id} in experiment {report.experiment!r} (table decisions.json)")
 
 

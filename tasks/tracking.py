@@ -364,3 +364,36 @@ def _param_value(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value)
     return text if len(text) <= 500 else text[:497] + "..."  # the full config is also logged as config.json
 
+
+
+@dataclass(frozen=True)
+class FlowRunRecord:
+    """What an optimisation run launched as a Prefect flow run left in MLflow (found by its flow run id)."""
+
+    run_id: str
+    status: str
+    initial_prompt: str
+    best_prompt: str
+    initial_loss: float | None
+    best_loss: float | None
+
+
+def record_of_flow_run(experiment: str, flow_run_id: str) -> FlowRunRecord | None:
+    """The optimisation run a flow run wrote (its `prefect.flow_run_id` tag); None when it wrote none."""
+    c = client()
+    found = c.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    runs = c.search_runs([found.experiment_id], filter_string=f"tags.`prefect.flow_run_id` = '{flow_run_id}'",
+                         order_by=["attributes.start_time DESC"], max_results=1)  # fmt: skip
+    if not runs:
+        return None
+    r = runs[0]
+    texts = {}
+    for which in ("initial", "best"):
+        try:
+            texts[which] = mlflow.artifacts.load_text(f"runs:/{r.info.run_id}/prompts/{which}.txt")
+        except (MlflowException, OSError):
+            return None  # the run ended before it saved its prompts: no candidate to judge
+    m = r.data.metrics
+    return FlowRunRecord(r.info.run_id, r.info.status, texts["initial"], texts["best"], m.get("initial_loss"), m.get("best_loss"))

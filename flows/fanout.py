@@ -1,0 +1,120 @@
+"""The nightly refresh fanned out over a work pool: each prompt's optimisation is its own flow run of the
+`optimize` deployment, started as a sub-run of the refresh, so every worker polling the pool takes its share.
+
+Prefect does the distribution; this module only starts the runs, waits until every one has ended and reads what
+each left in MLflow (its flow run id is a tag of its optimisation run). How many run at once is the `optimize`
+deployment's concurrency limit, which the Prefect server enforces across every worker and machine: it counts
+only the optimisations, never the refresh that waits for them, so no limit setting can deadlock the refresh.
+
+The refresh fans out only when a Prefect server runs it (not the serverless API of `pmpo nightly`) and the
+deployment exists on a work pool; a deployment served by `flow.serve` has no pool to share and a runner whose
+only slot the waiting refresh would hold, so then the prompts run in this process, as they always did.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import FlowRun
+from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectNotFound
+from prefect.settings import get_current_settings
+
+from flows.config import OptimizeConfig
+from pmpo.errors import PmpoError
+from tasks import tracking
+
+
+class ChildRunFailed(PmpoError):
+    """A prompt's flow run did not finish, or left no optimisation record to judge."""
+
+
+@dataclass(frozen=True)
+class Child:
+    """One prompt's flow run, started on the work pool."""
+
+    name: str
+    flow_run_id: str
+    url: str  # the run's page in the Prefect UI
+    experiment: str  # where its optimisation run is recorded
+
+
+@dataclass(frozen=True)
+class Ended:
+    """How a child run ended."""
+
+    state: str  # Prefect's state name: Completed, Failed, Crashed, Cancelled, ...
+    completed: bool
+    message: str
+
+
+def deployment_for(mode: str, name: str) -> str | None:
+    """The deployment to fan out on, or None to run the prompts in this process."""
+    if mode == "in_process":
+        return None
+    on_pool = _on_a_pool(name) if get_current_settings().api.url else False  # no URL: the serverless API
+    if mode == "work_pool" and not on_pool:
+        raise PmpoError(f"fan_out: work_pool: no deployment {name!r} on a work pool of a Prefect server (PREFECT_API_URL)")
+    return name if on_pool else None
+
+
+def _on_a_pool(name: str) -> bool:
+    with get_client(sync_client=True) as client:
+        try:
+            return client.read_deployment_by_name(name).work_pool_name is not None
+        except ObjectNotFound:
+            return False
+
+
+def launch(deployment: str, name: str, config: OptimizeConfig) -> Child:
+    """Start the prompt's optimisation as a flow run of `deployment` (a sub-run of this one); return at once."""
+    run = run_deployment(
+        deployment,
+        parameters={"config": config.model_dump(mode="json")},
+        flow_run_name=f"nightly {name}",
+        timeout=0,  # start it and go on: the pool's workers run the children side by side
+        tags=["pmpo", "nightly"],
+        as_subflow=True,
+    )
+    return Child(name, str(run.id), run_url(run), config.experiment or config.task or name)
+
+
+def wait_all(children: list[Child], poll_s: float = 5.0, timeout_s: float | None = None) -> dict[str, Ended]:
+    """Block until every child run has ended (or `timeout_s` passed: the rest count as not finished)."""
+    ended: dict[str, Ended] = {}
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while len(ended) < len(children):
+            for child in children:
+                if child.flow_run_id not in ended:
+                    state = client.read_flow_run(uuid.UUID(child.flow_run_id)).state
+                    if state is not None and state.is_final():
+                        ended[child.flow_run_id] = Ended(state.name, state.is_completed(), state.message or "")
+            if len(ended) < len(children):
+                if deadline is not None and time.monotonic() > deadline:
+                    break
+                time.sleep(poll_s)
+    for child in children:
+        ended.setdefault(child.flow_run_id, Ended("NotFinished", False, f"still running after {timeout_s} s"))
+    return ended
+
+
+def outcome(child: Child, ended: Ended) -> tracking.FlowRunRecord:
+    """The child's optimisation record; ChildRunFailed (naming the run) when it did not finish or left none."""
+    if not ended.completed:
+        why = f": {ended.message}" if ended.message else ""
+        raise ChildRunFailed(f"flow run {child.flow_run_id} ended {ended.state}{why} ({child.url})")
+    record = tracking.record_of_flow_run(child.experiment, child.flow_run_id)
+    if record is None or record.status != "FINISHED":
+        raise ChildRunFailed(f"flow run {child.flow_run_id} completed but left no finished MLflow run in {child.experiment!r}")
+    return record
+
+
+def run_url(run: FlowRun | Any) -> str:
+    """The flow run's page in the Prefect UI (its API path when no UI address is known)."""
+    ui = get_current_settings().ui_url
+    return f"{ui.rstrip('/')}/runs/flow-run/{run.id}" if ui else f"flow-run/{run.id}"

@@ -5,6 +5,7 @@ linking its run), and `pmpo serve --db` keeps both records on a real PostgreSQL 
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -100,6 +101,10 @@ def test_pmpo_serve_db_keeps_both_records_on_postgresql(tmp_path, tiny_model_dir
             summary = json.loads((tmp_path / "run.json").read_text())
             p.send_signal(signal.SIGINT)
             assert p.wait(120) == 0, log.read_text()[-3000:]
+        server_logs = sorted((tmp_path / "home" / "logs").glob("*.log"))
+        assert {f.stem for f in server_logs} >= {"prefect", "mlflow"}
+        for server_log in server_logs:  # both servers wrote to PostgreSQL cleanly
+            assert not re.search(r"Traceback|\bERROR\b", server_log.read_text()), server_log.read_text()[-3000:]
 
         base = url.rsplit("/", 1)[0]
         with psycopg2.connect(f"{base}/scale_mlflow") as conn, conn.cursor() as cur:

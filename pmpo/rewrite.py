@@ -298,9 +298,10 @@ def _chat_replies(
     tokens = len(scorer.lm.tokenizer.encode(prompt, add_special_tokens=False)) if scorer else len(prompt) // 3
     budget = max(settings.max_new_tokens, 2 * tokens + _PROMPT_GROWTH_TOKENS)
     budget += settings.diagnosis_tokens if template == "full" else 0
+    # Only "</prompt>": a stop at a newline would also end a reply that merely opens with one.
     replies = rewriter.reply(
         message, n=settings.n_variants, temperature=settings.temperature, top_p=settings.top_p, seed=seed,
-        max_tokens=budget,
+        max_tokens=budget, stop=("</prompt>",),
     )  # fmt: skip
     return replies, []
 

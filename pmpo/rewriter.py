@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, Sequence
 
 from pmpo.errors import PmpoError
 from pmpo.generation import sample
@@ -35,8 +35,10 @@ class Rewriter(Protocol):
     n_params: int | None  # None: unknown (a remote model); size-driven choices then treat it as large
     usage: Usage
 
-    def reply(self, message: str, *, n: int, temperature: float, top_p: float, seed: int, max_tokens: int) -> list[str]:
-        """n sampled replies to one user message."""
+    def reply(
+        self, message: str, *, n: int, temperature: float, top_p: float, seed: int, max_tokens: int, stop: Sequence[str] = ()
+    ) -> list[str]:
+        """n sampled replies to one user message; a reply that ended at a `stop` string ends with it."""
         ...
 
 
@@ -49,10 +51,14 @@ class LocalRewriter:
         self.n_params: int | None = lm.n_params
         self.usage = lm.usage  # one model, one set of counters, whichever step ran it
 
-    def reply(self, message: str, *, n: int, temperature: float, top_p: float, seed: int, max_tokens: int) -> list[str]:
+    def reply(
+        self, message: str, *, n: int, temperature: float, top_p: float, seed: int, max_tokens: int, stop: Sequence[str] = ()
+    ) -> list[str]:
         """n sampled replies to `message` as a user turn in the model's chat template."""
         text = chat_request(self.lm.tokenizer, message)
-        return sample(self.lm, text, n, seed=seed, max_new_tokens=max_tokens, temperature=temperature, top_p=top_p)
+        return sample(
+            self.lm, text, n, seed=seed, max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=stop
+        )
 
 
 def as_rewriter(rewriter: Rewriter | LoadedModel) -> Rewriter:
@@ -109,31 +115,49 @@ class ChatRewriter:
         served = _call(settings, key, lambda: [m.id for m in client.models.list().data])
         return cls(settings, chat_identity(settings, served), client, key)
 
-    def reply(self, message: str, *, n: int, temperature: float, top_p: float, seed: int, max_tokens: int) -> list[str]:
+    def reply(
+        self, message: str, *, n: int, temperature: float, top_p: float, seed: int, max_tokens: int, stop: Sequence[str] = ()
+    ) -> list[str]:
         """n sampled replies; servers that ignore `n` get one request per missing reply, each with its own seed."""
         replies: list[str] = []
         while len(replies) < n:
             # A server that ignored n and returned one choice would return the same one again for the same
             # seed: each further request gets the next seed.
-            batch = self._create(message, n - len(replies), temperature, top_p, seed + len(replies), max_tokens)
+            batch = self._create(message, n - len(replies), temperature, top_p, seed + len(replies), max_tokens, stop)
             if not batch:
                 raise RewriterError(f"the rewriter at {self.settings.base_url} returned no choices")
             replies.extend(batch)
         return replies[:n]
 
-    def _create(self, message: str, n: int, temperature: float, top_p: float, seed: int, max_tokens: int) -> list[str]:
+    def _create(
+        self, message: str, n: int, temperature: float, top_p: float, seed: int, max_tokens: int, stop: Sequence[str]
+    ) -> list[str]:
         s = self.settings
+        extra = {"stop": list(stop)} if stop else {}  # saves the server generating past the end of the answer
 
         def create() -> Any:
             return self._client.chat.completions.create(
                 model=s.model, messages=[{"role": "user", "content": message}], n=n, temperature=temperature,
-                top_p=top_p, seed=seed, max_tokens=max_tokens,
+                top_p=top_p, seed=seed, max_tokens=max_tokens, **extra,
             )  # fmt: skip
 
         response = _call(s, self._key, create)
         if response.usage is not None:  # servers that leave it out cost an unknown amount; counted as none
             self.usage.generated(response.usage.completion_tokens or 0, 0, response.usage.prompt_tokens or 0)
-        return [c.message.content or "" for c in response.choices]
+        return [_with_stop(c.message.content or "", c.finish_reason, stop) for c in response.choices]
+
+
+def _with_stop(text: str, finish_reason: str | None, stop: Sequence[str]) -> str:
+    """The reply as the in-process path gives it: ending with the stop string it ended at.
+
+    OpenAI's API leaves the stop string out (some servers keep it). Without it a reply that closed its
+    </prompt> would read as cut off. A reply that ended its turn (also finish_reason "stop") gets it too: it
+    ended on its own, not for lack of tokens, which only "length" says.
+    """
+    ended = any(text.endswith(s) or (s.strip() and text.rstrip().endswith(s.strip())) for s in stop)
+    if not stop or finish_reason != "stop" or ended:
+        return text
+    return text + stop[0]
 
 
 def chat_identity(settings: ChatSettings, served: list[str]) -> str:

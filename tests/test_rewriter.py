@@ -22,7 +22,7 @@ from pmpo.data.examples import Supervised
 from pmpo.loss import Scorer
 from pmpo.optimizer import unit_mode
 from pmpo.rewrite import RewriteSettings, choose_template, propose
-from pmpo.rewriter import ChatRewriter, ChatSettings, RewriterError, as_rewriter
+from pmpo.rewriter import ChatRewriter, ChatSettings, RewriterError, _with_stop, as_rewriter
 from pmpo.segments import model_units
 from pmpo_cli.main import build_parser, main
 from pmpo_cli.options import config_values
@@ -133,6 +133,14 @@ def test_rewriter_flags_fill_the_block():
     assert "rewriter" not in config_values(parser.parse_args(["optimize"]))
 
 
+def test_a_reply_that_stopped_at_a_stop_string_ends_with_it():
+    stop = ("</prompt>",)
+    assert _with_stop("Why. <prompt>Be brief.", "stop", stop) == "Why. <prompt>Be brief.</prompt>"  # OpenAI strips it
+    assert _with_stop("<prompt>Be brief.</prompt>", "stop", stop) == "<prompt>Be brief.</prompt>"  # some servers keep it
+    assert _with_stop("<prompt>Be bri", "length", stop) == "<prompt>Be bri"  # cut off: stays unclosed
+    assert _with_stop("<prompt>Be brief.", "stop", ()) == "<prompt>Be brief."
+
+
 def test_missing_key_variable_is_named_not_guessed(monkeypatch):
     monkeypatch.delenv("PMPO_NO_SUCH_KEY", raising=False)
     with pytest.raises(RewriterError, match="rewriter.api_key_env: the environment variable PMPO_NO_SUCH_KEY is not set"):
@@ -171,6 +179,8 @@ def test_chat_rewriter_returns_n_replies_and_counts_their_tokens(chat_server):
     used = rewriter.usage.snapshot()
     assert 2 <= used.tokens_generated <= 12  # from the server's usage: at most 6 per reply
     assert used.tokens_prefilled > 0
+    [short] = rewriter.reply("Say hello to the world.", n=1, temperature=0.8, top_p=0.95, seed=7, max_tokens=12, stop=(" ",))
+    assert short.endswith(" ") and len(short.split()) < 6  # the server stopped at a space, well before 12 tokens
 
 
 def test_wrong_model_name_is_one_line_naming_what_is_served(chat_server):

@@ -47,8 +47,20 @@ def dask_runner(config: TaskRunnerConfig) -> DaskTaskRunner | None:
         "threads_per_worker": config.threads_per_worker,
         "processes": True,
         "dashboard_address": None,
+        "env": {"PREFECT_API_URL": api_url()},
     }
     return DaskTaskRunner(cluster_kwargs=cluster)
+
+
+def api_url() -> str:
+    """The Prefect API this process uses, its temporary one included.
+
+    A worker told nothing would start a temporary API of its own (a server process per worker, sharing one SQLite
+    file) and record its task runs there, out of the flow run's sight.
+    """
+    from prefect.client.orchestration import get_client
+
+    return str(get_client(sync_client=True).api_url)
 
 
 class LossFanOut:

@@ -40,6 +40,8 @@ def preferred_answer(lm: LoadedModel, scorer: Scorer, prompt: str, example: Exam
     if isinstance(example, (MultipleChoice, Preference)):
         return _top_distractor(scorer, prompt, example)
     if isinstance(example, Supervised):
+        if not isinstance(lm, LoadedModel):  # a served scored model: no weights here to decode its answer with
+            return None
         target_tokens = len(lm.tokenizer.encode(example.target, add_special_tokens=False))
         budget = min(max(2 * target_tokens + 8, _MIN_ANSWER_TOKENS), _MAX_ANSWER_TOKENS)
         context = render(lm.tokenizer, lm.placement, prompt, example_input(example)).text

@@ -320,3 +320,15 @@ def test_short_request_skips_the_models_preference(tiny_lm, monkeypatch):
     _capture_budget(monkeypatch, ["Answer with one word.</prompt>"])
     _propose_short(tiny_lm)
     assert computed == []  # a scoring pass or greedy decode only the FULL template uses
+
+
+def test_a_served_scored_model_shows_no_greedy_answer_but_still_ranks_options(tiny_lm):
+    """Without local weights (a remote scorer's text side) there is nothing to decode with; options still rank."""
+    from pmpo.diagnosis import preferred_answer
+    from pmpo.models import TextSide
+
+    side = TextSide(tiny_lm.tokenizer, tiny_lm.placement, tiny_lm.context_length)
+    scorer = Scorer(tiny_lm)
+    assert preferred_answer(side, scorer, "Answer.", Supervised(input="2+2?", target="4")) is None
+    choice = MultipleChoice(input="2+2?", options=("3", "4", "5"), target="4")
+    assert preferred_answer(side, scorer, "Answer.", choice).text in {"3", "5"}

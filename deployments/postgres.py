@@ -24,7 +24,9 @@ class DatabaseError(PmpoError):
 class Stores:
     """Where each server keeps its records."""
 
-    mlflow: str  # --backend-store-uri of `mlflow server` (psycopg2)
+    # --backend-store-uri of `mlflow server`; the driver named, since SQLAlchemy 2.1 reads a bare postgresql:// as
+    # psycopg 3, which we do not install (psycopg2-binary is the one dependency for it)
+    mlflow: str
     prefect: str  # PREFECT_SERVER_DATABASE_CONNECTION_URL (asyncpg)
     databases: tuple[str, str]  # (mlflow's, prefect's) database names
 
@@ -38,7 +40,7 @@ def stores(url: str) -> Stores:
     base = "pmpo" if base in ("", "postgres") else base  # the maintenance database names no project
     names = (f"{base}_mlflow", f"{base}_prefect")
     on = lambda scheme, name: urlunsplit((scheme, parts.netloc, f"/{name}", parts.query, ""))  # noqa: E731
-    return Stores(mlflow=on("postgresql", names[0]), prefect=on("postgresql+asyncpg", names[1]), databases=names)
+    return Stores(mlflow=on("postgresql+psycopg2", names[0]), prefect=on("postgresql+asyncpg", names[1]), databases=names)
 
 
 def ensure_databases(url: str) -> Stores:

@@ -42,7 +42,7 @@ def test_db_url_gives_each_server_its_own_database():
     from deployments.postgres import DatabaseError, redacted, stores
 
     s = stores("postgresql://team:s3cret@db.internal:5433/prompts")
-    assert s.mlflow == "postgresql://team:s3cret@db.internal:5433/prompts_mlflow"
+    assert s.mlflow == "postgresql+psycopg2://team:s3cret@db.internal:5433/prompts_mlflow"
     assert s.prefect == "postgresql+asyncpg://team:s3cret@db.internal:5433/prompts_prefect"
     assert stores("postgresql://team@db.internal/postgres").databases == ("pmpo_mlflow", "pmpo_prefect")
     assert redacted("postgresql://team:s3cret@db.internal:5433/prompts") == "postgresql://team:***@db.internal:5433/prompts"

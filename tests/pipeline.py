@@ -27,3 +27,12 @@ def tiny_config(model_dir: Path, **overrides: Any):
     from flows.config import OptimizeConfig
 
     return OptimizeConfig.model_validate(tiny_values(model_dir, **overrides))
+
+
+def forget_process_scores() -> None:
+    """Drop this process's scorers (their memo of scored pairs; loaded models stay): a test that counts the work
+    a run does must not find pairs an earlier test in the same process scored already."""
+    import tasks.models
+
+    with tasks.models._LOCK:
+        tasks.models._SCORERS.clear()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pipeline import tiny_config
+from pipeline import forget_process_scores, tiny_config
 
 from flows.cluster import shard
 from flows.config import ConfigError, OptimizeConfig, TaskRunnerConfig, build
@@ -83,6 +83,7 @@ def test_flow_on_dask_gives_the_in_process_candidates(tmp_path, monkeypatch, tin
     summaries = {}
     for name, runner in (("local", {}), ("dask", {"kind": "dask", "address": c.scheduler_address})):
         monkeypatch.setenv("PMPO_HOME", str(tmp_path / name))
+        forget_process_scores()  # the workers start with no memo: so must this process, for equal costs
         config = tiny_config(tiny_model_dir, iterations=3, task_runner=runner, eval={"max_examples": 2, "generate": False})
         summaries[name] = optimize_prompt(config)
     local, dask = summaries["local"], summaries["dask"]

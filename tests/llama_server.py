@@ -31,6 +31,15 @@ def gguf_path() -> Path:
 @contextlib.contextmanager
 def llama_server(log: Path, *, logits_all: bool = True, alias: str = "smol", threads: int = 2) -> Iterator[str]:
     """Run the server in its own process group until the block ends; yields its base URL (…/v1)."""
+    with llama_process(log, logits_all=logits_all, alias=alias, threads=threads) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def llama_process(
+    log: Path, *, logits_all: bool = True, alias: str = "smol", threads: int = 2
+) -> Iterator[tuple[str, int]]:
+    """As `llama_server`, yielding the server's process id too (benchmarks read its CPU time)."""
     port = free_port()
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_path()), "--port", str(port),
            "--model_alias", alias, "--n_threads", str(threads), "--logits_all", str(logits_all).lower()]
@@ -39,7 +48,7 @@ def llama_server(log: Path, *, logits_all: bool = True, alias: str = "smol", thr
     url = f"http://127.0.0.1:{port}/v1"
     try:
         _wait(url, proc, log)
-        yield url
+        yield url, proc.pid
     finally:
         os.killpg(proc.pid, signal.SIGTERM)  # the group this call started, by its id
         try:

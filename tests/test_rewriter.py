@@ -5,16 +5,11 @@ come from the server, with its identity on record and its API key nowhere in any
 from __future__ import annotations
 
 import logging
-import os
-import socket
-import subprocess
-import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
+from chat_server import transformers_serve
+from echo_server import free_port
 from pipeline import PROMPT, tiny_values
 
 from flows.config import ConfigError, OptimizeConfig, build
@@ -31,63 +26,20 @@ FAKE_KEY = "sk-pmpo-LEAKCHECK-5c1d7e9a0b"  # recognisable: found anywhere, it le
 KEY_ENV = "PMPO_TEST_REWRITER_KEY"
 
 
-@dataclass(frozen=True)
-class Server:
-    base_url: str
-    model: str  # the name the server serves the bundled checkpoint under: its directory
-
-
 # This test machine's CPUs are shared: a reply may take minutes, and a retried request would only queue behind
 # the one still generating.
 PATIENT = {"timeout_s": 600.0, "max_retries": 0}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _dead_url() -> str:
-    return f"http://127.0.0.1:{_free_port()}/v1"  # nothing listens there
+    return f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
 
 
 @pytest.fixture(scope="module")
 def chat_server(tmp_path_factory):
     """`transformers serve` pinned to the bundled SmolLM2 checkpoint on a free port, stopped after the module."""
-    from pmpo.bundled import bundled_checkpoint
-
-    directory, _ = bundled_checkpoint()
-    exe = Path(sys.executable).with_name("transformers")
-    port = _free_port()
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "true", "OMP_NUM_THREADS": "2"}
-    cmd = [str(exe), "serve", str(directory), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-    try:
-        _wait_healthy(proc, f"http://127.0.0.1:{port}/health", log)
-        yield Server(f"http://127.0.0.1:{port}/v1", str(directory))
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
-def _wait_healthy(proc: subprocess.Popen, url: str, log: Path, timeout_s: float = 240) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"transformers serve exited ({proc.returncode}): {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    pytest.fail(f"transformers serve not healthy after {timeout_s} s: {log.read_text()[-2000:]}")
+    with transformers_serve(tmp_path_factory.mktemp("serve") / "serve.log") as server:
+        yield server
 
 
 # --- without a server -------------------------------------------------------------------------------------

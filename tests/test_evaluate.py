@@ -1,7 +1,5 @@
 """Held-out evaluation: answer matching, acc / acc_norm, generation length, per-example values, comparison."""
 
-import importlib
-
 import numpy as np
 import pytest
 
@@ -13,7 +11,6 @@ from pmpo.evaluate import (
     task_labels,
 )  # fmt: skip
 
-evaluation = importlib.import_module("pmpo.evaluate")  # the module: `pmpo.evaluate` the attribute is the function
 
 REVIEW = Supervised("Great phone, love it.", "positive")
 LABELS = ("negative", "positive")
@@ -109,7 +106,7 @@ def test_generation_length_follows_the_longest_reference(tiny_lm, monkeypatch):
         asked.append(max_new_tokens)
         return generation.greedy(lm, texts, max_new_tokens=max_new_tokens, **kw)
 
-    monkeypatch.setattr(evaluation, "greedy", recording_greedy)
+    monkeypatch.setattr("pmpo.decoding.greedy", recording_greedy)  # the in-process decoder's greedy
     long_answer = "The quick brown fox jumps over the lazy dog, then runs far away into the dark forest."
     short = Dataset("s", (REVIEW, Supervised("Bad.", "negative")))
     long = Dataset("l", (REVIEW, Supervised("Tell the story.", "story", aliases=(long_answer,))))

@@ -5,7 +5,8 @@ tokenizer splits the prompt, `text_offset` gives each token's first character, a
 from the logits at i-1. It is written here, not a third-party server: it checks pmpo's client path (HTTP,
 batching, offsets, errors), while `shift=1` reproduces llama-cpp-python's misalignment for the self-check.
 Without `echo` it generates as a server does: greedily (temperature 0 only) up to `max_tokens`, ending at the
-eos token or a `stop` text; `answer` replaces the model by a fixed rule, `requests` records every request body.
+eos token or a `stop` text; `answer` replaces the model by a fixed rule, `requests` records every request body,
+`usage=False` leaves the reply's token counts out.
 """
 
 
@@ -34,6 +35,7 @@ def echo_app(
     completions: bool = True,
     answer: Optional[Callable[[str], str]] = None,
     requests: Optional[list] = None,
+    usage: bool = True,
 ):
     """The FastAPI app; `shift=1`: token i gets the log-prob from the logits at i (llama.cpp's bug)."""
     from fastapi import FastAPI, Request
@@ -70,7 +72,7 @@ def echo_app(
             if not body.get("echo"):
                 if body.get("temperature") != 0:
                     return JSONResponse({"error": {"message": "this server decodes greedily only"}}, status_code=400)
-                return _generated(tok, model, name, prompts, body, answer)
+                return _generated(tok, model, name, prompts, body, answer, usage)
             choices = [_choice(tok, model, text, i, shift) for i, text in enumerate(prompts)]
             return {"id": "cmpl", "object": "text_completion", "created": 0, "model": name, "choices": choices}
 
@@ -99,8 +101,8 @@ def _choice(tok, model, text: str, index: int, shift: int) -> dict:
     }
 
 
-def _generated(tok, model, name: str, prompts: list, body: dict, answer) -> dict:
-    """A non-echoed reply: each prompt's continuation and the tokens read and written (the `usage` field)."""
+def _generated(tok, model, name: str, prompts: list, body: dict, answer, usage: bool) -> dict:
+    """A non-echoed reply: each prompt's continuation and, when `usage`, the tokens read and written."""
     stop = body.get("stop") or []
     stop = [stop] if isinstance(stop, str) else list(stop)
     texts, new_tokens = [], 0
@@ -114,8 +116,9 @@ def _generated(tok, model, name: str, prompts: list, body: dict, answer) -> dict
         new_tokens += produced or len(tok.encode(reply[:cut], add_special_tokens=False))
     choices = [{"index": i, "text": t, "finish_reason": "stop", "logprobs": None} for i, t in enumerate(texts)]
     prompt_tokens = sum(len(tok(t)["input_ids"]) for t in prompts)
-    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": new_tokens, "total_tokens": prompt_tokens + new_tokens}
-    return {"id": "cmpl", "object": "text_completion", "created": 0, "model": name, "choices": choices, "usage": usage}
+    counts = {"prompt_tokens": prompt_tokens, "completion_tokens": new_tokens, "total_tokens": prompt_tokens + new_tokens}
+    reply = {"id": "cmpl", "object": "text_completion", "created": 0, "model": name, "choices": choices}
+    return reply | ({"usage": counts} if usage else {})
 
 
 @torch.inference_mode()

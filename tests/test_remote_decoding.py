@@ -77,3 +77,20 @@ def test_the_full_diagnosis_of_a_served_model_shows_the_servers_greedy_answer(ti
         scorer = remote_scorer(tiny_lm, url)
         preferred = preferred_answer(scorer.lm, scorer, "Answer.", example)
     assert preferred is not None and (preferred.text, preferred.kind) == ("four, surely", "greedy")
+
+
+def test_bos_is_sent_once_and_a_reply_without_usage_is_counted_by_the_local_tokenizer(tiny_lm):
+    requests: list[dict] = []
+    bos = tiny_lm.tokenizer.bos_token
+    texts = ["Question: 2+2?\nAnswer:", bos + "Question: 3+3?\nAnswer:"]
+    with serving(echo_app(tiny_lm, "tiny", answer=lambda text: " 4", requests=requests, usage=False)) as url:
+        scorer = remote_scorer(tiny_lm, url, prepend_bos=True)
+        decoder = scorer.decoder()
+        assert decoder.greedy(texts, 0) == ["", ""]  # no budget: nothing asked (llama.cpp reads 0 as "no limit")
+        assert requests == []
+        assert decoder.greedy(texts, 5) == [" 4", " 4"]
+    sent = [t for r in requests if not r.get("echo") for t in r["prompt"]]
+    assert sent == [bos + texts[0], texts[1]]  # never two BOS, as in scoring
+    used = scorer.usage.snapshot()
+    count = lambda text: len(tiny_lm.tokenizer.encode(text, add_special_tokens=False))  # noqa: E731
+    assert (used.tokens_prefilled, used.tokens_generated) == (sum(map(count, sent)), 2 * count(" 4"))

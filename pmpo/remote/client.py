@@ -119,7 +119,7 @@ class Endpoint:
         )
         return [dict(c) for c in choices_in_order([c.model_dump() for c in reply.choices], len(texts))]
 
-    def generate(self, texts: Sequence[str], *, max_tokens: int, stop: Sequence[str] = ()) -> "Generated":
+    def generate(self, texts: Sequence[str], *, max_tokens: int, stop: Sequence[str] = ()) -> Generated:
         """Greedy continuations (not echoed) of `texts` sent in one request, in the order of `texts`."""
         import openai
 

@@ -14,9 +14,8 @@ from typing import Literal
 import numpy as np
 
 from pmpo.data.examples import Example, MultipleChoice, Preference, Supervised, example_input
-from pmpo.generation import greedy
 from pmpo.loss import Scorer
-from pmpo.models import LoadedModel
+from pmpo.models import LoadedModel, TextSide
 from pmpo.prompting import render
 
 # A greedy answer needs room for the reference's length and some slack; beyond 256 tokens it is a long
@@ -35,17 +34,22 @@ class Preferred:
     above_expected: bool | None
 
 
-def preferred_answer(lm: LoadedModel, scorer: Scorer, prompt: str, example: Example) -> Preferred | None:
-    """The highest-ranked wrong option (choice/preference examples) or the greedy answer (supervised)."""
+def preferred_answer(lm: LoadedModel | TextSide, scorer: Scorer, prompt: str, example: Example) -> Preferred | None:
+    """The highest-ranked wrong option (choice/preference examples) or the greedy answer (supervised).
+
+    The greedy answer comes from the scorer's decoder (the in-process model, or a remote scorer's server);
+    `lm` (the scorer's model or its text side) renders the text. None: a scorer that cannot decode.
+    """
     if isinstance(example, (MultipleChoice, Preference)):
         return _top_distractor(scorer, prompt, example)
     if isinstance(example, Supervised):
-        if not isinstance(lm, LoadedModel):  # a served scored model: no weights here to decode its answer with
+        decoder = scorer.decoder()
+        if decoder is None:
             return None
         target_tokens = len(lm.tokenizer.encode(example.target, add_special_tokens=False))
         budget = min(max(2 * target_tokens + 8, _MIN_ANSWER_TOKENS), _MAX_ANSWER_TOKENS)
         context = render(lm.tokenizer, lm.placement, prompt, example_input(example)).text
-        return Preferred(greedy(lm, [context], max_new_tokens=budget)[0].strip(), "greedy", None)
+        return Preferred(decoder.greedy([context], budget)[0].strip(), "greedy", None)
     raise TypeError(f"not an example: {example!r}")
 
 

@@ -14,11 +14,10 @@ from typing import Callable, Literal, Sequence
 import numpy as np
 
 from pmpo.data.examples import Dataset, Example, MultipleChoice, Preference, example_input
-from pmpo.encoding import encode
 from pmpo.errors import PmpoError
-from pmpo.generation import greedy
 from pmpo.loss import Scorer
-from pmpo.models import LoadedModel
+from pmpo.models import LoadedModel, TextSide
+from pmpo.prompting import render_many
 from pmpo.stats import Interval, paired_bootstrap
 
 
@@ -158,7 +157,7 @@ def option_hits(scorer: Scorer, prompt: str, examples: Sequence[MultipleChoice])
 ANSWER_MARGIN = 12
 
 
-def answer_budget(lm: LoadedModel, dataset: Dataset, margin: int = ANSWER_MARGIN) -> int:
+def answer_budget(lm: LoadedModel | TextSide, dataset: Dataset, margin: int = ANSWER_MARGIN) -> int:
     """New tokens a greedy answer gets: the longest reference (aliases included) in tokens, plus `margin`."""
     refs = {r for e in dataset.examples for r in references(e)}
     longest = max((len(lm.tokenizer.encode(r, add_special_tokens=False)) for r in refs), default=0)
@@ -166,7 +165,7 @@ def answer_budget(lm: LoadedModel, dataset: Dataset, margin: int = ANSWER_MARGIN
 
 
 def evaluate(
-    lm: LoadedModel,
+    lm: LoadedModel | TextSide,
     prompt: str,
     dataset: Dataset,
     *,
@@ -177,15 +176,19 @@ def evaluate(
 ) -> Evaluation:
     """Loss and accuracy of `prompt` on `dataset` (normally the held-out split).
 
-    `max_new_tokens`: None follows the longest reference (`answer_budget`).
+    `max_new_tokens`: None follows the longest reference (`answer_budget`). Answers come from the scorer's
+    decoder: the in-process model, or the server of a remote scorer (`lm` is then its text side).
     """
     scorer = scorer or Scorer(lm)
     matrix = scorer.loss_matrix([prompt], dataset.examples)
     correct = None
     if generate:
-        contexts = [encode(lm.tokenizer, lm.placement, prompt, example_input(e)).ids for e in dataset.examples]
+        decoder = scorer.decoder()
+        if decoder is None:
+            raise PmpoError("eval.generate needs a model that can decode: this scorer has no weights and no server")
+        contexts = render_many(lm.tokenizer, lm.placement, prompt, [example_input(e) for e in dataset.examples])
         budget = max_new_tokens if max_new_tokens is not None else answer_budget(lm, dataset)
-        outputs = greedy(lm, contexts, max_new_tokens=budget)
+        outputs = decoder.greedy(contexts, budget)
         labels = task_labels(dataset)
         correct = tuple(bool(is_correct(o, e, match, labels)) for o, e in zip(outputs, dataset.examples))
     mc = [e for e in dataset.examples if isinstance(e, MultipleChoice)]

@@ -92,6 +92,17 @@ def stop_token_ids(lm: LoadedModel) -> list[int]:
     return sorted(ids)
 
 
+def stop_texts(tokenizer: Any, limit: int = 4) -> list[str]:
+    """Texts that end a reply, for a server's `stop`: the end-of-turn markers the tokenizer knows, then its eos.
+
+    At most `limit` (OpenAI's API refuses more than 4); a server stops at its own eos token anyway.
+    """
+    vocab = tokenizer.get_vocab()
+    found = [token for token in _END_OF_TURN if token in vocab]
+    eos = tokenizer.eos_token
+    return (found + ([eos] if eos and eos not in found else []))[:limit]
+
+
 class _StopAfterText(StoppingCriteria):
     """Ends a row once its new text contains a stop string after some non-space text.
 

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from pmpo import prefix_attention
 from pmpo.batching import Batch, plan
 from pmpo.data.examples import Example, MultipleChoice, Preference, Supervised, example_input
+from pmpo.decoding import Decoder, LocalDecoder
 from pmpo.encoding import Encoded, common_length, encode_many, encode_text
 from pmpo.errors import ContextLengthError
 from pmpo.models import LoadedModel
@@ -111,6 +112,10 @@ class Scorer:
         # Sequences (prompt, input, completion) that do not begin with the prompt's shared tokens (a merge
         # across the boundary), so the prompt was run again inside them instead of reusing its KV cache.
         self.prefix_fallbacks = 0
+
+    def decoder(self) -> Decoder | None:
+        """Greedy decoding by the scored model itself: in-process here; None without weights to decode with."""
+        return LocalDecoder(self.lm) if isinstance(self.lm, LoadedModel) else None
 
     def loss_matrix(self, prompts: Sequence[str], examples: Sequence[Example]) -> LossMatrix:
         """Score every prompt on every example."""

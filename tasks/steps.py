@@ -178,11 +178,7 @@ def evaluate_prompt(
     label = evaluate_label(which, data)
     report(Event("advance", label, 0, 1))
     remote = model.settings.backend == "openai"
-    if remote and generate:  # a local copy is not the served model: its answers would not be the server's
-        report(Event("note", "held-out accuracy by generation skipped: the scored model is behind a server"))
-    lm = text_side(model) if remote else loaded(model)  # remote: loss and option scores go through the server
-    result = evaluate(
-        lm, prompt, data, scorer=scorer(model), generate=generate and not remote, max_new_tokens=max_new_tokens, match=match
-    )
+    lm = text_side(model) if remote else loaded(model)  # remote: loss, option scores and answers come from the server
+    result = evaluate(lm, prompt, data, scorer=scorer(model), generate=generate, max_new_tokens=max_new_tokens, match=match)
     report(Event("advance", label, 1, 1))
     return result

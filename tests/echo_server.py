@@ -4,6 +4,9 @@ It serves `/v1/models` and `/v1/completions` with `echo` + `logprobs` the way vL
 tokenizer splits the prompt, `text_offset` gives each token's first character, and token i's log-prob comes
 from the logits at i-1. It is written here, not a third-party server: it checks pmpo's client path (HTTP,
 batching, offsets, errors), while `shift=1` reproduces llama-cpp-python's misalignment for the self-check.
+Without `echo` it generates as a server does: greedily (temperature 0 only) up to `max_tokens`, ending at the
+eos token or a `stop` text; `answer` replaces the model by a fixed rule, `requests` records every request body,
+`usage=False` leaves the reply's token counts out.
 """
 
 
@@ -11,7 +14,7 @@ import contextlib
 import socket
 import threading
 import time
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 
@@ -23,7 +26,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def echo_app(lm, name: str = "echo-model", *, shift: int = 0, key: Optional[str] = None, completions: bool = True):
+def echo_app(
+    lm,
+    name: str = "echo-model",
+    *,
+    shift: int = 0,
+    key: Optional[str] = None,
+    completions: bool = True,
+    answer: Optional[Callable[[str], str]] = None,
+    requests: Optional[list] = None,
+    usage: bool = True,
+):
     """The FastAPI app; `shift=1`: token i gets the log-prob from the logits at i (llama.cpp's bug)."""
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
@@ -53,7 +66,13 @@ def echo_app(lm, name: str = "echo-model", *, shift: int = 0, key: Optional[str]
             body = await request.json()
             if body.get("model") != name:
                 return JSONResponse({"error": {"message": f"model {body.get('model')} not found"}}, status_code=404)
+            if requests is not None:
+                requests.append(body)
             prompts = body["prompt"] if isinstance(body["prompt"], list) else [body["prompt"]]
+            if not body.get("echo"):
+                if body.get("temperature") != 0:
+                    return JSONResponse({"error": {"message": "this server decodes greedily only"}}, status_code=400)
+                return _generated(tok, model, name, prompts, body, answer, usage)
             choices = [_choice(tok, model, text, i, shift) for i, text in enumerate(prompts)]
             return {"id": "cmpl", "object": "text_completion", "created": 0, "model": name, "choices": choices}
 
@@ -80,6 +99,42 @@ def _choice(tok, model, text: str, index: int, shift: int) -> dict:
             "top_logprobs": None,
         },
     }
+
+
+def _generated(tok, model, name: str, prompts: list, body: dict, answer, usage: bool) -> dict:
+    """A non-echoed reply: each prompt's continuation and, when `usage`, the tokens read and written."""
+    stop = body.get("stop") or []
+    stop = [stop] if isinstance(stop, str) else list(stop)
+    texts, new_tokens = [], 0
+    for text in prompts:
+        if answer is not None:
+            reply, produced = answer(text), 0
+        else:
+            reply, produced = _greedy(tok, model, text, int(body.get("max_tokens") or 16), stop)
+        cut = min([reply.index(s) for s in stop if s in reply], default=len(reply))
+        texts.append(reply[:cut])
+        new_tokens += produced or len(tok.encode(reply[:cut], add_special_tokens=False))
+    choices = [{"index": i, "text": t, "finish_reason": "stop", "logprobs": None} for i, t in enumerate(texts)]
+    prompt_tokens = sum(len(tok(t)["input_ids"]) for t in prompts)
+    counts = {"prompt_tokens": prompt_tokens, "completion_tokens": new_tokens, "total_tokens": prompt_tokens + new_tokens}
+    reply = {"id": "cmpl", "object": "text_completion", "created": 0, "model": name, "choices": choices}
+    return reply | ({"usage": counts} if usage else {})
+
+
+@torch.inference_mode()
+def _greedy(tok, model, text: str, max_tokens: int, stop: list) -> tuple[str, int]:
+    """Greedy decoding of one text until eos, a stop text that is one token, or `max_tokens` new tokens."""
+    vocab = tok.get_vocab()
+    ends = {tok.eos_token_id} | {vocab[s] for s in stop if s in vocab}
+    ids = tok(text)["input_ids"]
+    new: list[int] = []
+    while len(new) < max_tokens:
+        token = int(model(torch.tensor([ids + new])).logits[0, -1].argmax())
+        new.append(token)
+        if token in ends:
+            break
+    kept = new[:-1] if new and new[-1] in ends else new
+    return tok.decode(kept, skip_special_tokens=True), len(new)
 
 
 @contextlib.contextmanager

@@ -1,7 +1,5 @@
 """Held-out evaluation: answer matching, acc / acc_norm, generation length, per-example values, comparison."""
 
-import importlib
-
 import numpy as np
 import pytest
 
@@ -13,7 +11,6 @@ from pmpo.evaluate import (
     task_labels,
 )  # fmt: skip
 
-evaluation = importlib.import_module("pmpo.evaluate")  # the module: `pmpo.evaluate` the attribute is the function
 
 REVIEW = Supervised("Great phone, love it.", "positive")
 LABELS = ("negative", "positive")
@@ -109,7 +106,7 @@ def test_generation_length_follows_the_longest_reference(tiny_lm, monkeypatch):
         asked.append(max_new_tokens)
         return generation.greedy(lm, texts, max_new_tokens=max_new_tokens, **kw)
 
-    monkeypatch.setattr(evaluation, "greedy", recording_greedy)
+    monkeypatch.setattr("pmpo.decoding.greedy", recording_greedy)  # the in-process decoder's greedy
     long_answer = "The quick brown fox jumps over the lazy dog, then runs far away into the dark forest."
     short = Dataset("s", (REVIEW, Supervised("Bad.", "negative")))
     long = Dataset("l", (REVIEW, Supervised("Tell the story.", "story", aliases=(long_answer,))))
@@ -144,3 +141,22 @@ def test_compare_gives_final_minus_initial_with_intervals():
         compare(initial, _evaluation([1.0], [True]))
     older = Evaluation("p", initial.n_examples, 3.0, 1.0, 0.5, None)  # no per-example values: nothing to pair
     assert compare(older, final) == Comparison(None, None, None, None)
+
+
+def test_in_process_answers_are_the_greedy_answers_on_the_scorers_token_ids(tiny_lm, monkeypatch):
+    """The decoder gets rendered texts; in-process it must answer exactly as greedy on `encode(...)` ids did."""
+    from pmpo.data.examples import example_input
+    from pmpo.encoding import encode
+
+    answers = []
+
+    def recording_greedy(lm, texts, *, max_new_tokens, **kw):
+        answers.append(generation.greedy(lm, texts, max_new_tokens=max_new_tokens, **kw))
+        return answers[-1]
+
+    monkeypatch.setattr("pmpo.decoding.greedy", recording_greedy)
+    data = Dataset("r", (REVIEW, Supervised("Bad, broke in a day.", "negative"), Supervised("Fine.", "positive")))
+    for prompt in ("Classify.", "Classify this review: {{input}}"):
+        evaluate(tiny_lm, prompt, data, max_new_tokens=6)
+        ids = [encode(tiny_lm.tokenizer, tiny_lm.placement, prompt, example_input(e)).ids for e in data.examples]
+        assert answers[-1] == generation.greedy(tiny_lm, ids, max_new_tokens=6)

@@ -322,13 +322,20 @@ def test_short_request_skips_the_models_preference(tiny_lm, monkeypatch):
     assert computed == []  # a scoring pass or greedy decode only the FULL template uses
 
 
-def test_a_served_scored_model_shows_no_greedy_answer_but_still_ranks_options(tiny_lm):
-    """Without local weights (a remote scorer's text side) there is nothing to decode with; options still rank."""
+def test_the_greedy_answer_comes_from_the_scorers_decoder_not_the_text_sides_type(tiny_lm):
+    """A text side (no weights) renders; the scorer decodes. A scorer that cannot decode gives no greedy answer,
+    and options still rank."""
     from pmpo.diagnosis import preferred_answer
     from pmpo.models import TextSide
 
     side = TextSide(tiny_lm.tokenizer, tiny_lm.placement, tiny_lm.context_length)
     scorer = Scorer(tiny_lm)
-    assert preferred_answer(side, scorer, "Answer.", Supervised(input="2+2?", target="4")) is None
+    example = Supervised(input="2+2?", target="4")
+    context = render(tiny_lm.tokenizer, tiny_lm.placement, "Answer.", example.input).text
+    expected = greedy(tiny_lm, [context], max_new_tokens=16)[0].strip()
+    assert preferred_answer(side, scorer, "Answer.", example).text == expected
+    mute = Scorer(tiny_lm)
+    mute.decoder = lambda: None
+    assert preferred_answer(side, mute, "Answer.", example) is None
     choice = MultipleChoice(input="2+2?", options=("3", "4", "5"), target="4")
-    assert preferred_answer(side, scorer, "Answer.", choice).text in {"3", "5"}
+    assert preferred_answer(side, mute, "Answer.", choice).text in {"3", "5"}

@@ -60,6 +60,15 @@ class RemoteSettings:
         )
 
 
+@dataclass(frozen=True)
+class Generated:
+    """The replies to one generation request, and the tokens the server says it read and wrote (None: unsaid)."""
+
+    texts: tuple[str, ...]
+    prompt_tokens: int | None
+    completion_tokens: int | None
+
+
 class Endpoint:
     """A connected client for one server and served model."""
 
@@ -109,6 +118,27 @@ class Endpoint:
             "/completions",
         )
         return [dict(c) for c in choices_in_order([c.model_dump() for c in reply.choices], len(texts))]
+
+    def generate(self, texts: Sequence[str], *, max_tokens: int, stop: Sequence[str] = ()) -> Generated:
+        """Greedy continuations (not echoed) of `texts` sent in one request, in the order of `texts`."""
+        import openai
+
+        from pmpo.remote.logprobs import choices_in_order
+
+        reply = self._call(
+            lambda: self._client.completions.create(
+                model=self.served_model(), prompt=list(texts), echo=False, max_tokens=max_tokens, temperature=0.0,
+                stop=list(stop) if stop else openai.NOT_GIVEN,
+            ),
+            "/completions",
+        )  # fmt: skip
+        choices = choices_in_order([c.model_dump() for c in reply.choices], len(texts))
+        usage = reply.usage
+        return Generated(
+            texts=tuple(c.get("text") or "" for c in choices),
+            prompt_tokens=usage.prompt_tokens if usage else None,
+            completion_tokens=usage.completion_tokens if usage else None,
+        )
 
     def _call(self, request, path: str):
         import openai

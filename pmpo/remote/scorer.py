@@ -16,6 +16,7 @@ from pmpo.loss import Scorer, ScorerSettings
 from pmpo.models import TextSide
 from pmpo.remote.check import ServerFacts, verified
 from pmpo.remote.client import Endpoint, RemoteError
+from pmpo.remote.decoder import RemoteDecoder
 from pmpo.remote.logprobs import LogprobsMissing, completion_nll
 from pmpo.usage import Usage
 
@@ -26,7 +27,7 @@ class RemoteScorer(Scorer):
     def __init__(self, text: TextSide, endpoint: Endpoint, settings: ScorerSettings = ScorerSettings()):
         super().__init__(text, settings)  # type: ignore[arg-type]  # `lm` is the text side: no weights here
         self.endpoint = endpoint
-        self.usage = Usage()  # prompt tokens the server scored for us
+        self.usage = Usage()  # tokens the server scored and generated for us
         self._facts: ServerFacts | None = None
 
     @property
@@ -52,16 +53,21 @@ class RemoteScorer(Scorer):
     def facts(self) -> ServerFacts:
         """The server's self-check findings (the check runs on first use)."""
         if self._facts is None:
-            self._facts = verified(self.endpoint, self._bos())
+            self._facts = verified(self.endpoint, self.bos())
         return self._facts
 
-    def _bos(self) -> str:
+    def decoder(self) -> RemoteDecoder:
+        """Greedy answers of the served model, from the same server (counted in `usage`)."""
+        return RemoteDecoder(self)
+
+    def bos(self) -> str:
+        """The BOS text put in front of every text sent (`prepend_bos`), else nothing."""
         return (self.lm.tokenizer.bos_token or "") if self.endpoint.settings.prepend_bos else ""
 
     def _score_new(self, prompt: str, pairs: list[tuple[str, str]], owner_of: dict) -> None:
         rendered = render_pairs(self.lm.tokenizer, self.lm.placement, prompt, pairs)
         self._check_fits(rendered, [owner_of.get(p) for p in pairs])
-        bos = self._bos()
+        bos = self.bos()
         if bos:  # a chat template may begin with BOS already (SmolLM2's <|im_start|>): never two
             rendered = [(t, at) if t.startswith(bos) else (bos + t, at + len(bos)) for t, at in rendered]
         per_request = self.facts().prompts_per_request
@@ -81,7 +87,7 @@ class RemoteScorer(Scorer):
         out = []
         for (text, start), choice in zip(chunk, choices):
             try:
-                nll, tokens = completion_nll(choice, text, start, self._bos())
+                nll, tokens = completion_nll(choice, text, start, self.bos())
             except LogprobsMissing as exc:
                 raise RemoteError(f"the scoring server at {self.endpoint.settings.base_url}: {exc}") from None
             out.append((nll, tokens, len(choice["logprobs"]["text_offset"])))

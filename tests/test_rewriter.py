@@ -152,7 +152,9 @@ def test_server_down_is_one_line_without_the_key(monkeypatch):
     url = _dead_url()
     with pytest.raises(RewriterError) as err:
         ChatRewriter.connect(ChatSettings(base_url=url, model="m", api_key_env=KEY_ENV, max_retries=0, timeout_s=5))
-    assert str(err.value) == f"the rewriter at {url} is not reachable: is the server running?"
+    said = str(err.value)  # the wording the scorer's errors share (pmpo.endpoint)
+    assert said.startswith(f"cannot reach the rewriter at {url} (") and FAKE_KEY not in said and "\n" not in said
+    assert said.endswith("): is it running, and is rewriter.base_url right?")
     assert err.value.__cause__ is None and err.value.__suppress_context__  # no client traceback behind it
 
 
@@ -163,7 +165,8 @@ def test_cli_reports_an_unreachable_rewriter_in_one_line(capsys, pmpo_home, tiny
             "--rewriter-api-key-env", KEY_ENV]  # fmt: skip
     assert main(argv) == 1
     err = capsys.readouterr().err.strip()
-    assert err == f"pmpo: error: the rewriter at {url} is not reachable: is the server running?"
+    assert err.startswith(f"pmpo: error: cannot reach the rewriter at {url} (") and "\n" not in err
+    assert err.endswith("is it running, and is rewriter.base_url right?")
 
 
 # --- against a real chat server --------------------------------------------------------------------------
@@ -186,7 +189,9 @@ def test_chat_rewriter_returns_n_replies_and_counts_their_tokens(chat_server):
 def test_wrong_model_name_is_one_line_naming_what_is_served(chat_server):
     with pytest.raises(RewriterError) as err:
         ChatRewriter.connect(ChatSettings(base_url=chat_server.base_url, model="no-such-model", **PATIENT))
-    assert str(err.value).startswith(f"rewriter.model: 'no-such-model' is not served at {chat_server.base_url}")
+    assert str(err.value).startswith(
+        f"rewriter.model: the rewriter at {chat_server.base_url} does not serve a model named 'no-such-model'; it serves"
+    )
     assert chat_server.model in str(err.value)
 
 

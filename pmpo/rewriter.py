@@ -42,7 +42,7 @@ class Rewriter(Protocol):
     def reply(
         self, message: str, *, n: int, temperature: float, top_p: float, seed: int, max_tokens: int, stop: Sequence[str] = ()
     ) -> list[str]:
-        """n sampled replies to one user message; a reply that ended at a `stop` string ends with it."""
+        """n sampled replies to one user message; one that ended at a `stop` string ends with it, a cut-off one never."""
         ...
 
 

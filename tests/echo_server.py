@@ -11,7 +11,7 @@ import contextlib
 import socket
 import threading
 import time
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence, Tuple
 
 import torch
 
@@ -23,8 +23,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def echo_app(lm, name: str = "echo-model", *, shift: int = 0, key: Optional[str] = None, completions: bool = True):
-    """The FastAPI app; `shift=1`: token i gets the log-prob from the logits at i (llama.cpp's bug)."""
+def echo_app(
+    lm,
+    name: str = "echo-model",
+    *,
+    shift: int = 0,
+    key: Optional[str] = None,
+    completions: bool = True,
+    chat_choices: Sequence[Tuple[str, Optional[str]]] = (),
+):
+    """The FastAPI app; `shift=1`: token i gets the log-prob from the logits at i (llama.cpp's bug).
+
+    `chat_choices`: the (content, finish_reason) choices every /v1/chat/completions request gets, whatever it asks.
+    """
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
 
@@ -42,7 +53,11 @@ def echo_app(lm, name: str = "echo-model", *, shift: int = 0, key: Optional[str]
 
     @app.post("/v1/chat/completions")
     def chat(request: Request):
-        return refused(request) or {"id": "x", "object": "chat.completion", "choices": []}
+        choices = [
+            {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
+            for i, (text, finish) in enumerate(chat_choices)
+        ]
+        return refused(request) or {"id": "x", "object": "chat.completion", "created": 0, "model": name, "choices": choices}
 
     if completions:
 

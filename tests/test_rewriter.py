@@ -141,6 +141,26 @@ def test_a_reply_that_stopped_at_a_stop_string_ends_with_it():
     assert _with_stop("<prompt>Be brief.", "stop", ()) == "<prompt>Be brief."
 
 
+def test_a_chat_reply_cut_off_by_the_token_limit_is_counted_unclosed(tiny_lm):
+    from echo_server import echo_app, serving
+
+    choices = [
+        ("Answer in one word.", "stop"),  # ended its turn: complete (the API strips the "</prompt>" it stopped at)
+        ("<prompt>Say yes or no</prompt>", "stop"),  # a server that keeps the stop string
+        ("Answer briefly.\nNext review: the", "length"),  # ran out past the end of its line: the line is whole
+        ("Answer with one word, and think about the", "length"),  # ran out mid-instruction, though it reads whole
+        ("Reply positive or", None),  # no finish_reason: not shown to have ended, so not trusted as whole
+    ]
+    with serving(echo_app(tiny_lm, "chat", chat_choices=choices)) as url:
+        rewriter = ChatRewriter.connect(ChatSettings(base_url=url, model="chat"))
+        short = propose(
+            rewriter, prompt=PROMPT, example=Supervised("Review: great.", "positive"), effects=(),
+            task_description="Sentiment.", settings=RewriteSettings(template="short", n_variants=5), seed=0,
+        )  # fmt: skip
+    assert short.variants == ("Answer in one word.", "Say yes or no", "Answer briefly.")
+    assert short.rejected["unclosed"] == 2 and sum(short.rejected.values()) == 2
+
+
 def test_missing_key_variable_is_named_not_guessed(monkeypatch):
     monkeypatch.delenv("PMPO_NO_SUCH_KEY", raising=False)
     with pytest.raises(RewriterError, match="rewriter.api_key_env: the environment variable PMPO_NO_SUCH_KEY is not set"):

@@ -2,7 +2,8 @@
 
 A reply that opened `<prompt>` but never closed it ran out of tokens mid-instruction ("unclosed"). SHORT
 replies (the request already opened the tag; generation stops at "</prompt>" or the end of the first
-line) carry no closing tag to tell, so their token count says whether they ran into the budget.
+line) carry no closing tag to tell, so their token count says whether they ran into the budget (a chat
+endpoint's: whether they ended at the stop string or on their own).
 """
 
 from __future__ import annotations
@@ -56,10 +57,13 @@ def short_reply_cut_off(reply: str, n_tokens: int, budget: int) -> bool:
     instruction is complete, and so is one the model ended itself (fewer tokens than the budget). Only a
     reply with neither, as long as the budget, was cut off mid-instruction.
     """
+    return short_reply_unended(reply) and n_tokens >= budget - _REENCODE_SLACK
+
+
+def short_reply_unended(reply: str) -> bool:
+    """Whether a SHORT reply's text shows no end of its one-line instruction: no "</prompt>", no line break."""
     text = _LEADING_OPEN.sub("", reply).lstrip()
-    if _CLOSE.search(text) or "\n" in text:
-        return False
-    return n_tokens >= budget - _REENCODE_SLACK
+    return not (_CLOSE.search(text) or "\n" in text)
 
 
 def filter_variants(

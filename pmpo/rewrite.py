@@ -27,6 +27,7 @@ from pmpo.prompting import chat_request
 from pmpo.rewriter import Rewriter, as_rewriter, local_model
 # Reply parsing lives in pmpo.replies; its public names are re-exported here, where callers look for them.
 from pmpo.replies import REJECT_REASONS, UnclosedPromptError, filter_variants, parse_prompt, short_reply_cut_off  # noqa: F401
+from pmpo.replies import short_reply_unended
 from pmpo.result import SegmentEffect
 from pmpo.segments import masking_table, verdict
 from pmpo.template import variables
@@ -248,7 +249,7 @@ def propose(
     )  # fmt: skip
     opened = template == "short"  # the SHORT form ends inside an opened <prompt> tag
     if lm is None:
-        replies, cut_off = _chat_replies(rewriter, message, settings, template, prompt, seed, scorer)
+        replies, cut_off = _chat_replies(rewriter, message, settings, template, prompt, seed, scorer, opened)
     else:
         replies, cut_off = _local_replies(lm, message, settings, template, prompt, seed, opened)
     variants, rejected = filter_variants(
@@ -289,6 +290,7 @@ def _chat_replies(
     prompt: str,
     seed: int,
     scorer: Scorer | None,
+    opened: bool,
 ) -> tuple[list[str], list[bool]]:
     """Replies of a remote rewriter: the request as one user turn (a chat endpoint cannot continue raw text).
 
@@ -303,7 +305,10 @@ def _chat_replies(
         message, n=settings.n_variants, temperature=settings.temperature, top_p=settings.top_p, seed=seed,
         max_tokens=budget, stop=("</prompt>",),
     )  # fmt: skip
-    return replies, []
+    # A reply that stopped at "</prompt>" or ended its turn ends with "</prompt>" (`ChatRewriter` adds what the API
+    # strips); a SHORT one that shows no end of its line ran out of tokens mid-instruction, though it reads complete.
+    cut_off = [short_reply_unended(r) for r in replies] if opened else []
+    return replies, cut_off
 
 
 def rewrite_budget(lm: LoadedModel, settings: RewriteSettings, template: str, *, prompt: str, request: str) -> int:

@@ -14,7 +14,7 @@ import contextlib
 import socket
 import threading
 import time
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Sequence, Tuple
 
 import torch
 
@@ -36,8 +36,12 @@ def echo_app(
     answer: Optional[Callable[[str], str]] = None,
     requests: Optional[list] = None,
     usage: bool = True,
+    chat_choices: Sequence[Tuple[str, Optional[str]]] = (),
 ):
-    """The FastAPI app; `shift=1`: token i gets the log-prob from the logits at i (llama.cpp's bug)."""
+    """The FastAPI app; `shift=1`: token i gets the log-prob from the logits at i (llama.cpp's bug).
+
+    `chat_choices`: the (content, finish_reason) choices every /v1/chat/completions request gets, whatever it asks.
+    """
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
 
@@ -55,7 +59,11 @@ def echo_app(
 
     @app.post("/v1/chat/completions")
     def chat(request: Request):
-        return refused(request) or {"id": "x", "object": "chat.completion", "choices": []}
+        choices = [
+            {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
+            for i, (text, finish) in enumerate(chat_choices)
+        ]
+        return refused(request) or {"id": "x", "object": "chat.completion", "created": 0, "model": name, "choices": choices}
 
     if completions:
 

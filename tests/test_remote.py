@@ -75,7 +75,7 @@ def test_check_text_repeats_the_sentence():
 
 def test_a_missing_key_variable_is_named_and_nothing_is_sent(monkeypatch):
     monkeypatch.delenv("PMPO_TEST_NO_SUCH_KEY", raising=False)
-    with pytest.raises(RemoteError, match="PMPO_TEST_NO_SUCH_KEY, which is not set"):
+    with pytest.raises(RemoteError, match="model.api_key_env: the environment variable PMPO_TEST_NO_SUCH_KEY is not set"):
         Endpoint(RemoteSettings(base_url="http://127.0.0.1:9/v1", api_key_env="PMPO_TEST_NO_SUCH_KEY"))
 
 

@@ -93,6 +93,26 @@ def test_a_reply_that_stopped_at_a_stop_string_ends_with_it():
     assert _with_stop("<prompt>Be brief.", "stop", ()) == "<prompt>Be brief."
 
 
+def test_a_chat_reply_cut_off_by_the_token_limit_is_counted_unclosed(tiny_lm):
+    from echo_server import echo_app, serving
+
+    choices = [
+        ("Answer in one word.", "stop"),  # ended its turn: complete (the API strips the "</prompt>" it stopped at)
+        ("<prompt>Say yes or no</prompt>", "stop"),  # a server that keeps the stop string
+        ("Answer briefly.\nNext review: the", "length"),  # ran out past the end of its line: the line is whole
+        ("Answer with one word, and think about the", "length"),  # ran out mid-instruction, though it reads whole
+        ("Reply positive or", None),  # no finish_reason: not shown to have ended, so not trusted as whole
+    ]
+    with serving(echo_app(tiny_lm, "chat", chat_choices=choices)) as url:
+        rewriter = ChatRewriter.connect(ChatSettings(base_url=url, model="chat"))
+        short = propose(
+            rewriter, prompt=PROMPT, example=Supervised("Review: great.", "positive"), effects=(),
+            task_description="Sentiment.", settings=RewriteSettings(template="short", n_variants=5), seed=0,
+        )  # fmt: skip
+    assert short.variants == ("Answer in one word.", "Say yes or no", "Answer briefly.")
+    assert short.rejected["unclosed"] == 2 and sum(short.rejected.values()) == 2
+
+
 def test_missing_key_variable_is_named_not_guessed(monkeypatch):
     monkeypatch.delenv("PMPO_NO_SUCH_KEY", raising=False)
     with pytest.raises(RewriterError, match="rewriter.api_key_env: the environment variable PMPO_NO_SUCH_KEY is not set"):
@@ -104,7 +124,9 @@ def test_server_down_is_one_line_without_the_key(monkeypatch):
     url = _dead_url()
     with pytest.raises(RewriterError) as err:
         ChatRewriter.connect(ChatSettings(base_url=url, model="m", api_key_env=KEY_ENV, max_retries=0, timeout_s=5))
-    assert str(err.value) == f"the rewriter at {url} is not reachable: is the server running?"
+    said = str(err.value)  # the wording the scorer's errors share (pmpo.endpoint)
+    assert said.startswith(f"cannot reach the rewriter at {url} (") and FAKE_KEY not in said and "\n" not in said
+    assert said.endswith("): is it running, and is rewriter.base_url right?")
     assert err.value.__cause__ is None and err.value.__suppress_context__  # no client traceback behind it
 
 
@@ -115,7 +137,8 @@ def test_cli_reports_an_unreachable_rewriter_in_one_line(capsys, pmpo_home, tiny
             "--rewriter-api-key-env", KEY_ENV]  # fmt: skip
     assert main(argv) == 1
     err = capsys.readouterr().err.strip()
-    assert err == f"pmpo: error: the rewriter at {url} is not reachable: is the server running?"
+    assert err.startswith(f"pmpo: error: cannot reach the rewriter at {url} (") and "\n" not in err
+    assert err.endswith("is it running, and is rewriter.base_url right?")
 
 
 # --- against a real chat server --------------------------------------------------------------------------
@@ -138,7 +161,9 @@ def test_chat_rewriter_returns_n_replies_and_counts_their_tokens(chat_server):
 def test_wrong_model_name_is_one_line_naming_what_is_served(chat_server):
     with pytest.raises(RewriterError) as err:
         ChatRewriter.connect(ChatSettings(base_url=chat_server.base_url, model="no-such-model", **PATIENT))
-    assert str(err.value).startswith(f"rewriter.model: 'no-such-model' is not served at {chat_server.base_url}")
+    assert str(err.value).startswith(
+        f"rewriter.model: the rewriter at {chat_server.base_url} does not serve a model named 'no-such-model'; it serves"
+    )
     assert chat_server.model in str(err.value)
 
 

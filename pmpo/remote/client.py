@@ -1,15 +1,15 @@
 """One OpenAI-compatible server: its client, its served model's identity, echoed completions, clear errors.
 
-The API key is read from the environment variable the settings name, only here, only when the client is
-built; it is never stored on a setting or result and is cut out of every error message.
+The API key, the client and the one-line errors come from `pmpo.endpoint`, shared with the chat rewriter: the key
+is never stored on a setting or result and is cut out of every error message.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
+from pmpo.endpoint import Connection, Speaker
 from pmpo.errors import PmpoError
 
 if TYPE_CHECKING:
@@ -18,6 +18,18 @@ if TYPE_CHECKING:
 
 class RemoteError(PmpoError):
     """The scoring server is unreachable, refuses us, or cannot score prompts; the message says which."""
+
+
+SCORER = Speaker(
+    "the scoring server",
+    "model",
+    RemoteError,
+    not_found=(
+        ". pmpo scores with prompt log-probabilities from /v1/completions; a chat-only endpoint cannot return them"
+    ),
+    slow=" or lower model.max_concurrency",
+    hints=(("logits_all", " (llama.cpp returns prompt log-probabilities only when started with --logits_all true)"),),
+)
 
 
 @dataclass(frozen=True)
@@ -73,30 +85,15 @@ class Endpoint:
     """A connected client for one server and served model."""
 
     def __init__(self, settings: RemoteSettings):
-        import openai
-
         self.settings = settings
-        self._key = _api_key(settings.api_key_env)
-        self._client = openai.OpenAI(
-            base_url=settings.base_url,
-            api_key=self._key or "EMPTY",  # the client insists on one; keyless servers ignore it
-            timeout=settings.timeout_s,
-            max_retries=settings.max_retries,
-        )
+        self._connection = Connection(settings, SCORER)
+        self._client = self._connection.client
         self._served: str | None = None
 
     def served_model(self) -> str:
         """The model id the server reports for our model name (asked once)."""
         if self._served is None:
-            listed = [m.id for m in self._call(lambda: list(self._client.models.list()), "/models")]
-            wanted = self.settings.model
-            if wanted is None:
-                if len(listed) != 1:
-                    raise RemoteError(f"{self._where()} serves {_names(listed)}: set model.model to the one to score")
-                wanted = listed[0]
-            elif wanted not in listed:
-                raise RemoteError(f"{self._where()} does not serve a model named {wanted!r}; it serves {_names(listed)}")
-            self._served = wanted
+            self._served = self._connection.served_model(self.settings.model)
         return self._served
 
     def identity(self) -> str:
@@ -141,62 +138,4 @@ class Endpoint:
         )
 
     def _call(self, request, path: str):
-        import openai
-
-        try:
-            return request()
-        except openai.APITimeoutError:
-            raise RemoteError(
-                f"{self._where()}{path} did not answer within {self.settings.timeout_s:g} s "
-                f"({self.settings.max_retries} retries): raise model.timeout_s or lower model.max_concurrency"
-            ) from None
-        except openai.APIConnectionError as exc:
-            cause = exc.__cause__ or exc
-            raise RemoteError(
-                f"cannot reach the scoring server at {self.settings.base_url} ({self._redact(str(cause)) or type(cause).__name__}): "
-                "is it running, and is model.base_url right?"
-            ) from None
-        except openai.AuthenticationError as exc:
-            raise RemoteError(f"{self._where()} refused the API key {self._key_source()} (HTTP {exc.status_code})") from None
-        except openai.NotFoundError as exc:
-            raise RemoteError(
-                f"{self._where()} has no {path} endpoint (HTTP 404: {self._message(exc)}). pmpo scores with prompt "
-                "log-probabilities from /v1/completions; a chat-only endpoint cannot return them"
-            ) from None
-        except openai.APIStatusError as exc:
-            raise RemoteError(f"{self._where()}{path} failed: HTTP {exc.status_code}: {self._message(exc)}{_hint(exc)}") from None
-
-    def _message(self, exc: Exception) -> str:
-        body = getattr(exc, "body", None)
-        text = body.get("message") or body.get("detail") if isinstance(body, dict) else None
-        return self._redact(" ".join(str(text or exc).split()))[:300]
-
-    def _redact(self, text: str) -> str:
-        return text.replace(self._key, "***") if self._key else text
-
-    def _where(self) -> str:
-        return f"the scoring server at {self.settings.base_url}"
-
-    def _key_source(self) -> str:
-        env = self.settings.api_key_env
-        return f"from ${env}" if env else "(none set: name the variable that holds it in model.api_key_env)"
-
-
-def _api_key(env: str | None) -> str | None:
-    """The key in environment variable `env`; a clear error when it is named but not set."""
-    if env is None:
-        return None
-    key = os.environ.get(env)
-    if not key:
-        raise RemoteError(f"model.api_key_env names the environment variable {env}, which is not set (or empty)")
-    return key
-
-
-def _names(listed: Sequence[str]) -> str:
-    return ", ".join(repr(n) for n in listed) if listed else "no models"
-
-
-def _hint(exc: Exception) -> str:
-    if "logits_all" in str(getattr(exc, "body", "")) + str(exc):
-        return " (llama.cpp returns prompt log-probabilities only when started with --logits_all true)"
-    return ""
+        return self._connection.call(request, path)

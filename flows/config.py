@@ -140,7 +140,7 @@ class RewriterConfig(_Strict):
     timeout_s: float = Field(60.0, gt=0, description="openai: seconds to wait for one reply")
     max_retries: int = Field(3, ge=0, description="openai: retries on connection errors, 429 and 5xx")
     n_params: int | None = Field(
-        None, ge=1, description="openai: the model's size, for template/units auto (unknown: treated as large)"
+        None, ge=1, description="openai, or same with a served model: its size, for template/units auto (unknown: large)"
     )
     revision: str | None = Field(None, description="pins the rewriter's weights in the cache key (a server can swap them)")
 

@@ -217,7 +217,7 @@ def rewriter_ref(config: RewriterConfig, model: ModelRef) -> RewriterRef:
         return local_ref(config.model_settings())
     if config.backend == "openai":
         return chat_ref(config.chat_settings())
-    return same_as(model)
+    return same_as(model, config.n_params)
 
 
 def size_choices(config: OptimizeConfig, writer: RewriterRef) -> dict[str, str]:

@@ -30,6 +30,13 @@ class RewriterError(PmpoError):
 
 
 CHAT = Speaker("the rewriter", "rewriter", RewriterError, not_found=": is rewriter.base_url the API root (…/v1)?")
+# `rewriter: same` with a served scored model: its own server rewrites, and the fields to fix are the model's.
+SERVED_SAME = Speaker(
+    "the scored model's server (rewriting for itself: rewriter.backend same)",
+    "model",
+    RewriterError,
+    not_found=": it serves no chat endpoint; name one that does in a rewriter: block (backend openai)",
+)
 
 
 class Rewriter(Protocol):
@@ -102,10 +109,10 @@ class ChatRewriter:
         self.usage = Usage()
 
     @classmethod
-    def connect(cls, settings: ChatSettings) -> ChatRewriter:
+    def connect(cls, settings: ChatSettings, speaker: Speaker = CHAT) -> ChatRewriter:
         """Build the client (reading the key now) and check that the server serves `settings.model`."""
-        connection = Connection(settings, CHAT)
-        return cls(settings, chat_identity(settings, connection.served()), connection)
+        connection = Connection(settings, speaker)
+        return cls(settings, chat_identity(settings, connection.served(), speaker), connection)
 
     def reply(
         self, message: str, *, n: int, temperature: float, top_p: float, seed: int, max_tokens: int, stop: Sequence[str] = ()
@@ -117,7 +124,7 @@ class ChatRewriter:
             # seed: each further request gets the next seed.
             batch = self._create(message, n - len(replies), temperature, top_p, seed + len(replies), max_tokens, stop)
             if not batch:
-                raise RewriterError(f"the rewriter at {self.settings.base_url} returned no choices")
+                raise RewriterError(f"{self._connection.speaker.name} at {self.settings.base_url} returned no choices")
             replies.extend(batch)
         return replies[:n]
 
@@ -152,8 +159,8 @@ def _with_stop(text: str, finish_reason: str | None, stop: Sequence[str]) -> str
     return text + stop[0]
 
 
-def chat_identity(settings: ChatSettings, served: list[str]) -> str:
+def chat_identity(settings: ChatSettings, served: list[str], speaker: Speaker = CHAT) -> str:
     """`openai:<base_url>#<model id as /v1/models reports it>[@revision]`; an error when the model is not served."""
-    model = pick_model(served, settings.model, CHAT, settings.base_url)
+    model = pick_model(served, settings.model, speaker, settings.base_url)
     identity = f"openai:{settings.base_url.rstrip('/')}#{model}"
     return identity + (f"@{settings.revision}" if settings.revision else "")

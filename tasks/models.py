@@ -94,8 +94,8 @@ def endpoint(settings: ModelSettings) -> Endpoint:
 def loaded(ref: ModelRef) -> LoadedModel:
     """The loaded model for `ref`, loading it on first use in this process.
 
-    Backend openai: a local copy of `tokenizer` (else `spec`), which rewrites and generates until a separate
-    rewriter is configured; scoring never uses it.
+    Backend openai: a local copy of `tokenizer` (else `spec`). Nothing in a run asks for it (the server scores,
+    generates and, by default, rewrites); it is here for Python callers that want the weights anyway.
     """
     with _LOCK:
         if ref.settings not in _MODELS:

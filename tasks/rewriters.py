@@ -9,10 +9,11 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
+from pmpo.endpoint import Speaker
 from pmpo.models import ModelSettings
-from pmpo.rewriter import ChatRewriter, ChatSettings, LocalRewriter, Rewriter
+from pmpo.rewriter import CHAT, SERVED_SAME, ChatRewriter, ChatSettings, LocalRewriter, Rewriter
 from pmpo.usage import UsageSnapshot
-from tasks.models import ModelRef, loaded, model_ref, usage as model_usage
+from tasks.models import ModelRef, endpoint as served_endpoint, loaded, model_ref, usage as model_usage
 
 _LOCK = threading.Lock()
 _CHAT: dict[ChatSettings, ChatRewriter] = {}
@@ -34,9 +35,21 @@ class RewriterRef:
         return {"identity": self.identity}
 
 
-def same_as(model: ModelRef) -> RewriterRef:
-    """The scored model as its own rewriter (the paper's default)."""
-    return RewriterRef("same", model.identity, model=model)
+def same_as(model: ModelRef, n_params: int | None = None) -> RewriterRef:
+    """The scored model as its own rewriter (the paper's default).
+
+    A served model rewrites through its own server's /v1/chat/completions: the weights live there, and a local
+    copy of a 7B-70B model (what `spec`/`tokenizer` name) is exactly what a team serving it does not want loaded
+    here. `n_params`: its size, for the template choice (unknown counts as large).
+    """
+    if model.settings.backend != "openai":
+        return RewriterRef("same", model.identity, model=model)
+    s = model.settings
+    chat = ChatSettings(
+        base_url=s.base_url or "", model=served_endpoint(s).served_model(), api_key_env=s.api_key_env,
+        timeout_s=s.timeout_s, max_retries=s.max_retries, n_params=n_params, revision=s.revision,
+    )  # fmt: skip
+    return RewriterRef("same", _chat(chat, SERVED_SAME).identity, chat=chat)
 
 
 def local_ref(settings: ModelSettings) -> RewriterRef:
@@ -56,7 +69,7 @@ def rewriter(ref: RewriterRef) -> Rewriter:
     if ref.model is not None:
         return LocalRewriter(loaded(ref.model))
     assert ref.chat is not None
-    return _chat(ref.chat)
+    return _chat(ref.chat, SERVED_SAME if ref.backend == "same" else CHAT)
 
 
 def usage(ref: RewriterRef, scored: ModelRef) -> UsageSnapshot:
@@ -70,8 +83,8 @@ def usage(ref: RewriterRef, scored: ModelRef) -> UsageSnapshot:
     return client.usage.snapshot() if client is not None else UsageSnapshot()
 
 
-def _chat(settings: ChatSettings) -> ChatRewriter:
+def _chat(settings: ChatSettings, speaker: Speaker = CHAT) -> ChatRewriter:
     with _LOCK:
         if settings not in _CHAT:
-            _CHAT[settings] = ChatRewriter.connect(settings)
+            _CHAT[settings] = ChatRewriter.connect(settings, speaker)
         return _CHAT[settings]

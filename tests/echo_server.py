@@ -6,7 +6,8 @@ from the logits at i-1. It is written here, not a third-party server: it checks 
 batching, offsets, errors), while `shift=1` reproduces llama-cpp-python's misalignment for the self-check.
 Without `echo` it generates as a server does: greedily (temperature 0 only) up to `max_tokens`, ending at the
 eos token or a `stop` text; `answer` replaces the model by a fixed rule, `requests` records every request body,
-`usage=False` leaves the reply's token counts out.
+`usage=False` leaves the reply's token counts out. `/v1/chat/completions` answers with the model's greedy reply
+(n copies, whatever the temperature) or with fixed `chat_choices`.
 """
 
 
@@ -58,12 +59,18 @@ def echo_app(
         return refused(request) or {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "test"}]}
 
     @app.post("/v1/chat/completions")
-    def chat(request: Request):
+    async def chat(request: Request):
+        if (bad := refused(request)) is not None:
+            return bad
+        body = await request.json()
+        if requests is not None:
+            requests.append(body)
+        replies = list(chat_choices) or _chat_replies(tok, model, body)
         choices = [
             {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
-            for i, (text, finish) in enumerate(chat_choices)
+            for i, (text, finish) in enumerate(replies)
         ]
-        return refused(request) or {"id": "x", "object": "chat.completion", "created": 0, "model": name, "choices": choices}
+        return {"id": "x", "object": "chat.completion", "created": 0, "model": name, "choices": choices}
 
     if completions:
 
@@ -127,6 +134,18 @@ def _generated(tok, model, name: str, prompts: list, body: dict, answer, usage: 
     counts = {"prompt_tokens": prompt_tokens, "completion_tokens": new_tokens, "total_tokens": prompt_tokens + new_tokens}
     reply = {"id": "cmpl", "object": "text_completion", "created": 0, "model": name, "choices": choices}
     return reply | ({"usage": counts} if usage else {})
+
+
+def _chat_replies(tok, model, body: dict) -> list:
+    """`n` (content, finish_reason) replies to the chat's messages: the model's greedy reply, n times over."""
+    text = tok.apply_chat_template(body["messages"], tokenize=False, add_generation_prompt=True)
+    stop = body.get("stop") or []
+    stop = [stop] if isinstance(stop, str) else list(stop)
+    budget = int(body.get("max_tokens") or 16)
+    reply, produced = _greedy(tok, model, text, budget, stop)
+    cut = min([reply.index(s) for s in stop if s in reply], default=None)
+    finish = "stop" if cut is not None or produced < budget else "length"
+    return [(reply[:cut], finish)] * int(body.get("n") or 1)
 
 
 @torch.inference_mode()

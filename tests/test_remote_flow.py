@@ -22,8 +22,8 @@ def remote_run(tmp_path_factory, tiny_model_dir, tiny_lm, prefect_harness):
     from flows.optimize import optimize_prompt
     from tasks import models
 
-    home = tmp_path_factory.mktemp("pmpo-home")
-    with pytest.MonkeyPatch.context() as mp, serving(echo_app(tiny_lm, "tiny", key=KEY)) as url:
+    home, requests = tmp_path_factory.mktemp("pmpo-home"), []
+    with pytest.MonkeyPatch.context() as mp, serving(echo_app(tiny_lm, "tiny", key=KEY, requests=requests)) as url:
         mp.setenv("PMPO_HOME", str(home))
         mp.setenv("PMPO_TEST_API_KEY", KEY)
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -31,14 +31,14 @@ def remote_run(tmp_path_factory, tiny_model_dir, tiny_lm, prefect_harness):
                   "api_key_env": "PMPO_TEST_API_KEY", "check": False}  # random weights cannot pass the check
         config = tiny_config(tiny_model_dir, model=remote, iterations=1)
         ref = models.model_ref(config.model.settings(), config.scorer())
-        yield home, ref, optimize_prompt(config)
+        yield home, ref, optimize_prompt(config), requests
 
 
 def test_remote_flow_scores_through_the_server(remote_run):
     from pmpo.remote import RemoteScorer
     from tasks import models
 
-    _, ref, summary = remote_run
+    _, ref, summary, _ = remote_run
     assert ref.identity.startswith("openai:http://127.0.0.1:") and ref.identity.endswith("#tiny@unpinned")
     assert "@sha256:" in ref.cache_key()["tokenizer"]  # the tokenizer that rendered the texts is in the key
     sc = models.scorer(ref)
@@ -49,8 +49,18 @@ def test_remote_flow_scores_through_the_server(remote_run):
     assert summary.heldout.final_loss > 0  # the held-out loss went through the server
 
 
+def test_a_served_model_rewrites_for_itself_through_its_server_and_never_loads_here(remote_run):
+    from tasks import models
+
+    _, ref, summary, requests = remote_run
+    chats = [r for r in requests if "messages" in r]
+    assert chats and all(r["model"] == "tiny" for r in chats)  # rewriter: same -> the server's chat endpoint
+    assert summary.rewriter_identity == ref.identity.removesuffix("@unpinned")  # same server, same model
+    assert not models.is_loaded(ref)  # no local copy of the weights: scoring, answers and rewrites were served
+
+
 def test_the_api_key_is_in_no_record(remote_run, prefect_harness, caplog, capsys):
-    home, _, _ = remote_run
+    home, _, _, _ = remote_run
     needle = KEY.encode()
     files = [p for p in Path(home).rglob("*") if p.is_file()]
     prefect_db = _prefect_database_files()

@@ -11,7 +11,7 @@ import pytest
 from pmpo.endpoint import Connection, Speaker, error_message, pick_model, read_key
 from pmpo.errors import PmpoError
 from pmpo.remote.client import SCORER, RemoteError
-from pmpo.rewriter import CHAT, RewriterError
+from pmpo.rewriter import CHAT, SERVED_SAME, RewriterError
 
 try:
     import httpx2 as http  # what this openai release builds its requests and responses with
@@ -52,6 +52,7 @@ ERRORS = {
     "no endpoint": _status(openai.NotFoundError, 404, {"detail": f"Not Found (Authorization: Bearer {FAKE_KEY})"}),
     "wrong model": _status(openai.NotFoundError, 404, {"message": f"model smol not found for key {FAKE_KEY}"}),
     "bad request": _status(openai.BadRequestError, 400, {"error": f"key={FAKE_KEY} cannot use logits_all"}),
+    "no echo": _status(openai.BadRequestError, 400, {"error": {"message": "Only no echo is supported", "type": "x"}}),
     "server error": _status(openai.InternalServerError, 500, f"<html>{FAKE_KEY}</html>"),
     "no body": _status(openai.InternalServerError, 503, None),
     # A key 285 characters in: clipping before scrubbing would leave its first characters in the line.
@@ -87,6 +88,11 @@ def test_each_error_names_what_to_fix_for_its_speaker():
     assert said("wrong model", CHAT).startswith(f"rewriter.model: the rewriter at {URL} does not serve 'smol': model smol")
     assert said("bad request").endswith("--logits_all true)")  # the llama.cpp hint is the scorer's alone
     assert "logits_all true" not in said("bad request", CHAT)
+    # rewriter: same with a served model: its own server rewrites, the model block is what to fix
+    assert said("no endpoint", SERVED_SAME).endswith("name one that does in a rewriter: block (backend openai)")
+    assert said("connection", SERVED_SAME).endswith("is model.base_url right?")
+    assert said("no echo").endswith("score with one that can, e.g. vLLM)")  # llama.cpp's llama-server
+    assert "Only no echo is supported" in said("no echo")  # the server's own words stay in the line
     assert said("no body").startswith(f"the scoring server at {URL}/completions failed: HTTP 503: ")
 
 

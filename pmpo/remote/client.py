@@ -28,7 +28,11 @@ SCORER = Speaker(
         ". pmpo scores with prompt log-probabilities from /v1/completions; a chat-only endpoint cannot return them"
     ),
     slow=" or lower model.max_concurrency",
-    hints=(("logits_all", " (llama.cpp returns prompt log-probabilities only when started with --logits_all true)"),),
+    hints=(
+        ("logits_all", " (llama.cpp returns prompt log-probabilities only when started with --logits_all true)"),
+        # llama.cpp's own llama-server refuses echo outright (ggml-org/llama.cpp#27174)
+        ("no echo", " (this server cannot echo the prompt's log-probabilities: score with one that can, e.g. vLLM)"),
+    ),
 )
 
 

@@ -28,8 +28,7 @@ class RemoteDecoder:
         """The served model's greedy continuation (temperature 0) of each text, stopped at an end-of-turn marker."""
         if max_new_tokens < 1 or not texts:  # llama.cpp reads max_tokens 0 as "until the context is full"
             return [""] * len(texts)
-        bos = self.scorer.bos()
-        sent = [t if not bos or t.startswith(bos) else bos + t for t in texts]  # never two BOS, as in scoring
+        sent = [self.scorer.as_sent(t) for t in texts]  # the very texts scoring sends
         per_request = self.scorer.facts().prompts_per_request
         chunks = [sent[i : i + per_request] for i in range(0, len(sent), per_request)]
         ask = partial(self._request, max_tokens=max_new_tokens, stop=stop_texts(self.scorer.tokenizer))

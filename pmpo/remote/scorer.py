@@ -64,12 +64,17 @@ class RemoteScorer(Scorer):
         """The BOS text put in front of every text sent (`prepend_bos`), else nothing."""
         return (self.lm.tokenizer.bos_token or "") if self.endpoint.settings.prepend_bos else ""
 
+    def as_sent(self, text: str) -> str:
+        """`text` as the server gets it: BOS in front under `prepend_bos`, never two (a chat template may open
+        with BOS already: SmolLM2's <|im_start|>)."""
+        bos = self.bos()
+        return text if not bos or text.startswith(bos) else bos + text
+
     def _score_new(self, prompt: str, pairs: list[tuple[str, str]], owner_of: dict) -> None:
         rendered = render_pairs(self.lm.tokenizer, self.lm.placement, prompt, pairs)
         self._check_fits(rendered, [owner_of.get(p) for p in pairs])
-        bos = self.bos()
-        if bos:  # a chat template may begin with BOS already (SmolLM2's <|im_start|>): never two
-            rendered = [(t, at) if t.startswith(bos) else (bos + t, at + len(bos)) for t, at in rendered]
+        sent = [self.as_sent(t) for t, _ in rendered]
+        rendered = [(s, at + len(s) - len(t)) for s, (t, at) in zip(sent, rendered)]
         per_request = self.facts().prompts_per_request
         chunks = [rendered[i : i + per_request] for i in range(0, len(rendered), per_request)]
         # One candidate's texts go out in order, so a server's prefix cache sees the shared prompt back to back.

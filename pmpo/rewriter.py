@@ -12,6 +12,7 @@ never in settings, identities, results or messages.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, Sequence
 
@@ -23,6 +24,9 @@ from pmpo.prompting import chat_request
 from pmpo.usage import Usage
 
 Backend = Literal["same", "local", "openai"]
+log = logging.getLogger(__name__)
+# Sampled replies that all repeat, this many or more, are taken as a greedy server (fewer repeat by chance).
+_SAME_REPLIES = 3
 
 
 class RewriterError(PmpoError):
@@ -107,6 +111,7 @@ class ChatRewriter:
         self.settings, self.identity, self._connection = settings, identity, connection
         self.n_params = settings.n_params
         self.usage = Usage()
+        self._warned_greedy = False
 
     @classmethod
     def connect(cls, settings: ChatSettings, speaker: Speaker = CHAT) -> ChatRewriter:
@@ -126,7 +131,24 @@ class ChatRewriter:
             if not batch:
                 raise RewriterError(f"{self._connection.speaker.name} at {self.settings.base_url} returned no choices")
             replies.extend(batch)
+        self._warn_if_greedy(replies[:n], temperature)
         return replies[:n]
+
+    def _warn_if_greedy(self, replies: list[str], temperature: float) -> None:
+        """Say once when sampled replies all repeat: the server decodes greedily, so n variants are one.
+
+        `transformers serve` samples only when the model's own generation_config sets do_sample (SmolLM2's does
+        not): temperature, top_p and seed then change nothing, and repeats are dropped as duplicates.
+        """
+        if self._warned_greedy or temperature <= 0 or len(replies) < _SAME_REPLIES or len(set(replies)) > 1:
+            return
+        self._warned_greedy = True
+        log.warning(
+            "%s at %s returned %d identical replies at temperature %g with different seeds: it seems to decode "
+            "greedily, so each request yields one variant (transformers serve samples only when the model's "
+            "generation_config sets do_sample)",
+            self._connection.speaker.name, self.settings.base_url, len(replies), temperature,
+        )  # fmt: skip
 
     def _create(
         self, message: str, n: int, temperature: float, top_p: float, seed: int, max_tokens: int, stop: Sequence[str]

@@ -113,6 +113,25 @@ def test_a_chat_reply_cut_off_by_the_token_limit_is_counted_unclosed(tiny_lm):
     assert short.rejected["unclosed"] == 2 and sum(short.rejected.values()) == 2
 
 
+def test_a_server_that_decodes_greedily_whatever_the_temperature_is_named_once(tiny_lm, caplog):
+    from echo_server import echo_app, serving
+
+    same = [("<prompt>Say yes or no</prompt>", "stop")]  # every request gets the same reply, whatever its seed
+    mixed = [("<prompt>Say yes</prompt>", "stop"), ("<prompt>Say no</prompt>", "stop"), ("<prompt>Say it</prompt>", "stop")]
+    with serving(echo_app(tiny_lm, "greedy", chat_choices=same)) as greedy_url, serving(
+        echo_app(tiny_lm, "sampling", chat_choices=mixed)
+    ) as sampling_url, caplog.at_level(logging.WARNING, logger="pmpo.rewriter"):
+        greedy = ChatRewriter.connect(ChatSettings(base_url=greedy_url, model="greedy"))
+        sampling = ChatRewriter.connect(ChatSettings(base_url=sampling_url, model="sampling"))
+        args = {"n": 3, "temperature": 0.8, "top_p": 0.95, "seed": 0, "max_tokens": 20}
+        for _ in range(2):
+            assert len(set(greedy.reply("Rewrite.", **args))) == 1
+        assert len(set(sampling.reply("Rewrite.", **args))) == 3
+        greedy.reply("Rewrite.", **(args | {"temperature": 0.0}))  # asked for greedy: nothing to say
+    warned = [r.getMessage() for r in caplog.records if "identical replies" in r.getMessage()]
+    assert len(warned) == 1 and greedy_url in warned[0] and "decode greedily" in warned[0]
+
+
 def test_missing_key_variable_is_named_not_guessed(monkeypatch):
     monkeypatch.delenv("PMPO_NO_SUCH_KEY", raising=False)
     with pytest.raises(RewriterError, match="rewriter.api_key_env: the environment variable PMPO_NO_SUCH_KEY is not set"):

@@ -144,7 +144,7 @@ class ChatRewriter:
             return
         self._warned_greedy = True
         log.warning(
-            "%s at %s returned %d identical replies at temperature %g with different seeds: it seems to decode "
+            "%s at %s returned %d identical replies at temperature %g: it seems to decode "
             "greedily, so each request yields one variant (transformers serve samples only when the model's "
             "generation_config sets do_sample)",
             self._connection.speaker.name, self.settings.base_url, len(replies), temperature,

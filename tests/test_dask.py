@@ -209,11 +209,9 @@ def test_two_processes_sharing_the_store_compute_an_evaluation_once(tmp_path, ti
 def test_killed_dask_run_resumes_without_duplicates_or_recomputation(tmp_path, tiny_model_dir, monkeypatch):
     """test_resume's check on the cluster path: SIGKILL the CLI (and its local cluster) after iteration 1 is
     recorded, run the same command again: the same MLflow run, each candidate once, no finished shard recomputed."""
-    import signal
-
     import yaml
     from pipeline import tiny_values
-    from test_resume import KILL_AFTER_ITERATION, _command, _env, _recorded_iterations
+    from test_resume import _command, _env, _recorded_iterations, kill_after_first_iteration
 
     iterations = 3
     config = tmp_path / "run.yaml"
@@ -224,18 +222,7 @@ def test_killed_dask_run_resumes_without_duplicates_or_recomputation(tmp_path, t
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     from tasks import tracking
 
-    child = subprocess.Popen(
-        _command(config, tmp_path / "first.json"),
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 600
-    while KILL_AFTER_ITERATION not in _recorded_iterations(tracking):
-        assert child.poll() is None, f"the run ended before it could be killed: {child.stderr.read().decode()[-2000:]}"
-        assert time.monotonic() < deadline, "iteration 1 was never recorded"
-        time.sleep(0.2)
-    os.killpg(child.pid, signal.SIGKILL)  # the flow process, its Prefect API and the Dask workers alike
-    child.wait(timeout=30)
-    child.stderr.close()
+    kill_after_first_iteration(config, tmp_path / "first.json", env, tracking, timeout_s=600)
     done_before_kill = sorted(set(_recorded_iterations(tracking)))
     if done_before_kill[-1] >= iterations:
         pytest.skip("the machine was too slow to kill the run before it ended")  # pragma: no cover

@@ -38,6 +38,25 @@ def _recorded_iterations(tracking) -> list[int]:
     return [step for r in runs for step, _ in tracking.metric_history(r["run_id"], "incumbent_loss")]
 
 
+def kill_after_first_iteration(config, output, env: dict[str, str], tracking, *, timeout_s: float) -> None:
+    """Start `pmpo optimize` and SIGKILL it, with every process it started, once iteration 1 is in MLflow.
+
+    Its own process group, so the kill takes Prefect's local API server (a child process) and any Dask workers
+    down with it, as a terminal's or a scheduler's kill would; a lone SIGKILL to the parent would orphan them.
+    """
+    child = subprocess.Popen(
+        _command(config, output), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
+    deadline = time.monotonic() + timeout_s
+    while KILL_AFTER_ITERATION not in _recorded_iterations(tracking):
+        assert child.poll() is None, f"the run ended before it could be killed: {child.stderr.read().decode()[-2000:]}"
+        assert time.monotonic() < deadline, "iteration 1 was never recorded"
+        time.sleep(0.2)
+    os.killpg(child.pid, signal.SIGKILL)
+    child.wait(timeout=30)
+    child.stderr.close()
+
+
 def test_killed_run_resumes_without_duplicates_or_recomputation(tmp_path, tiny_model_dir, monkeypatch):
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(tiny_values(tiny_model_dir, iterations=ITERATIONS)))
@@ -46,20 +65,7 @@ def test_killed_run_resumes_without_duplicates_or_recomputation(tmp_path, tiny_m
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     from tasks import tracking
 
-    # Its own process group, so the kill takes Prefect's local API server (a child process) down with it,
-    # as a terminal's or a scheduler's kill would; a lone SIGKILL to the parent would orphan it.
-    child = subprocess.Popen(
-        _command(config, tmp_path / "first.json"),
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 420
-    while KILL_AFTER_ITERATION not in _recorded_iterations(tracking):
-        assert child.poll() is None, f"the run ended before it could be killed: {child.stderr.read().decode()[-2000:]}"
-        assert time.monotonic() < deadline, "iteration 1 was never recorded"
-        time.sleep(0.2)
-    os.killpg(child.pid, signal.SIGKILL)
-    child.wait(timeout=30)
-    child.stderr.close()
+    kill_after_first_iteration(config, tmp_path / "first.json", env, tracking, timeout_s=420)
     before = tracking.list_runs()
     assert len(before) == 1 and before[0]["status"] == "RUNNING"  # killed: nothing marked it finished
     done_before_kill = sorted(set(_recorded_iterations(tracking)))

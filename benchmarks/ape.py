@@ -5,7 +5,7 @@ input-output pairs as a plain completion ending in "The instruction was" and wri
 Each request shows a random subset of the training demonstrations and samples several continuations;
 proposals are parsed defensively (first line, first sentence, quotes stripped) and deduplicated until
 `n` distinct candidates exist. The winner is the candidate with the best greedy accuracy on the training
-set (the reply contains the reference and no other label, `pmpo.evaluate.is_correct(..., "contains")`,
+set (the reply contains the reference and no other label, `pmpo.evaluation.heldout.is_correct(..., "contains")`,
 APE's lenient execution metric); ties go to the shorter instruction, then to the earlier proposal.
 """
 
@@ -19,10 +19,10 @@ from typing import Sequence
 import numpy as np
 
 from pmpo.data.examples import Dataset, Example, Preference
-from pmpo.evaluate import is_correct, task_labels
-from pmpo.generation import greedy, sample
-from pmpo.models import LoadedModel
-from pmpo.prompting import render
+from pmpo.evaluation.heldout import is_correct, task_labels
+from pmpo.models.generation import greedy, sample
+from pmpo.models.loading import LoadedModel
+from pmpo.text.rendering import render
 
 NUMBER_WORDS = "zero one two three four five six seven eight nine ten".split()
 HEADER = (
@@ -48,8 +48,8 @@ class ApeSettings:
     samples_per_request: int = 4  # as PMPO's n = 4 variants per rewrite request
     # A stated instruction fits in one sentence; a longer budget only adds text the parser throws away.
     max_new_tokens: int = 48
-    temperature: float = 0.8  # pmpo.generation.sample's default, also what PMPO's rewriter samples with
-    # Same budget as pmpo.evaluate.evaluate's generation accuracy, so training and held-out accuracy agree.
+    temperature: float = 0.8  # pmpo.models.generation.sample's default, also what PMPO's rewriter samples with
+    # Same budget as pmpo.evaluation.heldout.evaluate's generation accuracy, so training and held-out accuracy agree.
     answer_tokens: int = 16
     # Requests allowed per wanted candidate before giving up on reaching `n` distinct ones.
     max_requests_per_candidate: float = 2.0
@@ -130,7 +130,7 @@ def propose(
 def training_accuracy(
     lm: LoadedModel, prompts: Sequence[str], train: Dataset, *, answer_tokens: int = 16
 ) -> list[float]:
-    """Greedy accuracy of each prompt on the training set, as pmpo.evaluate measures generation accuracy."""
+    """Greedy accuracy of each prompt on the training set, as pmpo.evaluation.heldout measures generation accuracy."""
     contexts = [render(lm.tokenizer, lm.placement, p, e.input).text for p in prompts for e in train.examples]
     outputs = greedy(lm, contexts, max_new_tokens=answer_tokens)
     labels = task_labels(train)

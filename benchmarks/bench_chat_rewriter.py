@@ -4,12 +4,12 @@ Run: PYTHONPATH=. python benchmarks/bench_chat_rewriter.py (starts the server on
 """
 import os, subprocess, sys, time, httpx
 from pathlib import Path
-from pmpo.bundled import bundled_checkpoint
+from pmpo.models.bundled import bundled_checkpoint
 from pmpo.data import load_dataset, split_dataset
-from pmpo.loss import Scorer
-from pmpo.models import ModelSettings, load_model
-from pmpo.rewrite import RewriteSettings, propose
-from pmpo.rewriter import ChatRewriter, ChatSettings
+from pmpo.scoring.loss import Scorer
+from pmpo.models.loading import ModelSettings, load_model
+from pmpo.rewriting.proposal import RewriteSettings, propose
+from pmpo.rewriting.backends import ChatRewriter, ChatSettings
 
 directory, _ = bundled_checkpoint()
 proc = subprocess.Popen([str(Path(sys.executable).with_name("transformers")), "serve", str(directory), "--host", "127.0.0.1",

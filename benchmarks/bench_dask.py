@@ -53,8 +53,8 @@ def main() -> None:
     from flows.config import TaskRunnerConfig
     from flows.steps import PrefectSteps
     from pmpo.data.examples import Dataset
-    from pmpo.models import ModelSettings
-    from pmpo.optimizer import OptimizerConfig
+    from pmpo.models.loading import ModelSettings
+    from pmpo.loop.optimizer import OptimizerConfig
     from tasks.models import loaded, model_ref
 
     workload.BBH_DIR = args.bbh_dir

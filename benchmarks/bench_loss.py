@@ -7,7 +7,7 @@
                                                  # thread per core they stall each other, 3-5x slower here
 
 Workload (see workload.py): 13 candidates x 50 training examples, zero-shot and with a ~500-token 3-shot
-prompt. The naive loop (pmpo.reference.naive_nll: one example at a time, fp32, full logits) is too slow to
+prompt. The naive loop (pmpo.scoring.reference.naive_nll: one example at a time, fp32, full logits) is too slow to
 run on all 650 pairs of both workloads on 2 cores, so it runs on a subset and its tokens/s is compared with
 the scorer's on the whole workload; tokens/s counts the tokens a per-example loop feeds (prompt + input +
 target of every pair), so both rates are over the same work.
@@ -31,13 +31,13 @@ import workload as wl  # noqa: E402
 from measure import ModelShape, Timer, matmul_peak, pair_lengths, peak_rss_gib  # noqa: E402
 from report import MAX_RSS_GIB, TARGETS, table  # noqa: E402
 from pmpo.data import Dataset  # noqa: E402
-from pmpo.evaluate import is_correct, task_labels  # noqa: E402
-from pmpo.generation import greedy  # noqa: E402
-from pmpo.loss import Scorer, example_rows  # noqa: E402
-from pmpo.models import ModelSettings, load_model  # noqa: E402
-from pmpo.prompting import render  # noqa: E402
-from pmpo.racing import RacingSettings, race, race_losses  # noqa: E402
-from pmpo.reference import naive_nll  # noqa: E402
+from pmpo.evaluation.heldout import is_correct, task_labels  # noqa: E402
+from pmpo.models.generation import greedy  # noqa: E402
+from pmpo.scoring.loss import Scorer, example_rows  # noqa: E402
+from pmpo.models.loading import ModelSettings, load_model  # noqa: E402
+from pmpo.text.rendering import render  # noqa: E402
+from pmpo.scoring.racing import RacingSettings, race, race_losses  # noqa: E402
+from pmpo.scoring.reference import naive_nll  # noqa: E402
 
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark and print the table (or JSON)."""
@@ -114,7 +114,7 @@ def _parse(argv):
     p.add_argument(
         "--threads", type=int, default=0, help="torch threads for everything (0: torch's default, one per core)"
     )
-    p.add_argument("--no-rewrites", action="store_true", help="fixed edits only, no pmpo.rewrite variants")
+    p.add_argument("--no-rewrites", action="store_true", help="fixed edits only, no pmpo.rewriting.proposal variants")
     return p.parse_args(argv)
 
 
@@ -129,9 +129,9 @@ def _machine() -> dict:
 
 
 def _rewrites(lm, task: str, n_examples: int) -> tuple[list[str], float]:
-    """Real variants: pmpo.rewrite on the incumbent's 3 hardest examples, 4 samples each (seeded)."""
+    """Real variants: pmpo.rewriting.proposal on the incumbent's 3 hardest examples, 4 samples each (seeded)."""
     try:
-        from pmpo.rewrite import RewriteSettings, hard_examples, propose
+        from pmpo.rewriting.proposal import RewriteSettings, hard_examples, propose
     except ImportError:
         return [], 0.0
     _, dataset = wl.load_task(task)
@@ -221,7 +221,7 @@ def _selection(lm, work, matrix, loss_seconds: float, n_gen: int) -> dict:
         "by_accuracy": by_accuracy,
         "same_pick": by_loss == by_accuracy,
         "accuracy": accuracy.tolist(),  # reference contained in the reply (APE's "contains" metric)
-        "accuracy_exact": strict.tolist(),  # pmpo.evaluate.is_correct: first line, normalised exact match
+        "accuracy_exact": strict.tolist(),  # pmpo.evaluation.heldout.is_correct: first line, normalised exact match
         "accuracy_of_loss_pick": float(accuracy[by_loss]),
         "loss_pick_ties_best_accuracy": bool(accuracy[by_loss] == accuracy.max()),
         "loss": matrix.prompt_loss().tolist(),

@@ -50,13 +50,13 @@ from quality_report import (  # noqa: E402
 
 import pmpo  # noqa: E402
 from pmpo.data import Dataset  # noqa: E402
-from pmpo.evaluate import Evaluation, evaluate  # noqa: E402
-from pmpo.loss import Scorer, ScorerSettings  # noqa: E402
-from pmpo.models import LoadedModel, ModelSettings, load_model  # noqa: E402
-from pmpo.optimizer import OptimizerConfig  # noqa: E402
+from pmpo.evaluation.heldout import Evaluation, evaluate  # noqa: E402
+from pmpo.scoring.loss import Scorer, ScorerSettings  # noqa: E402
+from pmpo.models.loading import LoadedModel, ModelSettings, load_model  # noqa: E402
+from pmpo.loop.optimizer import OptimizerConfig  # noqa: E402
 
 # The module, not the `evaluate` function the package re-exports under the same name.
-evaluation = importlib.import_module("pmpo.evaluate")
+evaluation = importlib.import_module("pmpo.evaluation.heldout")
 BUILTINS = ("builtin:sentiment", "builtin:arithmetic")
 # Quick: one short multiple-choice BIG-bench task and one built-in, so both kinds of accuracy show up.
 QUICK_TASKS = ("sports_understanding", "builtin:sentiment")

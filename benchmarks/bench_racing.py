@@ -2,7 +2,7 @@
 
     python benchmarks/bench_racing.py [--threads 1] [--json]
 
-For each task: the incumbent (the task's instruction) and 12 pmpo.rewrite variants of it (SmolLM2 as the
+For each task: the incumbent (the task's instruction) and 12 pmpo.rewriting.proposal variants of it (SmolLM2 as the
 rewriter, seeded; fixed edits fill the set where fewer come back), scored in full on the 50 training
 examples; then racing is replayed on that loss matrix over 200 shuffled example orders per setting, and
 compared with full scoring's pick. A replay scores exactly what the scorer would, since racing only reads
@@ -24,9 +24,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import workload as wl  # noqa: E402
 from bench_loss import _rewrites, _simulate  # noqa: E402
 from measure import Timer  # noqa: E402
-from pmpo.loss import Scorer  # noqa: E402
-from pmpo.models import load_model  # noqa: E402
-from pmpo.racing import RacingSettings  # noqa: E402
+from pmpo.scoring.loss import Scorer  # noqa: E402
+from pmpo.models.loading import load_model  # noqa: E402
+from pmpo.scoring.racing import RacingSettings  # noqa: E402
 
 SETTINGS = [(10, 3.0), (10, 2.0), (5, 3.0), (10, 1.0)]  # (first_slice, margin); the default first
 

@@ -35,9 +35,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 import workload as wl  # noqa: E402
 from llama_server import llama_process  # noqa: E402  (tests/: the one launcher of the server)
 from measure import Timer  # noqa: E402
-from pmpo.encoding import render_pairs  # noqa: E402
-from pmpo.loss import Scorer, example_rows  # noqa: E402
-from pmpo.models import ModelSettings, TextSide, load_model  # noqa: E402
+from pmpo.text.encoding import render_pairs  # noqa: E402
+from pmpo.scoring.loss import Scorer, example_rows  # noqa: E402
+from pmpo.models.loading import ModelSettings, TextSide, load_model  # noqa: E402
 from pmpo.remote import Endpoint, RemoteScorer, RemoteSettings  # noqa: E402
 
 BOS = "<|im_start|>"  # SmolLM2's BOS token

@@ -119,7 +119,7 @@ def _n_params() -> int:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from pmpo.bundled import bundled_checkpoint
+    from pmpo.models.bundled import bundled_checkpoint
 
     directory, _ = bundled_checkpoint()
     with torch.device("meta"):  # no weights: the meta device counts parameters from the config alone

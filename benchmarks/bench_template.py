@@ -4,7 +4,7 @@
     python benchmarks/bench_template.py --examples 10 --variants 1   # smoke run
 
 The scorer computes the KV cache of everything before the first example text once per candidate and reuses it
-for every example (pmpo.loss). An instruction prompt (the input after it) and a template whose variable comes at
+for every example (pmpo.scoring.loss). An instruction prompt (the input after it) and a template whose variable comes at
 its end share the whole instruction; a template that opens with its variable shares only the chat header, so
 every example runs the instruction again. Three forms of the same instruction are scored on the same examples,
 each as `--variants` distinct candidates (a candidate's prefix is computed once); the table gives the tokens run
@@ -25,8 +25,8 @@ import time
 
 from pmpo.data import load_dataset
 from pmpo.data.rows import ColumnMap
-from pmpo.loss import Scorer
-from pmpo.models import ModelSettings, load_model
+from pmpo.scoring.loss import Scorer
+from pmpo.models.loading import ModelSettings, load_model
 
 INSTRUCTION = (
     "You read short product reviews written by customers of an online shop and decide how the customer feels "

@@ -46,7 +46,7 @@ def main() -> None:
     from flows.config import OptimizeConfig
     from flows.optimize import optimize_prompt
     from pmpo.data import load_dataset, split_dataset
-    from pmpo.evaluate import evaluate
+    from pmpo.evaluation.heldout import evaluate
     from prefect import flow
     from tasks import models, tracking
 

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import torch
 
-from pmpo.loss import example_rows
-from pmpo.models import LoadedModel
-from pmpo.prompting import render
+from pmpo.scoring.loss import example_rows
+from pmpo.models.loading import LoadedModel
+from pmpo.text.rendering import render
 
 
 @dataclass

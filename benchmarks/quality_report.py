@@ -1,6 +1,6 @@
 """The quality benchmark's results: per task and arm, means over tasks, the issue's targets, table and JSON.
 
-Accuracy intervals are `pmpo.stats.Interval`s (estimate, low, high) of the paired difference arm - initial on
+Accuracy intervals are `pmpo.evaluation.stats.Interval`s (estimate, low, high) of the paired difference arm - initial on
 the same held-out examples. Tasks without options have no acc / acc_norm; their *headline accuracy* (what the
 targets call acc_norm) is the generation accuracy instead, so every task counts toward the targets.
 """
@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
 if TYPE_CHECKING:
-    from pmpo.stats import Interval
+    from pmpo.evaluation.stats import Interval
 
 INITIAL = "initial"
 PMPO = "pmpo"

@@ -2,7 +2,7 @@
 
 Data: a BIG-bench sample from ../shared/data/bbh when it is there (object_counting by default), the built-in
 sentiment task otherwise. Candidates: the incumbent (the task's own instruction), real rewrite variants from
-`pmpo.rewrite` where asked for, then fixed edits of the incumbent (added/removed sentences, generic and
+`pmpo.rewriting.proposal` where asked for, then fixed edits of the incumbent (added/removed sentences, generic and
 unrelated instructions), so a set holds near-ties as well as clearly worse prompts, as in an optimizer run.
 The few-shot set puts the same instructions in front of a ~500-token 3-shot chain-of-thought block.
 """
@@ -100,7 +100,7 @@ def build(task: str, n_candidates: int, n_examples: int, rewrites: list[str] | N
         description=dataset.description or dataset.name,
         zero_shot=tuple(zero),
         few_shot=tuple(few),
-        variant_origin=f"{len(rewrites or [])} pmpo.rewrite variants + fixed edits",
+        variant_origin=f"{len(rewrites or [])} pmpo.rewriting.proposal variants + fixed edits",
     )
 
 

@@ -18,7 +18,7 @@ from prefect.tasks import Task
 from prefect_dask import DaskTaskRunner
 
 from flows.config import TaskRunnerConfig
-from pmpo.usage import UsageSnapshot
+from pmpo.models.usage import UsageSnapshot
 from tasks.models import ModelRef
 from tasks.models import usage as model_usage
 

@@ -18,12 +18,12 @@ from pmpo.data import Dataset
 from pmpo.data.loaders import BUILTIN_PREFIX, FORMATS, infer_format
 from pmpo.data.rows import ColumnMap
 from pmpo.errors import PmpoError
-from pmpo.loss import ScorerSettings
-from pmpo.models import DEFAULT_MODEL, ModelSettings
-from pmpo.optimizer import OptimizerConfig
-from pmpo.racing import RacingSettings
-from pmpo.rewrite import RewriteSettings
-from pmpo.rewriter import ChatSettings
+from pmpo.scoring.loss import ScorerSettings
+from pmpo.models.loading import DEFAULT_MODEL, ModelSettings
+from pmpo.loop.optimizer import OptimizerConfig
+from pmpo.scoring.racing import RacingSettings
+from pmpo.rewriting.proposal import RewriteSettings
+from pmpo.rewriting.backends import ChatSettings
 
 DEMO_TASK = "builtin:sentiment"
 _FILE_FORMATS = {"jsonl", "json", "bigbench", "csv", "tsv", "parquet"}

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from pmpo.result import OptimizeResult
-from pmpo.usage import STEPS, Cost, StepCost
+from pmpo.loop.result import OptimizeResult
+from pmpo.models.usage import STEPS, Cost, StepCost
 
 
 class StepRow(BaseModel):

@@ -8,10 +8,10 @@ from pydantic import BaseModel
 from flows.config import ConfigError, EvaluateConfig
 from flows.cost import CostRow, cost_row
 from flows.steps import PrefectSteps
-from pmpo.budget import check_fits
-from pmpo.optimizer import OptimizerConfig
-from pmpo.template import prompt_variables
-from pmpo.usage import Meter
+from pmpo.scoring.context_budget import check_fits
+from pmpo.loop.optimizer import OptimizerConfig
+from pmpo.text.template import prompt_variables
+from pmpo.models.usage import Meter
 from tasks import steps as t
 from tasks import tracking
 from tasks.models import model_ref, text_side

@@ -16,15 +16,15 @@ from flows.config import ConfigError, OptimizeConfig, RewriterConfig, config_has
 from flows.cost import CostSummary, cost_summary, run_cost
 from flows.record import Recorder, flatten
 from flows.steps import PrefectSteps, WorkLog
-from pmpo.budget import check_fits
+from pmpo.scoring.context_budget import check_fits
 from pmpo.data import Dataset, Split
-from pmpo.evaluate import Evaluation, compare
-from pmpo.optimizer import PMPO, unit_mode
-from pmpo.rewrite import choose_template
-from pmpo.result import Candidate, Iteration
-from pmpo.stats import Interval
-from pmpo.template import normalized, prompt_variables
-from pmpo.usage import Meter
+from pmpo.evaluation.heldout import Evaluation, compare
+from pmpo.loop.optimizer import PMPO, unit_mode
+from pmpo.rewriting.proposal import choose_template
+from pmpo.loop.result import Candidate, Iteration
+from pmpo.evaluation.stats import Interval
+from pmpo.text.template import normalized, prompt_variables
+from pmpo.models.usage import Meter
 from tasks import steps as t
 from tasks import tracking
 from tasks.environment import code_version, shown_tracking_uri

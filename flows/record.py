@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pmpo.evaluate import Evaluation, compare
-from pmpo.result import Candidate, Iteration, OptimizeResult
-from pmpo.usage import Cost
+from pmpo.evaluation.heldout import Evaluation, compare
+from pmpo.loop.result import Candidate, Iteration, OptimizeResult
+from pmpo.models.usage import Cost
 from tasks import plots, tracking
 from tasks.tracking import TrackedRun
 

@@ -14,11 +14,11 @@ import numpy as np
 from flows.cluster import LossFanOut
 from flows.config import EvalConfig
 from pmpo.data.examples import Dataset
-from pmpo.evaluate import Evaluation
-from pmpo.loss import LossMatrix
-from pmpo.optimizer import OptimizerConfig, Rewrites
-from pmpo.result import Candidate, SegmentEffect
-from pmpo.usage import UsageSnapshot
+from pmpo.evaluation.heldout import Evaluation
+from pmpo.scoring.loss import LossMatrix
+from pmpo.loop.optimizer import OptimizerConfig, Rewrites
+from pmpo.loop.result import Candidate, SegmentEffect
+from pmpo.models.usage import UsageSnapshot
 from tasks import steps as t
 from tasks.caching import with_storage
 from tasks.models import ModelRef, usage as model_usage

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from pmpo.budget import check_fits
+from pmpo.scoring.context_budget import check_fits
 from pmpo.data import (
     ColumnMap,
     Dataset,
@@ -23,15 +23,15 @@ from pmpo.data import (
     load_dataset,
     split_dataset,
 )
-from pmpo.evaluate import Evaluation, evaluate
-from pmpo.loss import LossMatrix, Scorer, ScorerSettings
-from pmpo.models import DEFAULT_MODEL, LoadedModel, ModelSettings, load_model
-from pmpo.optimizer import PMPO, OnCandidate, OnIteration, OptimizerConfig
-from pmpo.racing import RacingSettings
-from pmpo.result import Candidate, Iteration, OptimizeResult, SegmentEffect
-from pmpo.rewrite import RewriteSettings
-from pmpo.rewriter import ChatRewriter, ChatSettings, LocalRewriter, Rewriter
-from pmpo.usage import Cost, Usage, UsageSnapshot
+from pmpo.evaluation.heldout import Evaluation, evaluate
+from pmpo.scoring.loss import LossMatrix, Scorer, ScorerSettings
+from pmpo.models.loading import DEFAULT_MODEL, LoadedModel, ModelSettings, load_model
+from pmpo.loop.optimizer import PMPO, OnCandidate, OnIteration, OptimizerConfig
+from pmpo.scoring.racing import RacingSettings
+from pmpo.loop.result import Candidate, Iteration, OptimizeResult, SegmentEffect
+from pmpo.rewriting.proposal import RewriteSettings
+from pmpo.rewriting.backends import ChatRewriter, ChatSettings, LocalRewriter, Rewriter
+from pmpo.models.usage import Cost, Usage, UsageSnapshot
 
 __all__ = [
     "PMPO", "Candidate", "ColumnMap", "Dataset", "Evaluation", "Iteration", "LoadedModel", "LossMatrix",

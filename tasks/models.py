@@ -10,8 +10,8 @@ from __future__ import annotations
 import threading
 from dataclasses import asdict, dataclass
 
-from pmpo.loss import Scorer, ScorerSettings
-from pmpo.models import (
+from pmpo.scoring.loss import Scorer, ScorerSettings
+from pmpo.models.loading import (
     LoadedModel,
     ModelSettings,
     TextSide,
@@ -22,7 +22,7 @@ from pmpo.models import (
     resolve_dtype,
 )
 from pmpo.remote import Endpoint, RemoteScorer, RemoteSettings
-from pmpo.usage import UsageSnapshot
+from pmpo.models.usage import UsageSnapshot
 from tasks.progress import Event, report
 
 _LOCK = threading.Lock()  # tasks may run in worker threads; a model must still load only once
@@ -39,7 +39,7 @@ class ModelRef:
 
     settings: ModelSettings
     scorer: ScorerSettings
-    identity: str  # name + content hash or hub revision (pmpo.models.resolve_checkpoint)
+    identity: str  # name + content hash or hub revision (pmpo.models.loading.resolve_checkpoint)
     dtype: str  # resolved: "auto" means different numbers on different hardware ("remote": the server's)
     device: str
     # backend openai: the identity of the tokenizer that renders the texts (its chat template changes them)

@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display on servers and in CI; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pmpo.result import Candidate, Iteration  # noqa: E402
+from pmpo.loop.result import Candidate, Iteration  # noqa: E402
 
 
 def loss_by_iteration(candidates: Sequence[Candidate], iterations: Sequence[Iteration], initial_loss: float):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from pmpo.template import from_registry, to_registry
+from pmpo.text.template import from_registry, to_registry
 from tasks.environment import shown_tracking_uri
 from tasks.tracking import MlflowException, TrackedRun, TrackingError, client, experiment_id
 
@@ -42,7 +42,7 @@ def get_version(name: str, ref: str | int) -> PromptVersion | None:
         return None  # no such prompt, version or alias: the caller decides whether that is a mistake
     if found is None:
         return None
-    text = from_registry(found.template)  # a chat prompt: its messages as one string (pmpo.template)
+    text = from_registry(found.template)  # a chat prompt: its messages as one string (pmpo.text.template)
     return PromptVersion(found.name, int(found.version), text, dict(found.tags), tuple(found.aliases))
 
 

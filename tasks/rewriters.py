@@ -9,10 +9,10 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from pmpo.endpoint import Speaker
-from pmpo.models import ModelSettings
-from pmpo.rewriter import CHAT, SERVED_SAME, ChatRewriter, ChatSettings, LocalRewriter, Rewriter
-from pmpo.usage import UsageSnapshot
+from pmpo.remote.connection import Speaker
+from pmpo.models.loading import ModelSettings
+from pmpo.rewriting.backends import CHAT, SERVED_SAME, ChatRewriter, ChatSettings, LocalRewriter, Rewriter
+from pmpo.models.usage import UsageSnapshot
 from tasks.models import ModelRef, endpoint as served_endpoint, loaded, model_ref, usage as model_usage
 
 _LOCK = threading.Lock()

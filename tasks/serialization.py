@@ -34,9 +34,9 @@ from prefect.filesystems import LocalFileSystem, RemoteFileSystem
 from prefect.serializers import Serializer
 from pydantic import Field
 
-from pmpo.evaluate import Evaluation
-from pmpo.loss import LossMatrix
-from pmpo.result import Candidate, Iteration, OptimizeResult, SegmentEffect
+from pmpo.evaluation.heldout import Evaluation
+from pmpo.scoring.loss import LossMatrix
+from pmpo.loop.result import Candidate, Iteration, OptimizeResult, SegmentEffect
 
 logger = logging.getLogger(__name__)
 

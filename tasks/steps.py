@@ -14,11 +14,11 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from pmpo.data import ColumnMap, Dataset, Split, load_dataset, split_dataset
-from pmpo.evaluate import Evaluation, evaluate
-from pmpo.loss import LossMatrix
-from pmpo.optimizer import OptimizerConfig, prompt_units, rewrite_prompts, segment_effects, select
-from pmpo.result import Candidate, SegmentEffect
-from pmpo.rewrite import RewriteSettings
+from pmpo.evaluation.heldout import Evaluation, evaluate
+from pmpo.scoring.loss import LossMatrix
+from pmpo.loop.optimizer import OptimizerConfig, prompt_units, rewrite_prompts, segment_effects, select
+from pmpo.loop.result import Candidate, SegmentEffect
+from pmpo.rewriting.proposal import RewriteSettings
 from tasks.caching import policy
 from tasks.models import ModelRef, loaded, scorer, text_side
 from tasks.rewriters import RewriterRef, rewriter as get_rewriter

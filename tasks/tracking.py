@@ -30,9 +30,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
 
 from pmpo.errors import PmpoError
-from pmpo.result import Candidate, Iteration, SegmentEffect
-from pmpo.template import from_registry, to_registry
-from pmpo.usage import STEPS, Cost
+from pmpo.loop.result import Candidate, Iteration, SegmentEffect
+from pmpo.text.template import from_registry, to_registry
+from pmpo.models.usage import STEPS, Cost
 from tasks import locks
 from tasks.environment import artifacts_dir, home, shown_tracking_uri, tracking_uri
 
@@ -293,7 +293,7 @@ def _same_text_version(c: MlflowClient, name: str, text: str):
 
 def load_registered_prompt(uri: str) -> str:
     """The text of a registered prompt, e.g. `prompts:/sentiment@latest` or `prompts:/sentiment/2` (a chat
-    prompt as pmpo's one string form of its messages, pmpo.template)."""
+    prompt as pmpo's one string form of its messages, pmpo.text.template)."""
     client()
     try:
         return from_registry(mlflow.genai.load_prompt(uri).template)

@@ -24,7 +24,7 @@ class ChatServer:
 @contextlib.contextmanager
 def transformers_serve(log: Path, *, threads: int = 2, timeout_s: float = 240) -> Iterator[ChatServer]:
     """Run `transformers serve` until the block ends (offline, on the CPU, `threads` torch threads)."""
-    from pmpo.bundled import bundled_checkpoint
+    from pmpo.models.bundled import bundled_checkpoint
 
     directory, _ = bundled_checkpoint()
     port = free_port()

@@ -21,7 +21,7 @@ def build_tiny_model(directory: Path) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from pmpo.bundled import bundled_checkpoint
+    from pmpo.models.bundled import bundled_checkpoint
 
     source, _ = bundled_checkpoint()
     tokenizer = AutoTokenizer.from_pretrained(source)
@@ -52,7 +52,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_lm(tiny_model_dir):
     """The tiny random model, loaded in fp32."""
-    from pmpo.models import ModelSettings, load_model
+    from pmpo.models.loading import ModelSettings, load_model
 
     return load_model(ModelSettings(spec=str(tiny_model_dir), dtype="float32"))
 
@@ -60,7 +60,7 @@ def tiny_lm(tiny_model_dir):
 @pytest.fixture(scope="session")
 def real_lm():
     """The bundled SmolLM2-135M-Instruct in fp32 (tests of the method itself)."""
-    from pmpo.models import ModelSettings, load_model
+    from pmpo.models.loading import ModelSettings, load_model
 
     return load_model(ModelSettings(dtype="float32"))
 

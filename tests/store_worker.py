@@ -20,7 +20,7 @@ def main(model_dir: str, barrier: str, out: str) -> None:
     from prefect import task
 
     from pmpo.data import load_dataset
-    from pmpo.models import ModelSettings
+    from pmpo.models.loading import ModelSettings
     from tasks import steps as t
     from tasks.caching import with_storage
     from tasks.models import loaded, model_ref

@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import ape  # noqa: E402
 from pmpo.data.examples import Dataset, Preference, Supervised  # noqa: E402
-from pmpo.prompting import render  # noqa: E402
+from pmpo.text.rendering import render  # noqa: E402
 
 
 def _train(n: int = 8) -> Dataset:

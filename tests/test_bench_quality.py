@@ -15,8 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import quality_report as qr  # noqa: E402
 
 try:
-    from pmpo.stats import Interval
-except ImportError:  # pmpo.stats comes with the held-out evaluation branch; same fields as agreed
+    from pmpo.evaluation.stats import Interval
+except ImportError:  # pmpo.evaluation.stats comes with the held-out evaluation branch; same fields as agreed
 
     @dataclass(frozen=True)
     class Interval:  # type: ignore[no-redef]

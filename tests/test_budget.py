@@ -8,9 +8,9 @@ import json
 import pytest
 
 import pmpo
-from pmpo.budget import check_fits
+from pmpo.scoring.context_budget import check_fits
 from pmpo.errors import ContextLengthError
-from pmpo.models import load_text_side
+from pmpo.models.loading import load_text_side
 
 
 def _rows(path, long_row: int, n: int = 12, long_words: int = 800):

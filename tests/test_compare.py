@@ -62,7 +62,7 @@ def test_pmpo_compare_prints_both_losses_and_the_diff(capsys, tmp_path, pmpo_hom
     from flows.compare import word_diff
     from flows.heldout import SETUP_TAG, setup_tag
     from pmpo.data import load_dataset, split_dataset
-    from pmpo.evaluate import evaluate
+    from pmpo.evaluation.heldout import evaluate
     from tasks import registry, tracking
 
     setup = _setup(tiny_model_dir)

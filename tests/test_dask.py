@@ -115,8 +115,8 @@ def test_sharded_losses_equal_sequential_ones_with_the_real_model(pmpo_home, rea
     from flows.cluster import loss_fan_out
     from flows.steps import PrefectSteps
     from pmpo.data import load_dataset
-    from pmpo.models import ModelSettings
-    from pmpo.optimizer import OptimizerConfig
+    from pmpo.models.loading import ModelSettings
+    from pmpo.loop.optimizer import OptimizerConfig
     from tasks.models import model_ref
 
     ref = model_ref(ModelSettings(dtype="float32"))
@@ -152,7 +152,7 @@ def test_url_result_store_caches_and_stays_safe(tmp_path, monkeypatch, tiny_mode
     import fsspec
 
     from pmpo.data import load_dataset
-    from pmpo.models import ModelSettings
+    from pmpo.models.loading import ModelSettings
     from tasks import steps as t
     from tasks.caching import with_storage
     from tasks.models import model_ref

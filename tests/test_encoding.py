@@ -1,16 +1,16 @@
 """Exact scoring on a SentencePiece-style tokenizer (Metaspace, prefix space, merges across the boundary),
-against a full-sequence reference that shares none of the scorer's tokenising code (pmpo.reference)."""
+against a full-sequence reference that shares none of the scorer's tokenising code (pmpo.scoring.reference)."""
 
 import numpy as np
 import pytest
 
 from pmpo.data.examples import Supervised
-from pmpo.encoding import encode, encode_text, encode_texts
-from pmpo.generation import greedy
-from pmpo.loss import Scorer, ScorerSettings
-from pmpo.models import ModelSettings, load_model
-from pmpo.prompting import render, render_many
-from pmpo.reference import naive_nll
+from pmpo.text.encoding import encode, encode_text, encode_texts
+from pmpo.models.generation import greedy
+from pmpo.scoring.loss import Scorer, ScorerSettings
+from pmpo.models.loading import ModelSettings, load_model
+from pmpo.text.rendering import render, render_many
+from pmpo.scoring.reference import naive_nll
 
 SPECIAL = ["<unk>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>"]
 # Like Llama-2/Gemma templates, it writes BOS into the text itself.

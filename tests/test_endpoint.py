@@ -1,4 +1,4 @@
-"""The shared OpenAI-compatible server code (pmpo.endpoint): key reading, the served-model check, and one error
+"""The shared OpenAI-compatible server code (pmpo.remote.connection): key reading, the served-model check, and one error
 mapper for the scorer and the rewriter whose messages never hold the API key, whatever the server sent back."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import openai
 import pytest
 
-from pmpo.endpoint import Connection, Speaker, error_message, pick_model, read_key
+from pmpo.remote.connection import Connection, Speaker, error_message, pick_model, read_key
 from pmpo.errors import PmpoError
 from pmpo.remote.client import SCORER, RemoteError
-from pmpo.rewriter import CHAT, SERVED_SAME, RewriterError
+from pmpo.rewriting.backends import CHAT, SERVED_SAME, RewriterError
 
 try:
     import httpx2 as http  # what this openai release builds its requests and responses with

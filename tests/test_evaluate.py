@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from pmpo import generation
+from pmpo.models import generation
 from pmpo.data import Dataset, MultipleChoice, Supervised
 from pmpo.errors import PmpoError
-from pmpo.evaluate import (
+from pmpo.evaluation.heldout import (
     ANSWER_MARGIN, Comparison, Evaluation, answer_budget, compare, evaluate, is_correct, normalize, option_hits,
     task_labels,
 )  # fmt: skip
@@ -106,7 +106,7 @@ def test_generation_length_follows_the_longest_reference(tiny_lm, monkeypatch):
         asked.append(max_new_tokens)
         return generation.greedy(lm, texts, max_new_tokens=max_new_tokens, **kw)
 
-    monkeypatch.setattr("pmpo.decoding.greedy", recording_greedy)  # the in-process decoder's greedy
+    monkeypatch.setattr("pmpo.models.decoding.greedy", recording_greedy)  # the in-process decoder's greedy
     long_answer = "The quick brown fox jumps over the lazy dog, then runs far away into the dark forest."
     short = Dataset("s", (REVIEW, Supervised("Bad.", "negative")))
     long = Dataset("l", (REVIEW, Supervised("Tell the story.", "story", aliases=(long_answer,))))
@@ -146,7 +146,7 @@ def test_compare_gives_final_minus_initial_with_intervals():
 def test_in_process_answers_are_the_greedy_answers_on_the_scorers_token_ids(tiny_lm, monkeypatch):
     """The decoder gets rendered texts; in-process it must answer exactly as greedy on `encode(...)` ids did."""
     from pmpo.data.examples import example_input
-    from pmpo.encoding import encode
+    from pmpo.text.encoding import encode
 
     answers = []
 
@@ -154,7 +154,7 @@ def test_in_process_answers_are_the_greedy_answers_on_the_scorers_token_ids(tiny
         answers.append(generation.greedy(lm, texts, max_new_tokens=max_new_tokens, **kw))
         return answers[-1]
 
-    monkeypatch.setattr("pmpo.decoding.greedy", recording_greedy)
+    monkeypatch.setattr("pmpo.models.decoding.greedy", recording_greedy)
     data = Dataset("r", (REVIEW, Supervised("Bad, broke in a day.", "negative"), Supervised("Fine.", "positive")))
     for prompt in ("Classify.", "Classify this review: {{input}}"):
         evaluate(tiny_lm, prompt, data, max_new_tokens=6)

@@ -7,7 +7,7 @@ import pytest
 from pipeline import PROMPT, forget_process_scores, tiny_config
 
 from pmpo.data import load_dataset, split_dataset
-from pmpo.optimizer import PMPO
+from pmpo.loop.optimizer import PMPO
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -124,8 +124,8 @@ def test_cache_keys_hold_content_not_objects_or_labels():
     from dataclasses import replace
 
     from pmpo.data import Dataset, Supervised
-    from pmpo.loss import ScorerSettings
-    from pmpo.models import ModelSettings
+    from pmpo.scoring.loss import ScorerSettings
+    from pmpo.models.loading import ModelSettings
     from tasks.caching import ContentInputs, content
     from tasks.models import ModelRef
 

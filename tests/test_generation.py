@@ -2,8 +2,8 @@
 
 import torch
 
-from pmpo.generation import greedy, sample, stop_token_ids
-from pmpo.prompting import chat_request
+from pmpo.models.generation import greedy, sample, stop_token_ids
+from pmpo.text.rendering import chat_request
 
 
 def _request(lm, message):

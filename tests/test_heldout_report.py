@@ -10,7 +10,7 @@ import pytest
 
 from flows.optimize import _heldout_summary
 from flows.record import heldout_metrics
-from pmpo.evaluate import Evaluation, compare
+from pmpo.evaluation.heldout import Evaluation, compare
 from pmpo_cli import display
 
 

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from pmpo import prefix_attention
-from pmpo.batching import batches as _batches
-from pmpo.batching import plan
+from pmpo.scoring import prefix_attention
+from pmpo.scoring.batching import batches as _batches
+from pmpo.scoring.batching import plan
 from pmpo.data.examples import MultipleChoice, Preference, Supervised
-from pmpo.loss import Scorer, ScorerSettings, preference_loss
-from pmpo.models import ModelSettings, load_model
-from pmpo.reference import naive_nll
+from pmpo.scoring.loss import Scorer, ScorerSettings, preference_loss
+from pmpo.models.loading import ModelSettings, load_model
+from pmpo.scoring.reference import naive_nll
 
 PROMPTS = ["Classify the sentiment as positive or negative.", "", "Line one.\nLine two is longer than line one."]
 EXAMPLES = [
@@ -209,7 +209,7 @@ def test_bf16_keeps_the_fp32_ranking_on_the_demo_task(real_lm):
 
 @pytest.mark.parametrize("fast", [True, False])
 def test_auto_dtype_follows_the_bf16_probe_on_cpu(monkeypatch, fast):
-    from pmpo import models
+    from pmpo.models import loading as models
 
     monkeypatch.setattr(models, "cpu_has_fast_bf16", lambda: fast)
     assert models.resolve_dtype("auto", torch.device("cpu")) == (torch.bfloat16 if fast else torch.float32)
@@ -219,7 +219,7 @@ def test_auto_dtype_follows_the_bf16_probe_on_cpu(monkeypatch, fast):
 def test_bf16_probe_agrees_with_a_longer_measurement():
     import time
 
-    from pmpo.models import cpu_has_fast_bf16
+    from pmpo.models.loading import cpu_has_fast_bf16
 
     def seconds(dtype):
         a = torch.randn(384, 384).to(dtype)

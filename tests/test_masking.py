@@ -4,11 +4,11 @@ masking switch (the paper's ablation) and the choice of units; on the tiny rando
 import pytest
 
 from pmpo.data.examples import Dataset, Supervised
-from pmpo.loss import Scorer
-from pmpo.optimizer import PMPO, OptimizerConfig, prompt_units, removal_prompts, segment_effects, unit_mode
-from pmpo.result import SegmentEffect
-from pmpo.rewrite import RewriteSettings
-from pmpo.segments import segment
+from pmpo.scoring.loss import Scorer
+from pmpo.loop.optimizer import PMPO, OptimizerConfig, prompt_units, removal_prompts, segment_effects, unit_mode
+from pmpo.loop.result import SegmentEffect
+from pmpo.rewriting.proposal import RewriteSettings
+from pmpo.masking.units import segment
 
 PROMPT = (
     "You label the sentiment of product reviews.\n"
@@ -73,7 +73,7 @@ def _run(tiny_lm, monkeypatch, masking):
         requests.append(text)
         return [f"Reply with one word, variant {len(requests)}.</prompt>"] * n
 
-    monkeypatch.setattr("pmpo.rewrite.sample", fake_sample)
+    monkeypatch.setattr("pmpo.rewriting.proposal.sample", fake_sample)
     scorer = RecordingScorer(tiny_lm)
     config = OptimizerConfig(iterations=1, masking=masking, rewrite=RewriteSettings(hard_k=2, n_variants=1))
     result = PMPO(tiny_lm, config, scorer).optimize(PROMPT, TRAIN)
@@ -115,7 +115,7 @@ def test_auto_units_ask_a_large_enough_model_to_mark_them_as_spans(tiny_lm, monk
         return ["<mask>You label the sentiment of product reviews. Read the review carefully.</mask> "
                 "<mask>Ignore the star rating. Answer with one word: positive or negative.</mask>"]  # fmt: skip
 
-    monkeypatch.setattr("pmpo.segments.sample", fake_sample)
+    monkeypatch.setattr("pmpo.masking.units.sample", fake_sample)
     small = OptimizerConfig()  # the tiny model is far below 1B parameters: the splitter
     assert prompt_units(tiny_lm, PROMPT, small, 1) == segment(PROMPT) and asked == []
     large = OptimizerConfig(rewrite=RewriteSettings(small_model_params=1))

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from pmpo.data import demo_task, split_dataset
-from pmpo.loss import Scorer
-from pmpo.optimizer import PMPO, OptimizerConfig
-from pmpo.reference import naive_nll
+from pmpo.scoring.loss import Scorer
+from pmpo.loop.optimizer import PMPO, OptimizerConfig
+from pmpo.scoring.reference import naive_nll
 
 pytestmark = pytest.mark.real_model
 

@@ -4,9 +4,9 @@ import pytest
 
 from pmpo.data.examples import Supervised
 from pmpo.errors import ContextLengthError, ModelNotAvailableError
-from pmpo.loss import Scorer
-from pmpo.models import ModelSettings, load_model, resolve_checkpoint
-from pmpo.prompting import render
+from pmpo.scoring.loss import Scorer
+from pmpo.models.loading import ModelSettings, load_model, resolve_checkpoint
+from pmpo.text.rendering import render
 
 
 def test_local_directory_identity_is_stable_and_content_based(tiny_model_dir, tmp_path):

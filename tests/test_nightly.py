@@ -57,7 +57,7 @@ def registry(pmpo_home):
 def heldout_losses(tiny_lm):
     """Each pool prompt's loss on the held-out examples the refresh judges on, measured without the refresh."""
     from pmpo.data import load_dataset, split_dataset
-    from pmpo.evaluate import evaluate
+    from pmpo.evaluation.heldout import evaluate
 
     test = split_dataset(load_dataset("builtin:sentiment", limit=LIMIT), seed=0).test
     heldout = test.subset(list(range(HELDOUT)))

@@ -5,10 +5,10 @@ import pytest
 
 from pmpo.data.examples import Dataset, Supervised
 from pmpo.errors import PmpoError
-from pmpo.loss import LossMatrix, Scorer
-from pmpo.optimizer import PMPO, OptimizerConfig, select
-from pmpo.result import Candidate
-from pmpo.racing import RacingSettings, race, race_losses, race_prompts, slice_order
+from pmpo.scoring.loss import LossMatrix, Scorer
+from pmpo.loop.optimizer import PMPO, OptimizerConfig, select
+from pmpo.loop.result import Candidate
+from pmpo.scoring.racing import RacingSettings, race, race_losses, race_prompts, slice_order
 
 ON = RacingSettings(enabled=True, first_slice=10, margin=3.0)
 

@@ -8,8 +8,8 @@ import pytest
 
 from pmpo.data.examples import MultipleChoice, Supervised
 from pmpo.errors import ContextLengthError
-from pmpo.loss import Scorer
-from pmpo.models import TextSide
+from pmpo.scoring.loss import Scorer
+from pmpo.models.loading import TextSide
 from pmpo.remote import Endpoint, RemoteError, RemoteScorer, RemoteSettings
 from pmpo.remote.check import SENTENCE, check_text, judge, verified
 from pmpo.remote.logprobs import LogprobsMissing, completion_nll, prompt_logprobs
@@ -202,8 +202,8 @@ def test_bad_remote_config_is_one_line_naming_the_field(model, why):
 
 
 def test_local_cache_keys_are_unchanged_and_remote_keys_hold_the_tokenizer():
-    from pmpo.loss import ScorerSettings
-    from pmpo.models import ModelSettings
+    from pmpo.scoring.loss import ScorerSettings
+    from pmpo.models.loading import ModelSettings
     from tasks.models import ModelRef
 
     local = ModelRef(ModelSettings(spec="/m"), ScorerSettings(), "tiny@sha256:1", "float32", "cpu").cache_key()

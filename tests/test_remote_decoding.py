@@ -7,11 +7,11 @@ import pytest
 from echo_server import echo_app, serving
 
 from pmpo.data.examples import Dataset, Supervised
-from pmpo.decoding import LocalDecoder
-from pmpo.diagnosis import preferred_answer
-from pmpo.evaluate import answer_budget, evaluate
-from pmpo.models import TextSide
-from pmpo.prompting import render
+from pmpo.models.decoding import LocalDecoder
+from pmpo.rewriting.diagnosis import preferred_answer
+from pmpo.evaluation.heldout import answer_budget, evaluate
+from pmpo.models.loading import TextSide
+from pmpo.text.rendering import render
 from pmpo.remote import Endpoint, RemoteScorer, RemoteSettings
 
 PROMPT = "Classify the sentiment of the review."

@@ -13,9 +13,9 @@ import pytest
 from llama_server import SKIP_REASON, available, llama_server
 
 from pmpo.data.examples import Supervised
-from pmpo.decoding import LocalDecoder
-from pmpo.loss import Scorer
-from pmpo.models import ModelSettings, TextSide, load_model
+from pmpo.models.decoding import LocalDecoder
+from pmpo.scoring.loss import Scorer
+from pmpo.models.loading import ModelSettings, TextSide, load_model
 from pmpo.remote import Endpoint, RemoteError, RemoteScorer, RemoteSettings
 
 pytestmark = [pytest.mark.server, pytest.mark.real_model, pytest.mark.skipif(not available(), reason=SKIP_REASON)]
@@ -46,7 +46,7 @@ def _scorer(url: str, placement: str, **settings) -> RemoteScorer:
 
 
 def load_model_text(placement: str) -> TextSide:
-    from pmpo.models import load_text_side
+    from pmpo.models.loading import load_text_side
 
     return load_text_side(ModelSettings(placement=placement))
 

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from pmpo.data.examples import Dataset, Supervised
-from pmpo.evaluate import Evaluation
-from pmpo.loss import LossMatrix
-from pmpo.result import Candidate, SegmentEffect
+from pmpo.evaluation.heldout import Evaluation
+from pmpo.scoring.loss import LossMatrix
+from pmpo.loop.result import Candidate, SegmentEffect
 from tasks import caching, serialization
 from tasks.serialization import PmpoJSONSerializer, UnsafeResult
 
@@ -135,8 +135,8 @@ def test_planted_pickle_under_the_rerun_key_is_not_executed(pmpo_home, tiny_mode
     from prefect import flow
 
     from flows.steps import PrefectSteps
-    from pmpo.models import ModelSettings
-    from pmpo.optimizer import OptimizerConfig
+    from pmpo.models.loading import ModelSettings
+    from pmpo.loop.optimizer import OptimizerConfig
     from tasks.environment import results_dir
     from tasks.models import model_ref
 

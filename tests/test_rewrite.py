@@ -6,11 +6,11 @@ import pytest
 
 from pmpo.data.examples import MultipleChoice, Preference, Supervised
 from pmpo.errors import ContextLengthError, RewriteParseError
-from pmpo.generation import greedy
-from pmpo.loss import Scorer
-from pmpo.prompting import render
-from pmpo.result import SegmentEffect
-from pmpo.rewrite import (
+from pmpo.models.generation import greedy
+from pmpo.scoring.loss import Scorer
+from pmpo.text.rendering import render
+from pmpo.loop.result import SegmentEffect
+from pmpo.rewriting.proposal import (
     REJECT_REASONS,
     Proposal,
     RewriteSettings,
@@ -200,7 +200,7 @@ def _capture_requests(monkeypatch):
         sent.append(text)
         return [" Answer with one word.</prompt>", "Answer with one word.", "Read the text. Be creative."][:n]
 
-    monkeypatch.setattr("pmpo.rewrite.sample", fake_sample)
+    monkeypatch.setattr("pmpo.rewriting.proposal.sample", fake_sample)
     return sent
 
 
@@ -240,7 +240,7 @@ def _capture_budget(monkeypatch, replies):
         calls.append(kwargs["max_new_tokens"])
         return replies[:n]
 
-    monkeypatch.setattr("pmpo.rewrite.sample", fake_sample)
+    monkeypatch.setattr("pmpo.rewriting.proposal.sample", fake_sample)
     return calls
 
 
@@ -316,7 +316,7 @@ def test_full_request_without_masking_effects_leaves_the_table_out(tiny_lm, monk
 
 def test_short_request_skips_the_models_preference(tiny_lm, monkeypatch):
     computed = []
-    monkeypatch.setattr("pmpo.rewrite.preferred_answer", lambda *a: computed.append(a))
+    monkeypatch.setattr("pmpo.rewriting.proposal.preferred_answer", lambda *a: computed.append(a))
     _capture_budget(monkeypatch, ["Answer with one word.</prompt>"])
     _propose_short(tiny_lm)
     assert computed == []  # a scoring pass or greedy decode only the FULL template uses
@@ -325,8 +325,8 @@ def test_short_request_skips_the_models_preference(tiny_lm, monkeypatch):
 def test_the_greedy_answer_comes_from_the_scorers_decoder_not_the_text_sides_type(tiny_lm):
     """A text side (no weights) renders; the scorer decodes. A scorer that cannot decode gives no greedy answer,
     and options still rank."""
-    from pmpo.diagnosis import preferred_answer
-    from pmpo.models import TextSide
+    from pmpo.rewriting.diagnosis import preferred_answer
+    from pmpo.models.loading import TextSide
 
     side = TextSide(tiny_lm.tokenizer, tiny_lm.placement, tiny_lm.context_length)
     scorer = Scorer(tiny_lm)

@@ -14,11 +14,11 @@ from pipeline import PROMPT, tiny_values
 
 from flows.config import ConfigError, OptimizeConfig, build
 from pmpo.data.examples import Supervised
-from pmpo.loss import Scorer
-from pmpo.optimizer import unit_mode
-from pmpo.rewrite import RewriteSettings, choose_template, propose
-from pmpo.rewriter import ChatRewriter, ChatSettings, RewriterError, _with_stop, as_rewriter
-from pmpo.segments import model_units
+from pmpo.scoring.loss import Scorer
+from pmpo.loop.optimizer import unit_mode
+from pmpo.rewriting.proposal import RewriteSettings, choose_template, propose
+from pmpo.rewriting.backends import ChatRewriter, ChatSettings, RewriterError, _with_stop, as_rewriter
+from pmpo.masking.units import model_units
 from pmpo_cli.main import build_parser, main
 from pmpo_cli.options import config_values
 
@@ -120,7 +120,7 @@ def test_a_server_that_decodes_greedily_whatever_the_temperature_is_named_once(t
     mixed = [("<prompt>Say yes</prompt>", "stop"), ("<prompt>Say no</prompt>", "stop"), ("<prompt>Say it</prompt>", "stop")]
     with serving(echo_app(tiny_lm, "greedy", chat_choices=same)) as greedy_url, serving(
         echo_app(tiny_lm, "sampling", chat_choices=mixed)
-    ) as sampling_url, caplog.at_level(logging.WARNING, logger="pmpo.rewriter"):
+    ) as sampling_url, caplog.at_level(logging.WARNING, logger="pmpo.rewriting.backends"):
         greedy = ChatRewriter.connect(ChatSettings(base_url=greedy_url, model="greedy"))
         sampling = ChatRewriter.connect(ChatSettings(base_url=sampling_url, model="sampling"))
         args = {"n": 3, "temperature": 0.8, "top_p": 0.95, "seed": 0, "max_tokens": 20}
@@ -143,7 +143,7 @@ def test_server_down_is_one_line_without_the_key(monkeypatch):
     url = _dead_url()
     with pytest.raises(RewriterError) as err:
         ChatRewriter.connect(ChatSettings(base_url=url, model="m", api_key_env=KEY_ENV, max_retries=0, timeout_s=5))
-    said = str(err.value)  # the wording the scorer's errors share (pmpo.endpoint)
+    said = str(err.value)  # the wording the scorer's errors share (pmpo.remote.connection)
     assert said.startswith(f"cannot reach the rewriter at {url} (") and FAKE_KEY not in said and "\n" not in said
     assert said.endswith("): is it running, and is rewriter.base_url right?")
     assert err.value.__cause__ is None and err.value.__suppress_context__  # no client traceback behind it

@@ -9,8 +9,8 @@ from flows.config import ConfigError, EvaluateConfig, OptimizeConfig, build
 from flows.heldout import setup_of
 from flows.record import flatten
 from pmpo.data.examples import MultipleChoice
-from pmpo.loss import ScorerSettings, example_rows
-from pmpo.models import ModelSettings
+from pmpo.scoring.loss import ScorerSettings, example_rows
+from pmpo.models.loading import ModelSettings
 from pmpo_cli.main import build_parser
 from pmpo_cli.options import config_values
 from tasks.models import ModelRef

@@ -2,8 +2,8 @@
 
 import pytest
 
-from pmpo.result import SegmentEffect
-from pmpo.segments import (
+from pmpo.loop.result import SegmentEffect
+from pmpo.masking.units import (
     locate,
     masking_analysis,
     masking_table,
@@ -219,7 +219,7 @@ def test_model_units_uses_the_models_marks_when_usable(tiny_lm, monkeypatch):
         requests.append(text)
         return ["<mask>Read the review.</mask> <mask>Answer with one word.</mask>"]
 
-    monkeypatch.setattr("pmpo.segments.sample", fake_sample)
+    monkeypatch.setattr("pmpo.masking.units.sample", fake_sample)
     units = model_units(tiny_lm, prompt, seed=0)
     assert units.texts == ("Read the review.", "Answer with one word.")
     assert units.without(0) == "Answer with one word."

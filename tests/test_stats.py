@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from pmpo.errors import PmpoError
-from pmpo.stats import Interval, paired_bootstrap
+from pmpo.evaluation.stats import Interval, paired_bootstrap
 
 
 def test_interval_covers_a_known_shift_and_excludes_zero():

@@ -12,15 +12,15 @@ import pytest
 
 from pmpo.data import load_dataset
 from pmpo.data.examples import Dataset, Supervised, example_input, example_key
-from pmpo.encoding import render_pairs
+from pmpo.text.encoding import render_pairs
 from pmpo.errors import DataError
-from pmpo.loss import Scorer, ScorerSettings
-from pmpo.optimizer import OptimizerConfig, prompt_units, removal_prompts, rewrite_prompts, segment_effects
-from pmpo.prompting import render
-from pmpo.replies import filter_variants
-from pmpo.result import SegmentEffect
-from pmpo.rewrite import RewriteSettings, build_request
-from pmpo.template import (
+from pmpo.scoring.loss import Scorer, ScorerSettings
+from pmpo.loop.optimizer import OptimizerConfig, prompt_units, removal_prompts, rewrite_prompts, segment_effects
+from pmpo.text.rendering import render
+from pmpo.rewriting.replies import filter_variants
+from pmpo.loop.result import SegmentEffect
+from pmpo.rewriting.proposal import RewriteSettings, build_request
+from pmpo.text.template import (
     Fields,
     TemplateError,
     chat_messages,
@@ -198,7 +198,7 @@ def test_the_rewrite_request_shows_the_variables_and_asks_to_keep_them():
 
 def test_rewrites_of_a_chat_prompt_go_back_into_its_messages(tiny_lm, monkeypatch):
     replies = ["Label the review in one word.</prompt>", "Label {{review}}.</prompt>"]
-    monkeypatch.setattr("pmpo.rewrite.sample", lambda *a, **k: list(replies))
+    monkeypatch.setattr("pmpo.rewriting.proposal.sample", lambda *a, **k: list(replies))
     config = OptimizerConfig(rewrite=RewriteSettings(hard_k=1, n_variants=2, template="short"))
     train = Dataset("t", _examples())
     variants, rejected = rewrite_prompts(tiny_lm, CHAT, train, [0], (), config, 1, frozenset({CHAT}))
@@ -268,8 +268,8 @@ def test_column_flags_and_config_map_template_variables():
 
 def test_the_full_request_diagnoses_the_whole_chat_prompt(tiny_lm, monkeypatch):
     scored = []
-    monkeypatch.setattr("pmpo.rewrite.preferred_answer", lambda lm, scorer, prompt, example: scored.append(prompt))
-    monkeypatch.setattr("pmpo.rewrite.sample", lambda *a, **k: ["<prompt>Label the review.</prompt>"])
+    monkeypatch.setattr("pmpo.rewriting.proposal.preferred_answer", lambda lm, scorer, prompt, example: scored.append(prompt))
+    monkeypatch.setattr("pmpo.rewriting.proposal.sample", lambda *a, **k: ["<prompt>Label the review.</prompt>"])
     config = OptimizerConfig(rewrite=RewriteSettings(hard_k=1, n_variants=1, template="full"))
     variants, _ = rewrite_prompts(tiny_lm, CHAT, Dataset("t", _examples()), [0], (), config, 1, frozenset({CHAT}))
     assert scored == [CHAT]  # what the model prefers is found under the whole prompt, not its system text alone
@@ -292,7 +292,7 @@ def test_the_config_can_name_another_chat_message_to_optimise(tiny_lm, monkeypat
     [removed] = removal_prompts(two, list(units.texts), [SegmentEffect(1, "Be brief.", -1.0)], 1)  # as if it hurt
     assert chat_messages(removed)[0] == chat_messages(two)[0]
     assert chat_messages(removed)[1].content == "Label the review as positive or negative.\n\nReview: {{review}}"
-    monkeypatch.setattr("pmpo.rewrite.sample", lambda *a, **k: ["Say positive or negative. Review: {{review}}</prompt>"])
+    monkeypatch.setattr("pmpo.rewriting.proposal.sample", lambda *a, **k: ["Say positive or negative. Review: {{review}}</prompt>"])
     rewrite = RewriteSettings(hard_k=1, n_variants=1, template="short")
     variants, _ = rewrite_prompts(tiny_lm, two, train, [0], (), replace(config, rewrite=rewrite), 1, frozenset({two}))
     assert [chat_messages(v)[1].content for v in variants] == ["Say positive or negative. Review: {{review}}"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from pmpo.template import variables
+from pmpo.text.template import variables
 
 pytestmark = pytest.mark.real_model
 

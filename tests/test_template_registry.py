@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from pmpo.template import chat_messages, chat_prompt, editable, prompt_variables, variables
+from pmpo.text.template import chat_messages, chat_prompt, editable, prompt_variables, variables
 
 CHAT = chat_prompt(
     [

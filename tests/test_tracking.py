@@ -8,7 +8,7 @@ import math
 import pytest
 
 from pmpo.errors import PmpoError
-from pmpo.result import Candidate, Iteration, SegmentEffect
+from pmpo.loop.result import Candidate, Iteration, SegmentEffect
 
 
 def _candidate(i: int, iteration: int = 0, parent: str | None = None) -> Candidate:

@@ -3,12 +3,12 @@
 import pytest
 
 from pmpo.data.examples import Dataset, Supervised
-from pmpo.generation import greedy, stop_token_ids
-from pmpo.loss import Scorer, ScorerSettings
-from pmpo.optimizer import PMPO, OptimizerConfig
-from pmpo.prompting import chat_request, render
-from pmpo.rewrite import RewriteSettings
-from pmpo.usage import STEPS, Cost, Meter, StepCost, Usage, UsageSnapshot, produced_tokens, total
+from pmpo.models.generation import greedy, stop_token_ids
+from pmpo.scoring.loss import Scorer, ScorerSettings
+from pmpo.loop.optimizer import PMPO, OptimizerConfig
+from pmpo.text.rendering import chat_request, render
+from pmpo.rewriting.proposal import RewriteSettings
+from pmpo.models.usage import STEPS, Cost, Meter, StepCost, Usage, UsageSnapshot, produced_tokens, total
 
 EXAMPLES = [
     Supervised("Review: great phone.", "positive"),

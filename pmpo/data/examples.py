@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal, Union
 
 from pmpo.errors import DataError
-from pmpo.template import ExampleInput, Fields
+from pmpo.text.template import ExampleInput, Fields
 
 Objective = Literal["ce", "preference"]
 

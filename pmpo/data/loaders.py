@@ -64,7 +64,7 @@ def load_dataset(
 ) -> Dataset:
     """Load examples from a file, a built-in task (`builtin:sentiment`) or a `datasets` hub name.
 
-    `variables`: the prompt's template variables (pmpo.template.prompt_variables); each example then carries
+    `variables`: the prompt's template variables (pmpo.text.template.prompt_variables); each example then carries
     the fields that fill them, read from the columns of the same names or those `columns` maps them to.
     """
     if limit is not None and limit < 1:

@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterable, Literal, Sequence
 
 from pmpo.data.examples import Example, MultipleChoice, Preference, Supervised
 from pmpo.errors import DataError
-from pmpo.template import INPUT, VARIABLE, Fields
+from pmpo.text.template import INPUT, VARIABLE, Fields
 
 log = logging.getLogger(__name__)
 

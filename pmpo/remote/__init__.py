@@ -1,6 +1,6 @@
 """Scoring through an OpenAI-compatible completions server: echo the whole text, read its prompt log-probabilities.
 
-`RemoteScorer` has the surface of `pmpo.loss.Scorer`; a self-check (`pmpo.remote.check`) refuses a server whose
+`RemoteScorer` has the surface of `pmpo.scoring.loss.Scorer`; a self-check (`pmpo.remote.check`) refuses a server whose
 prompt log-probabilities are missing or implausible before any loss is computed with them.
 """
 

@@ -1,6 +1,6 @@
 """One OpenAI-compatible server: its client, its served model's identity, echoed completions, clear errors.
 
-The API key, the client and the one-line errors come from `pmpo.endpoint`, shared with the chat rewriter: the key
+The API key, the client and the one-line errors come from `pmpo.remote.connection`, shared with the chat rewriter: the key
 is never stored on a setting or result and is cut out of every error message.
 """
 
@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
-from pmpo.endpoint import Connection, Speaker
+from pmpo.remote.connection import Connection, Speaker
 from pmpo.errors import PmpoError
 
 if TYPE_CHECKING:
-    from pmpo.models import ModelSettings
+    from pmpo.models.loading import ModelSettings
 
 
 class RemoteError(PmpoError):

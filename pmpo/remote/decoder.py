@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import TYPE_CHECKING, Sequence
 
-from pmpo.generation import stop_texts
+from pmpo.models.generation import stop_texts
 from pmpo.remote.client import Generated, RemoteError
 from pmpo.remote.logprobs import LogprobsMissing
 

@@ -1,7 +1,7 @@
 """The completion's log-probabilities in an echoed `/v1/completions` choice, found by character offsets.
 
 Pure functions on the response's `logprobs` mapping (`tokens`, `token_logprobs`, `text_offset`), so they can
-be checked on recorded responses. Boundary rule as in pmpo.encoding: a token that holds any character of the
+be checked on recorded responses. Boundary rule as in pmpo.text.encoding: a token that holds any character of the
 completion is a target token, even if it also holds the end of the context.
 """
 

@@ -1,7 +1,7 @@
-"""`RemoteScorer`: pmpo.loss.Scorer's surface, with each (prompt, input, completion) scored by a server.
+"""`RemoteScorer`: pmpo.scoring.loss.Scorer's surface, with each (prompt, input, completion) scored by a server.
 
 The loss matrix, the preference loss and the memo are Scorer's own (inherited); only how new pairs are scored
-differs. Texts are rendered by pmpo.encoding.render_pairs, exactly as the in-process path renders them, and
+differs. Texts are rendered by pmpo.text.encoding.render_pairs, exactly as the in-process path renders them, and
 the completion's tokens are found in the echoed reply by character offsets (pmpo.remote.logprobs).
 """
 
@@ -10,15 +10,15 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
-from pmpo.encoding import encode_texts, render_pairs
+from pmpo.text.encoding import encode_texts, render_pairs
 from pmpo.errors import ContextLengthError
-from pmpo.loss import Scorer, ScorerSettings
-from pmpo.models import TextSide
+from pmpo.scoring.loss import Scorer, ScorerSettings
+from pmpo.models.loading import TextSide
 from pmpo.remote.check import ServerFacts, verified
 from pmpo.remote.client import Endpoint, RemoteError
 from pmpo.remote.decoder import RemoteDecoder
 from pmpo.remote.logprobs import LogprobsMissing, completion_nll
-from pmpo.usage import Usage
+from pmpo.models.usage import Usage
 
 
 class RemoteScorer(Scorer):

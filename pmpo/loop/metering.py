@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pmpo.usage import Meter, UsageSnapshot
+from pmpo.models.usage import Meter, UsageSnapshot
 
 if TYPE_CHECKING:  # the optimizer imports this module: names for annotations only
-    from pmpo.loss import LossMatrix
-    from pmpo.optimizer import Rewrites, Steps
-    from pmpo.result import Candidate, SegmentEffect
+    from pmpo.scoring.loss import LossMatrix
+    from pmpo.loop.optimizer import Rewrites, Steps
+    from pmpo.loop.result import Candidate, SegmentEffect
 
 
 class MeteredSteps:

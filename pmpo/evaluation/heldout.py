@@ -15,10 +15,10 @@ import numpy as np
 
 from pmpo.data.examples import Dataset, Example, MultipleChoice, Preference, example_input
 from pmpo.errors import PmpoError
-from pmpo.loss import Scorer
-from pmpo.models import LoadedModel, TextSide
-from pmpo.prompting import render_many
-from pmpo.stats import Interval, paired_bootstrap
+from pmpo.scoring.loss import Scorer
+from pmpo.models.loading import LoadedModel, TextSide
+from pmpo.text.rendering import render_many
+from pmpo.evaluation.stats import Interval, paired_bootstrap
 
 
 @dataclass(frozen=True)

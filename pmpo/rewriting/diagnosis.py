@@ -14,9 +14,9 @@ from typing import Literal
 import numpy as np
 
 from pmpo.data.examples import Example, MultipleChoice, Preference, Supervised, example_input
-from pmpo.loss import Scorer
-from pmpo.models import LoadedModel, TextSide
-from pmpo.prompting import render
+from pmpo.scoring.loss import Scorer
+from pmpo.models.loading import LoadedModel, TextSide
+from pmpo.text.rendering import render
 
 # A greedy answer needs room for the reference's length and some slack; beyond 256 tokens it is a long
 # rationale whose start already shows where the model goes wrong, and decoding it costs CPU time.

@@ -2,7 +2,7 @@
 request is cut to fit the context with room for the reply.
 
 The checks take anything with `tokenizer`, `placement` and `context_length` (a `LoadedModel`, or the weightless
-`pmpo.models.TextSide`), so a flow can run them before it creates a record or loads the weights.
+`pmpo.models.loading.TextSide`), so a flow can run them before it creates a record or loads the weights.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from pmpo.data.examples import Dataset
-from pmpo.encoding import encode, encode_many
+from pmpo.text.encoding import encode, encode_many
 from pmpo.errors import ContextLengthError
-from pmpo.loss import Objective, example_rows
+from pmpo.scoring.loss import Objective, example_rows
 
 
 def check_fits(text_side: Any, prompt: str, dataset: Dataset, mc_objective: Objective = "preference") -> None:

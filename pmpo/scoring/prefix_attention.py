@@ -7,7 +7,7 @@ few-shot prompt on 2 CPU cores that copy, and the mask built for it, took 15-20%
 of its activation memory. Here the prefix part of the attention is one matrix product against the single
 shared copy, and the suffix part a small masked product; the two are joined in one exact softmax (on CPU with
 PyTorch's fused attention kernel for each part, joined by their log-sum-exps). Its mask
-also lets short sequences share a row (pmpo.batching). On CUDA, SDPA's fused kernels on the copied cache
+also lets short sequences share a row (pmpo.scoring.batching). On CUDA, SDPA's fused kernels on the copied cache
 were faster for SmolLM2 (fewer launches), so the scorer uses this path on CPU only by default.
 
 transformers has no attention function for this, so it is hand-written and plugged in through its public

@@ -2,12 +2,12 @@
 examples under the current prompt), and for each one ask the rewriter model for n = 4 sampled variants.
 
 The request shows the task description, the hard example with its expected answer, the masking table
-(see `pmpo.segments`; left out when masking is off), the current prompt and edit strategies; each variant
+(see `pmpo.masking.units`; left out when masking is off), the current prompt and edit strategies; each variant
 comes back inside `<prompt>...</prompt>`. Two templates: FULL, close to the paper's, for capable models:
-it also shows what the model now prefers on the example (`pmpo.diagnosis`) and asks first for a short
+it also shows what the model now prefers on the example (`pmpo.rewriting.diagnosis`) and asks first for a short
 diagnosis of why the instruction fails; and SHORT, a fill-in form for small models that cannot follow a
 long request: it ends inside an opened `<prompt>` tag so the model only has to write the new
-instruction. Replies are parsed defensively (`pmpo.replies`) and the unusable ones are counted by reason;
+instruction. Replies are parsed defensively (`pmpo.rewriting.replies`) and the unusable ones are counted by reason;
 a reply cut off before its instruction ended ("unclosed") is one of them, so the token budget grows with
 the prompt.
 """
@@ -18,19 +18,19 @@ from dataclasses import dataclass
 from typing import Collection, Literal, Sequence
 
 from pmpo.data.examples import Example, MultipleChoice, Preference, Supervised
-from pmpo.diagnosis import Preferred, preferred_answer
+from pmpo.rewriting.diagnosis import Preferred, preferred_answer
 from pmpo.errors import ContextLengthError
-from pmpo.generation import sample
-from pmpo.loss import Scorer
-from pmpo.models import LoadedModel
-from pmpo.prompting import chat_request
-from pmpo.rewriter import Rewriter, as_rewriter, local_model
-# Reply parsing lives in pmpo.replies; its public names are re-exported here, where callers look for them.
-from pmpo.replies import REJECT_REASONS, UnclosedPromptError, filter_variants, parse_prompt, short_reply_cut_off  # noqa: F401
-from pmpo.replies import short_reply_unended
-from pmpo.result import SegmentEffect
-from pmpo.segments import masking_table, verdict
-from pmpo.template import variables
+from pmpo.models.generation import sample
+from pmpo.scoring.loss import Scorer
+from pmpo.models.loading import LoadedModel
+from pmpo.text.rendering import chat_request
+from pmpo.rewriting.backends import Rewriter, as_rewriter, local_model
+# Reply parsing lives in pmpo.rewriting.replies; its public names are re-exported here, where callers look for them.
+from pmpo.rewriting.replies import REJECT_REASONS, UnclosedPromptError, filter_variants, parse_prompt, short_reply_cut_off  # noqa: F401
+from pmpo.rewriting.replies import short_reply_unended
+from pmpo.loop.result import SegmentEffect
+from pmpo.masking.units import masking_table, verdict
+from pmpo.text.template import variables
 
 Template = Literal["auto", "full", "short"]
 

@@ -12,9 +12,9 @@ from typing import Any, Literal
 
 import torch
 
-from pmpo.bundled import BUNDLED_NAME, bundled_checkpoint
+from pmpo.models.bundled import BUNDLED_NAME, bundled_checkpoint
 from pmpo.errors import ModelNotAvailableError
-from pmpo.usage import Usage
+from pmpo.models.usage import Usage
 
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 Device = Literal["auto", "cpu", "cuda"]

@@ -14,16 +14,16 @@ from typing import Callable, Literal, Protocol, Sequence
 import numpy as np
 
 from pmpo.data.examples import Dataset
-from pmpo.loss import LossMatrix, Scorer
-from pmpo.models import LoadedModel
-from pmpo.racing import RacingSettings, race_prompts, slice_order
-from pmpo.result import Candidate, Iteration, OptimizeResult, Origin, SegmentEffect
-from pmpo.rewrite import RewriteSettings, by_size, hard_examples, propose
-from pmpo.rewriter import Rewriter, as_rewriter
-from pmpo.metered import MeteredSteps
-from pmpo.segments import Units, locate, masking_analysis, model_units, segment
-from pmpo.template import editable, with_editable
-from pmpo.usage import UsageSnapshot
+from pmpo.scoring.loss import LossMatrix, Scorer
+from pmpo.models.loading import LoadedModel
+from pmpo.scoring.racing import RacingSettings, race_prompts, slice_order
+from pmpo.loop.result import Candidate, Iteration, OptimizeResult, Origin, SegmentEffect
+from pmpo.rewriting.proposal import RewriteSettings, by_size, hard_examples, propose
+from pmpo.rewriting.backends import Rewriter, as_rewriter
+from pmpo.loop.metering import MeteredSteps
+from pmpo.masking.units import Units, locate, masking_analysis, model_units, segment
+from pmpo.text.template import editable, with_editable
+from pmpo.models.usage import UsageSnapshot
 
 OnCandidate = Callable[[Candidate], None]
 OnIteration = Callable[[Iteration], None]

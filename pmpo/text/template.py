@@ -1,7 +1,7 @@
 """Prompts as teams store them: text templates with `{{variables}}` and chat prompts (lists of messages).
 
 A prompt stays one `str` everywhere in the loop. Three forms:
-- an instruction without variables: placed as today (pmpo.prompting), the example's input after it;
+- an instruction without variables: placed as today (pmpo.text.rendering), the example's input after it;
 - a text template (`Review: {{review}}`): MLflow's double-brace syntax, filled from the example's fields;
 - a chat prompt: the JSON list of `{"role", "content"}` messages (MLflow's chat format), variables in any of
   them. Only one message's text is optimised (the system message); `editable` / `with_editable` take it out

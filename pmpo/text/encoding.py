@@ -7,7 +7,7 @@ of the completion is a completion (target) token, even if it also holds the end 
 
 Every sequence starts with exactly one BOS where the tokenizer adds one on its own: a chat template that
 already writes BOS into the text keeps its own, and none is added in front of it.
-Scoring (pmpo.loss), the naive reference aside, and generation (pmpo.generation) use these ids.
+Scoring (pmpo.scoring.loss), the naive reference aside, and generation (pmpo.models.generation) use these ids.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from pmpo.prompting import render_many
-from pmpo.template import ExampleInput
+from pmpo.text.rendering import render_many
+from pmpo.text.template import ExampleInput
 
 _BOS: "weakref.WeakKeyDictionary[Any, tuple[int, ...]]" = weakref.WeakKeyDictionary()
 
@@ -51,7 +51,7 @@ def render_pairs(
     """(whole text, index of the completion's first character) of each (input, completion) under `prompt`.
 
     The one way every backend (in-process or remote) turns a prompt and an example into text. `prompt` may be
-    an instruction, a `{{variable}}` template or a chat prompt (pmpo.template); an input is one text, or the
+    an instruction, a `{{variable}}` template or a chat prompt (pmpo.text.template); an input is one text, or the
     example's `Fields` that fill the variables (`pmpo.data.examples.example_input` gives the right one).
     """
     contexts = render_many(tokenizer, placement, prompt, [inp for inp, _ in pairs])

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from pmpo.models import LoadedModel
-from pmpo.prompting import render
+from pmpo.models.loading import LoadedModel
+from pmpo.text.rendering import render
 
 
 @torch.inference_mode()

@@ -19,12 +19,12 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Collection, Sequence
 
-from pmpo.generation import sample
-from pmpo.models import LoadedModel
-from pmpo.prompting import chat_request
-from pmpo.result import SegmentEffect
-from pmpo.rewriter import Rewriter, as_rewriter, local_model
-from pmpo.template import has_variable, with_editable
+from pmpo.models.generation import sample
+from pmpo.models.loading import LoadedModel
+from pmpo.text.rendering import chat_request
+from pmpo.loop.result import SegmentEffect
+from pmpo.rewriting.backends import Rewriter, as_rewriter, local_model
+from pmpo.text.template import has_variable, with_editable
 
 MAX_UNITS = 5  # the paper splits prompts into at most 5 units
 
@@ -51,7 +51,7 @@ class Units:
 
     prompt: str
     spans: tuple[Span, ...]
-    # The chat prompt whose optimised message `prompt` is (pmpo.template.editable); "" when `prompt` is the
+    # The chat prompt whose optimised message `prompt` is (pmpo.text.template.editable); "" when `prompt` is the
     # whole prompt. Scoring an ablation needs the whole prompt back.
     frame: str = ""
     message: int | None = None  # which message of `frame` `prompt` is (None: its system message)

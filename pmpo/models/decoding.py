@@ -1,7 +1,7 @@
 """Greedy decoding behind one small contract, so evaluation and diagnosis never ask where the model runs.
 
-A `Decoder` continues already-rendered texts (pmpo.prompting.render, pmpo.encoding.render_pairs) greedily.
-`LocalDecoder` runs the in-process model (pmpo.generation.greedy); `pmpo.remote.decoder.RemoteDecoder` asks the
+A `Decoder` continues already-rendered texts (pmpo.text.rendering.render, pmpo.text.encoding.render_pairs) greedily.
+`LocalDecoder` runs the in-process model (pmpo.models.generation.greedy); `pmpo.remote.decoder.RemoteDecoder` asks the
 scoring server. A scorer hands out the decoder of its own model (`Scorer.decoder()`).
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
-from pmpo.generation import greedy
-from pmpo.models import LoadedModel
+from pmpo.models.generation import greedy
+from pmpo.models.loading import LoadedModel
 
 
 class Decoder(Protocol):
@@ -24,7 +24,7 @@ class Decoder(Protocol):
 
 @dataclass(frozen=True)
 class LocalDecoder:
-    """The in-process model: batched greedy decoding with left padding (pmpo.generation.greedy)."""
+    """The in-process model: batched greedy decoding with left padding (pmpo.models.generation.greedy)."""
 
     lm: LoadedModel
 

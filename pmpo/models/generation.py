@@ -2,8 +2,8 @@
 
 PMPO never samples to *select* prompts (selection is by loss); generation is only used to propose rewrites
 (sampling) and to mark prompt units or produce answers for evaluation (greedy). Inputs are already-rendered
-texts (e.g. from `pmpo.prompting.chat_request`) or token ids (`pmpo.encoding.encode(...).ids`, the ids the scorer
-uses); texts are tokenised by `pmpo.encoding.encode_text`, with the same one-BOS rule as scoring.
+texts (e.g. from `pmpo.text.rendering.chat_request`) or token ids (`pmpo.text.encoding.encode(...).ids`, the ids the scorer
+uses); texts are tokenised by `pmpo.text.encoding.encode_text`, with the same one-BOS rule as scoring.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Any, Sequence
 import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
-from pmpo.encoding import encode_text
-from pmpo.models import LoadedModel
-from pmpo.usage import produced_tokens
+from pmpo.text.encoding import encode_text
+from pmpo.models.loading import LoadedModel
+from pmpo.models.usage import produced_tokens
 
 # End-of-turn markers of common chat templates; generation stops at whichever the tokenizer knows,
 # because some models' generation config names only the end-of-document token as eos.

@@ -1,7 +1,7 @@
 """How the scorer lays sequences out in forward passes: rows within a token budget, short sequences packed.
 
 Every sequence is an example's input followed by its reference output, all under one prompt. A row holds
-one sequence, or, when the scorer attends to a shared prefix (`pmpo.prefix_attention`), several short ones
+one sequence, or, when the scorer attends to a shared prefix (`pmpo.scoring.prefix_attention`), several short ones
 packed end to end; a mask then keeps each sequence to its own tokens. Sorting alone leaves 10-45% padding on
 the BIG-bench samples (their lengths vary 3x within a task); packing leaves almost none.
 """

@@ -5,7 +5,7 @@ default the scored model itself, as the paper does); `ChatRewriter` is any OpenA
 `/v1/chat/completions` endpoint (a bigger local server, a hosted API). Selection never depends on the
 rewriter: it only proposes, and the scorer's loss decides.
 
-A chat endpoint is reached through `pmpo.endpoint` (shared with the remote scorer): its API key is read from the
+A chat endpoint is reached through `pmpo.remote.connection` (shared with the remote scorer): its API key is read from the
 environment variable the settings name, once, when the client is built; it is kept only inside the HTTP client and
 never in settings, identities, results or messages.
 """
@@ -16,12 +16,12 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, Sequence
 
-from pmpo.endpoint import Connection, Speaker, pick_model
+from pmpo.remote.connection import Connection, Speaker, pick_model
 from pmpo.errors import PmpoError
-from pmpo.generation import sample
-from pmpo.models import LoadedModel
-from pmpo.prompting import chat_request
-from pmpo.usage import Usage
+from pmpo.models.generation import sample
+from pmpo.models.loading import LoadedModel
+from pmpo.text.rendering import chat_request
+from pmpo.models.usage import Usage
 
 Backend = Literal["same", "local", "openai"]
 log = logging.getLogger(__name__)

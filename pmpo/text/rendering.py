@@ -2,7 +2,7 @@
 
 A prompt is rendered once into a *shell*: the whole text with a slot where each example's text goes. An
 instruction without variables is placed as `placement` says (system message, user message or plain text) and
-its one slot takes the example's input. A text template (`{{variables}}`, pmpo.template) is the user message
+its one slot takes the example's input. A text template (`{{variables}}`, pmpo.text.template) is the user message
 and each variable is a slot; a chat prompt is rendered with the model's chat template, the reply after it.
 
 A context is split into a *prefix* (everything before the first slot; shared by every example of one
@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from pmpo.template import VARIABLE, ExampleInput, chat_messages, input_text, value_of
+from pmpo.text.template import VARIABLE, ExampleInput, chat_messages, input_text, value_of
 
 _SLOT = "\x00PMPO_SLOT:{}\x00"
 _SLOTS = re.compile("\x00PMPO_SLOT:([^\x00]*)\x00")

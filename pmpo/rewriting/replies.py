@@ -12,7 +12,7 @@ import re
 from typing import Collection, Sequence
 
 from pmpo.errors import RewriteParseError
-from pmpo.template import same_variables
+from pmpo.text.template import same_variables
 
 # "variables": the reply dropped, renamed or added a template {{variable}}; the application could not fill it.
 REJECT_REASONS = ("no_tags", "unclosed", "empty", "unchanged", "duplicate", "too_long", "variables")

@@ -2,7 +2,7 @@
 
 L_CE(P, x, y) = sum_i -log p(y_i | y_<i, x, P): a sum over target tokens only, no length normalisation
 (the paper's score). Preference examples use -log sigmoid(beta * (s+ - s-)), s = summed log-prob.
-The token ids are those of the whole rendered text (pmpo.encoding), so they are what the model really sees.
+The token ids are those of the whole rendered text (pmpo.text.encoding), so they are what the model really sees.
 """
 
 from __future__ import annotations
@@ -16,15 +16,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pmpo import prefix_attention
-from pmpo.batching import Batch, plan
+from pmpo.scoring import prefix_attention
+from pmpo.scoring.batching import Batch, plan
 from pmpo.data.examples import Example, MultipleChoice, Preference, Supervised, example_input
-from pmpo.decoding import Decoder, LocalDecoder
-from pmpo.encoding import Encoded, common_length, encode_many, encode_text
+from pmpo.models.decoding import Decoder, LocalDecoder
+from pmpo.text.encoding import Encoded, common_length, encode_many, encode_text
 from pmpo.errors import ContextLengthError
-from pmpo.models import LoadedModel
-from pmpo.prompting import render
-from pmpo.template import ExampleInput
+from pmpo.models.loading import LoadedModel
+from pmpo.text.rendering import render
+from pmpo.text.template import ExampleInput
 
 Objective = Literal["ce", "preference"]
 
@@ -39,7 +39,7 @@ class ScorerSettings:
     token_budget: int | None = None
     # Every example of one candidate shares the prompt: compute its KV cache once and reuse it.
     reuse_prefix: bool = True
-    # How examples attend to the reused prefix. shared: to its one copy (pmpo.prefix_attention; no per-batch
+    # How examples attend to the reused prefix. shared: to its one copy (pmpo.scoring.prefix_attention; no per-batch
     # copy, short examples packed into rows); expand: transformers' own cache with the prefix copied into
     # every row (SDPA kernels). auto: shared on CPU, where it ran 10-25% faster and packing removes 10-45%
     # padding; expand on CUDA, where SDPA's fused kernels beat the hand-written attention's extra launches.

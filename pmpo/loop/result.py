@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from pmpo.usage import Cost, total
+from pmpo.models.usage import Cost, total
 
 Origin = Literal["initial", "rewrite", "segment_removal"]
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from pmpo.data.examples import Example
 from pmpo.errors import PmpoError
-from pmpo.loss import LossMatrix, Scorer
+from pmpo.scoring.loss import LossMatrix, Scorer
 
 # losses(candidates, n) -> [len(candidates), n]: per-example losses of those candidates on the first n examples
 SliceLosses = Callable[[Sequence[int], int], np.ndarray]

@@ -1,6 +1,6 @@
 """One OpenAI-compatible server as pmpo talks to it: its API key, its client, the models it serves, one-line errors.
 
-The scorer's completions server (`pmpo.remote`) and the chat rewriter (`pmpo.rewriter`) both reach servers this
+The scorer's completions server (`pmpo.remote`) and the chat rewriter (`pmpo.rewriting.backends`) both reach servers this
 way; what differs between them (who speaks in a message, the config block that names the fields to fix, what a
 missing endpoint means) is a `Speaker`. The API key is read from the environment variable the settings name,
 once, when the client is built; it stays inside the client and is cut out of every message made here.

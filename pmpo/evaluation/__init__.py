@@ -1,0 +1,1 @@
+"""Evaluation: the held-out judge (loss, option accuracy, generation accuracy) and its intervals."""

@@ -1,0 +1,1 @@
+"""The PMPO loop: settings, the steps it delegates, selection, metering and the result."""

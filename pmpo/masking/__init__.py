@@ -1,0 +1,1 @@
+"""Segment masking: the prompt's removable units and the loss change when each is masked out."""

@@ -1,0 +1,1 @@
+"""Rewriting: hard examples, rewrite requests, the rewriter backends, and parsing their replies."""

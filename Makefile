@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test clean
+.PHONY: setup demo check test clean
 setup: $(STAMP)
 
 # torch==2.13.0 first: it is the CPU build (a looser pin may pull a multi-GB CUDA build).
@@ -20,6 +20,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/pmpo optimize
 
+# The fast tier while you work (under 3 minutes on 2 cores): no real model, no server, no whole flow.
+check: $(STAMP)
+	$(BIN)/pytest -q -m "not slow"
+
+# The full suite: what the README names and CI runs.
 test: $(STAMP)
 	$(BIN)/pytest -q
 

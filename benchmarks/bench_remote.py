@@ -30,10 +30,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
 
 import workload as wl  # noqa: E402
-from llama_server import llama_process  # noqa: E402  (tests/: the one launcher of the server)
+from testkit.llama_server import llama_process  # noqa: E402  (tests/: the one launcher of the server)
 from measure import Timer  # noqa: E402
 from pmpo.text.encoding import render_pairs  # noqa: E402
 from pmpo.scoring.loss import Scorer, example_rows  # noqa: E402

@@ -26,10 +26,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from chat_server import transformers_serve  # noqa: E402  (tests/: the one launcher of each server)
-from llama_server import llama_server  # noqa: E402
+from testkit.chat_server import transformers_serve  # noqa: E402  (tests/: the one launcher of each server)
+from testkit.llama_server import llama_server  # noqa: E402
 
 # Three sentences, so masking has units to drop (the demo's one-line prompt has none) and the run exercises
 # every step: masking analysis, rewrites, candidate losses, held-out loss and accuracy.

@@ -32,9 +32,8 @@ from typing import Any, Iterator
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the throwaway PostgreSQL and the tiny model of the tests
 
-from pgserver import free_port, running_postgres  # noqa: E402
+from testkit.pgserver import free_port, running_postgres  # noqa: E402
 
 ERROR_LINE = re.compile(r"\bERROR\b|Traceback|database is locked|OperationalError|deadlock", re.IGNORECASE)
 
@@ -223,7 +222,7 @@ def main() -> None:
     parser.add_argument("--json", metavar="FILE", help="also write the figures here")
     args = parser.parse_args()
     os.environ.update(base_env(Path(tempfile.mkdtemp(prefix="pmpo-scale-"))))
-    from conftest import build_tiny_model
+    from testkit.tiny import build_tiny_model
 
     work = Path(tempfile.mkdtemp(prefix="pmpo-scale-"))
     model_dir = build_tiny_model(work / "tiny-model")

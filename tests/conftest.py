@@ -8,39 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from testkit.tiny import build_tiny_model
+
 os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Keep the datasets library's Arrow cache of test fixtures out of the user's cache.
 os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="pmpo-test-datasets-"))
-
-
-def build_tiny_model(directory: Path) -> Path:
-    """Save a randomly initialised 2-layer Llama with SmolLM2's tokenizer and chat template."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from pmpo.models.bundled import bundled_checkpoint
-
-    source, _ = bundled_checkpoint()
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
 
 
 @pytest.fixture(scope="session")
@@ -81,3 +56,15 @@ def pmpo_home(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("PMPO_HOME", str(home))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return home
+
+
+SYSTEM = Path(__file__).parent / "system"
+
+
+def pytest_collection_modifyitems(items):
+    """Tiers by place and marker: everything under tests/system, and every real-model or server test, is slow."""
+    for item in items:
+        if SYSTEM in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.system)
+        if item.get_closest_marker("system") or item.get_closest_marker("real_model") or item.get_closest_marker("server"):
+            item.add_marker(pytest.mark.slow)

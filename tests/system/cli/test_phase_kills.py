@@ -14,10 +14,11 @@ import time
 from pathlib import Path
 
 import pytest
+import support
 import yaml
-from pipeline import tiny_values
+from support.pipeline import tiny_values
 
-DRIVER = Path(__file__).with_name("phase_driver.py")
+DRIVER = Path(support.__file__).with_name("phase_driver.py")
 ITERATIONS = 2
 # Each phase is entered when the driver prints its line; the kill lands a random moment later, within the
 # phase's window (seconds). `register` is what follows the last held-out evaluation (final metrics, the plot, the

@@ -80,7 +80,7 @@ def test_a_missing_key_variable_is_named_and_nothing_is_sent(monkeypatch):
 
 
 def test_a_server_that_is_down_gets_a_clear_error():
-    from echo_server import free_port
+    from testkit.echo_server import free_port
 
     endpoint = Endpoint(RemoteSettings(base_url=f"http://127.0.0.1:{free_port()}/v1", max_retries=0, timeout_s=5))
     with pytest.raises(RemoteError, match="cannot reach the scoring server .* is it running"):
@@ -97,7 +97,7 @@ def text_side(real_lm):
 
 @pytest.fixture(scope="module")
 def echo_url(real_lm):
-    from echo_server import echo_app, serving
+    from testkit.echo_server import echo_app, serving
 
     with serving(echo_app(real_lm, "smol")) as url:
         yield url
@@ -126,7 +126,7 @@ def test_remote_losses_match_the_in_process_scorer(real_lm, text_side, echo_url)
 
 @pytest.mark.real_model
 def test_a_misaligned_server_is_refused_before_any_loss(real_lm, text_side):
-    from echo_server import echo_app, serving
+    from testkit.echo_server import echo_app, serving
 
     with serving(echo_app(real_lm, "smol", shift=1)) as url:
         remote = RemoteScorer(text_side, Endpoint(RemoteSettings(base_url=url, model="smol")))
@@ -142,7 +142,7 @@ def test_wrong_model_name_lists_what_the_server_serves(echo_url):
 
 @pytest.mark.real_model
 def test_a_chat_only_endpoint_is_refused_naming_completions(real_lm):
-    from echo_server import echo_app, serving
+    from testkit.echo_server import echo_app, serving
 
     with serving(echo_app(real_lm, "smol", completions=False)) as url:
         with pytest.raises(RemoteError, match="no /completions endpoint .* chat-only endpoint cannot return them"):
@@ -151,7 +151,7 @@ def test_a_chat_only_endpoint_is_refused_naming_completions(real_lm):
 
 @pytest.mark.real_model
 def test_a_refused_key_is_reported_without_the_key(real_lm, monkeypatch):
-    from echo_server import echo_app, serving
+    from testkit.echo_server import echo_app, serving
 
     monkeypatch.setenv("PMPO_TEST_KEY", "sk-WRONG-7f3a9c")
     with serving(echo_app(real_lm, "smol", key="sk-right")) as url:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from pgserver import binaries, running_postgres
-from pipeline import tiny_values
+from testkit.pgserver import binaries, running_postgres
+from support.pipeline import tiny_values
 from test_deployments import PREFECT_YAML, ROOT, _env, _free_port, _get_json, _post_json, _prefect, _running, _wait_until
 
 pytestmark = pytest.mark.server

@@ -135,7 +135,7 @@ def test_the_served_model_check():
 
 
 def test_the_served_model_is_asked_of_a_real_server_with_the_key(tiny_lm, monkeypatch):
-    from echo_server import echo_app, serving
+    from testkit.echo_server import echo_app, serving
 
     monkeypatch.setenv(KEY_ENV, FAKE_KEY)
     with serving(echo_app(tiny_lm, "tiny", key=FAKE_KEY)) as url:

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from pipeline import PROMPT, tiny_values
+from support.pipeline import PROMPT, tiny_values
 
 from pmpo_cli.main import main
 

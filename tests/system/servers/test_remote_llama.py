@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from llama_server import SKIP_REASON, available, llama_server
+from testkit.llama_server import SKIP_REASON, available, llama_server
 
 from pmpo.data.examples import Supervised
 from pmpo.models.decoding import LocalDecoder

@@ -4,7 +4,7 @@ and the FULL diagnosis's greedy answer of a served scored model."""
 from __future__ import annotations
 
 import pytest
-from echo_server import echo_app, serving
+from testkit.echo_server import echo_app, serving
 
 from pmpo.data.examples import Dataset, Supervised
 from pmpo.models.decoding import LocalDecoder

@@ -8,9 +8,9 @@ import logging
 from pathlib import Path
 
 import pytest
-from chat_server import transformers_serve
-from echo_server import free_port
-from pipeline import PROMPT, tiny_values
+from testkit.chat_server import transformers_serve
+from testkit.echo_server import free_port
+from support.pipeline import PROMPT, tiny_values
 
 from flows.config import ConfigError, OptimizeConfig, build
 from pmpo.data.examples import Supervised
@@ -94,7 +94,7 @@ def test_a_reply_that_stopped_at_a_stop_string_ends_with_it():
 
 
 def test_a_chat_reply_cut_off_by_the_token_limit_is_counted_unclosed(tiny_lm):
-    from echo_server import echo_app, serving
+    from testkit.echo_server import echo_app, serving
 
     choices = [
         ("Answer in one word.", "stop"),  # ended its turn: complete (the API strips the "</prompt>" it stopped at)
@@ -114,7 +114,7 @@ def test_a_chat_reply_cut_off_by_the_token_limit_is_counted_unclosed(tiny_lm):
 
 
 def test_a_server_that_decodes_greedily_whatever_the_temperature_is_named_once(tiny_lm, caplog):
-    from echo_server import echo_app, serving
+    from testkit.echo_server import echo_app, serving
 
     same = [("<prompt>Say yes or no</prompt>", "stop")]  # every request gets the same reply, whatever its seed
     mixed = [("<prompt>Say yes</prompt>", "stop"), ("<prompt>Say no</prompt>", "stop"), ("<prompt>Say it</prompt>", "stop")]

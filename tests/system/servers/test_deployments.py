@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 PREFECT_YAML = ROOT / "deployments" / "prefect.yaml"
 _HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 

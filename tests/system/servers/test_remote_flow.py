@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 import pytest
-from pipeline import tiny_config
+from support.pipeline import tiny_config
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -17,7 +17,7 @@ KEY = "sk-PMPO-FAKE-KEY-3b9e2f71"
 @pytest.fixture(scope="module")
 def remote_run(tmp_path_factory, tiny_model_dir, tiny_lm, prefect_harness):
     """One flow run (1 iteration) whose every loss comes from the server, which demands the key."""
-    from echo_server import echo_app, serving
+    from testkit.echo_server import echo_app, serving
 
     from flows.optimize import optimize_prompt
     from tasks import models

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import yaml
-from pipeline import tiny_values
+from support.pipeline import tiny_values
 
 from pmpo_cli.ephemeral import _alive, reap_orphans
 

@@ -40,7 +40,7 @@ def test_long_prompt_is_named_as_the_prompt(tiny_model_dir):
 
 
 def test_flow_refuses_before_creating_a_run(tmp_path, tiny_model_dir, pmpo_home, prefect_harness):
-    from pipeline import tiny_config
+    from support.pipeline import tiny_config
 
     from flows.optimize import optimize_prompt
     from tasks import tracking

@@ -12,10 +12,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import support
 import yaml
-from pipeline import tiny_values
+from support.pipeline import tiny_values
 
-DRIVER = Path(__file__).with_name("phase_driver.py")
+DRIVER = Path(support.__file__).with_name("phase_driver.py")
 BOUND_S = 120  # the retries and timeouts below allow ~15 s; the rest is slack for a busy machine
 
 

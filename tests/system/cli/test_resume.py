@@ -13,7 +13,7 @@ import time
 
 import pytest
 import yaml
-from pipeline import tiny_values
+from support.pipeline import tiny_values
 
 KILL_AFTER_ITERATION = 1  # recorded in MLflow: its candidates and its loss evaluations are done
 ITERATIONS = 4  # enough left after the kill point that the kill lands mid-run

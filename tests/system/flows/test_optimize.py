@@ -4,7 +4,7 @@ with the library loop, and an identical rerun that computes nothing."""
 from __future__ import annotations
 
 import pytest
-from pipeline import PROMPT, forget_process_scores, tiny_config
+from support.pipeline import PROMPT, forget_process_scores, tiny_config
 
 from pmpo.data import load_dataset, split_dataset
 from pmpo.loop.optimizer import PMPO

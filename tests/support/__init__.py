@@ -1,0 +1,1 @@
+"""Helpers only the tests use: tiny flow configs, and the driver scripts run as subprocesses."""

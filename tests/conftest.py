@@ -61,10 +61,16 @@ def pmpo_home(tmp_path, monkeypatch) -> Path:
 SYSTEM = Path(__file__).parent / "system"
 
 
+# Fixtures that start a server or a whole flow: a test that uses one is not a fast test, wherever it lives.
+SERVER_FIXTURES = {"chat_server", "prefect_harness"}
+
+
 def pytest_collection_modifyitems(items):
     """Tiers by place and marker: everything under tests/system, and every real-model or server test, is slow."""
     for item in items:
         if SYSTEM in Path(item.fspath).parents:
             item.add_marker(pytest.mark.system)
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.server)
         if item.get_closest_marker("system") or item.get_closest_marker("real_model") or item.get_closest_marker("server"):
             item.add_marker(pytest.mark.slow)

@@ -1,4 +1,4 @@
-"""A SIGKILL at a random point of each phase of `pmpo optimize` (model load, mask, rewrite, loss, evaluate,
+"""A SIGKILL at a random point of each phase of `pmpo optimize` in turn (model load, mask, rewrite, loss, evaluate,
 register), then the same command again: the run resumes and finishes, every candidate is stored once, every
 iteration is recorded once, and one prompt version is registered."""
 
@@ -58,8 +58,9 @@ def _kill_during(argv: list[str], env: dict[str, str], marker: str, window: floa
         child.stdout.close()
 
 
-@pytest.mark.parametrize("phase", list(PHASES))
-def test_kill_in_each_phase_then_rerun_loses_and_duplicates_nothing(tmp_path, tiny_model_dir, monkeypatch, phase):
+def test_a_kill_in_each_phase_in_turn_then_a_rerun_loses_and_duplicates_nothing(tmp_path, tiny_model_dir, monkeypatch):
+    # One chain instead of a fresh run per phase: each command resumes what the one before it left, and is killed in
+    # the next phase, so every phase's kill is followed by a resume (six commands and a last one that finishes).
     config = tmp_path / "run.yaml"
     # Held-out answers long enough that evaluating takes a few seconds: a kill can land inside it.
     values = tiny_values(tiny_model_dir, iterations=ITERATIONS, task="phases", eval={"max_examples": 24, "max_new_tokens": 24})
@@ -71,9 +72,9 @@ def test_kill_in_each_phase_then_rerun_loses_and_duplicates_nothing(tmp_path, ti
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     from tasks import registry, tracking
 
-    killed = _kill_during(argv, env, *PHASES[phase], random.Random(phase))
-    if not killed or any(r["status"] == "FINISHED" for r in tracking.list_runs("phases")):
-        pytest.skip(f"the run finished before it could be killed in {phase}")  # pragma: no cover
+    killed = [phase for phase in PHASES if _kill_during(argv, env, *PHASES[phase], random.Random(phase))]
+    # A short phase (register) may end before its kill lands; the chain still killed the others mid-phase.
+    assert len(killed) >= len(PHASES) - 1, f"only {killed} were killed before the run finished"
 
     rerun = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]

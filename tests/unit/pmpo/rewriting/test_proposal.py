@@ -176,6 +176,8 @@ def test_filter_variants_opened_never_reports_missing_tags():
     assert rejected["no_tags"] == 0 and rejected["empty"] == 1
 
 
+# Slow: the FULL template has the tiny model write four long replies per request (~50 s on 2 cores).
+@pytest.mark.slow
 @pytest.mark.parametrize("template", ["full", "short"])
 def test_propose_on_tiny_model_accounts_for_every_sample(tiny_lm, template):
     settings = RewriteSettings(template=template, n_variants=3, max_new_tokens=12)

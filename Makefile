@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo check test clean
+.PHONY: setup demo check lint test clean
 setup: $(STAMP)
 
 # torch==2.13.0 first: it is the CPU build (a looser pin may pull a multi-GB CUDA build).
@@ -21,8 +21,12 @@ demo: $(STAMP)
 	$(BIN)/pmpo optimize
 
 # The fast tier while you work (under 3 minutes on 2 cores): no real model, no server, no whole flow.
-check: $(STAMP)
+check: lint
 	$(BIN)/pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # The full suite: what the README names and CI runs.
 test: $(STAMP)

@@ -26,8 +26,8 @@ from flows.heldout import SETUP_TAG, Score, score, setup_of, setup_tag
 from flows.managed import ManagedPrompt, NightlyConfig, Plan, PromotionRule, plan
 from flows.optimize import optimize_prompt
 from pmpo.errors import PmpoError
-from tasks import registry, tracking
-from tasks.registry import PRODUCTION, PromptVersion
+from tasks.mlflow import prompts, runs, writes
+from tasks.mlflow.prompts import PRODUCTION, PromptVersion
 
 
 class Proposal(BaseModel):
@@ -107,7 +107,7 @@ def refresh(config: NightlyConfig, propose: Proposer = optimize_candidate) -> Ni
     """The refresh inside a running flow, with `propose` making each candidate (in this process, or fanned out)."""
     the_plan = plan(config)
     deployment = fanout.deployment_for(the_plan.fan_out.mode, the_plan.fan_out.deployment)  # before a record exists
-    run = registry.start_record_run(
+    run = runs.start_record_run(
         the_plan.experiment,
         run_name=f"nightly {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}",
         tags={"pmpo.kind": "nightly", "prefect.flow_run_id": str(flow_run.get_id() or "")},
@@ -145,7 +145,7 @@ def _linked(decision: Decision, p: _Proposed) -> Decision:
 
 
 def _propose_here(managed: ManagedPrompt, propose: Proposer) -> _Proposed:
-    production = registry.get_version(managed.name, PRODUCTION)
+    production = prompts.get_version(managed.name, PRODUCTION)
     return _Proposed(managed, production, propose(managed, production.text if production else None))
 
 
@@ -170,7 +170,7 @@ def _propose_on_pool(the_plan: Plan, deployment: str) -> list[_Proposed | Decisi
 
 
 def _launch(managed: ManagedPrompt, deployment: str) -> tuple[ManagedPrompt, PromptVersion | None, fanout.Child]:
-    production = registry.get_version(managed.name, PRODUCTION)
+    production = prompts.get_version(managed.name, PRODUCTION)
     child = fanout.launch(deployment, managed.name, managed.optimize_from(production.text if production else None))
     get_run_logger().info("%s: started flow run %s (%s)", managed.name, child.flow_run_id, child.url)
     return managed, production, child
@@ -219,21 +219,21 @@ def refresh_one(
         production = _bootstrap(name, proposal.start_prompt, baseline, common)
     if proposal.prompt == production.text:
         promote, reason, version = False, "no new candidate: the optimiser found nothing better than production", None
-        registry.tag_version(name, production.version, {"pmpo.last_check": f"{_now()} kept: {reason}"})
+        prompts.tag_version(name, production.version, {"pmpo.last_check": f"{_now()} kept: {reason}"})
     else:
         promote, reason = rule.decide(baseline, candidate)
         tags = _decision_tags(promote, reason, production.version, candidate, baseline, proposal, common)
-        version = registry.find_version(name, proposal.prompt)  # judged before (e.g. kept last night): no duplicate
+        version = prompts.find_version(name, proposal.prompt)  # judged before (e.g. kept last night): no duplicate
         if version is None:
             message = f"nightly candidate vs v{production.version}: {'promoted' if promote else 'kept'}"
-            version = registry.register(name, proposal.prompt, message, tags)
+            version = prompts.register(name, proposal.prompt, message, tags)
         else:
-            registry.tag_version(name, version, tags)
+            prompts.tag_version(name, version, tags)
         if promote:
-            registry.set_alias(name, PRODUCTION, version)
+            prompts.set_alias(name, PRODUCTION, version)
     outcome = "promoted" if promote else "kept"
     if proposal.run_id:
-        registry.tag_run(proposal.run_id, {"pmpo.nightly.decision": outcome, "pmpo.nightly.reason": reason,
+        runs.tag_run(proposal.run_id, {"pmpo.nightly.decision": outcome, "pmpo.nightly.reason": reason,
                                            "pmpo.nightly.run_id": nightly_run_id, **_flow_run_tags(proposal)})  # fmt: skip
     return Decision(
         name=name, outcome=outcome, reason=reason, production_version=version if promote else production.version,
@@ -245,9 +245,9 @@ def refresh_one(
 def _bootstrap(name: str, prompt: str, baseline: Score, common: dict[str, str]) -> PromptVersion:
     """No production version yet: the initial prompt becomes one, so the candidate has something to beat."""
     tags = {**common, "pmpo.decision": "initial", "pmpo.heldout_loss": f"{baseline.loss:.6f}"}
-    version = registry.register(name, prompt, "initial prompt (no production version yet)", tags)
-    registry.set_alias(name, PRODUCTION, version)
-    return registry.require_version(name, version)
+    version = prompts.register(name, prompt, "initial prompt (no production version yet)", tags)
+    prompts.set_alias(name, PRODUCTION, version)
+    return prompts.require_version(name, version)
 
 
 def _decision_tags(
@@ -278,7 +278,7 @@ def _flow_run_tags(p: Proposal) -> dict[str, str]:
     return {"pmpo.nightly.flow_run_id": p.flow_run_id, "pmpo.nightly.flow_run_url": p.flow_run_url or ""} if p.flow_run_id else {}
 
 
-def _record(run: tracking.TrackedRun, report: NightlyReport) -> None:
+def _record(run: runs.TrackedRun, report: NightlyReport) -> None:
     """The refresh's run: a decisions table, one tag and the held-out losses per prompt."""
     ds = report.decisions
     columns = {
@@ -291,16 +291,16 @@ def _record(run: tracking.TrackedRun, report: NightlyReport) -> None:
         "reason": [d.reason for d in ds],
         "flow_run_url": [d.flow_run_url for d in ds],
     }
-    tracking.write_table(tracking.client(), run, "decisions.json", columns)
-    tracking.set_tags(run, {f"pmpo.decision.{d.name}": d.outcome for d in ds})
-    tracking.set_tags(run, {f"pmpo.flow_run.{d.name}": d.flow_run_url for d in ds if d.flow_run_url})
+    writes.write_table(run, "decisions.json", columns)
+    runs.set_tags(run, {f"pmpo.decision.{d.name}": d.outcome for d in ds})
+    runs.set_tags(run, {f"pmpo.flow_run.{d.name}": d.flow_run_url for d in ds if d.flow_run_url})
     metrics = {}
     for d in ds:
         if d.production and d.candidate:
             metrics[f"{d.name}/heldout_loss_production"] = d.production.loss
             metrics[f"{d.name}/heldout_loss_candidate"] = d.candidate.loss
-    tracking.log_metrics(run, metrics, step=0)
-    tracking.finish(run, "FAILED" if report.failed else "FINISHED")
+    writes.log_metrics(run, metrics, step=0)
+    runs.finish(run, "FAILED" if report.failed else "FINISHED")
 
 
 def _line(d: Decision) -> str:

@@ -26,7 +26,7 @@ from pmpo.evaluation.stats import Interval
 from pmpo.text.template import normalized, prompt_variables
 from pmpo.models.usage import Meter
 from tasks import steps as t
-from tasks import tracking
+from tasks.mlflow import prompts, runs, writes
 from tasks.environment import code_version, shown_tracking_uri
 from tasks.models import ModelRef, is_loaded, loaded, model_ref, text_side
 from tasks.rewriters import RewriterRef, chat_ref, local_ref, same_as
@@ -115,7 +115,7 @@ class OptimizeSummary(BaseModel):
 def optimize_prompt(config: OptimizeConfig = OptimizeConfig()) -> OptimizeSummary:
     """Optimise a prompt with PMPO on a dataset; every candidate goes to MLflow, the best to the registry."""
     if config.prompt and config.prompt.startswith(REGISTRY_PREFIX):  # the run is keyed by the text it starts from
-        config = config.model_copy(update={"prompt": tracking.load_registered_prompt(config.prompt)})
+        config = config.model_copy(update={"prompt": prompts.load_registered_prompt(config.prompt)})
     elif config.prompt:  # a chat prompt however its JSON was written: the same messages are the same candidate
         config = config.model_copy(update={"prompt": normalized(config.prompt)})
     dataset, split = _load(config)
@@ -126,7 +126,7 @@ def optimize_prompt(config: OptimizeConfig = OptimizeConfig()) -> OptimizeSummar
     ref = model_ref(config.model.settings(), config.scorer())
     check_fits(text_side(ref), prompt, dataset, config.scoring.mc_objective)  # before a run exists to leave empty
     writer = rewriter_ref(config.rewriter, ref)  # a chat endpoint is checked here: key, server, model name
-    run = tracking.start_run(
+    run = runs.start_run(
         config.experiment or task,
         run_key=run_key(config, ref, dataset, writer),
         run_name=f"{task} {flow_run.get_name() or ''}".strip(),
@@ -137,7 +137,7 @@ def optimize_prompt(config: OptimizeConfig = OptimizeConfig()) -> OptimizeSummar
         tags={**_tags(ref, dataset, split), **_runner_tags(config), "pmpo.rewriter_identity": writer.identity},
     )
     try:
-        tracking.log_text(run, config.model_dump_json(indent=2), "config.json")
+        writes.log_text(run, config.model_dump_json(indent=2), "config.json")
         with loss_fan_out(config.task_runner) as fan_out:
             steps = PrefectSteps(ref, config.optimizer(), writer, fan_out=fan_out)
             recorder = Recorder(run)
@@ -145,7 +145,7 @@ def optimize_prompt(config: OptimizeConfig = OptimizeConfig()) -> OptimizeSummar
                 config=config.optimizer(), steps=steps, on_candidate=recorder.candidate, on_iteration=_noting(recorder)
             )
             result = optimizer.optimize(prompt, split.train)
-        tracking.set_tags(run, size_choices(config, writer))
+        runs.set_tags(run, size_choices(config, writer))
         meter = Meter(steps.usage)
         with meter.step("evaluate"):
             heldout = _heldout(config, split, result.initial.prompt, result.best.prompt, steps)
@@ -154,9 +154,9 @@ def optimize_prompt(config: OptimizeConfig = OptimizeConfig()) -> OptimizeSummar
             result, task, heldout, config.register_prompt, cost=run_cost(result, heldout_cost)
         )
     except BaseException:
-        tracking.finish(run, "FAILED")  # an identical command resumes a failed run, as it does a killed one
+        runs.finish(run, "FAILED")  # an identical command resumes a failed run, as it does a killed one
         raise
-    tracking.finish(run)
+    runs.finish(run)
     return OptimizeSummary(
         run_id=run.run_id,
         experiment=run.experiment,

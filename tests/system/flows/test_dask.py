@@ -56,7 +56,7 @@ def test_cli_flags_fill_the_block():
 
 
 def test_run_key_ignores_where_losses_are_computed(tiny_model_dir):
-    from flows.optimize import run_key
+    from tasks.identity import run_key
     from pmpo.data import load_dataset
     from tasks.models import model_ref
 

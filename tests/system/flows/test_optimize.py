@@ -126,7 +126,8 @@ def test_cache_keys_hold_content_not_objects_or_labels():
     from pmpo.data import Dataset, Supervised
     from pmpo.scoring.loss import ScorerSettings
     from pmpo.models.loading import ModelSettings
-    from tasks.caching import ContentInputs, content
+    from tasks.caching import ContentInputs
+    from tasks.identity import content
     from tasks.models import ModelRef
 
     ref = ModelRef(ModelSettings(spec="/models/a"), ScorerSettings(), "tiny@sha256:1", "float32", "cpu")

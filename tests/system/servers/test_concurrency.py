@@ -47,10 +47,10 @@ def test_six_first_uses_of_a_fresh_store_at_once_all_succeed(tmp_path, monkeypat
     assert not {t for t in tables if t.startswith("_alembic_tmp")} and "alembic_version" in tables
     monkeypatch.setenv("PMPO_HOME", str(home))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    from tasks.mlflow import queries, runs, writes
+    from tasks.mlflow import queries
 
-    runs = queries.list_runs()  # what `pmpo runs` shows: a healthy store
-    assert len(runs) == 6 and {r["status"] for r in runs} == {"FINISHED"} and {r["best_loss"] for r in runs} == {1.0}
+    listed = queries.list_runs()  # what `pmpo runs` shows: a healthy store
+    assert len(listed) == 6 and {r["status"] for r in listed} == {"FINISHED"} and {r["best_loss"] for r in listed} == {1.0}
 
 
 HOLDER = textwrap.dedent(
@@ -95,19 +95,19 @@ def test_same_prompt_text_reuses_its_registry_version(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     from tasks.mlflow import prompts, runs
 
-    runs = []
+    made = []
     for key in ("a", "b", "c"):
-        runs.append(runs.start_run("reg", key, key, params={}, tags={}))
-        runs.finish(runs[-1])
-    name, v1 = prompts.register_prompt("task", "Answer briefly.", 1.5, runs[0])
-    assert prompts.register_prompt("task", "Answer briefly.", 1.5, runs[1]) == (name, v1)
-    assert prompts.register_prompt("task", "Answer briefly.", 1.5, runs[1]) == (name, v1)  # same run: no repeat
-    _, v2 = prompts.register_prompt("task", "Answer in one word.", 1.2, runs[2])
+        made.append(runs.start_run("reg", key, key, params={}, tags={}))
+        runs.finish(made[-1])
+    name, v1 = prompts.register_prompt("task", "Answer briefly.", 1.5, made[0])
+    assert prompts.register_prompt("task", "Answer briefly.", 1.5, made[1]) == (name, v1)
+    assert prompts.register_prompt("task", "Answer briefly.", 1.5, made[1]) == (name, v1)  # same run: no repeat
+    _, v2 = prompts.register_prompt("task", "Answer in one word.", 1.2, made[2])
 
     assert prompts.version_numbers(name) == [v1, v2] and v2 == v1 + 1
     tags = prompts.get_version(name, v1).tags
-    assert tags[prompts.RUN_IDS_TAG] == f"{runs[0].run_id},{runs[1].run_id}" and tags["run_id"] == runs[0].run_id
-    assert prompts.get_version(name, v2).tags[prompts.RUN_IDS_TAG] == runs[2].run_id
+    assert tags[prompts.RUN_IDS_TAG] == f"{made[0].run_id},{made[1].run_id}" and tags["run_id"] == made[0].run_id
+    assert prompts.get_version(name, v2).tags[prompts.RUN_IDS_TAG] == made[2].run_id
 
 
 def test_a_second_claim_in_another_process_fails_until_release(tmp_path, monkeypatch):

@@ -216,7 +216,7 @@ def test_flow_rewritten_through_the_server_records_it_and_never_the_key(
     )  # fmt: skip
     summary = optimize_prompt(OptimizeConfig.model_validate(values))
 
-    identity = f"openai:{chat_server.base_url}#{chat_server.model}"
+    identity = f"openai:{chat_server.base_url}#{chat_server.model}@unpinned"
     assert summary.rewriter_identity == identity and summary.model_identity != identity
     rewrites = [c for c in summary.candidates if c.origin == "rewrite"]
     assert rewrites and all(c.prompt != PROMPT for c in rewrites)  # parsed variants the server wrote

@@ -164,7 +164,8 @@ def test_only_a_candidate_better_on_held_out_data_is_promoted(prompts, tiny_mode
     from prefect import flow
 
     from flows.managed import ManagedPrompt
-    from flows.nightly import Proposal, refresh
+    from flows.nightly import refresh
+    from flows.promotion import Proposal
     from tasks.mlflow import prompts, store
 
     initial = heldout_losses[PROMPT]

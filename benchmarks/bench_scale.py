@@ -93,7 +93,7 @@ def concurrent_optimize(s: Any | None, model_dir: Path, work: Path, runs: int, l
     codes = [p.wait() for p in procs]
     wall = time.monotonic() - start
     os.environ["MLFLOW_TRACKING_URI"] = uri
-    from tasks import tracking
+    from tasks.mlflow import queries
 
     runs_found = []
     for i, code in enumerate(codes):
@@ -101,9 +101,9 @@ def concurrent_optimize(s: Any | None, model_dir: Path, work: Path, runs: int, l
         summary = json.loads(out.read_text()) if out.exists() else None
         row: dict[str, Any] = {"run": i, "exit": code}
         if summary:
-            ids = [c["id"] for c in tracking.run_candidates(summary["run_id"])]
+            ids = [c["id"] for c in queries.run_candidates(summary["run_id"])]
             mine = sorted(c["id"] for c in summary["candidates"])
-            [listed] = [r for r in tracking.list_runs(f"scale-{i}") if r["run_id"] == summary["run_id"]]
+            [listed] = [r for r in queries.list_runs(f"scale-{i}") if r["run_id"] == summary["run_id"]]
             row.update(status=listed["status"], n_candidates=len(mine), recorded=len(ids),
                        exactly_once=sorted(ids) == mine and len(set(ids)) == len(ids))  # fmt: skip
         else:

@@ -48,7 +48,8 @@ def main() -> None:
     from pmpo.data import load_dataset, split_dataset
     from pmpo.evaluation.heldout import evaluate
     from prefect import flow
-    from tasks import models, tracking
+    from tasks import models
+    from tasks.mlflow import store
 
     values: dict = {}
     if args.iterations is not None:
@@ -86,7 +87,7 @@ def main() -> None:
     warm_up()
     figures["prefect_api_start_s"] = time.perf_counter() - start
     start = time.perf_counter()
-    tracking.client().search_experiments()  # creates the MLflow database: once per data directory
+    store.client().search_experiments()  # creates the MLflow database: once per data directory
     figures["mlflow_store_create_s"] = time.perf_counter() - start
 
     direct_s, flow_s = [], []

@@ -14,8 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from flows.config import ConfigError, DataConfig, EvalConfig, EvaluateConfig, ModelConfig
 from flows.heldout import Score, recorded_setup, score, setup_tag
-from tasks import plots, registry, tracking
-from tasks.registry import LATEST, PRODUCTION, PromptVersion
+from tasks import plots
+from tasks.mlflow import prompts, runs, writes
+from tasks.mlflow.prompts import LATEST, PRODUCTION, PromptVersion
 
 
 class CompareConfig(BaseModel):
@@ -70,7 +71,7 @@ def word_diff(old: str, new: str) -> str:
 
 def default_refs(name: str) -> list[str]:
     """Production and the latest version (the two the next promotion is about); just one if they coincide."""
-    refs = [PRODUCTION] if registry.get_version(name, PRODUCTION) else []
+    refs = [PRODUCTION] if prompts.get_version(name, PRODUCTION) else []
     return [*refs, LATEST]
 
 
@@ -78,7 +79,7 @@ def default_refs(name: str) -> list[str]:
 def compare_prompts(config: CompareConfig) -> Comparison:
     """Score prompt versions on the same held-out examples; log the table and a bar plot to MLflow."""
     refs = config.versions or default_refs(config.name)
-    versions = _unique([registry.require_version(config.name, ref) for ref in refs])
+    versions = _unique([prompts.require_version(config.name, ref) for ref in refs])
     setup = _setup(config, versions)
     first = versions[0].text
     rows = [
@@ -87,7 +88,7 @@ def compare_prompts(config: CompareConfig) -> Comparison:
         )
         for v in versions
     ]
-    run = registry.start_record_run(
+    run = runs.start_record_run(
         config.experiment or config.name,
         run_name=f"compare {config.name} " + " ".join(f"v{r.version}" for r in rows),
         tags={"pmpo.kind": "compare", "pmpo.prompt_name": config.name, "prefect.flow_run_id": str(flow_run.get_id() or ""),
@@ -118,7 +119,7 @@ def _unique(versions: list[PromptVersion]) -> list[PromptVersion]:
     return list(seen.values())
 
 
-def _record(run: tracking.TrackedRun, rows: list[VersionScore]) -> None:
+def _record(run: runs.TrackedRun, rows: list[VersionScore]) -> None:
     columns = {
         "version": [r.version for r in rows],
         "aliases": [", ".join(r.aliases) for r in rows],
@@ -129,14 +130,14 @@ def _record(run: tracking.TrackedRun, rows: list[VersionScore]) -> None:
         "prompt": [r.prompt for r in rows],
         "diff": [r.diff for r in rows],
     }
-    tracking.write_table(tracking.client(), run, "comparison.json", columns)
+    writes.write_table(run, "comparison.json", columns)
     metrics = {f"loss_v{r.version}": r.score.loss for r in rows}
     metrics.update({f"accuracy_v{r.version}": r.score.accuracy for r in rows if r.score.accuracy is not None})
-    tracking.log_metrics(run, metrics, step=0)
+    writes.log_metrics(run, metrics, step=0)
     labels = [f"v{r.version}" + (f" ({', '.join(r.aliases)})" if r.aliases else "") for r in rows]
     fig = plots.losses_by_version(labels, [r.score.loss for r in rows], [r.score.accuracy for r in rows])
     try:
-        tracking.log_figure(run, fig, "comparison.png")
+        writes.log_figure(run, fig, "comparison.png")
     finally:
         plots.close(fig)
-    tracking.finish(run)
+    runs.finish(run)

@@ -5,7 +5,6 @@ A config file (YAML or TOML) holds the same fields: `pmpo optimize --config run.
 
 from __future__ import annotations
 
-import json
 import re
 import tomllib
 from pathlib import Path
@@ -389,14 +388,6 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     for key, value in override.items():
         out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
-
-
-def config_hash(config: BaseModel, exclude: frozenset[str] = frozenset()) -> str:
-    """A stable digest of a config's content, less the `exclude` fields (part of the MLflow run key)."""
-    import hashlib
-
-    values = config.model_dump(mode="json", exclude=set(exclude) or None)
-    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _first_line(exc: Exception) -> str:

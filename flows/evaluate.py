@@ -13,7 +13,7 @@ from pmpo.loop.optimizer import OptimizerConfig
 from pmpo.text.template import prompt_variables
 from pmpo.models.usage import Meter
 from tasks import steps as t
-from tasks import tracking
+from tasks.mlflow import prompts
 from tasks.models import model_ref, text_side
 
 REGISTRY_PREFIX = "prompts:/"
@@ -37,7 +37,7 @@ class EvaluateSummary(BaseModel):
 
 def resolve_prompt(prompt: str) -> str:
     """Prompt text: a registry URI is loaded from MLflow, anything else is the text itself."""
-    return tracking.load_registered_prompt(prompt) if prompt.startswith(REGISTRY_PREFIX) else prompt
+    return prompts.load_registered_prompt(prompt) if prompt.startswith(REGISTRY_PREFIX) else prompt
 
 
 @flow(name="evaluate-prompt")

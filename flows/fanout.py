@@ -26,7 +26,7 @@ from prefect.settings import get_current_settings
 
 from flows.config import OptimizeConfig
 from pmpo.errors import PmpoError
-from tasks import tracking
+from tasks.mlflow import queries
 
 
 class ChildRunFailed(PmpoError):
@@ -103,12 +103,12 @@ def wait_all(children: list[Child], poll_s: float = 5.0, timeout_s: float | None
     return ended
 
 
-def outcome(child: Child, ended: Ended) -> tracking.FlowRunRecord:
+def outcome(child: Child, ended: Ended) -> queries.FlowRunRecord:
     """The child's optimisation record; ChildRunFailed (naming the run) when it did not finish or left none."""
     if not ended.completed:
         why = f": {ended.message}" if ended.message else ""
         raise ChildRunFailed(f"flow run {child.flow_run_id} ended {ended.state}{why} ({child.url})")
-    record = tracking.record_of_flow_run(child.experiment, child.flow_run_id)
+    record = queries.record_of_flow_run(child.experiment, child.flow_run_id)
     if record is None or record.status != "FINISHED":
         raise ChildRunFailed(f"flow run {child.flow_run_id} completed but left no finished MLflow run in {child.experiment!r}")
     return record

@@ -14,10 +14,10 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from flows.config import ConfigError, EvaluateConfig, OptimizeConfig
 from flows.evaluate import evaluate_prompt
-from tasks import registry
+from tasks.mlflow import prompts, queries
 
 SETUP_TAG = "pmpo.evaluate_config"  # the version tag holding the evaluation set-up (EvaluateConfig JSON, no prompt)
-RUN_TAG = "run_id"  # the optimisation run a version came from (tasks.tracking.register_prompt sets it)
+RUN_TAG = "run_id"  # the optimisation run a version came from (tasks.mlflow.prompts.register_prompt sets it)
 
 
 class Score(BaseModel):
@@ -51,13 +51,13 @@ def setup_tag(setup: EvaluateConfig) -> str:
     return setup.model_dump_json(exclude={"prompt"})
 
 
-def recorded_setup(version: registry.PromptVersion) -> EvaluateConfig | None:
+def recorded_setup(version: prompts.PromptVersion) -> EvaluateConfig | None:
     """The set-up recorded with a version: its own tag, else its optimisation run's config; None if neither."""
     where = f"prompt {version.name!r} version {version.version}"
     if SETUP_TAG in version.tags:
         return _validated(json.loads(version.tags[SETUP_TAG]), f"{where}: tag {SETUP_TAG}")
     run_id = version.tags.get(RUN_TAG)
-    config = registry.run_json(run_id, "config.json") if run_id else None
+    config = queries.run_json(run_id, "config.json") if run_id else None
     if config is None:
         return None
     try:

@@ -12,8 +12,9 @@ from typing import Any
 from pmpo.evaluation.heldout import Evaluation, compare
 from pmpo.loop.result import Candidate, Iteration, OptimizeResult
 from pmpo.models.usage import Cost
-from tasks import plots, tracking
-from tasks.tracking import TrackedRun
+from tasks import plots
+from tasks.mlflow import prompts, runs, writes
+from tasks.mlflow.runs import TrackedRun
 
 
 class Recorder:
@@ -30,15 +31,15 @@ class Recorder:
         if c.origin == "initial":
             self.selected.add(c.id)
             if self._new(0):
-                tracking.log_candidates(self.run, self.candidates, self.selected)
-                tracking.log_metrics(self.run, {tracking.STEP_METRIC: c.loss}, step=0)
+                writes.log_candidates(self.run, self.candidates, self.selected)
+                writes.log_metrics(self.run, {runs.STEP_METRIC: c.loss}, step=0)
 
     def iteration(self, it: Iteration) -> None:
         """After an iteration: the whole candidates table, then the iteration's metrics and masking table."""
         self.selected.add(it.incumbent_id)
         if self._new(it.iteration):
-            tracking.log_candidates(self.run, self.candidates, self.selected)
-            tracking.log_iteration(self.run, it, n_total=len(self.candidates))
+            writes.log_candidates(self.run, self.candidates, self.selected)
+            writes.log_iteration(self.run, it, n_total=len(self.candidates))
 
     def finish(
         self,
@@ -50,7 +51,7 @@ class Recorder:
     ) -> tuple[str | None, int | None]:
         """Final metrics (`cost`: the run's total), plot, prompts and the Prompt Registry entry; returns (name, version)."""
         run = self.run
-        tracking.log_candidates(run, result.candidates, self.selected)
+        writes.log_candidates(run, result.candidates, self.selected)
         metrics: dict[str, float] = {
             "initial_loss": result.initial.loss,
             "best_loss": result.best.loss,
@@ -60,23 +61,23 @@ class Recorder:
         if heldout is not None:
             metrics.update(heldout_metrics(*heldout, seed=result.seed))
         if cost is not None:
-            metrics.update(tracking.cost_metrics(cost, "total"))
-        tracking.log_metrics(run, metrics, step=len(result.iterations))
+            metrics.update(writes.cost_metrics(cost, "total"))
+        writes.log_metrics(run, metrics, step=len(result.iterations))
         fig = plots.loss_by_iteration(result.candidates, result.iterations, result.initial.loss)
         try:
-            tracking.log_figure(run, fig, "loss_by_iteration.png")
+            writes.log_figure(run, fig, "loss_by_iteration.png")
         finally:
             plots.close(fig)
-        tracking.log_text(run, result.initial.prompt, "prompts/initial.txt")
-        tracking.log_text(run, result.best.prompt, "prompts/best.txt")
+        writes.log_text(run, result.initial.prompt, "prompts/initial.txt")
+        writes.log_text(run, result.best.prompt, "prompts/best.txt")
         return self._register(result, task) if register else (None, None)
 
     def _register(self, result: OptimizeResult, task: str) -> tuple[str, int]:
-        tags = tracking.run_tags(self.run.run_id)
+        tags = runs.run_tags(self.run.run_id)
         if "pmpo.prompt_version" in tags:  # registered before a crash: a second version would be a duplicate
             return tags["pmpo.prompt_name"], int(tags["pmpo.prompt_version"])
-        name, version = tracking.register_prompt(task, result.best.prompt, result.best.loss, self.run)
-        tracking.set_tags(self.run, {"pmpo.prompt_name": name, "pmpo.prompt_version": str(version)})
+        name, version = prompts.register_prompt(task, result.best.prompt, result.best.loss, self.run)
+        runs.set_tags(self.run, {"pmpo.prompt_name": name, "pmpo.prompt_version": str(version)})
         return name, version
 
     def _new(self, iteration: int) -> bool:

@@ -59,17 +59,17 @@ def evaluate(args: argparse.Namespace) -> int:
 
 def runs(args: argparse.Namespace) -> int:
     """`pmpo runs`: recent runs from MLflow."""
-    from tasks import tracking
+    from tasks.mlflow import queries, store
 
-    display.runs_table(tracking.list_runs(args.experiment, max_results=args.limit), tracking.ui_command())
+    display.runs_table(queries.list_runs(args.experiment, max_results=args.limit), store.ui_command())
     return 0
 
 
 def show(args: argparse.Namespace) -> int:
     """`pmpo show RUN`: a run's candidates."""
-    from tasks import tracking
+    from tasks.mlflow import queries
 
-    display.candidates_table(args.run_id, tracking.run_candidates(args.run_id), args.width)
+    display.candidates_table(args.run_id, queries.run_candidates(args.run_id), args.width)
     return 0
 
 
@@ -121,7 +121,7 @@ class _DropUserErrors(logging.Filter):
 
 
 def _tracking_errors() -> tuple[type, ...]:
-    from mlflow.exceptions import MlflowException  # loaded by then: a flow that reports has imported tasks.tracking
+    from tasks.mlflow.store import MlflowException  # loaded by then: a flow that reports has imported tasks.mlflow
 
     return (MlflowException,)
 

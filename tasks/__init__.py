@@ -1,4 +1,4 @@
-"""Thin Prefect tasks over pmpo, with explicit cache policies, and the one MLflow adapter (tasks.tracking)."""
+"""Thin Prefect tasks over pmpo, with explicit cache policies, and the one MLflow adapter (tasks.mlflow)."""
 
 from tasks.environment import configure as _configure
 

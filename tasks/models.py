@@ -1,14 +1,15 @@
 """A process-wide model cache: each model is loaded once per process, and only when a task must compute.
 
-Cache keys use a `ModelRef` (the model's identity and the settings that change its numbers), which is cheap to
-build: a fully cached rerun never loads the model at all. A model behind a server (backend openai) is scored by a
-`pmpo.remote.RemoteScorer`; its identity is the server's (base URL, served model id, pinned revision).
+Cache keys use a `ModelRef` (the model's identity and the settings that change its numbers; tasks.identity
+builds the key), which is cheap to build: a fully cached rerun never loads the model at all. A model behind a
+server (backend openai) is scored by a `pmpo.remote.RemoteScorer`; its identity is the server's (base URL, served
+model id, pinned revision: pmpo.remote.connection.served_identity, the same whether it scores or rewrites).
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from pmpo.scoring.loss import Scorer, ScorerSettings
 from pmpo.models.loading import (
@@ -44,17 +45,6 @@ class ModelRef:
     device: str
     # backend openai: the identity of the tokenizer that renders the texts (its chat template changes them)
     text_identity: str = ""
-
-    def cache_key(self) -> dict:
-        """The parts of the reference that change a result (the spec string does not: the identity does)."""
-        key = {
-            "identity": self.identity,
-            "dtype": self.dtype,
-            "device": self.device,
-            "placement": self.settings.placement,
-            "scorer": asdict(self.scorer),
-        }
-        return key | ({"tokenizer": self.text_identity} if self.text_identity else {})
 
 
 def model_ref(settings: ModelSettings, scorer: ScorerSettings = ScorerSettings()) -> ModelRef:

@@ -1,7 +1,7 @@
 """A process-wide rewriter cache, as tasks.models is for scored models: each rewriter is built once per process.
 
-Cache keys use a `RewriterRef`: which rewriter writes the rewrites (its identity), never the client or the model
-object, and never an API key (the settings name only the variable that holds it).
+Cache keys use a `RewriterRef` (tasks.identity builds the key): which rewriter writes the rewrites (its identity),
+never the client or the model object, and never an API key (the settings name only the variable that holds it).
 """
 
 from __future__ import annotations
@@ -24,15 +24,9 @@ class RewriterRef:
     """What a task needs to get the rewriter, and what its results depend on."""
 
     backend: str  # same | local | openai
-    identity: str  # local: the model's identity; openai: base URL + served model id (+ revision)
+    identity: str  # in process: the model's identity; served: base URL + served model id + revision
     model: ModelRef | None = None  # same / local: the in-process model
     chat: ChatSettings | None = None  # openai: how to reach it (no key)
-
-    def cache_key(self) -> dict:
-        """The parts that change a rewrite: who writes it (same and local alike: the model, dtype and device)."""
-        if self.model is not None:
-            return {"identity": self.identity, "dtype": self.model.dtype, "device": self.model.device}
-        return {"identity": self.identity}
 
 
 def same_as(model: ModelRef, n_params: int | None = None) -> RewriterRef:

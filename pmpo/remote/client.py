@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
-from pmpo.remote.connection import Connection, Speaker
+from pmpo.remote.connection import Connection, Speaker, served_identity
 from pmpo.errors import PmpoError
 
 if TYPE_CHECKING:
@@ -101,9 +101,9 @@ class Endpoint:
         return self._served
 
     def identity(self) -> str:
-        """What cache keys hold: base URL, the served model id, and the revision the user pinned (if any)."""
-        bos = "+bos" if self.settings.prepend_bos else ""  # the model then reads a BOS the text lacked
-        return f"openai:{self.settings.base_url.rstrip('/')}#{self.served_model()}@{self.settings.revision or 'unpinned'}{bos}"
+        """Base URL, the served model id, and the revision the user pinned (pmpo.remote.connection.served_identity);
+        `prepend_bos` changes the texts sent, not the model: a cache key holds it beside the identity."""
+        return served_identity(self.settings.base_url, self.served_model(), self.settings.revision)
 
     def complete(self, texts: Sequence[str], *, retry: bool = True) -> list[dict[str, Any]]:
         """The echoed choices (as dicts) of `texts` sent in one request, in the order of `texts`."""

@@ -89,6 +89,12 @@ class Connection:
         return pick_model(self.served(), wanted, self.speaker, self.settings.base_url)
 
 
+def served_identity(base_url: str, model_id: str, revision: str | None) -> str:
+    """`openai:<base_url>#<model id as the server reports it>@<revision or "unpinned">`: a served model's one
+    identity, whether it scores or rewrites (cache keys, run keys and the MLflow record hold it)."""
+    return f"openai:{base_url.rstrip('/')}#{model_id}@{revision or 'unpinned'}"
+
+
 def pick_model(listed: Sequence[str], wanted: str | None, speaker: Speaker, base_url: str) -> str:
     """`wanted` when `listed` holds it; None: the only model listed; else a one-line error naming what is served."""
     where, field = f"{speaker.name} at {base_url}", f"{speaker.block}.model"

@@ -16,7 +16,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, Sequence
 
-from pmpo.remote.connection import Connection, Speaker, pick_model
+from pmpo.remote.connection import Connection, Speaker, pick_model, served_identity
 from pmpo.errors import PmpoError
 from pmpo.models.generation import sample
 from pmpo.models.loading import LoadedModel
@@ -182,7 +182,7 @@ def _with_stop(text: str, finish_reason: str | None, stop: Sequence[str]) -> str
 
 
 def chat_identity(settings: ChatSettings, served: list[str], speaker: Speaker = CHAT) -> str:
-    """`openai:<base_url>#<model id as /v1/models reports it>[@revision]`; an error when the model is not served."""
+    """The served model's identity (pmpo.remote.connection.served_identity, as when it scores); an error when the
+    model is not served."""
     model = pick_model(served, settings.model, speaker, settings.base_url)
-    identity = f"openai:{settings.base_url.rstrip('/')}#{model}"
-    return identity + (f"@{settings.revision}" if settings.revision else "")
+    return served_identity(settings.base_url, model, settings.revision)

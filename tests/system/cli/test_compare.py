@@ -45,16 +45,16 @@ def _setup(model_dir):
 def test_versions_from_pmpo_optimize_are_judged_on_their_runs_data(pmpo_home, tiny_model_dir):
     from flows.config import DataConfig, OptimizeConfig
     from flows.heldout import recorded_setup, setup_of
-    from tasks import registry, tracking
+    from tasks.mlflow import prompts, runs, writes
 
     config = OptimizeConfig(data=DataConfig(source="builtin:arithmetic", limit=20), seed=4, train_cap=5)
-    run = tracking.start_run("arith", "key", "a", params={}, tags={})
-    tracking.log_text(run, config.model_dump_json(), "config.json")
-    v = registry.register("arith", "Add.", "from a run", {"run_id": run.run_id})
+    run = runs.start_run("arith", "key", "a", params={}, tags={})
+    writes.log_text(run, config.model_dump_json(), "config.json")
+    v = prompts.register("arith", "Add.", "from a run", {"run_id": run.run_id})
 
-    assert recorded_setup(registry.get_version("arith", v)) == setup_of(config)
-    bare = registry.register("arith", "Sum.", "no record", {})
-    assert recorded_setup(registry.get_version("arith", bare)) is None
+    assert recorded_setup(prompts.get_version("arith", v)) == setup_of(config)
+    bare = prompts.register("arith", "Sum.", "no record", {})
+    assert recorded_setup(prompts.get_version("arith", bare)) is None
 
 
 @pytest.mark.usefixtures("prefect_harness")
@@ -63,12 +63,12 @@ def test_pmpo_compare_prints_both_losses_and_the_diff(capsys, tmp_path, pmpo_hom
     from flows.heldout import SETUP_TAG, setup_tag
     from pmpo.data import load_dataset, split_dataset
     from pmpo.evaluation.heldout import evaluate
-    from tasks import registry, tracking
+    from tasks.mlflow import prompts, store
 
     setup = _setup(tiny_model_dir)
-    v1 = registry.register("sent", OLD, "first", {SETUP_TAG: setup_tag(setup)})
-    v2 = registry.register("sent", NEW, "second", {SETUP_TAG: setup_tag(setup)})
-    registry.set_alias("sent", "production", v1)
+    v1 = prompts.register("sent", OLD, "first", {SETUP_TAG: setup_tag(setup)})
+    v2 = prompts.register("sent", NEW, "second", {SETUP_TAG: setup_tag(setup)})
+    prompts.set_alias("sent", "production", v1)
     heldout = split_dataset(load_dataset("builtin:sentiment", limit=30), seed=0).test.subset(list(range(6)))
     expected = {p: evaluate(tiny_lm, p, heldout, generate=False).loss for p in (OLD, NEW)}
     assert f"{expected[OLD]:.4f}" != f"{expected[NEW]:.4f}"  # else the table could not show both
@@ -83,17 +83,17 @@ def test_pmpo_compare_prints_both_losses_and_the_diff(capsys, tmp_path, pmpo_hom
     result = json.loads(out.read_text())
     assert [(r["version"], r["aliases"]) for r in result["rows"]] == [(v1, ["production"]), (v2, [])]
     assert [r["score"]["loss"] for r in result["rows"]] == pytest.approx([expected[OLD], expected[NEW]], rel=1e-5)
-    run = tracking.client().get_run(result["run_id"])
+    run = store.client().get_run(result["run_id"])
     assert run.data.tags["pmpo.kind"] == "compare" and run.info.status == "FINISHED"
     assert run.data.metrics[f"loss_v{v2}"] == pytest.approx(expected[NEW], rel=1e-5)
-    assert {"comparison.json", "comparison.png"} <= {a.path for a in tracking.client().list_artifacts(run.info.run_id)}
+    assert {"comparison.json", "comparison.png"} <= {a.path for a in store.client().list_artifacts(run.info.run_id)}
 
 
 @pytest.mark.usefixtures("prefect_harness")
 def test_compare_without_recorded_data_asks_for_it(capsys, pmpo_home):
-    from tasks import registry
+    from tasks.mlflow import prompts
 
-    registry.register("bare", "Some prompt.", "no record", {})
+    prompts.register("bare", "Some prompt.", "no record", {})
     assert main(["compare", "bare"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]  # (the lines before: MLflow creating the test's store)
     assert err.startswith("pmpo: error: ") and "give data (--data)" in err

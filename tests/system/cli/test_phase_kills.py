@@ -70,7 +70,7 @@ def test_a_kill_in_each_phase_in_turn_then_a_rerun_loses_and_duplicates_nothing(
     argv = [sys.executable, str(DRIVER), "optimize", "--config", str(config), "--output", str(out)]
     monkeypatch.setenv("PMPO_HOME", env["PMPO_HOME"])
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    from tasks import registry, tracking
+    from tasks.mlflow import prompts, queries
 
     killed = [phase for phase in PHASES if _kill_during(argv, env, *PHASES[phase], random.Random(phase))]
     # A short phase (register) may end before its kill lands; the chain still killed the others mid-phase.
@@ -80,12 +80,12 @@ def test_a_kill_in_each_phase_in_turn_then_a_rerun_loses_and_duplicates_nothing(
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     summary = json.loads(out.read_text())
 
-    runs = tracking.list_runs("phases")
+    runs = queries.list_runs("phases")
     assert [r["run_id"] for r in runs] == [summary["run_id"]] and runs[0]["status"] == "FINISHED"
-    rows = tracking.run_candidates(summary["run_id"])
+    rows = queries.run_candidates(summary["run_id"])
     ids = [r["id"] for r in rows]
     assert len(ids) == len(set(ids)) == summary["n_candidates"]  # each candidate once, none lost
     assert ids == [c["id"] for c in summary["candidates"]]
-    steps = [s for s, _ in tracking.metric_history(summary["run_id"], "incumbent_loss")]
+    steps = [s for s, _ in queries.metric_history(summary["run_id"], "incumbent_loss")]
     assert steps == list(range(ITERATIONS + 1))  # every iteration recorded exactly once
-    assert registry.version_numbers(summary["prompt_name"]) == [summary["prompt_version"]] == [1]
+    assert prompts.version_numbers(summary["prompt_name"]) == [summary["prompt_version"]] == [1]

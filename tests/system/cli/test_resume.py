@@ -29,16 +29,16 @@ def _env(tmp_path) -> dict[str, str]:
     return env
 
 
-def _recorded_iterations(tracking) -> list[int]:
+def _recorded_iterations(queries) -> list[int]:
     """Iterations whose record is complete in MLflow (incumbent_loss is logged last in an iteration)."""
     try:
-        runs = tracking.list_runs()
+        runs = queries.list_runs()
     except Exception:  # the store is still being created by the child process
         return []
-    return [step for r in runs for step, _ in tracking.metric_history(r["run_id"], "incumbent_loss")]
+    return [step for r in runs for step, _ in queries.metric_history(r["run_id"], "incumbent_loss")]
 
 
-def kill_after_first_iteration(config, output, env: dict[str, str], tracking, *, timeout_s: float) -> None:
+def kill_after_first_iteration(config, output, env: dict[str, str], queries, *, timeout_s: float) -> None:
     """Start `pmpo optimize` and SIGKILL it, with every process it started, once iteration 1 is in MLflow.
 
     Its own process group, so the kill takes Prefect's local API server (a child process) and any Dask workers
@@ -48,7 +48,7 @@ def kill_after_first_iteration(config, output, env: dict[str, str], tracking, *,
         _command(config, output), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
     )
     deadline = time.monotonic() + timeout_s
-    while KILL_AFTER_ITERATION not in _recorded_iterations(tracking):
+    while KILL_AFTER_ITERATION not in _recorded_iterations(queries):
         assert child.poll() is None, f"the run ended before it could be killed: {child.stderr.read().decode()[-2000:]}"
         assert time.monotonic() < deadline, "iteration 1 was never recorded"
         time.sleep(0.2)
@@ -63,12 +63,12 @@ def test_killed_run_resumes_without_duplicates_or_recomputation(tmp_path, tiny_m
     env = _env(tmp_path)
     monkeypatch.setenv("PMPO_HOME", env["PMPO_HOME"])
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    from tasks import tracking
+    from tasks.mlflow import queries
 
-    kill_after_first_iteration(config, tmp_path / "first.json", env, tracking, timeout_s=420)
-    before = tracking.list_runs()
+    kill_after_first_iteration(config, tmp_path / "first.json", env, queries, timeout_s=420)
+    before = queries.list_runs()
     assert len(before) == 1 and before[0]["status"] == "RUNNING"  # killed: nothing marked it finished
-    done_before_kill = sorted(set(_recorded_iterations(tracking)))
+    done_before_kill = sorted(set(_recorded_iterations(queries)))
     if done_before_kill[-1] >= ITERATIONS:
         pytest.skip("the machine was too slow to kill the run before it ended")  # pragma: no cover
 
@@ -76,15 +76,15 @@ def test_killed_run_resumes_without_duplicates_or_recomputation(tmp_path, tiny_m
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     summary = json.loads((tmp_path / "second.json").read_text())
 
-    runs = tracking.list_runs()
+    runs = queries.list_runs()
     assert [r["run_id"] for r in runs] == [before[0]["run_id"]] == [summary["run_id"]]  # the same run, no second
     assert summary["resumed"] and runs[0]["status"] == "FINISHED"
-    rows = tracking.run_candidates(summary["run_id"])
+    rows = queries.run_candidates(summary["run_id"])
     ids = [r["id"] for r in rows]
     assert len(ids) == len(set(ids)) == summary["n_candidates"]  # each candidate once...
     assert ids == [c["id"] for c in summary["candidates"]]  # ...and none lost
     assert rows[0]["origin"] == "initial" and max(r["iteration"] for r in rows) > KILL_AFTER_ITERATION
-    steps = [s for s, _ in tracking.metric_history(summary["run_id"], "incumbent_loss")]
+    steps = [s for s, _ in queries.metric_history(summary["run_id"], "incumbent_loss")]
     assert steps == list(range(ITERATIONS + 1))  # every iteration recorded exactly once across both processes
 
     computed = {int(k): v for k, v in summary["work"]["loss_computed_by_iteration"].items()}

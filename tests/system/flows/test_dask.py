@@ -56,7 +56,7 @@ def test_cli_flags_fill_the_block():
 
 
 def test_run_key_ignores_where_losses_are_computed(tiny_model_dir):
-    from flows.optimize import run_key
+    from tasks.identity import run_key
     from pmpo.data import load_dataset
     from tasks.models import model_ref
 
@@ -221,19 +221,19 @@ def test_killed_dask_run_resumes_without_duplicates_or_recomputation(tmp_path, t
     env = _env(tmp_path)
     monkeypatch.setenv("PMPO_HOME", env["PMPO_HOME"])
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    from tasks import tracking
+    from tasks.mlflow import queries
 
-    kill_after_first_iteration(config, tmp_path / "first.json", env, tracking, timeout_s=600)
-    done_before_kill = sorted(set(_recorded_iterations(tracking)))
+    kill_after_first_iteration(config, tmp_path / "first.json", env, queries, timeout_s=600)
+    done_before_kill = sorted(set(_recorded_iterations(queries)))
     if done_before_kill[-1] >= iterations:
         pytest.skip("the machine was too slow to kill the run before it ended")  # pragma: no cover
 
     rerun = subprocess.run(_command(config, tmp_path / "second.json"), env=env, capture_output=True, text=True, timeout=900)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     summary = json.loads((tmp_path / "second.json").read_text())
-    assert summary["resumed"] and [r["run_id"] for r in tracking.list_runs()] == [summary["run_id"]]
-    ids = [r["id"] for r in tracking.run_candidates(summary["run_id"])]
+    assert summary["resumed"] and [r["run_id"] for r in queries.list_runs()] == [summary["run_id"]]
+    ids = [r["id"] for r in queries.run_candidates(summary["run_id"])]
     assert len(ids) == len(set(ids)) == summary["n_candidates"]
-    assert [s for s, _ in tracking.metric_history(summary["run_id"], "incumbent_loss")] == list(range(iterations + 1))
+    assert [s for s, _ in queries.metric_history(summary["run_id"], "incumbent_loss")] == list(range(iterations + 1))
     computed = {int(k): v for k, v in summary["work"]["loss_computed_by_iteration"].items()}
     assert all(computed[i] == 0 for i in done_before_kill), computed  # every shard of those came from the store

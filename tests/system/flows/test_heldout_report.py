@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from flows.optimize import _heldout_summary
+from flows.summary import heldout_summary
 from flows.record import heldout_metrics
 from pmpo.evaluation.heldout import Evaluation, compare
 from pmpo_cli import display
@@ -44,7 +44,7 @@ def test_mlflow_metrics_carry_every_delta_and_its_interval():
 
 
 def test_summary_json_and_table_show_the_same_intervals():
-    heldout = _heldout_summary((INITIAL, FINAL), seed=4)
+    heldout = heldout_summary((INITIAL, FINAL), seed=4)
     dumped = json.loads(heldout.model_dump_json())
     delta = compare(INITIAL, FINAL, seed=4)
     assert dumped["delta_loss"] == pytest.approx(dataclasses.asdict(delta.loss))

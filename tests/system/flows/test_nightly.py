@@ -47,10 +47,10 @@ def inline(model_dir, margin: float = 0.0):
 
 
 @pytest.fixture
-def registry(pmpo_home):
-    from tasks import registry
+def prompts(pmpo_home):
+    from tasks.mlflow import prompts
 
-    return registry
+    return prompts
 
 
 @pytest.fixture(scope="module")
@@ -135,15 +135,15 @@ def test_bad_prompts_files_name_the_problem(tmp_path, text, says):
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_second_refresh_on_the_same_data_keeps_production(registry, tiny_model_dir):
+def test_second_refresh_on_the_same_data_keeps_production(prompts, tiny_model_dir):
     from flows.nightly import nightly_refresh
-    from tasks import tracking
+    from tasks.mlflow import prompts, runs
 
     config = inline(tiny_model_dir)
     first = nightly_refresh(config).decisions[0]
-    v1 = registry.get_version("sent", 1)
+    v1 = prompts.get_version("sent", 1)
     assert v1.text == PROMPT and v1.tags["pmpo.decision"] == "initial"  # no production yet: the initial prompt
-    production = registry.get_version("sent", "production")
+    production = prompts.get_version("sent", "production")
     assert production.version == first.production_version
     assert (first.outcome == "promoted") == (first.candidate.loss < first.production.loss)  # margin 0
 
@@ -151,21 +151,22 @@ def test_second_refresh_on_the_same_data_keeps_production(registry, tiny_model_d
 
     assert second.candidate.loss >= second.production.loss  # the premise: nothing better on held-out data
     assert second.outcome == "kept"
-    assert registry.get_version("sent", "production").version == production.version
+    assert prompts.get_version("sent", "production").version == production.version
     if second.candidate_version is None:  # the optimiser kept production's text: the check is noted on it
-        assert "kept" in registry.get_version("sent", production.version).tags["pmpo.last_check"]
+        assert "kept" in prompts.get_version("sent", production.version).tags["pmpo.last_check"]
     else:
-        assert registry.get_version("sent", second.candidate_version).tags["pmpo.decision"] == "kept"
-    assert tracking.run_tags(second.run_id)["pmpo.nightly.decision"] == "kept"
+        assert prompts.get_version("sent", second.candidate_version).tags["pmpo.decision"] == "kept"
+    assert runs.run_tags(second.run_id)["pmpo.nightly.decision"] == "kept"
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_only_a_candidate_better_on_held_out_data_is_promoted(registry, tiny_model_dir, heldout_losses):
+def test_only_a_candidate_better_on_held_out_data_is_promoted(prompts, tiny_model_dir, heldout_losses):
     from prefect import flow
 
     from flows.managed import ManagedPrompt
-    from flows.nightly import Proposal, refresh
-    from tasks import tracking
+    from flows.nightly import refresh
+    from flows.promotion import Proposal
+    from tasks.mlflow import prompts, store
 
     initial = heldout_losses[PROMPT]
     others = [p for p in POOL if p != PROMPT]
@@ -186,27 +187,27 @@ def test_only_a_candidate_better_on_held_out_data_is_promoted(registry, tiny_mod
     bad = refresh_with(worse).decisions[0]
     assert bad.outcome == "kept" and bad.candidate.loss == pytest.approx(heldout_losses[worse], rel=1e-5)
     assert bad.production.loss == pytest.approx(initial, rel=1e-5)
-    assert registry.get_version("sent", "production").version == 1
-    kept = registry.get_version("sent", bad.candidate_version)
+    assert prompts.get_version("sent", "production").version == 1
+    kept = prompts.get_version("sent", bad.candidate_version)
     assert kept.text == worse and kept.tags["pmpo.decision"] == "kept" and kept.tags["pmpo.training_loss"] == "0.000000"
     assert "not better" in kept.tags["pmpo.reason"]
     again = refresh_with(worse).decisions[0]  # the same candidate the next night: judged again, not registered again
     assert (again.outcome, again.candidate_version) == ("kept", bad.candidate_version)
-    assert registry.version_numbers("sent") == [1, bad.candidate_version]
+    assert prompts.version_numbers("sent") == [1, bad.candidate_version]
 
     report = refresh_with(better)
     good = report.decisions[0]
     assert good.outcome == "promoted"
-    assert registry.get_version("sent", "production").text == better
-    assert registry.get_version("sent", good.candidate_version).tags["pmpo.decision"] == "promoted"
-    assert tracking.client().get_run(report.run_id).data.tags["pmpo.decision.sent"] == "promoted"
+    assert prompts.get_version("sent", "production").text == better
+    assert prompts.get_version("sent", good.candidate_version).tags["pmpo.decision"] == "promoted"
+    assert store.client().get_run(report.run_id).data.tags["pmpo.decision.sent"] == "promoted"
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_a_prompt_with_broken_data_fails_alone_and_is_named(registry, tmp_path, tiny_model_dir):
+def test_a_prompt_with_broken_data_fails_alone_and_is_named(prompts, tmp_path, tiny_model_dir):
     from flows.managed import NightlyConfig
     from flows.nightly import NightlyRefreshFailed, nightly_refresh
-    from tasks import tracking
+    from tasks.mlflow import prompts, store
 
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"input": "a", "target": "b"}\nnot json\n')
@@ -223,8 +224,8 @@ def test_a_prompt_with_broken_data_fails_alone_and_is_named(registry, tmp_path, 
     assert error.report.failed == ["broken"]
     assert "broken.jsonl, line 2" in str(error)
     ok = next(d for d in error.report.decisions if d.name == "sent")
-    assert ok.outcome in ("promoted", "kept") and registry.get_version("sent", "production") is not None
-    run = tracking.client().get_run(error.report.run_id)
+    assert ok.outcome in ("promoted", "kept") and prompts.get_version("sent", "production") is not None
+    run = store.client().get_run(error.report.run_id)
     assert run.info.status == "FAILED"
     assert run.data.tags["pmpo.decision.broken"] == "failed" and run.data.tags["pmpo.decision.sent"] == ok.outcome
 

@@ -42,10 +42,10 @@ def test_flow_gives_the_library_loops_candidates(first_run, tiny_lm):
 
 
 def test_mlflow_table_holds_exactly_the_flow_candidates(first_run):
-    from tasks import tracking
+    from tasks.mlflow import queries
 
     _, summary = first_run
-    rows = tracking.run_candidates(summary.run_id)
+    rows = queries.run_candidates(summary.run_id)
 
     assert [r["id"] for r in rows] == [c.id for c in summary.candidates]
     for row, c in zip(rows, summary.candidates):
@@ -57,10 +57,10 @@ def test_mlflow_table_holds_exactly_the_flow_candidates(first_run):
 
 
 def test_mlflow_run_record(first_run):
-    from tasks import tracking
+    from tasks.mlflow import prompts, queries, store
 
     config, summary = first_run
-    run = tracking.client().get_run(summary.run_id)
+    run = store.client().get_run(summary.run_id)
     tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
 
     assert run.info.status == "FINISHED"
@@ -68,7 +68,7 @@ def test_mlflow_run_record(first_run):
     assert tags["pmpo.dataset_fingerprint"] == summary.dataset_fingerprint
     assert tags["pmpo.code_version"] and tags["prefect.flow_run_id"]
     assert params["iterations"] == str(config.iterations) and params["model.dtype"] == "float32"
-    steps = [step for step, _ in tracking.metric_history(summary.run_id, "incumbent_loss")]
+    steps = [step for step, _ in queries.metric_history(summary.run_id, "incumbent_loss")]
     assert steps == list(range(config.iterations + 1))  # iteration 0 (initial) .. T, each once
     assert metrics["best_loss"] == pytest.approx(summary.best_loss)
     assert metrics["heldout/loss_initial"] == pytest.approx(summary.heldout.initial_loss)
@@ -78,9 +78,9 @@ def test_mlflow_run_record(first_run):
     assert (metrics["heldout/delta_loss_low"], metrics["heldout/delta_loss_high"]) == pytest.approx((h.delta_loss.low, h.delta_loss.high))
     assert metrics["heldout/delta_accuracy"] == pytest.approx(h.final_accuracy - h.initial_accuracy)
     assert metrics["heldout/delta_accuracy_low"] <= metrics["heldout/delta_accuracy"] <= metrics["heldout/delta_accuracy_high"]
-    artifacts = {a.path for a in tracking.client().list_artifacts(summary.run_id)}
+    artifacts = {a.path for a in store.client().list_artifacts(summary.run_id)}
     assert {"loss_by_iteration.png", "candidates.json", "config.json"} <= artifacts
-    assert tracking.load_registered_prompt(f"prompts:/{summary.prompt_name}@latest") == summary.best_prompt
+    assert prompts.load_registered_prompt(f"prompts:/{summary.prompt_name}@latest") == summary.best_prompt
 
 
 def test_identical_rerun_recomputes_nothing_and_never_loads_the_model(first_run, monkeypatch):
@@ -126,7 +126,8 @@ def test_cache_keys_hold_content_not_objects_or_labels():
     from pmpo.data import Dataset, Supervised
     from pmpo.scoring.loss import ScorerSettings
     from pmpo.models.loading import ModelSettings
-    from tasks.caching import ContentInputs, content
+    from tasks.caching import ContentInputs
+    from tasks.identity import content
     from tasks.models import ModelRef
 
     ref = ModelRef(ModelSettings(spec="/models/a"), ScorerSettings(), "tiny@sha256:1", "float32", "cpu")
@@ -150,7 +151,7 @@ def test_cache_keys_hold_content_not_objects_or_labels():
 
 
 def test_run_cost_adds_up_in_the_summary_and_mlflow(first_run):
-    from tasks import tracking
+    from tasks.mlflow import queries, store
 
     config, summary = first_run
     cost = summary.cost
@@ -162,9 +163,9 @@ def test_run_cost_adds_up_in_the_summary_and_mlflow(first_run):
     assert all(it.steps["rewrite"].tokens_generated > 0 for it in cost.iterations)
     assert all(it.steps["rewrite"].tokens_prefilled > it.steps["rewrite"].tokens_generated for it in cost.iterations)
     assert cost.heldout.steps["evaluate"].tokens_scored > 0 and cost.heldout.seconds > 0
-    history = tracking.metric_history(summary.run_id, "cost/tokens_scored")
+    history = queries.metric_history(summary.run_id, "cost/tokens_scored")
     assert history == [(i, float(it.tokens_scored)) for i, it in enumerate(cost.iterations, start=1)]
-    metrics = tracking.client().get_run(summary.run_id).data.metrics
+    metrics = store.client().get_run(summary.run_id).data.metrics
     assert metrics["cost_total/tokens_scored"] == cost.total.tokens_scored
     assert metrics["time_total/evaluate_s"] == pytest.approx(cost.heldout.seconds)
 

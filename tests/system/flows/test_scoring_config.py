@@ -13,6 +13,7 @@ from pmpo.scoring.loss import ScorerSettings, example_rows
 from pmpo.models.loading import ModelSettings
 from pmpo_cli.main import build_parser
 from pmpo_cli.options import config_values
+from tasks.identity import model_key
 from tasks.models import ModelRef
 
 
@@ -43,7 +44,7 @@ def test_scoring_block_reaches_the_scorer_and_the_heldout_setup():
 
 def test_scoring_choice_is_part_of_the_cache_key():
     def key(settings):
-        return ModelRef(ModelSettings(spec="/m"), settings, "tiny@sha256:1", "float32", "cpu").cache_key()
+        return model_key(ModelRef(ModelSettings(spec="/m"), settings, "tiny@sha256:1", "float32", "cpu"))
 
     keys = [key(ScorerSettings()), key(ScorerSettings(mc_objective="ce")), key(ScorerSettings(beta=2.0))]
     assert len({str(k) for k in keys}) == 3

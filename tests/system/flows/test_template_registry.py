@@ -30,20 +30,20 @@ ROWS = [
 
 
 @pytest.fixture
-def registry(pmpo_home):
-    from tasks import registry
+def prompts(pmpo_home):
+    from tasks.mlflow import prompts
 
-    return registry
+    return prompts
 
 
-def test_text_and_chat_templates_round_trip_through_the_registry(registry):
+def test_text_and_chat_templates_round_trip_through_the_registry(prompts):
     import mlflow
 
-    registry.register("tpl", TEMPLATE, "first", {})
-    registry.register("chat", CHAT, "first", {})
-    assert registry.get_version("tpl", 1).text == TEMPLATE
-    assert registry.get_version("chat", 1).text == CHAT  # pmpo's string form, the same candidate as before
-    assert registry.find_version("chat", CHAT) == 1
+    prompts.register("tpl", TEMPLATE, "first", {})
+    prompts.register("chat", CHAT, "first", {})
+    assert prompts.get_version("tpl", 1).text == TEMPLATE
+    assert prompts.get_version("chat", 1).text == CHAT  # pmpo's string form, the same candidate as before
+    assert prompts.find_version("chat", CHAT) == 1
 
     loaded = mlflow.genai.load_prompt("prompts:/chat/1")
     assert not loaded.is_text_prompt and loaded.variables == {"product", "review"}  # MLflow's own chat format
@@ -56,7 +56,7 @@ def test_text_and_chat_templates_round_trip_through_the_registry(registry):
 
 @pytest.mark.usefixtures("prefect_harness")
 def test_optimize_from_a_registered_chat_prompt_registers_a_chat_prompt_with_the_same_variables(
-    registry, tmp_path, tiny_model_dir
+    prompts, tmp_path, tiny_model_dir
 ):
     import mlflow
 
@@ -65,7 +65,7 @@ def test_optimize_from_a_registered_chat_prompt_registers_a_chat_prompt_with_the
 
     data = tmp_path / "reviews.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
-    registry.set_alias("chat", "production", registry.register("chat", CHAT, "first", {}))
+    prompts.set_alias("chat", "production", prompts.register("chat", CHAT, "first", {}))
     config = OptimizeConfig.model_validate(
         {
             "task": "chat",

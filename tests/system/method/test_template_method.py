@@ -24,9 +24,9 @@ def test_a_template_is_optimised_promoted_and_still_fillable(pmpo_home):
 
     from flows.managed import NightlyConfig
     from flows.nightly import nightly_refresh
-    from tasks import registry
+    from tasks.mlflow import prompts
 
-    registry.set_alias("review-tpl", "production", registry.register("review-tpl", START, "from the app team", {}))
+    prompts.set_alias("review-tpl", "production", prompts.register("review-tpl", START, "from the app team", {}))
     config = NightlyConfig.model_validate(
         {
             "prompts": [

@@ -26,10 +26,10 @@ def _env(home) -> dict[str, str]:
 FIRST_USE = textwrap.dedent(
     """
     import sys
-    from tasks import tracking
-    run = tracking.start_run("concurrent", f"key-{sys.argv[1]}", "r", params={"i": sys.argv[1]}, tags={})
-    tracking.log_metrics(run, {"best_loss": 1.0}, step=0)
-    tracking.finish(run)
+    from tasks.mlflow import runs, writes
+    run = runs.start_run("concurrent", f"key-{sys.argv[1]}", "r", params={"i": sys.argv[1]}, tags={})
+    writes.log_metrics(run, {"best_loss": 1.0}, step=0)
+    runs.finish(run)
     """
 )
 
@@ -47,18 +47,18 @@ def test_six_first_uses_of_a_fresh_store_at_once_all_succeed(tmp_path, monkeypat
     assert not {t for t in tables if t.startswith("_alembic_tmp")} and "alembic_version" in tables
     monkeypatch.setenv("PMPO_HOME", str(home))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    from tasks import tracking
+    from tasks.mlflow import queries
 
-    runs = tracking.list_runs()  # what `pmpo runs` shows: a healthy store
-    assert len(runs) == 6 and {r["status"] for r in runs} == {"FINISHED"} and {r["best_loss"] for r in runs} == {1.0}
+    listed = queries.list_runs()  # what `pmpo runs` shows: a healthy store
+    assert len(listed) == 6 and {r["status"] for r in listed} == {"FINISHED"} and {r["best_loss"] for r in listed} == {1.0}
 
 
 HOLDER = textwrap.dedent(
     """
     import time
-    from tasks import tracking
-    run = tracking.start_run("owned", "the-key", "r", params={}, tags={})
-    tracking.log_metrics(run, {"incumbent_loss": 2.0}, step=0)
+    from tasks.mlflow import runs, writes
+    run = runs.start_run("owned", "the-key", "r", params={}, tags={})
+    writes.log_metrics(run, {"incumbent_loss": 2.0}, step=0)
     print(run.run_id, flush=True)
     time.sleep(600)
     """
@@ -69,52 +69,52 @@ def test_live_run_is_not_taken_over_and_a_killed_one_resumes(tmp_path, monkeypat
     home = tmp_path / "home"
     monkeypatch.setenv("PMPO_HOME", str(home))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    from tasks import locks, tracking
+    from tasks.mlflow import locks, runs
 
     holder = subprocess.Popen([sys.executable, "-c", HOLDER], env=_env(home), stdout=subprocess.PIPE, text=True)
     try:
         run_id = holder.stdout.readline().strip()
         assert run_id, "the holder did not start its run"
         with pytest.raises(locks.RunBusy, match=rf"being written by [^ ]+:{holder.pid} since"):
-            tracking.start_run("owned", "the-key", "r", params={}, tags={})
-        assert tracking.run_tags(run_id)[tracking.OWNER_TAG].endswith(f":{holder.pid}")
+            runs.start_run("owned", "the-key", "r", params={}, tags={})
+        assert runs.run_tags(run_id)[runs.OWNER_TAG].endswith(f":{holder.pid}")
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait(timeout=30)
         holder.stdout.close()
 
-    resumed = tracking.start_run("owned", "the-key", "r", params={}, tags={})
+    resumed = runs.start_run("owned", "the-key", "r", params={}, tags={})
     assert resumed.run_id == run_id and resumed.resumed and resumed.logged_through == 0
-    assert tracking.run_tags(run_id)[tracking.OWNER_TAG] == locks.owner()
-    tracking.finish(resumed)
+    assert runs.run_tags(run_id)[runs.OWNER_TAG] == locks.owner()
+    runs.finish(resumed)
     assert not (home / "locks" / "run-the-key.owner").exists()  # released at finish
 
 
 def test_same_prompt_text_reuses_its_registry_version(tmp_path, monkeypatch):
     monkeypatch.setenv("PMPO_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    from tasks import registry, tracking
+    from tasks.mlflow import prompts, runs
 
-    runs = []
+    made = []
     for key in ("a", "b", "c"):
-        runs.append(tracking.start_run("reg", key, key, params={}, tags={}))
-        tracking.finish(runs[-1])
-    name, v1 = tracking.register_prompt("task", "Answer briefly.", 1.5, runs[0])
-    assert tracking.register_prompt("task", "Answer briefly.", 1.5, runs[1]) == (name, v1)
-    assert tracking.register_prompt("task", "Answer briefly.", 1.5, runs[1]) == (name, v1)  # same run: no repeat
-    _, v2 = tracking.register_prompt("task", "Answer in one word.", 1.2, runs[2])
+        made.append(runs.start_run("reg", key, key, params={}, tags={}))
+        runs.finish(made[-1])
+    name, v1 = prompts.register_prompt("task", "Answer briefly.", 1.5, made[0])
+    assert prompts.register_prompt("task", "Answer briefly.", 1.5, made[1]) == (name, v1)
+    assert prompts.register_prompt("task", "Answer briefly.", 1.5, made[1]) == (name, v1)  # same run: no repeat
+    _, v2 = prompts.register_prompt("task", "Answer in one word.", 1.2, made[2])
 
-    assert registry.version_numbers(name) == [v1, v2] and v2 == v1 + 1
-    tags = registry.get_version(name, v1).tags
-    assert tags[tracking.RUN_IDS_TAG] == f"{runs[0].run_id},{runs[1].run_id}" and tags["run_id"] == runs[0].run_id
-    assert registry.get_version(name, v2).tags[tracking.RUN_IDS_TAG] == runs[2].run_id
+    assert prompts.version_numbers(name) == [v1, v2] and v2 == v1 + 1
+    tags = prompts.get_version(name, v1).tags
+    assert tags[prompts.RUN_IDS_TAG] == f"{made[0].run_id},{made[1].run_id}" and tags["run_id"] == made[0].run_id
+    assert prompts.get_version(name, v2).tags[prompts.RUN_IDS_TAG] == made[2].run_id
 
 
 def test_a_second_claim_in_another_process_fails_until_release(tmp_path, monkeypatch):
     monkeypatch.setenv("PMPO_HOME", str(tmp_path / "home"))
-    from tasks import locks
+    from tasks.mlflow import locks
 
-    probe = "from tasks import locks\ntry:\n    locks.claim_run('k')\n    print('claimed')\nexcept locks.RunBusy as e:\n    print(e)"
+    probe = "from tasks.mlflow import locks\ntry:\n    locks.claim_run('k')\n    print('claimed')\nexcept locks.RunBusy as e:\n    print(e)"
     locks.claim_run("k")
     locks.claim_run("k")  # the owner may claim again (a resumed run in the same process)
     busy = subprocess.run([sys.executable, "-c", probe], env=_env(tmp_path / "home"), capture_output=True, text=True)

@@ -201,9 +201,9 @@ def test_prefect_yaml_deploys_and_a_worker_runs_optimize(tmp_path, tiny_model_di
 
     monkeypatch.setenv("PMPO_HOME", env["PMPO_HOME"])
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    from tasks import tracking
+    from tasks.mlflow import queries
 
-    [recorded] = tracking.list_runs("sentiment")  # the worker's flow run left its MLflow record
+    [recorded] = queries.list_runs("sentiment")  # the worker's flow run left its MLflow record
     assert recorded["status"] == "FINISHED" and recorded["n_candidates"] >= 1
 
 

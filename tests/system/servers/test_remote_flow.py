@@ -37,10 +37,11 @@ def remote_run(tmp_path_factory, tiny_model_dir, tiny_lm, prefect_harness):
 def test_remote_flow_scores_through_the_server(remote_run):
     from pmpo.remote import RemoteScorer
     from tasks import models
+    from tasks.identity import model_key
 
     _, ref, summary, _ = remote_run
     assert ref.identity.startswith("openai:http://127.0.0.1:") and ref.identity.endswith("#tiny@unpinned")
-    assert "@sha256:" in ref.cache_key()["tokenizer"]  # the tokenizer that rendered the texts is in the key
+    assert "@sha256:" in model_key(ref)["tokenizer"]  # the tokenizer that rendered the texts is in the key
     sc = models.scorer(ref)
     assert isinstance(sc, RemoteScorer)
     assert sc.usage.snapshot().tokens_scored > 0  # the losses came from the server
@@ -55,7 +56,7 @@ def test_a_served_model_rewrites_for_itself_through_its_server_and_never_loads_h
     _, ref, summary, requests = remote_run
     chats = [r for r in requests if "messages" in r]
     assert chats and all(r["model"] == "tiny" for r in chats)  # rewriter: same -> the server's chat endpoint
-    assert summary.rewriter_identity == ref.identity.removesuffix("@unpinned")  # same server, same model
+    assert summary.rewriter_identity == ref.identity  # same server, same model: one identity
     assert not models.is_loaded(ref)  # no local copy of the weights: scoring, answers and rewrites were served
 
 

@@ -72,9 +72,9 @@ def test_nightly_fans_out_over_a_work_pool_under_the_deployments_concurrency_lim
     assert _when(second["start_time"]) >= _when(first["end_time"])  # concurrency limit 1: never side by side
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])  # read the record the worker wrote
-    from tasks import tracking
+    from tasks.mlflow import runs
 
-    tags = tracking.run_tags(good["run_id"])
+    tags = runs.run_tags(good["run_id"])
     assert tags["prefect.flow_run_id"] == good["flow_run_id"] == tags["pmpo.nightly.flow_run_id"]
     assert tags["pmpo.nightly.decision"] == good["outcome"]
 

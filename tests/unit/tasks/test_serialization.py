@@ -1,6 +1,5 @@
 """Persisted task results are data, never code: every result type round-trips through the JSON codec, a pickle
-planted where a rerun reads its cached result is never unpickled (the step recomputes, with a warning), and the
-cache key changes when pmpo's source or the dataset description would change the result."""
+planted where a rerun reads its cached result is never unpickled (the step recomputes, with a warning)."""
 
 from __future__ import annotations
 
@@ -19,7 +18,7 @@ from pmpo.data.examples import Dataset, Supervised
 from pmpo.evaluation.heldout import Evaluation
 from pmpo.scoring.loss import LossMatrix
 from pmpo.loop.result import Candidate, SegmentEffect
-from tasks import caching, serialization
+from tasks import serialization
 from tasks.serialization import PmpoJSONSerializer, UnsafeResult
 
 
@@ -111,23 +110,6 @@ def test_record_check_accepts_only_pmpo_json(tmp_path):
             serialization.check_metadata(bad)
     assert serialization.check_metadata(json.dumps(ours).encode()) == "k"
     assert not marker.exists()
-
-
-def _data(description: str) -> Dataset:
-    return Dataset("t", (Supervised("in", "out"),), description=description)
-
-
-def test_cache_key_content_includes_description_and_source():
-    assert caching.content(_data("Classify.")) != caching.content(_data("Translate."))
-    assert len(caching.source_fingerprint()) == 16 and caching.source_fingerprint() == caching.source_fingerprint()
-
-
-def test_cache_key_changes_with_pmpo_source(monkeypatch):
-    policy = caching.ContentInputs()
-    inputs = {"prompt": "Answer.", "data": _data("")}
-    before = policy.compute_key(None, inputs, {})
-    monkeypatch.setattr(caching, "source_fingerprint", lambda: "0" * 16)
-    assert policy.compute_key(None, inputs, {}) != before
 
 
 @pytest.mark.usefixtures("prefect_harness")

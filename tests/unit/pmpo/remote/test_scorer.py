@@ -199,14 +199,3 @@ def test_bad_remote_config_is_one_line_naming_the_field(model, why):
     with pytest.raises(ConfigError, match=why) as err:
         build(OptimizeConfig, {"model": model})
     assert "sk-abc123" not in str(err.value)  # a key pasted in the wrong field is not repeated back
-
-
-def test_local_cache_keys_are_unchanged_and_remote_keys_hold_the_tokenizer():
-    from pmpo.scoring.loss import ScorerSettings
-    from pmpo.models.loading import ModelSettings
-    from tasks.models import ModelRef
-
-    local = ModelRef(ModelSettings(spec="/m"), ScorerSettings(), "tiny@sha256:1", "float32", "cpu").cache_key()
-    assert "tokenizer" not in local  # the keys of runs made before the remote backend still hit
-    remote = ModelRef(ModelSettings(backend="openai", base_url="u"), ScorerSettings(), "openai:u#m@r1", "remote", "remote", "tok@sha256:2")
-    assert remote.cache_key()["tokenizer"] == "tok@sha256:2" and remote.cache_key()["identity"] == "openai:u#m@r1"

@@ -205,7 +205,7 @@ def test_flow_rewritten_through_the_server_records_it_and_never_the_key(
     chat_server, pmpo_home, tiny_model_dir, monkeypatch, capfd
 ):
     from flows.optimize import optimize_prompt
-    from tasks import tracking
+    from tasks.mlflow import runs, store
 
     monkeypatch.setenv(KEY_ENV, FAKE_KEY)
     logged = _debug_log(monkeypatch)  # the HTTP client's own debug lines are records too
@@ -216,12 +216,12 @@ def test_flow_rewritten_through_the_server_records_it_and_never_the_key(
     )  # fmt: skip
     summary = optimize_prompt(OptimizeConfig.model_validate(values))
 
-    identity = f"openai:{chat_server.base_url}#{chat_server.model}"
+    identity = f"openai:{chat_server.base_url}#{chat_server.model}@unpinned"
     assert summary.rewriter_identity == identity and summary.model_identity != identity
     rewrites = [c for c in summary.candidates if c.origin == "rewrite"]
     assert rewrites and all(c.prompt != PROMPT for c in rewrites)  # parsed variants the server wrote
     assert summary.cost.total.steps["rewrite"].tokens_generated > 0  # the server's reported usage
-    params, tags = tracking.client().get_run(summary.run_id).data.params, tracking.run_tags(summary.run_id)
+    params, tags = store.client().get_run(summary.run_id).data.params, runs.run_tags(summary.run_id)
     assert params["rewriter.identity"] == identity and params["rewriter.api_key_env"] == KEY_ENV
     assert tags["pmpo.rewriter_identity"] == identity
     assert tags["pmpo.rewrite_template"] == "short" and tags["pmpo.units"] == "model"  # unknown size: large

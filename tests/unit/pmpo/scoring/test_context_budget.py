@@ -43,11 +43,11 @@ def test_flow_refuses_before_creating_a_run(tmp_path, tiny_model_dir, pmpo_home,
     from support.pipeline import tiny_config
 
     from flows.optimize import optimize_prompt
-    from tasks import tracking
+    from tasks.mlflow import queries
 
     path = tmp_path / "reviews.jsonl"
     _rows(path, long_row=3, n=20)
     config = tiny_config(tiny_model_dir, data={"source": str(path)})
     with pytest.raises(ContextLengthError, match="row 3"):
         optimize_prompt(config)
-    assert tracking.list_runs() == []  # no empty FAILED run left behind
+    assert queries.list_runs() == []  # no empty FAILED run left behind

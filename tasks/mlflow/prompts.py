@@ -1,20 +1,27 @@
-"""The Prompt Registry side of the MLflow record: versions, aliases, version tags, and runs that are not
-optimisations (a nightly refresh, a comparison).
+"""The Prompt Registry: an optimisation's best prompt registered with its loss and run, versions read by
+number or alias (`production`, `latest`), aliases moved, version tags set.
 
-It works through `tasks.tracking`'s client: tracking stays the one module that imports mlflow.
+A prompt text registered again under the same name reuses its version. A chat prompt is registered as its list
+of messages, so the registry keeps the format the application loads; read back, it is pmpo's one string form of
+its messages (pmpo.text.template).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from pmpo.text.template import from_registry, to_registry
 from tasks.environment import shown_tracking_uri
-from tasks.tracking import MlflowException, TrackedRun, TrackingError, client, experiment_id
+from tasks.mlflow.runs import TrackedRun
+from tasks.mlflow.store import TrackingError, client, safe_name
 
 PRODUCTION = "production"
 LATEST = "latest"  # resolved by MLflow itself to the newest version
+RUN_IDS_TAG = "pmpo.run_ids"  # on a prompt version: every run that produced its text, comma-separated
 
 
 @dataclass(frozen=True)
@@ -31,6 +38,45 @@ class PromptVersion:
     def uri(self) -> str:
         """`prompts:/name/version`, the form `mlflow.genai.load_prompt` takes."""
         return f"prompts:/{self.name}/{self.version}"
+
+
+def prompt_name(task: str) -> str:
+    """A Prompt Registry name for a task (letters, digits, _ . - only)."""
+    return safe_name(task).strip("-") or "prompt"
+
+
+def register_prompt(task: str, prompt: str, loss: float, run: TrackedRun) -> tuple[str, int]:
+    """Register `prompt` under the task's name with its loss and run id; the same text reuses its version.
+
+    A reused version keeps its `run_id` tag (the run that first produced it) and gains this run in
+    `pmpo.run_ids`. `prompts:/<name>@latest` loads the newest version: MLflow reserves the alias `latest`
+    and resolves it itself (setting it explicitly is refused).
+    """
+    c = client()
+    name = prompt_name(task)
+    existing = _same_text_version(c, name, prompt)
+    if existing is not None:
+        runs = [r for r in existing.tags.get(RUN_IDS_TAG, existing.tags.get("run_id", "")).split(",") if r]
+        if run.run_id not in runs:
+            c.set_prompt_version_tag(name, existing.version, RUN_IDS_TAG, ",".join([*runs, run.run_id]))
+        return name, int(existing.version)
+    version = mlflow.genai.register_prompt(
+        name=name,
+        template=to_registry(prompt),  # a chat prompt stays a list of messages, as the application loads it
+        commit_message=f"pmpo run {run.run_id}: training loss {loss:.4f}",
+        tags={"loss": f"{loss:.6f}", "run_id": run.run_id, RUN_IDS_TAG: run.run_id},
+    )
+    return name, int(version.version)
+
+
+def load_registered_prompt(uri: str) -> str:
+    """The text of a registered prompt, e.g. `prompts:/sentiment@latest` or `prompts:/sentiment/2` (a chat
+    prompt as pmpo's one string form of its messages, pmpo.text.template)."""
+    client()
+    try:
+        return from_registry(mlflow.genai.load_prompt(uri).template)
+    except MlflowException as exc:
+        raise TrackingError(f"prompt {uri!r} not found in {shown_tracking_uri()}: {exc.message.splitlines()[0]}") from None
 
 
 def get_version(name: str, ref: str | int) -> PromptVersion | None:
@@ -68,11 +114,8 @@ def version_numbers(name: str) -> list[int]:
 
 def find_version(name: str, text: str) -> int | None:
     """The newest version whose text is exactly `text` (None: no such version)."""
-    try:
-        found = client().search_prompt_versions(name)
-    except MlflowException:
-        return None
-    return max((int(v.version) for v in found if from_registry(v.template) == text), default=None)
+    found = _same_text_version(client(), name, text)
+    return None if found is None else int(found.version)
 
 
 def register(name: str, text: str, message: str, tags: dict[str, str]) -> int:
@@ -94,27 +137,11 @@ def tag_version(name: str, version: int, tags: dict[str, str]) -> None:
         c.set_prompt_version_tag(name, version, key, str(value))
 
 
-def tag_run(run_id: str, tags: dict[str, str]) -> None:
-    """Set tags on a run known by id (e.g. an optimisation run's nightly decision)."""
-    c = client()
-    for key, value in tags.items():
-        c.set_tag(run_id, key, str(value))
-
-
-def start_record_run(experiment: str, run_name: str, tags: dict[str, str]) -> TrackedRun:
-    """A fresh run for a record that is not an optimisation (never resumed: each refresh or comparison is new)."""
-    c = client()
-    exp_id = experiment_id(c, experiment)
-    run = c.create_run(exp_id, run_name=run_name, tags=tags)
-    return TrackedRun(run.info.run_id, exp_id, experiment, resumed=False, logged_through=-1)
-
-
-def run_json(run_id: str, artifact_file: str) -> dict | None:
-    """A JSON artifact of a run (e.g. the config.json every optimisation run keeps); None when absent."""
-    c = client()
+def _same_text_version(c: MlflowClient, name: str, text: str):
+    """The newest version of prompt `name` whose text is `text` (None: none, or no such prompt)."""
     try:
-        path = c.download_artifacts(run_id, artifact_file)
-    except (MlflowException, OSError):
+        versions = c.search_prompt_versions(name)
+    except MlflowException:
         return None
-    with open(path) as f:
-        return json.load(f)
+    same = [v for v in versions if from_registry(v.template) == text]
+    return max(same, key=lambda v: int(v.version), default=None)

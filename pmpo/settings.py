@@ -38,7 +38,7 @@ def _takes_bool(annotation: Any) -> bool:
 def _variable_name(name: str | None) -> str | None:
     # A key pasted here instead of a variable's name would land in every record of the run (params, cache keys).
     if name is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-        raise ValueError("api_key_env takes the NAME of an environment variable (e.g. OPENAI_API_KEY), not a key")
+        raise ValueError("takes the NAME of an environment variable (e.g. OPENAI_API_KEY), not a key")
     return name
 
 

@@ -8,12 +8,13 @@ build: a fully cached rerun never loads the model at all. A model behind a serve
 from __future__ import annotations
 
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
-from pmpo.scoring.loss import Scorer, ScorerSettings
+from pmpo.scoring.loss import Scorer
+from pmpo.scoring.settings import ScorerSettings
+from pmpo.models.settings import ModelSettings
 from pmpo.models.loading import (
     LoadedModel,
-    ModelSettings,
     TextSide,
     load_model,
     load_text_side,
@@ -21,7 +22,7 @@ from pmpo.models.loading import (
     resolve_device,
     resolve_dtype,
 )
-from pmpo.remote import Endpoint, RemoteScorer, RemoteSettings
+from pmpo.remote import Endpoint, RemoteScorer
 from pmpo.models.usage import UsageSnapshot
 from tasks.progress import Event, report
 
@@ -52,7 +53,7 @@ class ModelRef:
             "dtype": self.dtype,
             "device": self.device,
             "placement": self.settings.placement,
-            "scorer": asdict(self.scorer),
+            "scorer": self.scorer.model_dump(),
         }
         return key | ({"tokenizer": self.text_identity} if self.text_identity else {})
 
@@ -87,7 +88,7 @@ def endpoint(settings: ModelSettings) -> Endpoint:
     """The process's client for a remote model's server (one per settings; it reads the key once)."""
     with _LOCK:
         if settings not in _ENDPOINTS:
-            _ENDPOINTS[settings] = Endpoint(RemoteSettings.of(settings))
+            _ENDPOINTS[settings] = Endpoint(settings)
         return _ENDPOINTS[settings]
 
 

@@ -9,7 +9,7 @@ from pydantic import Field
 
 from pmpo.settings import Strict
 
-Objective = Literal["ce", "preference"]
+Objective = Literal["preference", "ce"]
 
 
 class ScorerSettings(Strict):

@@ -22,14 +22,15 @@ from pmpo.data import (
     split_dataset,
 )
 from pmpo.evaluation.heldout import Evaluation, evaluate
-from pmpo.scoring.loss import LossMatrix, Scorer, ScorerSettings
-from pmpo.models.loading import DEFAULT_MODEL, LoadedModel, ModelSettings, load_model
-from pmpo.loop.optimizer import PMPO, OnCandidate, OnIteration, OptimizerConfig
-from pmpo.scoring.racing import RacingSettings
+from pmpo.scoring.loss import LossMatrix, Scorer
+from pmpo.scoring.settings import RacingSettings, ScorerSettings
+from pmpo.models.loading import LoadedModel, load_model
+from pmpo.models.settings import DEFAULT_MODEL, ModelSettings
+from pmpo.loop.optimizer import PMPO, OnCandidate, OnIteration
+from pmpo.loop.settings import OptimizerConfig
 from pmpo.loop.result import Candidate, Iteration, OptimizeResult, SegmentEffect
-from pmpo.rewriting.proposal import RewriteSettings
 from pmpo.rewriting.backends import ChatRewriter, LocalRewriter, Rewriter
-from pmpo.rewriting.settings import RewriterSettings
+from pmpo.rewriting.settings import RewriterSettings, RewriteSettings
 from pmpo.models.usage import Cost, Usage, UsageSnapshot
 
 __all__ = [
@@ -56,7 +57,8 @@ def optimize(
 ) -> OptimizeResult:
     """Optimise `prompt` for `model` on the training examples; returns every candidate and the best.
 
-    `rewriter` writes the rewrites (default: `model` itself), e.g. `ChatRewriter.connect(RewriterSettings(backend="openai", base_url=..., model=...))`.
+    `rewriter` writes the rewrites (default: `model` itself), e.g. a chat endpoint:
+    `ChatRewriter.connect(RewriterSettings(backend="openai", base_url=..., model=...))`.
     """
     lm = model if isinstance(model, LoadedModel) else load_model(model)
     check_fits(lm, prompt, train, scorer_settings.mc_objective)

@@ -9,7 +9,8 @@ from pmpo.data import load_dataset, split_dataset
 from pmpo.scoring.loss import Scorer
 from pmpo.models.loading import ModelSettings, load_model
 from pmpo.rewriting.proposal import RewriteSettings, propose
-from pmpo.rewriting.backends import ChatRewriter, ChatSettings
+from pmpo.rewriting.backends import ChatRewriter
+from pmpo.rewriting.settings import RewriterSettings
 
 directory, _ = bundled_checkpoint()
 proc = subprocess.Popen([str(Path(sys.executable).with_name("transformers")), "serve", str(directory), "--host", "127.0.0.1",
@@ -26,7 +27,9 @@ try:
             if httpx.get("http://127.0.0.1:8933/health", timeout=2).status_code == 200: break
         except httpx.HTTPError: pass
         time.sleep(1)
-    chat = ChatRewriter.connect(ChatSettings("http://127.0.0.1:8933/v1", str(directory), timeout_s=600, max_retries=0))
+    chat = ChatRewriter.connect(RewriterSettings(
+        backend="openai", base_url="http://127.0.0.1:8933/v1", model=str(directory), timeout_s=600, max_retries=0
+    ))
     t = time.perf_counter(); remote = propose(chat, **kw); tr = time.perf_counter() - t
     print(f"in-process: {tl:.1f} s, kept {len(local.variants)}/4, rejected { {k: v for k, v in local.rejected.items() if v} }, tokens generated {lm.usage.tokens_generated}")
     print(f"served:     {tr:.1f} s, kept {len(remote.variants)}/4, rejected { {k: v for k, v in remote.rejected.items() if v} }, tokens generated {chat.usage.tokens_generated}")

@@ -237,7 +237,7 @@ def _racing(lm, work, matrices, full_seconds: float, perms: int) -> dict:
     full = matrices["zero_shot"].prompt_loss()
     race_pick = _pick(full[0], raced)
     out = {
-        "settings": asdict(settings),
+        "settings": settings.model_dump(),
         "seconds": t.wall,
         "speedup": full_seconds / t.wall,
         "dropped": sum(v is None for v in raced),

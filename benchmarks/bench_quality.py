@@ -25,7 +25,6 @@ import os
 import platform
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -201,7 +200,7 @@ def pmpo_arm(arm: str, settings: BenchSettings) -> tuple[OptimizerConfig, Scorer
     """The optimizer and scorer settings of a PMPO arm (the others differ from the defaults in one field)."""
     config = OptimizerConfig(iterations=settings.iterations, seed=settings.seed)
     if arm == "pmpo_no_masking":
-        return replace(config, masking=False), ScorerSettings()
+        return config.model_copy(update={"masking": False}), ScorerSettings()
     if arm == "pmpo_ce":
         return config, ScorerSettings(mc_objective="ce")
     return config, ScorerSettings()

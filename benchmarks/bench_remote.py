@@ -37,7 +37,7 @@ from measure import Timer  # noqa: E402
 from pmpo.text.encoding import render_pairs  # noqa: E402
 from pmpo.scoring.loss import Scorer, example_rows  # noqa: E402
 from pmpo.models.loading import ModelSettings, TextSide, load_model  # noqa: E402
-from pmpo.remote import Endpoint, RemoteScorer, RemoteSettings  # noqa: E402
+from pmpo.remote import Endpoint, RemoteScorer  # noqa: E402
 
 BOS = "<|im_start|>"  # SmolLM2's BOS token
 
@@ -82,7 +82,7 @@ def main() -> None:
         local = Scorer(lm).loss_matrix(sl_prompts, sl_examples)
     text = TextSide(lm.tokenizer, "plain", lm.context_length)
     with llama_process(Path(tempfile.mkdtemp()) / "llama.log", threads=args.threads) as (url, pid):
-        endpoint = Endpoint(RemoteSettings(base_url=url, model="smol", prepend_bos=True, max_concurrency=1, timeout_s=600))
+        endpoint = Endpoint(ModelSettings(backend="openai", base_url=url, model="smol", prepend_bos=True, max_concurrency=1, timeout_s=600))
         RemoteScorer(text, endpoint).facts()  # the self-check, outside the timings
         cpu_before = _cpu_seconds(pid)
         with Timer() as server:

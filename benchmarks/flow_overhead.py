@@ -63,7 +63,7 @@ def main() -> None:
     if args.eval_examples:
         values["eval"] = {"max_examples": args.eval_examples}
     config = OptimizeConfig.model_validate(values)
-    ref = models.model_ref(config.model.settings(), config.scorer())
+    ref = models.model_ref(config.model, config.scoring)
     lm = models.loaded(ref)  # loaded once, shared by both paths
 
     dataset = load_dataset(config.data.source, limit=config.data.limit)
@@ -73,7 +73,7 @@ def main() -> None:
     heldout = split.test.subset(list(range(n_eval)))
 
     def direct() -> object:
-        result = pmpo.optimize(prompt, split.train, lm, config=config.optimizer(), scorer_settings=config.scorer())
+        result = pmpo.optimize(prompt, split.train, lm, config=config, scorer_settings=config.scoring)
         for p in (result.initial.prompt, result.best.prompt):
             evaluate(lm, p, heldout, generate=config.eval.generate, max_new_tokens=config.eval.max_new_tokens)
         return result

@@ -10,24 +10,24 @@ import difflib
 
 from prefect import flow
 from prefect.runtime import flow_run
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
-from flows.config import ConfigError, DataConfig, EvalConfig, EvaluateConfig, ModelConfig
+from flows.config import ConfigError, DataConfig, EvalConfig, EvaluateConfig
+from pmpo.models.settings import ModelSettings
+from pmpo.settings import Strict
 from flows.heldout import Score, recorded_setup, score, setup_tag
 from tasks import plots
 from tasks.mlflow import prompts, runs, writes
 from tasks.mlflow.prompts import LATEST, PRODUCTION, PromptVersion
 
 
-class CompareConfig(BaseModel):
+class CompareConfig(Strict):
     """Which versions of which prompt, and (optionally) other data or model than the ones recorded with them."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(description="the prompt's name in the registry")
     versions: list[str] = Field(default_factory=list, description="version numbers or aliases; default: production and latest")
     data: DataConfig | None = Field(None, description="held-out data; default: the data recorded with the versions")
-    model: ModelConfig | None = Field(None, description="default: the model recorded with the versions")
+    model: ModelSettings | None = Field(None, description="default: the model recorded with the versions")
     eval: EvalConfig | None = Field(None, description="default: the evaluation settings recorded with the versions")
     experiment: str | None = Field(None, description="MLflow experiment of the comparison run; default: the prompt name")
 

@@ -56,7 +56,7 @@ def evaluate_prompt(config: EvaluateConfig = EvaluateConfig()) -> EvaluateSummar
     if not source:
         raise ConfigError(f"dataset {dataset.name!r} has no default prompt: give one (prompt / --prompt)")
     prompt = given or source
-    ref = model_ref(config.model.settings(), config.scorer())
+    ref = model_ref(config.model, config.scoring)
     check_fits(text_side(ref), prompt, split.test, config.scoring.mc_objective)
     steps = PrefectSteps(ref, OptimizerConfig())
     meter = Meter(steps.usage)

@@ -12,20 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from flows.config import ConfigError, OptimizeConfig, build, merge, read_config_file
 from flows.heldout import Score
+from pmpo.settings import Strict
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-class _Strict(BaseModel):
-    # Unknown keys are errors: a typo in the prompts file must not silently run the defaults.
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ManagedPrompt(_Strict):
+class ManagedPrompt(Strict):
     """One prompt the refresh keeps improving: its registry name and how to optimise it."""
 
     name: str = Field(description="Prompt Registry name (also the MLflow experiment of its optimisation runs)")
@@ -52,7 +48,7 @@ class ManagedPrompt(_Strict):
         return self.optimize.model_copy(update=update)
 
 
-class PromotionRule(_Strict):
+class PromotionRule(Strict):
     """When a candidate replaces production: held-out numbers only, never the training loss."""
 
     # Relative, so one setting fits tasks whose answers (and so summed losses) differ in length. 1% is above the
@@ -77,7 +73,7 @@ class PromotionRule(_Strict):
         return True, f"better: {loss}{accuracy}"
 
 
-class FanOut(_Strict):
+class FanOut(Strict):
     """Where the prompts' optimisations run: in this process, or as flow runs of a deployment on a work pool."""
 
     # auto: on the pool when a Prefect server runs the refresh and the deployment is there, else in this process
@@ -89,7 +85,7 @@ class FanOut(_Strict):
     poll_s: float = Field(5.0, gt=0, description="how often to ask the server whether the prompts' runs ended")
 
 
-class NightlyConfig(_Strict):
+class NightlyConfig(Strict):
     """The nightly refresh's parameter: a prompts file (its usual form), or the prompts inline."""
 
     prompts_file: str | None = Field(

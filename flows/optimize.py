@@ -8,7 +8,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from flows.cluster import loss_fan_out
-from flows.config import ConfigError, OptimizeConfig, RewriterConfig
+from flows.config import ConfigError, OptimizeConfig
 from flows.cost import run_cost
 from flows.record import Recorder, flatten
 from flows.steps import PrefectSteps
@@ -25,8 +25,8 @@ from tasks import steps as t
 from tasks.environment import code_version
 from tasks.mlflow import prompts, runs, writes
 from tasks.identity import RUN_NEUTRAL, record_tags, run_key
-from tasks.models import ModelRef, is_loaded, loaded, model_ref, text_side
-from tasks.rewriters import RewriterRef, chat_ref, local_ref, same_as
+from tasks.models import is_loaded, loaded, model_ref, text_side
+from tasks.rewriters import RewriterRef, rewriter_ref
 from tasks.progress import Event, report
 
 REGISTRY_PREFIX = "prompts:/"
@@ -44,7 +44,7 @@ def optimize_prompt(config: OptimizeConfig = OptimizeConfig()) -> OptimizeSummar
     if not prompt:
         raise ConfigError(f"dataset {dataset.name!r} has no default prompt: give one (prompt / --prompt)")
     task = config.task or dataset.name
-    ref = model_ref(config.model.settings(), config.scorer())
+    ref = model_ref(config.model, config.scoring)
     check_fits(text_side(ref), prompt, dataset, config.scoring.mc_objective)  # before a run exists to leave empty
     writer = rewriter_ref(config.rewriter, ref)  # a chat endpoint is checked here: key, server, model name
     run = runs.start_run(
@@ -60,10 +60,10 @@ def optimize_prompt(config: OptimizeConfig = OptimizeConfig()) -> OptimizeSummar
     try:
         writes.log_text(run, config.model_dump_json(indent=2), "config.json")
         with loss_fan_out(config.task_runner) as fan_out:
-            steps = PrefectSteps(ref, config.optimizer(), writer, fan_out=fan_out)
+            steps = PrefectSteps(ref, config, writer, fan_out=fan_out)
             recorder = Recorder(run)
             optimizer = PMPO(
-                config=config.optimizer(), steps=steps, on_candidate=recorder.candidate, on_iteration=_noting(recorder)
+                config=config, steps=steps, on_candidate=recorder.candidate, on_iteration=_noting(recorder)
             )
             result = optimizer.optimize(prompt, split.train)
         runs.set_tags(run, size_choices(config, writer))
@@ -104,15 +104,6 @@ def _runner_tags(config: OptimizeConfig) -> dict[str, str]:
     return {"pmpo.task_runner": r.kind, "pmpo.task_runner.where": where}
 
 
-def rewriter_ref(config: RewriterConfig, model: ModelRef) -> RewriterRef:
-    """The rewriter the config names: the scored model, another in-process model, or a chat endpoint."""
-    if config.backend == "local":
-        return local_ref(config.model_settings())
-    if config.backend == "openai":
-        return chat_ref(config.chat_settings())
-    return same_as(model, config.n_params)
-
-
 def size_choices(config: OptimizeConfig, writer: RewriterRef) -> dict[str, str]:
     """The template and units the rewriter's size chose, as tags; none when the size is unknown here.
 
@@ -122,7 +113,7 @@ def size_choices(config: OptimizeConfig, writer: RewriterRef) -> dict[str, str]:
     if writer.model is not None and not is_loaded(writer.model):
         return {}
     n_params = loaded(writer.model).n_params if writer.model is not None else writer.chat.n_params
-    small = config.rewrite.settings().small_model_params
+    small = config.rewrite.small_model_params
     return {
         "pmpo.rewrite_template": choose_template(config.rewrite.template, n_params, small),
         "pmpo.units": unit_mode(config.units, n_params, small) if config.masking else "off",

@@ -9,8 +9,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from pmpo.scoring.context_budget import check_fits
 from pmpo.data import (
     ColumnMap,
@@ -24,19 +22,21 @@ from pmpo.data import (
     split_dataset,
 )
 from pmpo.evaluation.heldout import Evaluation, evaluate
-from pmpo.scoring.loss import LossMatrix, Scorer, ScorerSettings
-from pmpo.models.loading import DEFAULT_MODEL, LoadedModel, ModelSettings, load_model
-from pmpo.loop.optimizer import PMPO, OnCandidate, OnIteration, OptimizerConfig
-from pmpo.scoring.racing import RacingSettings
+from pmpo.scoring.loss import LossMatrix, Scorer
+from pmpo.scoring.settings import RacingSettings, ScorerSettings
+from pmpo.models.loading import LoadedModel, load_model
+from pmpo.models.settings import DEFAULT_MODEL, ModelSettings
+from pmpo.loop.optimizer import PMPO, OnCandidate, OnIteration
+from pmpo.loop.settings import OptimizerConfig
 from pmpo.loop.result import Candidate, Iteration, OptimizeResult, SegmentEffect
-from pmpo.rewriting.proposal import RewriteSettings
-from pmpo.rewriting.backends import ChatRewriter, ChatSettings, LocalRewriter, Rewriter
+from pmpo.rewriting.backends import ChatRewriter, LocalRewriter, Rewriter
+from pmpo.rewriting.settings import RewriterSettings, RewriteSettings
 from pmpo.models.usage import Cost, Usage, UsageSnapshot
 
 __all__ = [
     "PMPO", "Candidate", "ColumnMap", "Dataset", "Evaluation", "Iteration", "LoadedModel", "LossMatrix",
     "ModelSettings", "MultipleChoice", "OptimizeResult", "OptimizerConfig", "Preference", "RacingSettings",
-    "RewriteSettings", "Rewriter", "LocalRewriter", "ChatRewriter", "ChatSettings", "Cost", "Usage", "UsageSnapshot",
+    "RewriteSettings", "Rewriter", "LocalRewriter", "ChatRewriter", "RewriterSettings", "Cost", "Usage", "UsageSnapshot",
     "Scorer", "ScorerSettings", "SegmentEffect", "Split", "Supervised", "DEFAULT_MODEL", "demo_task",
     "evaluate", "load_dataset", "load_model", "optimize", "split_dataset",
 ]
@@ -57,14 +57,15 @@ def optimize(
 ) -> OptimizeResult:
     """Optimise `prompt` for `model` on the training examples; returns every candidate and the best.
 
-    `rewriter` writes the rewrites (default: `model` itself), e.g. `ChatRewriter.connect(ChatSettings(...))`.
+    `rewriter` writes the rewrites (default: `model` itself), e.g. a chat endpoint:
+    `ChatRewriter.connect(RewriterSettings(backend="openai", base_url=..., model=...))`.
     """
     lm = model if isinstance(model, LoadedModel) else load_model(model)
     check_fits(lm, prompt, train, scorer_settings.mc_objective)
     if iterations is not None:
-        config = replace(config, iterations=iterations)
+        config = config.model_copy(update={"iterations": iterations})
     if seed is not None:
-        config = replace(config, seed=seed)
+        config = config.model_copy(update={"seed": seed})
     optimizer = PMPO(
         lm, config, Scorer(lm, scorer_settings), on_candidate=on_candidate, on_iteration=on_iteration, rewriter=rewriter
     )

@@ -87,7 +87,7 @@ def _preflight(config) -> None:
     """Resolve the model before any flow starts: a wrong spec costs a line, not a server start."""
     from tasks.models import model_ref
 
-    ref = model_ref(config.model.settings())
+    ref = model_ref(config.model)
     rewriter = getattr(config, "rewriter", None)
     if rewriter is not None and rewriter.backend != "same":  # an unreachable endpoint or a missing key, too
         from flows.optimize import rewriter_ref

@@ -16,6 +16,22 @@ from typing import Sequence
 QUIET = {"PREFECT_LOGGING_LEVEL": "WARNING", "DASK_LOGGING__DISTRIBUTED": "error", "MLFLOW_LOGGING_LEVEL": "WARNING", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
 
 
+# The flags that set one config field, by the field's path in OptimizeConfig (evaluate's flags are a subset, with the
+# same paths in EvaluateConfig). Kept here, without importing the models, so `pmpo --help` stays fast;
+# tests/unit/pmpo_cli/test_flags.py checks each flag's choices, type and stated default against its field's.
+FIELD_FLAGS = {
+    "--data": "data.source", "--format": "data.format", "--limit": "data.limit",
+    "--model": "model.spec", "--dtype": "model.dtype", "--device": "model.device", "--backend": "model.backend",
+    "--base-url": "model.base_url", "--served-model": "model.model", "--api-key-env": "model.api_key_env",
+    "--tokenizer": "model.tokenizer", "--max-concurrency": "model.max_concurrency",
+    "--seed": "seed", "--eval-examples": "eval.max_examples", "--mc-objective": "scoring.mc_objective",
+    "--beta": "scoring.beta", "--iterations": "iterations", "--task": "task", "--experiment": "experiment",
+    "--racing": "racing.enabled", "--rewriter-spec": "rewriter.spec", "--rewriter-base-url": "rewriter.base_url",
+    "--rewriter-model": "rewriter.model", "--rewriter-api-key-env": "rewriter.api_key_env",
+    "--dask-workers": "task_runner.n_workers",
+}  # fmt: skip
+
+
 class UsageError(Exception):
     """Bad command-line arguments (not a PmpoError: reporting it must not wait for pmpo, torch and prefect)."""
 

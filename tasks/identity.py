@@ -32,7 +32,6 @@ import functools
 import hashlib
 import importlib.metadata
 import json
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -55,7 +54,7 @@ def model_key(ref: ModelRef) -> dict:
         "dtype": ref.dtype,
         "device": ref.device,
         "placement": ref.settings.placement,
-        "scorer": asdict(ref.scorer),
+        "scorer": ref.scorer.model_dump(),
     }
     if ref.text_identity:  # served: the tokenizer that renders the texts (its chat template changes them)
         key["tokenizer"] = ref.text_identity

@@ -11,10 +11,11 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from pmpo.scoring.loss import Scorer, ScorerSettings
+from pmpo.scoring.loss import Scorer
+from pmpo.scoring.settings import ScorerSettings
+from pmpo.models.settings import ModelSettings
 from pmpo.models.loading import (
     LoadedModel,
-    ModelSettings,
     TextSide,
     load_model,
     load_text_side,
@@ -22,7 +23,7 @@ from pmpo.models.loading import (
     resolve_device,
     resolve_dtype,
 )
-from pmpo.remote import Endpoint, RemoteScorer, RemoteSettings
+from pmpo.remote import Endpoint, RemoteScorer
 from pmpo.models.usage import UsageSnapshot
 from tasks.progress import Event, report
 
@@ -77,7 +78,7 @@ def endpoint(settings: ModelSettings) -> Endpoint:
     """The process's client for a remote model's server (one per settings; it reads the key once)."""
     with _LOCK:
         if settings not in _ENDPOINTS:
-            _ENDPOINTS[settings] = Endpoint(RemoteSettings.of(settings))
+            _ENDPOINTS[settings] = Endpoint(settings)
         return _ENDPOINTS[settings]
 
 

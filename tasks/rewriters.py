@@ -10,13 +10,14 @@ import threading
 from dataclasses import dataclass
 
 from pmpo.remote.connection import Speaker
-from pmpo.models.loading import ModelSettings
-from pmpo.rewriting.backends import CHAT, SERVED_SAME, ChatRewriter, ChatSettings, LocalRewriter, Rewriter
+from pmpo.models.settings import ModelSettings
+from pmpo.rewriting.backends import CHAT, SERVED_SAME, ChatRewriter, LocalRewriter, Rewriter
+from pmpo.rewriting.settings import RewriterSettings
 from pmpo.models.usage import UsageSnapshot
 from tasks.models import ModelRef, endpoint as served_endpoint, loaded, model_ref, usage as model_usage
 
 _LOCK = threading.Lock()
-_CHAT: dict[ChatSettings, ChatRewriter] = {}
+_CHAT: dict[RewriterSettings, ChatRewriter] = {}
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ class RewriterRef:
     backend: str  # same | local | openai
     identity: str  # in process: the model's identity; served: base URL + served model id + revision
     model: ModelRef | None = None  # same / local: the in-process model
-    chat: ChatSettings | None = None  # openai: how to reach it (no key)
+    chat: RewriterSettings | None = None  # openai: how to reach it (no key)
 
 
 def same_as(model: ModelRef, n_params: int | None = None) -> RewriterRef:
@@ -39,20 +40,31 @@ def same_as(model: ModelRef, n_params: int | None = None) -> RewriterRef:
     if model.settings.backend != "openai":
         return RewriterRef("same", model.identity, model=model)
     s = model.settings
-    chat = ChatSettings(
-        base_url=s.base_url or "", model=served_endpoint(s).served_model(), api_key_env=s.api_key_env,
+    chat = RewriterSettings(
+        backend="openai", base_url=s.base_url, model=served_endpoint(s).served_model(), api_key_env=s.api_key_env,
         timeout_s=s.timeout_s, max_retries=s.max_retries, n_params=n_params, revision=s.revision,
     )  # fmt: skip
     return RewriterRef("same", _chat(chat, SERVED_SAME).identity, chat=chat)
 
 
-def local_ref(settings: ModelSettings) -> RewriterRef:
-    """Another in-process model as the rewriter, resolved without loading it."""
-    model = model_ref(settings)
+def rewriter_ref(settings: RewriterSettings, model: ModelRef) -> RewriterRef:
+    """The rewriter the `rewriter:` block names: the scored `model`, another in-process model, or a chat endpoint."""
+    if settings.backend == "local":
+        return local_ref(settings)
+    if settings.backend == "openai":
+        return chat_ref(settings)
+    return same_as(model, settings.n_params)
+
+
+def local_ref(settings: RewriterSettings) -> RewriterRef:
+    """Another in-process model as the rewriter (backend local), resolved without loading it."""
+    assert settings.spec is not None  # RewriterSettings checks it for backend local
+    local = ModelSettings(spec=settings.spec, dtype=settings.dtype, device=settings.device, revision=settings.revision)
+    model = model_ref(local)
     return RewriterRef("local", model.identity, model=model)
 
 
-def chat_ref(settings: ChatSettings) -> RewriterRef:
+def chat_ref(settings: RewriterSettings) -> RewriterRef:
     """A chat endpoint as the rewriter: connects once to read the model id the server reports (and checks key,
     server and model name now, before a run exists)."""
     return RewriterRef("openai", _chat(settings).identity, chat=settings)
@@ -77,7 +89,7 @@ def usage(ref: RewriterRef, scored: ModelRef) -> UsageSnapshot:
     return client.usage.snapshot() if client is not None else UsageSnapshot()
 
 
-def _chat(settings: ChatSettings, speaker: Speaker = CHAT) -> ChatRewriter:
+def _chat(settings: RewriterSettings, speaker: Speaker = CHAT) -> ChatRewriter:
     with _LOCK:
         if settings not in _CHAT:
             _CHAT[settings] = ChatRewriter.connect(settings, speaker)

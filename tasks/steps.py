@@ -16,9 +16,9 @@ from prefect.cache_policies import NO_CACHE
 from pmpo.data import ColumnMap, Dataset, Split, load_dataset, split_dataset
 from pmpo.evaluation.heldout import Evaluation, evaluate
 from pmpo.scoring.loss import LossMatrix
-from pmpo.loop.optimizer import OptimizerConfig, prompt_units, rewrite_prompts, segment_effects, select
+from pmpo.loop.optimizer import prompt_units, rewrite_prompts, segment_effects, select
 from pmpo.loop.result import Candidate, SegmentEffect
-from pmpo.rewriting.proposal import RewriteSettings
+from pmpo.rewriting.settings import RewriteSettings
 from tasks.caching import policy
 from tasks.models import ModelRef, loaded, scorer, text_side
 from tasks.rewriters import RewriterRef, rewriter as get_rewriter
@@ -125,10 +125,11 @@ def mask_segments(
     chat_message: int | None = None,
 ) -> tuple[list[str], tuple[SegmentEffect, ...]]:
     """The prompt's removable units and dL of masking each (iteration, seed and the rewriter matter for
-    model-marked units)."""
-    rewrite = RewriteSettings(small_model_params=small_model_params)  # decides what units="auto" means
-    config = OptimizerConfig(units=units, max_units=max_units, seed=seed, rewrite=rewrite, chat_message=chat_message)
-    spans = prompt_units(get_rewriter(rewriter), prompt, config, iteration)
+    model-marked units). Its parameters are exactly what `prompt_units` reads, so the key holds every one."""
+    spans = prompt_units(
+        get_rewriter(rewriter), prompt, iteration, units=units, max_units=max_units,
+        small_model_params=small_model_params, seed=seed, chat_message=chat_message,
+    )  # fmt: skip
     return list(spans.texts), segment_effects(scorer(model), prompt_loss, spans, data)
 
 
@@ -153,9 +154,12 @@ def propose_rewrites(
     chat_message: int | None = None,
 ) -> tuple[list[str], dict[str, int]]:
     """Rewrite variants on the hard examples; the rewriter, seed and iteration fix the sampling, so they are in
-    the key (the scored model too: the FULL template shows what it now prefers)."""
-    config = OptimizerConfig(rewrite=rewrite, seed=seed, chat_message=chat_message)
-    return rewrite_prompts(get_rewriter(rewriter), incumbent, data, hard, effects, config, iteration, seen, scorer(model))
+    the key (the scored model too: the FULL template shows what it now prefers). The whole rewrite block is in
+    the key, as the run's config has it: nothing is rebuilt from parts here."""
+    return rewrite_prompts(
+        get_rewriter(rewriter), incumbent, data, hard, effects, rewrite, iteration, seen, scorer(model),
+        seed=seed, chat_message=chat_message,
+    )  # fmt: skip
 
 
 @task(name="select", cache_policy=NO_CACHE, task_run_name=_named(select_label))

@@ -8,15 +8,15 @@ passes steps that run the same functions as cached tasks. Same seed, same steps,
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field, replace
-from typing import Callable, Literal, Protocol, Sequence
+from dataclasses import replace
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
 from pmpo.data.examples import Dataset
 from pmpo.scoring.loss import LossMatrix, Scorer
 from pmpo.models.loading import LoadedModel
-from pmpo.scoring.racing import RacingSettings, race_prompts, slice_order
+from pmpo.scoring.racing import race_prompts, slice_order
 from pmpo.loop.result import Candidate, Iteration, OptimizeResult, Origin, SegmentEffect
 from pmpo.rewriting.proposal import RewriteSettings, by_size, hard_examples, propose
 from pmpo.rewriting.backends import Rewriter, as_rewriter
@@ -24,36 +24,11 @@ from pmpo.loop.metering import MeteredSteps
 from pmpo.masking.units import Units, locate, masking_analysis, model_units, segment
 from pmpo.text.template import editable, with_editable
 from pmpo.models.usage import UsageSnapshot
+from pmpo.loop.settings import OptimizerConfig
 
 OnCandidate = Callable[[Candidate], None]
 OnIteration = Callable[[Iteration], None]
 Rewrites = tuple[list[str], dict[str, int]]  # kept variants, rejections by reason
-
-
-@dataclass(frozen=True)
-class OptimizerConfig:
-    """Settings of the PMPO loop."""
-
-    # The paper runs T = 20; 3 shows the method at work in a few minutes on a 2-core CPU.
-    iterations: int = 3
-    max_units: int = 5  # the paper's cap on removable units per prompt
-    # How the prompt is split for masking. auto: the rewriter marks <mask> units (the paper's way) when it
-    # has at least rewrite.small_model_params parameters, as the FULL template does; below that the
-    # deterministic splitter, since small models do not follow the marking request. "model" falls back to
-    # the splitter whenever the marks are unusable.
-    units: Literal["auto", "splitter", "model"] = "auto"
-    # False runs the paper's ablation without masking: no masking analysis (no mask forward passes), no
-    # masking table in the rewrite requests and no segment-removal candidates.
-    masking: bool = True
-    # Dropping a unit with dL < 0 is a candidate too: it was already scored by the masking analysis.
-    segment_removal: bool = True
-    # Which message of a chat prompt is optimised (its index); None: the system message, where the instruction
-    # usually is. The other messages stay exactly as they are.
-    chat_message: int | None = None
-    rewrite: RewriteSettings = field(default_factory=RewriteSettings)
-    # Stop scoring clearly worse candidates after a first slice of the training set (off by default).
-    racing: RacingSettings = field(default_factory=RacingSettings)
-    seed: int = 0
 
 
 def candidate_id(prompt: str) -> str:
@@ -98,16 +73,27 @@ def unit_mode(setting: str, n_params: int | None, small_model_params: int) -> st
     return by_size(setting, n_params, small_model_params, small="splitter", large="model", what="units")
 
 
-def prompt_units(rewriter: Rewriter | LoadedModel, prompt: str, config: OptimizerConfig, iteration: int) -> Units:
-    """The removable units of `prompt` (of its system message, for a chat prompt) as spans: model-marked for
-    large rewriters, else the splitter's."""
+def prompt_units(
+    rewriter: Rewriter | LoadedModel,
+    prompt: str,
+    iteration: int,
+    *,
+    units: str,
+    max_units: int,
+    small_model_params: int,
+    seed: int,
+    chat_message: int | None = None,
+) -> Units:
+    """The removable units of `prompt` (of its `chat_message`, for a chat prompt) as spans: model-marked for large
+    rewriters, else the splitter's. Takes only the settings it reads (OptimizerConfig's), so a cached step's key
+    holds them all."""
     rewriter = as_rewriter(rewriter)
-    text = editable(prompt, config.chat_message)
-    if unit_mode(config.units, rewriter.n_params, config.rewrite.small_model_params) == "model":
-        units = model_units(rewriter, text, seed=rewrite_seed(config.seed, iteration, -1), max_units=config.max_units)
+    text = editable(prompt, chat_message)
+    if unit_mode(units, rewriter.n_params, small_model_params) == "model":
+        spans = model_units(rewriter, text, seed=rewrite_seed(seed, iteration, -1), max_units=max_units)
     else:
-        units = segment(text, max_units=config.max_units)
-    return replace(units, frame=prompt, message=config.chat_message) if text != prompt else units
+        spans = segment(text, max_units=max_units)
+    return replace(spans, frame=prompt, message=chat_message) if text != prompt else spans
 
 
 def segment_effects(scorer: Scorer, prompt_loss: float, units: Units, train: Dataset) -> tuple[SegmentEffect, ...]:
@@ -137,19 +123,22 @@ def rewrite_prompts(
     train: Dataset,
     hard: Sequence[int],
     effects: Sequence[SegmentEffect],
-    config: OptimizerConfig,
+    settings: RewriteSettings,
     iteration: int,
     seen: set[str] | frozenset[str],
     scorer: Scorer | None = None,
+    *,
+    seed: int,
+    chat_message: int | None = None,
 ) -> Rewrites:
     """One rewrite request per hard example, n variants each; returns kept variants and rejections by reason.
 
     `scorer` (the FULL template only) finds the answer the scored model now prefers on each hard example;
-    it is required when the rewriter is not the scored model.
+    it is required when the rewriter is not the scored model. `seed` and `chat_message` as OptimizerConfig's.
     """
     variants: list[str] = []
     rejected: dict[str, int] = {}
-    message = config.chat_message
+    message = chat_message
     text = editable(incumbent, message)  # a chat prompt's optimised message; the others stay as they are
     known = {editable(s, message) for s in seen}
     for rank, index in enumerate(hard):
@@ -159,8 +148,8 @@ def rewrite_prompts(
             example=train.examples[index],
             effects=effects,
             task_description=train.description,
-            settings=config.rewrite,
-            seed=rewrite_seed(config.seed, iteration, rank),
+            settings=settings,
+            seed=rewrite_seed(seed, iteration, rank),
             seen=known | set(variants),
             scorer=scorer,
             scored_prompt=incumbent,
@@ -236,7 +225,11 @@ class LocalSteps:
         self, prompt: str, prompt_loss: float, train: Dataset, iteration: int
     ) -> tuple[list[str], tuple[SegmentEffect, ...]]:
         """The removable units of `prompt` and the loss change when each is masked out."""
-        units = prompt_units(self.rewriter, prompt, self.config, iteration)
+        c = self.config
+        units = prompt_units(
+            self.rewriter, prompt, iteration, units=c.units, max_units=c.max_units,
+            small_model_params=c.rewrite.small_model_params, seed=c.seed, chat_message=c.chat_message,
+        )  # fmt: skip
         return list(units.texts), segment_effects(self.scorer, prompt_loss, units, train)
 
     def rewrites(
@@ -249,7 +242,11 @@ class LocalSteps:
         seen: frozenset[str],
     ) -> Rewrites:
         """Rewrite variants of `incumbent` proposed on the hard examples, and rejections by reason."""
-        return rewrite_prompts(self.rewriter, incumbent, train, hard, effects, self.config, iteration, seen, self.scorer)
+        c = self.config
+        return rewrite_prompts(
+            self.rewriter, incumbent, train, hard, effects, c.rewrite, iteration, seen, self.scorer,
+            seed=c.seed, chat_message=c.chat_message,
+        )  # fmt: skip
 
     def select(self, incumbent: Candidate, candidates: Sequence[Candidate], iteration: int) -> Candidate:
         """The new incumbent."""

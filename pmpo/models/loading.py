@@ -15,40 +15,8 @@ import torch
 from pmpo.models.bundled import BUNDLED_NAME, bundled_checkpoint
 from pmpo.errors import ModelNotAvailableError
 from pmpo.models.usage import Usage
-
-DType = Literal["auto", "float32", "bfloat16", "float16"]
-Device = Literal["auto", "cpu", "cuda"]
-Placement = Literal["auto", "system", "user", "plain"]
-Backend = Literal["local", "openai"]
-DEFAULT_MODEL = BUNDLED_NAME
-
-
-@dataclass(frozen=True)
-class ModelSettings:
-    """How to load and prompt a model."""
-
-    spec: str = DEFAULT_MODEL  # built-in name, Hugging Face hub id, or local directory
-    # auto: bf16 where the hardware runs it fast (CUDA; CPUs where a timed bf16 matmul beats fp32, i.e.
-    # native AMX/AVX-512 BF16), else fp32: emulated bf16 is far slower than fp32.
-    dtype: DType = "auto"
-    device: Device = "auto"
-    # auto: the chat template's system message when the tokenizer has one, else a plain text prefix.
-    placement: Placement = "auto"
-    # hub revision (branch, tag or commit); backend openai: a label that pins the served weights in cache keys
-    revision: str | None = None
-    # local: load the weights into this process. openai: score through an OpenAI-compatible completions server
-    # (pmpo.remote); `spec` (or `tokenizer`) then only names the tokenizer and chat template that render texts.
-    backend: Backend = "local"
-    base_url: str | None = None  # openai: the server's API root, e.g. http://localhost:8000/v1
-    model: str | None = None  # openai: the served model's name (None: the one model the server lists)
-    api_key_env: str | None = None  # openai: the environment variable holding the key (never the key)
-    tokenizer: str | None = None  # openai: HF id or directory of the served model's tokenizer (None: `spec`)
-    # openai: requests in flight at once; servers batch concurrent requests, a single-process one queues them.
-    max_concurrency: int = 4
-    timeout_s: float = 60.0  # openai: seconds per request before a retry
-    max_retries: int = 3  # openai: retries of 429, 5xx and timeouts, with exponential backoff
-    check: bool = True  # openai: refuse a server whose prompt log-probs fail the self-check (pmpo.remote.check)
-    prepend_bos: bool = False  # openai: begin texts with BOS (llama.cpp's echo is aligned only after one)
+# The settings live in pmpo.models.settings; their names are re-exported here, where callers look for them.
+from pmpo.models.settings import DEFAULT_MODEL, Backend, Device, DType, ModelSettings, Placement  # noqa: F401
 
 
 @dataclass(frozen=True)

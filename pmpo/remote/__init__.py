@@ -4,7 +4,7 @@
 prompt log-probabilities are missing or implausible before any loss is computed with them.
 """
 
-from pmpo.remote.client import Endpoint, RemoteError, RemoteSettings
+from pmpo.remote.client import Endpoint, RemoteError
 from pmpo.remote.scorer import RemoteScorer
 
-__all__ = ["Endpoint", "RemoteError", "RemoteScorer", "RemoteSettings"]
+__all__ = ["Endpoint", "RemoteError", "RemoteScorer"]

@@ -13,7 +13,7 @@ from pmpo.remote.connection import Connection, Speaker, served_identity
 from pmpo.errors import PmpoError
 
 if TYPE_CHECKING:
-    from pmpo.models.loading import ModelSettings
+    from pmpo.models.settings import ModelSettings
 
 
 class RemoteError(PmpoError):
@@ -37,46 +37,6 @@ SCORER = Speaker(
 
 
 @dataclass(frozen=True)
-class RemoteSettings:
-    """Where the server is and how hard to push it (never the key itself: the variable that holds it)."""
-
-    base_url: str  # e.g. http://localhost:8000/v1
-    model: str | None = None  # the served model's name; None: the one model the server lists
-    api_key_env: str | None = None  # environment variable holding the key; None: the server needs none
-    revision: str | None = None  # pins the weights in cache keys: a server can swap them behind one name
-    # 30 s covers a batch of long prompts on a busy CPU server; the client retries timeouts with backoff.
-    timeout_s: float = 60.0
-    max_retries: int = 3  # retries of 429, 5xx, timeouts and dropped connections, with exponential backoff
-    # Requests in flight at once: servers batch concurrent requests (vLLM, SGLang); one at a time would
-    # leave them idle between replies. 4 keeps a single-process server (llama.cpp) queue short.
-    max_concurrency: int = 4
-    # Texts per request; the self-check drops this to 1 for a server that takes one prompt per request.
-    prompts_per_request: int = 16
-    # The self-check costs one request per server and process; off only for a server checked by other means.
-    check: bool = True
-    # Begin every text with the tokenizer's BOS token. llama-cpp-python's echoed log-probs are aligned only after
-    # a leading BOS (which it drops from the echo); without one each token gets the next position's value.
-    prepend_bos: bool = False
-
-    @classmethod
-    def of(cls, model: "ModelSettings") -> "RemoteSettings":
-        """The remote part of a model's settings (backend openai)."""
-        if not model.base_url:
-            raise RemoteError("model.base_url is required for backend openai (e.g. http://localhost:8000/v1)")
-        return cls(
-            base_url=model.base_url,
-            model=model.model,
-            api_key_env=model.api_key_env,
-            revision=model.revision,
-            timeout_s=model.timeout_s,
-            max_retries=model.max_retries,
-            max_concurrency=model.max_concurrency,
-            check=model.check,
-            prepend_bos=model.prepend_bos,
-        )
-
-
-@dataclass(frozen=True)
 class Generated:
     """The replies to one generation request, and the tokens the server says it read and wrote (None: unsaid)."""
 
@@ -88,7 +48,9 @@ class Generated:
 class Endpoint:
     """A connected client for one server and served model."""
 
-    def __init__(self, settings: RemoteSettings):
+    def __init__(self, settings: ModelSettings):
+        if not settings.base_url:
+            raise RemoteError("model.base_url is required for backend openai (e.g. http://localhost:8000/v1)")
         self.settings = settings
         self._connection = Connection(settings, SCORER)
         self._client = self._connection.client

@@ -20,7 +20,7 @@ _MAX_NAMES = 5  # hosted APIs list dozens of models: the first few show the nami
 
 
 class ServerSettings(Protocol):
-    """The settings fields a connection reads (RemoteSettings and ChatSettings both have them)."""
+    """The settings fields a connection reads (ModelSettings and RewriterSettings both have them)."""
 
     base_url: str
     model: str | None

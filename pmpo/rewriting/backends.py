@@ -13,8 +13,7 @@ never in settings, identities, results or messages.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Any, Literal, Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 from pmpo.remote.connection import Connection, Speaker, pick_model, served_identity
 from pmpo.errors import PmpoError
@@ -22,8 +21,7 @@ from pmpo.models.generation import sample
 from pmpo.models.loading import LoadedModel
 from pmpo.text.rendering import chat_request
 from pmpo.models.usage import Usage
-
-Backend = Literal["same", "local", "openai"]
+from pmpo.rewriting.settings import Backend, RewriterSettings  # noqa: F401 (their home; re-exported here)
 log = logging.getLogger(__name__)
 # Sampled replies that all repeat, this many or more, are taken as a greedy server (fewer repeat by chance).
 _SAME_REPLIES = 3
@@ -90,31 +88,17 @@ def local_model(rewriter: Rewriter) -> LoadedModel | None:
     return rewriter.lm if isinstance(rewriter, LocalRewriter) else None
 
 
-@dataclass(frozen=True)
-class ChatSettings:
-    """Where a chat endpoint is and how to reach it; never the key itself, only the variable that holds it."""
-
-    base_url: str  # e.g. http://localhost:8000/v1
-    model: str  # the served model's name
-    api_key_env: str | None = None  # None: the server needs no key
-    # Rewrites are a few hundred tokens; a minute covers a busy server, retries cover a blip.
-    timeout_s: float = 60.0
-    max_retries: int = 3
-    n_params: int | None = None  # size hint for the template/units choice; None: treated as large
-    revision: str | None = None  # pins the served weights in the identity (a server can swap them by name)
-
-
 class ChatRewriter:
     """An OpenAI-compatible /v1/chat/completions endpoint as the rewriter."""
 
-    def __init__(self, settings: ChatSettings, identity: str, connection: Connection):
+    def __init__(self, settings: RewriterSettings, identity: str, connection: Connection):
         self.settings, self.identity, self._connection = settings, identity, connection
         self.n_params = settings.n_params
         self.usage = Usage()
         self._warned_greedy = False
 
     @classmethod
-    def connect(cls, settings: ChatSettings, speaker: Speaker = CHAT) -> ChatRewriter:
+    def connect(cls, settings: RewriterSettings, speaker: Speaker = CHAT) -> ChatRewriter:
         """Build the client (reading the key now) and check that the server serves `settings.model`."""
         connection = Connection(settings, speaker)
         return cls(settings, chat_identity(settings, connection.served(), speaker), connection)
@@ -181,7 +165,7 @@ def _with_stop(text: str, finish_reason: str | None, stop: Sequence[str]) -> str
     return text + stop[0]
 
 
-def chat_identity(settings: ChatSettings, served: list[str], speaker: Speaker = CHAT) -> str:
+def chat_identity(settings: RewriterSettings, served: list[str], speaker: Speaker = CHAT) -> str:
     """The served model's identity (pmpo.remote.connection.served_identity, as when it scores); an error when the
     model is not served."""
     model = pick_model(served, settings.model, speaker, settings.base_url)

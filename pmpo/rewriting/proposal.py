@@ -15,7 +15,7 @@ the prompt.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Collection, Literal, Sequence
+from typing import Collection, Sequence
 
 from pmpo.data.examples import Example, MultipleChoice, Preference, Supervised
 from pmpo.rewriting.diagnosis import Preferred, preferred_answer
@@ -31,8 +31,8 @@ from pmpo.rewriting.replies import short_reply_unended
 from pmpo.loop.result import SegmentEffect
 from pmpo.masking.units import masking_table, verdict
 from pmpo.text.template import variables
-
-Template = Literal["auto", "full", "short"]
+# The settings live in pmpo.rewriting.settings; their names are re-exported here, where callers look for them.
+from pmpo.rewriting.settings import RewriteSettings, Template  # noqa: F401
 
 # Long example texts are cut in the request: the rewriter needs the gist of the example, and a small
 # model's attention (and context) is better spent on the instruction it is rewriting.
@@ -40,34 +40,6 @@ _MAX_EXAMPLE_CHARS = 1200
 _MAX_ANSWER_CHARS = 400
 # A rewrite may restate the whole prompt with edits: twice its tokens plus room for a short prompt to grow.
 _PROMPT_GROWTH_TOKENS = 32
-
-
-@dataclass(frozen=True)
-class RewriteSettings:
-    """How rewrite requests are built and sampled."""
-
-    hard_k: int = 3  # the paper: one request for each of the 3 highest-loss examples
-    n_variants: int = 4  # the paper: 4 sampled variants per request
-    # auto: SHORT below `small_model_params`, else FULL.
-    template: Template = "auto"
-    # Below ~1B parameters models lose track of a long multi-part request and echo it back; the short
-    # fill-in form keeps them on task.
-    small_model_params: int = 1_000_000_000
-    # The least a reply may run to: a good instruction is a few sentences, more is usually rambling. It
-    # grows to 2 x the current prompt's tokens + 32 for long prompts (a rewrite restates the prompt), so a
-    # reply is not cut off mid-instruction; the model's context caps it.
-    max_new_tokens: int = 160
-    # Extra tokens in the FULL template for the one-or-two-sentence diagnosis it asks for first.
-    diagnosis_tokens: int = 64
-    temperature: float = 0.8  # diverse variants, still mostly on topic
-    top_p: float = 0.95  # cuts the long tail of junk tokens a small model samples at this temperature
-    # Variants longer than this are dropped: they are almost always a model that never closed the tag
-    # and ran on, and long prompts cost scoring time on every example.
-    max_prompt_chars: int = 1500
-    # The SHORT form goes to the model as plain text to continue, not as a chat turn: measured on
-    # SmolLM2-135M-Instruct, as a chat turn it mostly answered the example or echoed the request, while as
-    # a completion nearly every reply was a one-line instruction closed with </prompt>.
-    short_as_completion: bool = True
 
 
 @dataclass(frozen=True)

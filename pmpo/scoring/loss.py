@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -25,29 +25,8 @@ from pmpo.errors import ContextLengthError
 from pmpo.models.loading import LoadedModel
 from pmpo.text.rendering import render
 from pmpo.text.template import ExampleInput
-
-Objective = Literal["ce", "preference"]
-
-
-@dataclass(frozen=True)
-class ScorerSettings:
-    """How the scorer batches its forward passes."""
-
-    # Tokens (padded) per forward pass; None: 2048 on CPU, 8192 on CUDA. Measured with SmolLM2: on 2 CPU
-    # cores 1-4k tokens run the matmuls near their peak and more only adds activation memory; on an H200
-    # the small model is launch-bound and 8k batches ran 1.3-3.6x faster than 2k in the plain-cache path.
-    token_budget: int | None = None
-    # Every example of one candidate shares the prompt: compute its KV cache once and reuse it.
-    reuse_prefix: bool = True
-    # How examples attend to the reused prefix. shared: to its one copy (pmpo.scoring.prefix_attention; no per-batch
-    # copy, short examples packed into rows); expand: transformers' own cache with the prefix copied into
-    # every row (SDPA kernels). auto: shared on CPU, where it ran 10-25% faster and packing removes 10-45%
-    # padding; expand on CUDA, where SDPA's fused kernels beat the hand-written attention's extra launches.
-    prefix_attention: Literal["auto", "shared", "expand"] = "auto"
-    # How multiple-choice examples are scored: preference of the correct option over each distractor (the
-    # paper's recipe for multiple-choice tasks), or plain CE on the correct option.
-    mc_objective: Objective = "preference"
-    beta: float = 1.0  # the paper's beta for the preference loss
+# The settings live in pmpo.scoring.settings; their names are re-exported here, where callers look for them.
+from pmpo.scoring.settings import Objective, ScorerSettings  # noqa: F401
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ scored in the dataset's order, so a survivor's loss and per-example row are thos
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -23,38 +22,12 @@ import numpy as np
 from pmpo.data.examples import Example
 from pmpo.errors import PmpoError
 from pmpo.scoring.loss import LossMatrix, Scorer
+from pmpo.scoring.settings import RacingSettings  # noqa: F401 (its home; re-exported where callers look for it)
 
 # losses(candidates, n) -> [len(candidates), n]: per-example losses of those candidates on the first n examples
 SliceLosses = Callable[[Sequence[int], int], np.ndarray]
 # score(prompts, indices) -> LossMatrix [len(prompts), len(indices)]: those prompts on those examples, in that order
 SliceScore = Callable[[list[str], list[int]], LossMatrix]
-
-
-@dataclass(frozen=True)
-class RacingSettings:
-    """When racing drops a candidate early."""
-
-    # Off by default because a dropped candidate's recorded loss covers only the examples it was scored on.
-    # Measured (benchmarks/bench_loss.py, bench_racing.py; SmolLM2, 13 real rewrite candidates x 50 examples,
-    # 7 sets from 6 BIG-bench tasks, 200 example orders each): these defaults never changed the pick and
-    # scored 35-77% of the pairs (2.0-2.6x faster on object_counting); margin 1 changed it in up to 15% of
-    # the orders.
-    enabled: bool = False
-    # Examples every candidate is scored on first. Fewer makes the standard error too rough to trust.
-    first_slice: int = 10
-    growth: float = 2.0  # each round scores the survivors on this many times more examples
-    # Drop when worse than the leader by more than this many standard errors of the paired per-example
-    # difference: 3 keeps the chance of dropping a truly better candidate small even over 12 candidates
-    # and several rounds.
-    margin: float = 3.0
-
-    def __post_init__(self) -> None:
-        if self.first_slice < 2:
-            raise PmpoError(f"racing first_slice must be at least 2 (a spread needs two), not {self.first_slice}")
-        if self.growth <= 1.0:
-            raise PmpoError(f"racing growth must be above 1 so each round scores more examples, not {self.growth}")
-        if self.margin < 0:
-            raise PmpoError(f"racing margin must be 0 or more standard errors, not {self.margin}")
 
 
 def race(

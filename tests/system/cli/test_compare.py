@@ -33,11 +33,12 @@ def test_word_diff_marks_removed_and_added_words(old, new, diff):
 
 
 def _setup(model_dir):
-    from flows.config import DataConfig, EvalConfig, EvaluateConfig, ModelConfig
+    from flows.config import DataConfig, EvalConfig, EvaluateConfig
+    from pmpo.models.settings import ModelSettings
 
     return EvaluateConfig(
         data=DataConfig(source="builtin:sentiment", limit=30),
-        model=ModelConfig(spec=str(model_dir), dtype="float32"),
+        model=ModelSettings(spec=str(model_dir), dtype="float32"),
         eval=EvalConfig(max_examples=6, generate=False),
     )
 

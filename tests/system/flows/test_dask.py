@@ -61,7 +61,7 @@ def test_run_key_ignores_where_losses_are_computed(tiny_model_dir):
     from tasks.models import model_ref
 
     local, dask = tiny_config(tiny_model_dir), tiny_config(tiny_model_dir, task_runner={"kind": "dask"})
-    ref, data = model_ref(local.model.settings()), load_dataset("builtin:sentiment", limit=40)
+    ref, data = model_ref(local.model), load_dataset("builtin:sentiment", limit=40)
     assert run_key(local, ref, data) == run_key(dask, ref, data)  # a run resumes on either path
     assert run_key(local, ref, data) != run_key(tiny_config(tiny_model_dir, seed=1), ref, data)
 

@@ -33,7 +33,7 @@ def _key(c) -> tuple:
 def test_flow_gives_the_library_loops_candidates(first_run, tiny_lm):
     config, summary = first_run
     split = split_dataset(load_dataset("builtin:sentiment", limit=40), seed=config.seed)
-    direct = PMPO(tiny_lm, config.optimizer()).optimize(PROMPT, split.train)
+    direct = PMPO(tiny_lm, config).optimize(PROMPT, split.train)
 
     assert [_key(c) for c in summary.candidates] == [_key(c) for c in direct.candidates]
     assert [c.loss for c in summary.candidates] == pytest.approx([c.loss for c in direct.candidates], rel=1e-6)

@@ -1,8 +1,6 @@
 """The multiple-choice objective: preference by default, aliases never rejected, and the choice carried from
 config and CLI flags into the scorer, the cache key, the held-out set-up and the run's params."""
 
-from dataclasses import asdict
-
 import pytest
 
 from flows.config import ConfigError, EvaluateConfig, OptimizeConfig, build
@@ -34,10 +32,10 @@ def test_aliases_of_the_answer_are_never_rejected():
 
 def test_scoring_block_reaches_the_scorer_and_the_heldout_setup():
     config = OptimizeConfig(scoring={"mc_objective": "ce", "beta": 2.5})
-    assert config.scorer() == ScorerSettings(mc_objective="ce", beta=2.5)
+    assert config.scoring == ScorerSettings(mc_objective="ce", beta=2.5)
     setup = setup_of(config)
-    assert setup.scorer() == config.scorer()
-    assert EvaluateConfig().scorer() == ScorerSettings()  # evaluate defaults to the same loss as optimize
+    assert setup.scoring == config.scoring
+    assert EvaluateConfig().scoring == ScorerSettings()  # evaluate defaults to the same loss as optimize
     params = flatten(config.model_dump(mode="json"))
     assert params["scoring.mc_objective"] == "ce" and params["scoring.beta"] == "2.5"
 
@@ -48,7 +46,7 @@ def test_scoring_choice_is_part_of_the_cache_key():
 
     keys = [key(ScorerSettings()), key(ScorerSettings(mc_objective="ce")), key(ScorerSettings(beta=2.0))]
     assert len({str(k) for k in keys}) == 3
-    assert keys[0]["scorer"] == asdict(ScorerSettings())
+    assert keys[0]["scorer"] == ScorerSettings().model_dump()
 
 
 @pytest.mark.parametrize("command", ["optimize", "evaluate"])

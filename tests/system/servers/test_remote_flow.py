@@ -30,7 +30,7 @@ def remote_run(tmp_path_factory, tiny_model_dir, tiny_lm, prefect_harness):
         remote = {"spec": str(tiny_model_dir), "backend": "openai", "base_url": url, "model": "tiny",
                   "api_key_env": "PMPO_TEST_API_KEY", "check": False}  # random weights cannot pass the check
         config = tiny_config(tiny_model_dir, model=remote, iterations=1)
-        ref = models.model_ref(config.model.settings(), config.scorer())
+        ref = models.model_ref(config.model, config.scoring)
         yield home, ref, optimize_prompt(config), requests
 
 

@@ -16,7 +16,7 @@ from pmpo.data.examples import Supervised
 from pmpo.models.decoding import LocalDecoder
 from pmpo.scoring.loss import Scorer
 from pmpo.models.loading import ModelSettings, TextSide, load_model
-from pmpo.remote import Endpoint, RemoteError, RemoteScorer, RemoteSettings
+from pmpo.remote import Endpoint, RemoteError, RemoteScorer
 
 pytestmark = [pytest.mark.server, pytest.mark.real_model, pytest.mark.skipif(not available(), reason=SKIP_REASON)]
 
@@ -42,7 +42,7 @@ def spearman(a, b) -> float:
 
 def _scorer(url: str, placement: str, **settings) -> RemoteScorer:
     lm_text = load_model_text(placement)
-    return RemoteScorer(lm_text, Endpoint(RemoteSettings(base_url=url, model="smol", max_concurrency=1, **settings)))
+    return RemoteScorer(lm_text, Endpoint(ModelSettings(backend="openai", base_url=url, model="smol", max_concurrency=1, **settings)))
 
 
 def load_model_text(placement: str) -> TextSide:
@@ -78,12 +78,12 @@ def test_with_prepend_bos_plain_texts_rank_prompts_as_the_in_process_model(llama
 
 def test_a_wrong_model_name_lists_the_served_one(llama_url):
     with pytest.raises(RemoteError, match="does not serve a model named 'big'; it serves 'smol'"):
-        Endpoint(RemoteSettings(base_url=llama_url, model="big")).identity()
+        Endpoint(ModelSettings(backend="openai", base_url=llama_url, model="big")).identity()
 
 
 def test_llama_cpp_without_logits_all_is_named(tmp_path):
     with llama_server(tmp_path / "server.log", logits_all=False) as url:
-        endpoint = Endpoint(RemoteSettings(base_url=url, model="smol", max_retries=0))
+        endpoint = Endpoint(ModelSettings(backend="openai", base_url=url, model="smol", max_retries=0))
         with pytest.raises(RemoteError, match="logits_all"):
             RemoteScorer(load_model_text("plain"), endpoint).loss_matrix(PROMPTS[:1], EXAMPLES[:1])
 

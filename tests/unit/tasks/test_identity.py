@@ -8,7 +8,8 @@ import pytest
 from pmpo.data.examples import Dataset, Supervised
 from pmpo.models.loading import ModelSettings
 from pmpo.remote.connection import served_identity
-from pmpo.rewriting.backends import ChatSettings, chat_identity
+from pmpo.rewriting.backends import chat_identity
+from pmpo.rewriting.settings import RewriterSettings
 from pmpo.scoring.loss import ScorerSettings
 from tasks import caching, identity
 from tasks.models import ModelRef
@@ -54,7 +55,7 @@ def test_prepend_bos_is_in_the_key_not_in_the_identity():
 def test_a_served_model_has_one_identity_in_its_keys_and_its_record(revision):
     url = "http://h:8000/v1/"
     model = _served(url, revision)
-    chat = ChatSettings(base_url=url, model="m", revision=revision)
+    chat = RewriterSettings(backend="openai", base_url=url, model="m", revision=revision)
     writer = RewriterRef("same", chat_identity(chat, served=["m"]), chat=chat)  # the served model rewriting itself
 
     assert writer.identity == model.identity == f"openai:http://h:8000/v1#m@{revision or 'unpinned'}"
@@ -73,7 +74,7 @@ def test_a_served_model_is_one_identity_to_the_scorer_the_rewriter_and_the_keys(
         settings = ModelSettings(spec=str(tiny_model_dir), backend="openai", base_url=url, model="tiny", check=False)
         ref = models.model_ref(settings)
         same = rewriters.same_as(ref)
-        chat = rewriters.chat_ref(ChatSettings(base_url=url, model="tiny"))  # the same server named as a rewriter
+        chat = rewriters.chat_ref(RewriterSettings(backend="openai", base_url=url, model="tiny"))  # the same server named as a rewriter
         found = {
             "model": ref.identity,
             "scorer": models.scorer(ref).identity,

@@ -116,10 +116,10 @@ def test_auto_units_ask_a_large_enough_model_to_mark_them_as_spans(tiny_lm, monk
                 "<mask>Ignore the star rating. Answer with one word: positive or negative.</mask>"]  # fmt: skip
 
     monkeypatch.setattr("pmpo.masking.units.sample", fake_sample)
-    small = OptimizerConfig()  # the tiny model is far below 1B parameters: the splitter
-    assert prompt_units(tiny_lm, PROMPT, small, 1) == segment(PROMPT) and asked == []
-    large = OptimizerConfig(rewrite=RewriteSettings(small_model_params=1))
-    units = prompt_units(tiny_lm, PROMPT, large, 1)
+    small = RewriteSettings().small_model_params  # the tiny model is far below 1B parameters: the splitter
+    assert prompt_units(tiny_lm, PROMPT, 1, units="auto", max_units=5, small_model_params=small, seed=0) == segment(PROMPT)
+    assert asked == []
+    units = prompt_units(tiny_lm, PROMPT, 1, units="auto", max_units=5, small_model_params=1, seed=0)
     assert len(asked) == 1 and len(units.texts) == 2
     assert units.join() == PROMPT
     assert units.without(1) == "You label the sentiment of product reviews.\n\nRead the review carefully."

@@ -17,7 +17,8 @@ from pmpo.data.examples import Supervised
 from pmpo.scoring.loss import Scorer
 from pmpo.loop.optimizer import unit_mode
 from pmpo.rewriting.proposal import RewriteSettings, choose_template, propose
-from pmpo.rewriting.backends import ChatRewriter, ChatSettings, RewriterError, _with_stop, as_rewriter
+from pmpo.rewriting.backends import ChatRewriter, RewriterError, _with_stop, as_rewriter
+from pmpo.rewriting.settings import RewriterSettings
 from pmpo.masking.units import model_units
 from pmpo_cli.main import build_parser, main
 from pmpo_cli.options import config_values
@@ -58,7 +59,7 @@ def test_a_rewriter_of_unknown_size_counts_as_large_unless_set():
     [
         ({"backend": "local"}, "rewriter: backend local needs spec"),
         ({"backend": "openai", "base_url": "http://x/v1"}, "rewriter: backend openai needs base_url and model"),
-        ({"backend": "openai", "base_url": "http://x/v1", "model": "m", "api_key_env": "sk-abc-123"}, "*name* of an environment variable"),
+        ({"backend": "openai", "base_url": "http://x/v1", "model": "m", "api_key_env": "sk-abc-123"}, "rewriter.api_key_env: takes the NAME of an environment variable"),
         ({"backend": "remote"}, "rewriter.backend: Input should be 'same', 'local' or 'openai'"),
         ({"api_key": "sk-abc"}, "rewriter.api_key: Extra inputs are not permitted"),
     ],
@@ -104,7 +105,7 @@ def test_a_chat_reply_cut_off_by_the_token_limit_is_counted_unclosed(tiny_lm):
         ("Reply positive or", None),  # no finish_reason: not shown to have ended, so not trusted as whole
     ]
     with serving(echo_app(tiny_lm, "chat", chat_choices=choices)) as url:
-        rewriter = ChatRewriter.connect(ChatSettings(base_url=url, model="chat"))
+        rewriter = ChatRewriter.connect(RewriterSettings(backend="openai", base_url=url, model="chat"))
         short = propose(
             rewriter, prompt=PROMPT, example=Supervised("Review: great.", "positive"), effects=(),
             task_description="Sentiment.", settings=RewriteSettings(template="short", n_variants=5), seed=0,
@@ -121,8 +122,8 @@ def test_a_server_that_decodes_greedily_whatever_the_temperature_is_named_once(t
     with serving(echo_app(tiny_lm, "greedy", chat_choices=same)) as greedy_url, serving(
         echo_app(tiny_lm, "sampling", chat_choices=mixed)
     ) as sampling_url, caplog.at_level(logging.WARNING, logger="pmpo.rewriting.backends"):
-        greedy = ChatRewriter.connect(ChatSettings(base_url=greedy_url, model="greedy"))
-        sampling = ChatRewriter.connect(ChatSettings(base_url=sampling_url, model="sampling"))
+        greedy = ChatRewriter.connect(RewriterSettings(backend="openai", base_url=greedy_url, model="greedy"))
+        sampling = ChatRewriter.connect(RewriterSettings(backend="openai", base_url=sampling_url, model="sampling"))
         args = {"n": 3, "temperature": 0.8, "top_p": 0.95, "seed": 0, "max_tokens": 20}
         for _ in range(2):
             assert len(set(greedy.reply("Rewrite.", **args))) == 1
@@ -135,14 +136,14 @@ def test_a_server_that_decodes_greedily_whatever_the_temperature_is_named_once(t
 def test_missing_key_variable_is_named_not_guessed(monkeypatch):
     monkeypatch.delenv("PMPO_NO_SUCH_KEY", raising=False)
     with pytest.raises(RewriterError, match="rewriter.api_key_env: the environment variable PMPO_NO_SUCH_KEY is not set"):
-        ChatRewriter.connect(ChatSettings(base_url=_dead_url(), model="m", api_key_env="PMPO_NO_SUCH_KEY"))
+        ChatRewriter.connect(RewriterSettings(backend="openai", base_url=_dead_url(), model="m", api_key_env="PMPO_NO_SUCH_KEY"))
 
 
 def test_server_down_is_one_line_without_the_key(monkeypatch):
     monkeypatch.setenv(KEY_ENV, FAKE_KEY)
     url = _dead_url()
     with pytest.raises(RewriterError) as err:
-        ChatRewriter.connect(ChatSettings(base_url=url, model="m", api_key_env=KEY_ENV, max_retries=0, timeout_s=5))
+        ChatRewriter.connect(RewriterSettings(backend="openai", base_url=url, model="m", api_key_env=KEY_ENV, max_retries=0, timeout_s=5))
     said = str(err.value)  # the wording the scorer's errors share (pmpo.remote.connection)
     assert said.startswith(f"cannot reach the rewriter at {url} (") and FAKE_KEY not in said and "\n" not in said
     assert said.endswith("): is it running, and is rewriter.base_url right?")
@@ -164,7 +165,7 @@ def test_cli_reports_an_unreachable_rewriter_in_one_line(capsys, pmpo_home, tiny
 
 
 def test_chat_rewriter_returns_n_replies_and_counts_their_tokens(chat_server):
-    settings = ChatSettings(base_url=chat_server.base_url, model=chat_server.model, revision="r1", **PATIENT)
+    settings = RewriterSettings(backend="openai", base_url=chat_server.base_url, model=chat_server.model, revision="r1", **PATIENT)
     rewriter = ChatRewriter.connect(settings)
     assert rewriter.identity == f"openai:{chat_server.base_url}#{chat_server.model}@r1"
     assert rewriter.n_params is None
@@ -179,7 +180,7 @@ def test_chat_rewriter_returns_n_replies_and_counts_their_tokens(chat_server):
 
 def test_wrong_model_name_is_one_line_naming_what_is_served(chat_server):
     with pytest.raises(RewriterError) as err:
-        ChatRewriter.connect(ChatSettings(base_url=chat_server.base_url, model="no-such-model", **PATIENT))
+        ChatRewriter.connect(RewriterSettings(backend="openai", base_url=chat_server.base_url, model="no-such-model", **PATIENT))
     assert str(err.value).startswith(
         f"rewriter.model: the rewriter at {chat_server.base_url} does not serve a model named 'no-such-model'; it serves"
     )
@@ -187,7 +188,7 @@ def test_wrong_model_name_is_one_line_naming_what_is_served(chat_server):
 
 
 def test_chat_rewriter_proposes_parsed_variants_and_marks_units(chat_server, tiny_lm):
-    rewriter = ChatRewriter.connect(ChatSettings(base_url=chat_server.base_url, model=chat_server.model, **PATIENT))
+    rewriter = ChatRewriter.connect(RewriterSettings(backend="openai", base_url=chat_server.base_url, model=chat_server.model, **PATIENT))
     settings = RewriteSettings(template="short", n_variants=2, max_new_tokens=8)
     proposal = propose(
         rewriter, prompt=PROMPT, example=Supervised("Review: great.", "positive"), effects=(), task_description="Sentiment.",

@@ -1,6 +1,5 @@
 """Rewrite requests, reply parsing and variant filtering; `propose` plumbing on the tiny random model."""
 
-from dataclasses import replace
 
 import pytest
 
@@ -263,7 +262,7 @@ def test_rewrite_budget_grows_with_the_prompt_and_stops_at_the_context(tiny_lm, 
     budgets = []
     for prompt, wanted in (("Answer yes or no.", 60), ("Answer yes or no. " * 8, 60), ("Answer yes or no.", 5000)):
         calls = _capture_budget(monkeypatch, ["<prompt>New.</prompt>"])
-        wide = replace(settings, max_new_tokens=wanted)
+        wide = settings.model_copy(update={"max_new_tokens": wanted})
         proposal = propose(tiny_lm, prompt=prompt, example=example, effects=(), task_description=TASK, settings=wide, seed=0)
         budgets.append((calls[0], proposal.request))
     tokens = [len(tiny_lm.tokenizer.encode(p, add_special_tokens=False)) for p in ("Answer yes or no. " * 8,)]

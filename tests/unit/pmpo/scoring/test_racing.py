@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from pmpo.data.examples import Dataset, Supervised
 from pmpo.errors import PmpoError
@@ -55,7 +56,7 @@ def test_never_drops_the_best_even_when_its_first_slice_is_unlucky(seed):
 
 @pytest.mark.parametrize("field,value", [("first_slice", 1), ("growth", 1.0), ("margin", -1.0)])
 def test_bad_settings_name_the_field(field, value):
-    with pytest.raises(PmpoError, match=field):
+    with pytest.raises(ValidationError, match=field):
         RacingSettings(**{field: value})
 
 

@@ -4,7 +4,6 @@ from data with several fields without ever losing a variable (tiny random model;
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 import logging
 
 import numpy as np
@@ -15,7 +14,7 @@ from pmpo.data.examples import Dataset, Supervised, example_input, example_key
 from pmpo.text.encoding import render_pairs
 from pmpo.errors import DataError
 from pmpo.scoring.loss import Scorer, ScorerSettings
-from pmpo.loop.optimizer import OptimizerConfig, prompt_units, removal_prompts, rewrite_prompts, segment_effects
+from pmpo.loop.optimizer import prompt_units, removal_prompts, rewrite_prompts, segment_effects
 from pmpo.text.rendering import render
 from pmpo.rewriting.replies import filter_variants
 from pmpo.loop.result import SegmentEffect
@@ -144,8 +143,7 @@ def test_fields_leave_single_input_fingerprints_alone():
 def test_masking_never_cuts_out_a_variable(tiny_lm):
     train = Dataset("t", _examples())
     scorer = Scorer(tiny_lm)
-    config = OptimizerConfig(units="splitter")
-    units = prompt_units(tiny_lm, TEMPLATE, config, 1)
+    units = prompt_units(tiny_lm, TEMPLATE, 1, units="splitter", max_units=5, small_model_params=10**9, seed=0)
     assert any("{{review}}" in t for t in units.texts)
     loss = float(scorer.loss_matrix([TEMPLATE], train.examples).prompt_loss()[0])
     effects = segment_effects(scorer, loss, units, train)
@@ -158,7 +156,7 @@ def test_masking_never_cuts_out_a_variable(tiny_lm):
 def test_masking_a_chat_prompt_cuts_its_system_message_only(tiny_lm):
     train = Dataset("t", _examples())
     scorer = Scorer(tiny_lm)
-    units = prompt_units(tiny_lm, CHAT, OptimizerConfig(units="splitter"), 1)
+    units = prompt_units(tiny_lm, CHAT, 1, units="splitter", max_units=5, small_model_params=10**9, seed=0)
     assert units.texts == ("You label product reviews.", "Reply with one word.")
     loss = float(scorer.loss_matrix([CHAT], train.examples).prompt_loss()[0])
     effects = segment_effects(scorer, loss, units, train)
@@ -199,9 +197,9 @@ def test_the_rewrite_request_shows_the_variables_and_asks_to_keep_them():
 def test_rewrites_of_a_chat_prompt_go_back_into_its_messages(tiny_lm, monkeypatch):
     replies = ["Label the review in one word.</prompt>", "Label {{review}}.</prompt>"]
     monkeypatch.setattr("pmpo.rewriting.proposal.sample", lambda *a, **k: list(replies))
-    config = OptimizerConfig(rewrite=RewriteSettings(hard_k=1, n_variants=2, template="short"))
+    rewrite = RewriteSettings(hard_k=1, n_variants=2, template="short")
     train = Dataset("t", _examples())
-    variants, rejected = rewrite_prompts(tiny_lm, CHAT, train, [0], (), config, 1, frozenset({CHAT}))
+    variants, rejected = rewrite_prompts(tiny_lm, CHAT, train, [0], (), rewrite, 1, frozenset({CHAT}), seed=0)
     assert rejected["variables"] == 1  # the system message had no variable: adding one is refused
     [variant] = variants
     assert editable(variant) == "Label the review in one word."
@@ -270,8 +268,8 @@ def test_the_full_request_diagnoses_the_whole_chat_prompt(tiny_lm, monkeypatch):
     scored = []
     monkeypatch.setattr("pmpo.rewriting.proposal.preferred_answer", lambda lm, scorer, prompt, example: scored.append(prompt))
     monkeypatch.setattr("pmpo.rewriting.proposal.sample", lambda *a, **k: ["<prompt>Label the review.</prompt>"])
-    config = OptimizerConfig(rewrite=RewriteSettings(hard_k=1, n_variants=1, template="full"))
-    variants, _ = rewrite_prompts(tiny_lm, CHAT, Dataset("t", _examples()), [0], (), config, 1, frozenset({CHAT}))
+    rewrite = RewriteSettings(hard_k=1, n_variants=1, template="full")
+    variants, _ = rewrite_prompts(tiny_lm, CHAT, Dataset("t", _examples()), [0], (), rewrite, 1, frozenset({CHAT}), seed=0)
     assert scored == [CHAT]  # what the model prefers is found under the whole prompt, not its system text alone
     assert [editable(v) for v in variants] == ["Label the review."]
 
@@ -284,8 +282,7 @@ def test_the_config_can_name_another_chat_message_to_optimise(tiny_lm, monkeypat
         ]
     )
     train = Dataset("t", _examples())
-    config = OptimizerConfig(units="splitter", chat_message=1)
-    units = prompt_units(tiny_lm, two, config, 1)
+    units = prompt_units(tiny_lm, two, 1, units="splitter", max_units=5, small_model_params=10**9, seed=0, chat_message=1)
     assert units.texts[0] == "Label the review as positive or negative." and units.message == 1
     effects = segment_effects(Scorer(tiny_lm), 0.0, units, train)
     assert [e.text for e in effects] == ["Label the review as positive or negative.", "Be brief."]  # not the variable
@@ -294,7 +291,7 @@ def test_the_config_can_name_another_chat_message_to_optimise(tiny_lm, monkeypat
     assert chat_messages(removed)[1].content == "Label the review as positive or negative.\n\nReview: {{review}}"
     monkeypatch.setattr("pmpo.rewriting.proposal.sample", lambda *a, **k: ["Say positive or negative. Review: {{review}}</prompt>"])
     rewrite = RewriteSettings(hard_k=1, n_variants=1, template="short")
-    variants, _ = rewrite_prompts(tiny_lm, two, train, [0], (), replace(config, rewrite=rewrite), 1, frozenset({two}))
+    variants, _ = rewrite_prompts(tiny_lm, two, train, [0], (), rewrite, 1, frozenset({two}), seed=0, chat_message=1)
     assert [chat_messages(v)[1].content for v in variants] == ["Say positive or negative. Review: {{review}}"]
     with pytest.raises(TemplateError, match="chat_message 5: the chat prompt has 2 message"):
         editable(two, 5)

@@ -1,0 +1,37 @@
+"""The PMPO loop's settings: how many iterations, how prompts are split for masking, and the rewrite and racing
+blocks. `pmpo.optimize`, `PMPO` and the flow's parameter (flows.config.OptimizeConfig extends it) share them, so
+the library and `pmpo optimize` run the same default search."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from pmpo.rewriting.settings import RewriteSettings
+from pmpo.scoring.settings import RacingSettings
+from pmpo.settings import Strict
+
+
+class OptimizerConfig(Strict):
+    """Settings of the PMPO loop."""
+
+    # The paper runs T = 20. 2 show the method at work (masking, rewrites, selection, twice) and keep the README demo
+    # under three minutes on an idle 2-core CPU (2 min 45 s, `pmpo optimize` from an empty store). To be chosen
+    # from the quality benchmark (benchmarks/bench_quality.py, issue 19).
+    iterations: int = Field(2, ge=0, description="PMPO iterations (the paper: 20)")
+    max_units: int = Field(5, ge=1, description="most removable units a prompt is split into (the paper: 5)")
+    # auto: the rewriter marks <mask> units (the paper's way) when it has at least rewrite.small_model_params
+    # parameters, as the FULL template does; below that the deterministic splitter, since small models do not
+    # follow the marking request. "model" falls back to the splitter whenever the marks are unusable.
+    units: Literal["auto", "splitter", "model"] = Field("auto", description="how the prompt is split for masking")
+    # False is the paper's ablation without masking: no mask forward passes, no dL table, no removals.
+    masking: bool = Field(True, description="measure each unit's dL and show it to the rewriter")
+    # Dropping a unit with dL < 0 is a candidate too: it was already scored by the masking analysis.
+    segment_removal: bool = Field(True, description="also try the prompt without each unit that hurts")
+    # The system message is where a chat prompt's instruction usually is; the other messages stay as they are.
+    chat_message: int | None = Field(None, ge=0, description="chat prompts: index of the message to optimise (default: system)")
+    rewrite: RewriteSettings = Field(default_factory=RewriteSettings)
+    # Off by default: stop scoring clearly worse candidates after a first slice of the training set.
+    racing: RacingSettings = Field(default_factory=RacingSettings)
+    seed: int = Field(0, description="seed of the rewrites' sampling and the racing slices (the flows': and the split)")

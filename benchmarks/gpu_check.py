@@ -42,7 +42,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import workload as wl  # noqa: E402
 from measure import ModelShape, Pairs, matmul_peak, pair_lengths, peak_rss_gib  # noqa: E402
-from pmpo.models.loading import DEFAULT_MODEL, LoadedModel, load_text_side, resolve_checkpoint, resolve_dtype  # noqa: E402
+from pmpo.models.loading import (  # noqa: E402
+    DEFAULT_MODEL,
+    LoadedModel,
+    load_text_side,
+    resolve_checkpoint,
+    resolve_dtype,
+)
 from pmpo.scoring import loss as loss_module  # noqa: E402
 from pmpo.scoring.loss import Scorer, ScorerSettings, example_rows  # noqa: E402
 from pmpo.scoring.reference import naive_nll  # noqa: E402

@@ -2,7 +2,7 @@
 
     # here, once: the bundled tokenizer and model config (~3.5 MB, small enough to carry)
     python benchmarks/gpu_check.py --save-tokenizer gpu-assets
-    # on the GPU machine (under 8 minutes on one H100):
+    # on the GPU machine (sized for under 8 minutes on one H100; not yet run on a GPU):
     python benchmarks/gpu_check.py --tokenizer gpu-assets --json gpu_check.json
     # on CPU at a small size (what tests/unit/benchmarks/test_gpu_check.py runs):
     python benchmarks/gpu_check.py --device cpu --small --json gpu_check.json

@@ -55,13 +55,28 @@ def cpu_has_fast_bf16() -> bool:
     return best[torch.bfloat16] < 0.8 * best[torch.float32]
 
 
+def cuda_auto_dtype(device: torch.device) -> torch.dtype:
+    """The fast half-precision dtype of a GPU: bf16 from compute capability 8.0, fp16 on 7.x, else fp32."""
+    # Read the capability, not torch.cuda.is_bf16_supported(): by default that also says True where bf16 is
+    # only emulated (it creates a bf16 tensor on a pre-Ampere card), which runs far below the fp16 tensor cores.
+    # ROCm builds report their own numbers here; every AMD GPU torch runs on handles bf16.
+    if torch.version.hip:
+        return torch.bfloat16
+    major, _ = torch.cuda.get_device_capability(device)
+    if major >= 8:  # Ampere and later: bf16 tensor cores
+        return torch.bfloat16
+    if major == 7:  # Volta, Turing: fp16 tensor cores, no bf16 ones (the scorer takes logits in fp32)
+        return torch.float16
+    return torch.float32  # Pascal and older: half precision is slow or unsupported on most of these cards
+
+
 def resolve_dtype(dtype: DType, device: torch.device) -> torch.dtype:
     """Turn a dtype setting into a torch dtype for `device`."""
     if dtype != "auto":
         return getattr(torch, dtype)
-    if device.type == "cuda" or cpu_has_fast_bf16():
-        return torch.bfloat16
-    return torch.float32
+    if device.type == "cuda":
+        return cuda_auto_dtype(device)
+    return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
 
 
 def resolve_device(device: Device) -> torch.device:

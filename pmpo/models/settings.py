@@ -20,7 +20,11 @@ class ModelSettings(Strict):
     spec: str = Field(DEFAULT_MODEL, description="built-in name, Hugging Face hub id, or local directory")
     # auto: bf16 where the hardware runs it fast (CUDA; CPUs where a timed bf16 matmul beats fp32, i.e.
     # native AMX/AVX-512 BF16), else fp32: emulated bf16 is far slower than fp32.
-    dtype: DType = Field("auto", description="weights' dtype; auto: bf16 where the hardware runs it fast, else fp32")
+    # auto: bf16 where the hardware runs it fast (GPUs of compute capability >= 8.0; CPUs where a timed bf16 matmul
+    # beats fp32, i.e. native AMX/AVX-512 BF16), fp16 on 7.x GPUs, else fp32: emulated bf16 is far slower.
+    dtype: DType = Field(
+        "auto", description="weights' dtype; auto: bf16 where the hardware runs it fast, fp16 on older GPUs, else fp32"
+    )
     device: Device = Field("auto", description="auto: CUDA when torch sees one, else the CPU")
     # auto: the chat template's system message when the tokenizer has one, else a plain text prefix.
     placement: Placement = Field("auto", description="where the prompt goes: system message, user turn, or plain prefix")

@@ -136,7 +136,9 @@ def _load(target: str) -> type:
         ) from exc
 
 
-def _section(cls: type, prefix: str, anchor: str, linked: dict[type, Root], depth: int = 0) -> list[str]:
+def _section(
+    cls: type, prefix: str, anchor: str, linked: dict[type, Root], depth: int = 0, above: tuple[type, ...] = ()
+) -> list[str]:
     """A table of `cls`'s fields, then a subsection per nested model (recursively)."""
     doc = _first_paragraph(cls)
     out = [doc, ""] if doc else []
@@ -147,15 +149,16 @@ def _section(cls: type, prefix: str, anchor: str, linked: dict[type, Root], dept
         path = f"{prefix}{key}"
         models, suffix = _nested_models(field.annotation)
         if models:
-            own = [m for m in models if m not in linked]
+            # A model that nests itself would recurse forever: its inner copy is only named.
+            own = [m for m in models if m not in linked and m not in above and m is not cls]
             targets = [f"[{linked[m].title}](#{linked[m].anchor})" for m in models if m in linked]
+            targets += [f"`{m.__name__}` (as above)" for m in models if m not in linked and m not in own]
             for model in own:
                 sub = _sub_anchor(anchor, path, model, len(own))
                 targets.append(f"[`{path}{suffix}`" + (f" ({model.__name__})" if len(own) > 1 else "") + f"](#{sub})")
                 nested.append((path, suffix, model, len(own)))
-            described = field.description or _first_paragraph(models[0])
+            described = _sentence(field.description or (_first_paragraph(models[0]) if len(models) == 1 else ""))
             kind = {"": "mapping", "[]": "list of mappings", ".<name>": "mapping of mappings"}[suffix]
-            described = described.rstrip() + ("" if described.rstrip().endswith((".", ":", ")")) or not described else ".")
             rows.append(_row(path, kind, _default(field, nested=True), "", f"{described} See {', '.join(targets)}.".strip()))
         else:
             rows.append(_row(path, _type_name(field.annotation), _default(field), _constraints(field), field.description or ""))
@@ -164,8 +167,13 @@ def _section(cls: type, prefix: str, anchor: str, linked: dict[type, Root], dept
         title = f"`{path}{suffix}`" + (f" ({model.__name__})" if alternatives > 1 else "")
         level = "#" * min(3 + depth, 6)
         out += [f"{level} {title} {{#{_sub_anchor(anchor, path, model, alternatives)}}}", ""]
-        out += _section(model, prefix=f"{path}{suffix}.", anchor=anchor, linked=linked, depth=depth + 1)
+        out += _section(model, f"{path}{suffix}.", anchor, linked, depth + 1, (*above, cls))
     return out
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    return text if not text or text.endswith((".", ":", ")")) else text + "."
 
 
 def _sub_anchor(anchor: str, path: str, model: type, alternatives: int) -> str:
@@ -264,16 +272,17 @@ def _constraints(field: FieldInfo) -> str:
         elif inspect.isclass(member) and issubclass(member, enum.Enum):
             choices += [m.value for m in member]
     for item in metadata:
-        for kind, attr, symbol in _BOUNDS:
-            if isinstance(item, kind):
-                parts.append(f"{symbol} {getattr(item, attr)}")
-        for attr in ("pattern", "min_length", "max_length", "max_digits", "decimal_places"):
-            value = getattr(item, attr, None)
-            if value is not None and not isinstance(item, annotated_types.BaseMetadata):
-                parts.append(f"{attr}: `{value}`")
+        bound = [(attr, symbol) for kind, attr, symbol in _BOUNDS if isinstance(item, kind)]
+        for attr, symbol in bound:
+            parts.append(f"{symbol} {getattr(item, attr)}")
+        if not bound:  # pydantic's general metadata (pattern=..., max_digits=...) carries them as attributes
+            for attr in ("pattern", "min_length", "max_length", "max_digits", "decimal_places"):
+                value = getattr(item, attr, None)
+                if value is not None:
+                    parts.append(f"{attr}: `{value}`")
     if choices:
         parts.insert(0, "one of " + ", ".join(f"`{json.dumps(to_jsonable_python(c))}`" for c in dict.fromkeys(choices)))
-    return "; ".join(dict.fromkeys(parts)).replace("|", "\\|")
+    return "; ".join(dict.fromkeys(parts))
 
 
 def _members_with_annotations(tp: Any, metadata: list[Any]) -> list[Any]:
@@ -281,7 +290,8 @@ def _members_with_annotations(tp: Any, metadata: list[Any]) -> list[Any]:
     origin = typing.get_origin(tp)
     if origin is typing.Annotated:
         args = typing.get_args(tp)
-        metadata.extend(args[1:])
+        for item in args[1:]:
+            metadata.extend(item.metadata if isinstance(item, FieldInfo) else [item])
         return _members_with_annotations(args[0], metadata)
     if origin is typing.Union or origin is types.UnionType:
         return [m for arg in typing.get_args(tp) for m in _members_with_annotations(arg, metadata)]
@@ -312,8 +322,13 @@ def _default(field: FieldInfo, nested: bool = False) -> str:
 def _row(*cells: str) -> str:
     clean = [" ".join(c.split()) for c in cells]
     clean[0] = f"`{clean[0]}`"
-    clean[-1] = clean[-1].replace("|", "\\|")
-    return "| " + " | ".join(clean) + " |"
+    return "| " + " | ".join(_escape_pipes(c) for c in clean) + " |"
+
+
+def _escape_pipes(text: str) -> str:
+    # A table cell ends at a bare pipe; inside a code span one is safe, and a backslash there would show.
+    pieces = text.split("`")
+    return "`".join(p if i % 2 else p.replace("|", "\\|") for i, p in enumerate(pieces))
 
 
 def _first_paragraph(cls: type) -> str:

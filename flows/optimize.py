@@ -19,8 +19,9 @@ from flows.steps import PrefectSteps, WorkLog
 from pmpo.scoring.context_budget import check_fits
 from pmpo.data import Dataset, Split
 from pmpo.evaluation.heldout import Evaluation, compare
-from pmpo.loop.optimizer import PMPO, unit_mode
-from pmpo.rewriting.proposal import choose_template
+from pmpo.loop.optimizer import PMPO
+from pmpo.loop.steps import unit_mode
+from pmpo.rewriting.requests import choose_template
 from pmpo.loop.result import Candidate, Iteration
 from pmpo.evaluation.stats import Interval
 from pmpo.text.template import normalized, prompt_variables

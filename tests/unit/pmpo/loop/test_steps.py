@@ -5,7 +5,8 @@ import pytest
 
 from pmpo.data.examples import Dataset, Supervised
 from pmpo.scoring.loss import Scorer
-from pmpo.loop.optimizer import PMPO, OptimizerConfig, prompt_units, removal_prompts, segment_effects, unit_mode
+from pmpo.loop.optimizer import PMPO, OptimizerConfig
+from pmpo.loop.steps import prompt_units, removal_prompts, segment_effects, unit_mode
 from pmpo.loop.result import SegmentEffect
 from pmpo.rewriting.proposal import RewriteSettings
 from pmpo.masking.units import segment
@@ -121,5 +122,5 @@ def test_auto_units_ask_a_large_enough_model_to_mark_them_as_spans(tiny_lm, monk
     large = OptimizerConfig(rewrite=RewriteSettings(small_model_params=1))
     units = prompt_units(tiny_lm, PROMPT, large, 1)
     assert len(asked) == 1 and len(units.texts) == 2
-    assert units.join() == PROMPT
+    assert units.remove(()) == PROMPT
     assert units.without(1) == "You label the sentiment of product reviews.\n\nRead the review carefully."

@@ -13,7 +13,7 @@ from pmpo.remote.connection import Speaker
 from pmpo.models.loading import ModelSettings
 from pmpo.rewriting.backends import CHAT, SERVED_SAME, ChatRewriter, ChatSettings, LocalRewriter, Rewriter
 from pmpo.models.usage import UsageSnapshot
-from tasks.models import ModelRef, endpoint as served_endpoint, loaded, model_ref, usage as model_usage
+from tasks.models import ModelRef, completions_client, loaded, model_ref, usage as model_usage
 
 _LOCK = threading.Lock()
 _CHAT: dict[ChatSettings, ChatRewriter] = {}
@@ -46,7 +46,7 @@ def same_as(model: ModelRef, n_params: int | None = None) -> RewriterRef:
         return RewriterRef("same", model.identity, model=model)
     s = model.settings
     chat = ChatSettings(
-        base_url=s.base_url or "", model=served_endpoint(s).served_model(), api_key_env=s.api_key_env,
+        base_url=s.base_url or "", model=completions_client(s).served_model(), api_key_env=s.api_key_env,
         timeout_s=s.timeout_s, max_retries=s.max_retries, n_params=n_params, revision=s.revision,
     )  # fmt: skip
     return RewriterRef("same", _chat(chat, SERVED_SAME).identity, chat=chat)

@@ -18,7 +18,7 @@ from pmpo.errors import PmpoError
 from pmpo.evaluation.matching import Match, is_correct, references, task_labels
 from pmpo.evaluation.stats import Interval, paired_bootstrap
 from pmpo.models.loading import LoadedModel, TextSide
-from pmpo.scoring.loss import Scorer
+from pmpo.scoring.loss import BaseScorer, Scorer
 from pmpo.text.rendering import render_many
 
 
@@ -59,7 +59,7 @@ class OptionAccuracy:
     correct_norm: tuple[bool, ...]  # lm-eval `acc_norm`
 
 
-def option_hits(scorer: Scorer, prompt: str, examples: Sequence[MultipleChoice]) -> OptionAccuracy:
+def option_hits(scorer: BaseScorer, prompt: str, examples: Sequence[MultipleChoice]) -> OptionAccuracy:
     """Per example: is the correct option the most likely one, in total (`acc`) and per byte (`acc_norm`)?
 
     One scorer pass serves both (lm-evaluation-harness: `acc` takes the argmax of the summed log-likelihood,
@@ -94,7 +94,7 @@ def evaluate(
     prompt: str,
     dataset: Dataset,
     *,
-    scorer: Scorer | None = None,
+    scorer: BaseScorer | None = None,
     generate: bool = True,
     max_new_tokens: int | None = None,
     match: Match = "contains",

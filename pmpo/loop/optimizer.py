@@ -20,7 +20,7 @@ from pmpo.loop.steps import LocalSteps, Steps, removal_prompts
 from pmpo.models.loading import LoadedModel
 from pmpo.rewriting.backends import Rewriter
 from pmpo.rewriting.proposal import RewriteSettings, hard_examples
-from pmpo.scoring.loss import LossMatrix, Scorer
+from pmpo.scoring.loss import BaseScorer, LossMatrix
 from pmpo.scoring.racing import RacingSettings, race_prompts, slice_order
 
 OnCandidate = Callable[[Candidate], None]
@@ -60,7 +60,7 @@ class PMPO:
         self,
         lm: LoadedModel | None = None,
         config: OptimizerConfig = OptimizerConfig(),
-        scorer: Scorer | None = None,
+        scorer: BaseScorer | None = None,
         on_candidate: OnCandidate | None = None,
         on_iteration: OnIteration | None = None,
         *,

@@ -20,7 +20,7 @@ from pmpo.models.usage import UsageSnapshot
 from pmpo.rewriting.backends import Rewriter, as_rewriter
 from pmpo.rewriting.proposal import propose
 from pmpo.rewriting.requests import by_size
-from pmpo.scoring.loss import LossMatrix, Scorer
+from pmpo.scoring.loss import BaseScorer, LossMatrix, Scorer
 from pmpo.text.template import editable, with_editable
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ def prompt_units(rewriter: Rewriter | LoadedModel, prompt: str, config: Optimize
     return replace(units, frame=prompt, message=config.chat_message) if text != prompt else units
 
 
-def segment_effects(scorer: Scorer, prompt_loss: float, units: Units, train: Dataset) -> tuple[SegmentEffect, ...]:
+def segment_effects(scorer: BaseScorer, prompt_loss: float, units: Units, train: Dataset) -> tuple[SegmentEffect, ...]:
     """dL_j = L(prompt without unit j) - L(prompt) for every unit; `prompt_loss` is L(units.prompt)."""
     if len(units.spans) < 2:  # removing the only unit leaves no prompt: nothing to learn from it
         return ()
@@ -83,7 +83,7 @@ def rewrite_prompts(
     config: OptimizerConfig,
     iteration: int,
     seen: set[str] | frozenset[str],
-    scorer: Scorer | None = None,
+    scorer: BaseScorer | None = None,
 ) -> Rewrites:
     """One rewrite request per hard example, n variants each; returns kept variants and rejections by reason.
 
@@ -155,7 +155,7 @@ class LocalSteps:
     rewriter (the scored model itself unless another is given)."""
 
     def __init__(
-        self, lm: LoadedModel, config: OptimizerConfig, scorer: Scorer | None = None, rewriter: Rewriter | None = None
+        self, lm: LoadedModel, config: OptimizerConfig, scorer: BaseScorer | None = None, rewriter: Rewriter | None = None
     ):
         self.lm, self.config = lm, config
         self.scorer = scorer or Scorer(lm)

@@ -20,7 +20,7 @@ from pmpo.rewriting.backends import Rewriter, as_rewriter, local_model
 from pmpo.rewriting.diagnosis import preferred_answer
 from pmpo.rewriting.replies import filter_variants, short_reply_cut_off, short_reply_unended
 from pmpo.rewriting.requests import build_request, choose_template
-from pmpo.scoring.loss import Scorer
+from pmpo.scoring.loss import BaseScorer, Scorer
 from pmpo.text.rendering import chat_request
 from pmpo.text.template import variables
 
@@ -83,7 +83,7 @@ def propose(
     settings: RewriteSettings,
     seed: int,
     seen: Collection[str] = (),
-    scorer: Scorer | None = None,
+    scorer: BaseScorer | None = None,
     scored_prompt: str | None = None,
 ) -> RewriteOutcome:
     """One rewrite request for one hard example, sampled `settings.n_variants` times by `rewriter`, filtered.
@@ -148,7 +148,7 @@ def _chat_replies(
     template: str,
     prompt: str,
     seed: int,
-    scorer: Scorer | None,
+    scorer: BaseScorer | None,
     opened: bool,
 ) -> tuple[list[str], list[bool]]:
     """Replies of a remote rewriter: the request as one user turn (a chat endpoint cannot continue raw text).

@@ -22,7 +22,7 @@ import numpy as np
 
 from pmpo.data.examples import Example
 from pmpo.errors import PmpoError
-from pmpo.scoring.loss import LossMatrix, Scorer
+from pmpo.scoring.loss import BaseScorer, LossMatrix
 
 # losses(candidates, n) -> [len(candidates), n]: per-example losses of those candidates on the first n examples
 SliceLosses = Callable[[Sequence[int], int], np.ndarray]
@@ -58,7 +58,7 @@ class RacingSettings:
 
 
 def race(
-    scorer: Scorer,
+    scorer: BaseScorer,
     prompts: Sequence[str],
     examples: Sequence[Example],
     settings: RacingSettings = RacingSettings(),

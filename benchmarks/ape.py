@@ -5,7 +5,7 @@ input-output pairs as a plain completion ending in "The instruction was" and wri
 Each request shows a random subset of the training demonstrations and samples several continuations;
 proposals are parsed defensively (first line, first sentence, quotes stripped) and deduplicated until
 `n` distinct candidates exist. The winner is the candidate with the best greedy accuracy on the training
-set (the reply contains the reference and no other label, `pmpo.evaluation.heldout.is_correct(..., "contains")`,
+set (the reply contains the reference and no other label, `pmpo.evaluation.matching.is_correct(..., "contains")`,
 APE's lenient execution metric); ties go to the shorter instruction, then to the earlier proposal.
 """
 
@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from pmpo.data.examples import Dataset, Example, Preference
-from pmpo.evaluation.heldout import is_correct, task_labels
+from pmpo.evaluation.matching import is_correct, task_labels
 from pmpo.models.generation import greedy, sample
 from pmpo.models.loading import LoadedModel
 from pmpo.text.rendering import render

@@ -31,7 +31,7 @@ import workload as wl  # noqa: E402
 from measure import ModelShape, Timer, matmul_peak, pair_lengths, peak_rss_gib  # noqa: E402
 from report import MAX_RSS_GIB, TARGETS, table  # noqa: E402
 from pmpo.data import Dataset  # noqa: E402
-from pmpo.evaluation.heldout import is_correct, task_labels  # noqa: E402
+from pmpo.evaluation.matching import is_correct, task_labels  # noqa: E402
 from pmpo.models.generation import greedy  # noqa: E402
 from pmpo.scoring.loss import Scorer, example_rows  # noqa: E402
 from pmpo.models.loading import ModelSettings, load_model  # noqa: E402
@@ -221,7 +221,7 @@ def _selection(lm, work, matrix, loss_seconds: float, n_gen: int) -> dict:
         "by_accuracy": by_accuracy,
         "same_pick": by_loss == by_accuracy,
         "accuracy": accuracy.tolist(),  # reference contained in the reply (APE's "contains" metric)
-        "accuracy_exact": strict.tolist(),  # pmpo.evaluation.heldout.is_correct: first line, normalised exact match
+        "accuracy_exact": strict.tolist(),  # pmpo.evaluation.matching.is_correct: first line, normalised exact match
         "accuracy_of_loss_pick": float(accuracy[by_loss]),
         "loss_pick_ties_best_accuracy": bool(accuracy[by_loss] == accuracy.max()),
         "loss": matrix.prompt_loss().tolist(),

@@ -37,7 +37,7 @@ from measure import Timer  # noqa: E402
 from pmpo.text.encoding import render_pairs  # noqa: E402
 from pmpo.scoring.loss import Scorer, example_rows  # noqa: E402
 from pmpo.models.loading import ModelSettings, TextSide, load_model  # noqa: E402
-from pmpo.remote import Endpoint, RemoteScorer  # noqa: E402
+from pmpo.remote import CompletionsClient, RemoteScorer  # noqa: E402
 
 BOS = "<|im_start|>"  # SmolLM2's BOS token
 
@@ -82,13 +82,13 @@ def main() -> None:
         local = Scorer(lm).loss_matrix(sl_prompts, sl_examples)
     text = TextSide(lm.tokenizer, "plain", lm.context_length)
     with llama_process(Path(tempfile.mkdtemp()) / "llama.log", threads=args.threads) as (url, pid):
-        endpoint = Endpoint(ModelSettings(backend="openai", base_url=url, model="smol", prepend_bos=True, max_concurrency=1, timeout_s=600))
-        RemoteScorer(text, endpoint).facts()  # the self-check, outside the timings
+        client = CompletionsClient(ModelSettings(backend="openai", base_url=url, model="smol", prepend_bos=True, max_concurrency=1, timeout_s=600))
+        RemoteScorer(text, client).served.facts()  # the self-check, outside the timings
         cpu_before = _cpu_seconds(pid)
         with Timer() as server:
-            remote = RemoteScorer(text, endpoint).loss_matrix(sl_prompts, sl_examples)
+            remote = RemoteScorer(text, client).loss_matrix(sl_prompts, sl_examples)
         server_cpu = _cpu_seconds(pid) - cpu_before
-        sequential, alternating = _prefix_cache(endpoint, pid, lm.tokenizer, prompts, list(work.train), args.prefix_texts)
+        sequential, alternating = _prefix_cache(client, pid, lm.tokenizer, prompts, list(work.train), args.prefix_texts)
     n_full, n_slice = len(prompts) * len(work.train), len(sl_prompts) * len(sl_examples)
     figures = Figures(
         source=work.source,
@@ -113,7 +113,7 @@ def main() -> None:
 
 
 def _prefix_cache(
-    endpoint: Endpoint, pid: int, tok, prompts: list[str], examples: list, n: int, rounds: int = 3
+    client: CompletionsClient, pid: int, tok, prompts: list[str], examples: list, n: int, rounds: int = 3
 ) -> tuple[float, float]:
     """Median server CPU seconds over `rounds` for n texts of one candidate back to back, and for n texts
     alternating between two candidates (half of them the same texts; every text about as long)."""
@@ -124,10 +124,10 @@ def _prefix_cache(
     spent: dict[str, list[float]] = {"same": [], "mixed": []}
     for r in range(rounds):
         for name in (("same", "mixed") if r % 2 == 0 else ("mixed", "same")):  # alternate which goes first
-            endpoint.complete([prompts[-1] + "\n\nwarm"])  # the same start state for both orders
+            client.complete([prompts[-1] + "\n\nwarm"])  # the same start state for both orders
             start = _cpu_seconds(pid)
             for t in orders[name]:
-                endpoint.complete([t])
+                client.complete([t])
             spent[name].append(_cpu_seconds(pid) - start)
     return float(np.median(spent["same"])), float(np.median(spent["mixed"]))
 

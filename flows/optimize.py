@@ -16,8 +16,9 @@ from flows.summary import OptimizeSummary, summarize
 from pmpo.scoring.context_budget import check_fits
 from pmpo.data import Dataset, Split
 from pmpo.evaluation.heldout import Evaluation
-from pmpo.loop.optimizer import PMPO, unit_mode
-from pmpo.rewriting.proposal import choose_template
+from pmpo.loop.optimizer import PMPO
+from pmpo.loop.steps import unit_mode
+from pmpo.rewriting.requests import choose_template
 from pmpo.loop.result import Iteration
 from pmpo.text.template import normalized, prompt_variables
 from pmpo.models.usage import Meter

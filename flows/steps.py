@@ -16,7 +16,8 @@ from flows.config import EvalConfig
 from pmpo.data.examples import Dataset
 from pmpo.evaluation.heldout import Evaluation
 from pmpo.scoring.loss import LossMatrix
-from pmpo.loop.optimizer import OptimizerConfig, Rewrites
+from pmpo.loop.optimizer import OptimizerConfig
+from pmpo.loop.steps import Rewrites
 from pmpo.loop.result import Candidate, SegmentEffect
 from pmpo.models.usage import UsageSnapshot
 from tasks import steps as t

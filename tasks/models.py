@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from pmpo.scoring.loss import Scorer
+from pmpo.scoring.loss import BaseScorer, Scorer
 from pmpo.scoring.settings import ScorerSettings
 from pmpo.models.settings import ModelSettings
 from pmpo.models.loading import (
@@ -23,15 +23,15 @@ from pmpo.models.loading import (
     resolve_device,
     resolve_dtype,
 )
-from pmpo.remote import Endpoint, RemoteScorer
+from pmpo.remote import CompletionsClient, RemoteScorer
 from pmpo.models.usage import UsageSnapshot
 from tasks.progress import Event, report
 
 _LOCK = threading.Lock()  # tasks may run in worker threads; a model must still load only once
 _MODELS: dict[ModelSettings, LoadedModel] = {}
 _TEXT: dict[ModelSettings, TextSide] = {}
-_SCORERS: dict[tuple[ModelSettings, ScorerSettings], Scorer] = {}
-_ENDPOINTS: dict[ModelSettings, Endpoint] = {}
+_SCORERS: dict[tuple[ModelSettings, ScorerSettings], BaseScorer] = {}
+_CLIENTS: dict[ModelSettings, CompletionsClient] = {}
 _LOADS: list[ModelSettings] = []  # every load this process did, in order (a Dask worker must do each once)
 
 
@@ -52,7 +52,7 @@ def model_ref(settings: ModelSettings, scorer: ScorerSettings = ScorerSettings()
     """Resolve a model's identity without loading it (backend openai: asks the server which model it serves)."""
     if settings.backend == "openai":
         _, text_identity = resolve_checkpoint(text_settings(settings).spec)
-        return ModelRef(settings, scorer, endpoint(settings).identity(), "remote", "remote", text_identity)
+        return ModelRef(settings, scorer, completions_client(settings).identity(), "remote", "remote", text_identity)
     _, identity = resolve_checkpoint(settings.spec, settings.revision)
     device = resolve_device(settings.device)
     return ModelRef(
@@ -74,12 +74,12 @@ def text_settings(settings: ModelSettings) -> ModelSettings:
     return ModelSettings(spec=settings.tokenizer or settings.spec, dtype=settings.dtype, device=settings.device, placement=settings.placement)
 
 
-def endpoint(settings: ModelSettings) -> Endpoint:
+def completions_client(settings: ModelSettings) -> CompletionsClient:
     """The process's client for a remote model's server (one per settings; it reads the key once)."""
     with _LOCK:
-        if settings not in _ENDPOINTS:
-            _ENDPOINTS[settings] = Endpoint(settings)
-        return _ENDPOINTS[settings]
+        if settings not in _CLIENTS:
+            _CLIENTS[settings] = CompletionsClient(settings)
+        return _CLIENTS[settings]
 
 
 def loaded(ref: ModelRef) -> LoadedModel:
@@ -98,14 +98,14 @@ def loaded(ref: ModelRef) -> LoadedModel:
         return _MODELS[ref.settings]
 
 
-def scorer(ref: ModelRef) -> Scorer:
+def scorer(ref: ModelRef) -> BaseScorer:
     """The process's scorer for `ref`: one per model and scorer settings, so its memo is shared by all tasks.
 
     Backend openai: a RemoteScorer, which needs the tokenizer only, never the weights.
     """
     remote = ref.settings.backend == "openai"
     lm = text_side(ref) if remote else loaded(ref)
-    client = endpoint(ref.settings) if remote else None
+    client = completions_client(ref.settings) if remote else None
     with _LOCK:
         key = (ref.settings, ref.scorer)
         if key not in _SCORERS:

@@ -14,7 +14,7 @@ from pmpo.models.settings import ModelSettings
 from pmpo.rewriting.backends import CHAT, SERVED_SAME, ChatRewriter, LocalRewriter, Rewriter
 from pmpo.rewriting.settings import RewriterSettings
 from pmpo.models.usage import UsageSnapshot
-from tasks.models import ModelRef, endpoint as served_endpoint, loaded, model_ref, usage as model_usage
+from tasks.models import ModelRef, completions_client, loaded, model_ref, usage as model_usage
 
 _LOCK = threading.Lock()
 _CHAT: dict[RewriterSettings, ChatRewriter] = {}
@@ -41,7 +41,7 @@ def same_as(model: ModelRef, n_params: int | None = None) -> RewriterRef:
         return RewriterRef("same", model.identity, model=model)
     s = model.settings
     chat = RewriterSettings(
-        backend="openai", base_url=s.base_url, model=served_endpoint(s).served_model(), api_key_env=s.api_key_env,
+        backend="openai", base_url=s.base_url, model=completions_client(s).served_model(), api_key_env=s.api_key_env,
         timeout_s=s.timeout_s, max_retries=s.max_retries, n_params=n_params, revision=s.revision,
     )  # fmt: skip
     return RewriterRef("same", _chat(chat, SERVED_SAME).identity, chat=chat)

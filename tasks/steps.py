@@ -16,7 +16,8 @@ from prefect.cache_policies import NO_CACHE
 from pmpo.data import ColumnMap, Dataset, Split, load_dataset, split_dataset
 from pmpo.evaluation.heldout import Evaluation, evaluate
 from pmpo.scoring.loss import LossMatrix
-from pmpo.loop.optimizer import prompt_units, rewrite_prompts, segment_effects, select
+from pmpo.loop.selection import select
+from pmpo.loop.steps import prompt_units, rewrite_prompts, segment_effects
 from pmpo.loop.result import Candidate, SegmentEffect
 from pmpo.rewriting.settings import RewriteSettings
 from tasks.caching import policy

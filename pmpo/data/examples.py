@@ -5,13 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Literal, Union
+from typing import Union
 
 from pmpo.errors import DataError
 from pmpo.text.template import ExampleInput, Fields
-
-Objective = Literal["ce", "preference"]
-
 
 @dataclass(frozen=True)
 class Supervised:

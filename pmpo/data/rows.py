@@ -67,12 +67,6 @@ class ColumnMap:
         variables = tuple((name, column) for name, column in mapping.items() if name not in ROLES)
         return cls(**roles, input=mapping.get(INPUT, INPUT), variables=variables)
 
-    def as_mapping(self) -> dict[str, str]:
-        """Every field and variable whose column is not the default (the inverse of `from_mapping`)."""
-        defaults = ColumnMap()
-        out = {name: getattr(self, name) for name in ROLES if getattr(self, name) != getattr(defaults, name)}
-        return out | dict(self.variables)
-
 
 ROLES = ("input", "target", "chosen", "rejected", "options", "aliases")  # our fields, as `--column` names them
 

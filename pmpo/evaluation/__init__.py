@@ -1,1 +1,1 @@
-"""Evaluation: the held-out judge (loss, option accuracy, generation accuracy) and its intervals."""
+"""Evaluation: the held-out judge (loss, option accuracy, generation accuracy), answer matching, intervals."""

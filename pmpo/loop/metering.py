@@ -5,14 +5,12 @@ Wrapping the steps keeps the loop's body free of timing code, and works the same
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from pmpo.loop.result import Candidate, SegmentEffect
+from pmpo.loop.steps import Rewrites, Steps
 from pmpo.models.usage import Meter, UsageSnapshot
-
-if TYPE_CHECKING:  # the optimizer imports this module: names for annotations only
-    from pmpo.scoring.loss import LossMatrix
-    from pmpo.loop.optimizer import Rewrites, Steps
-    from pmpo.loop.result import Candidate, SegmentEffect
+from pmpo.scoring.loss import LossMatrix
 
 
 class MeteredSteps:

@@ -1,6 +1,5 @@
-"""Segment masking analysis (the paper's step 2): split the prompt into at most 5 removable units and
-measure dL_j = L(P without unit j) - L(P) for each. Positive dL: the unit helps; negative: it hurts or
-is redundant. The table of dL_j is shown to the rewriter as a hint.
+"""The prompt's removable units (the paper's step 2 splits the prompt into at most 5; `pmpo.masking.analysis`
+measures the loss change when each is masked out).
 
 Units come either from a deterministic splitter (`segment`, the robust default for small models) or
 from the model marking them with `<mask>...</mask>` as in the paper (`model_units`, which falls back to
@@ -17,14 +16,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Callable, Collection, Sequence
+from typing import Collection, Sequence
 
 from pmpo.models.generation import sample
 from pmpo.models.loading import LoadedModel
 from pmpo.text.rendering import chat_request
-from pmpo.loop.result import SegmentEffect
 from pmpo.rewriting.backends import Rewriter, as_rewriter, local_model
-from pmpo.text.template import has_variable, with_editable
+from pmpo.text.template import with_editable
 
 MAX_UNITS = 5  # the paper splits prompts into at most 5 units
 
@@ -64,10 +62,6 @@ class Units:
     def texts(self) -> tuple[str, ...]:
         """Each unit's text, exactly as it stands in the prompt."""
         return tuple(self.prompt[a:b] for a, b in self.spans)
-
-    def join(self) -> str:
-        """The prompt rebuilt from all units: the prompt itself."""
-        return self.remove(())
 
     def without(self, index: int) -> str:
         """The prompt with unit `index` removed (the empty string when it was the only unit)."""
@@ -112,22 +106,6 @@ def segment(prompt: str, max_units: int = MAX_UNITS) -> Units:
     lines = _line_spans(prompt)
     pieces = lines if len(lines) >= 2 else _sentence_spans(prompt)
     return Units(prompt, tuple(_merge(pieces, max_units)))
-
-
-def split_units(prompt: str, max_units: int = MAX_UNITS) -> list[str]:
-    """The texts of `segment(prompt, max_units)`."""
-    return list(segment(prompt, max_units).texts)
-
-
-def split_sentences(text: str) -> list[str]:
-    """Sentences of one paragraph; abbreviations such as "e.g." and decimals such as "3.5" stay whole."""
-    return [text[a:b] for a, b in _sentence_spans(text)]
-
-
-def parse_marked_units(reply: str, prompt: str, max_units: int = MAX_UNITS) -> list[str] | None:
-    """Units the model marked with <mask>...</mask>, as the prompt's own text; None when unusable."""
-    units = marked_units(reply, prompt, max_units)
-    return list(units.texts) if units else None
 
 
 def marked_units(reply: str, prompt: str, max_units: int = MAX_UNITS) -> Units | None:
@@ -182,45 +160,6 @@ def model_units(rewriter: Rewriter | LoadedModel, prompt: str, *, seed: int, max
         request = chat_request(lm.tokenizer, message)
         reply = sample(lm, request, 1, seed=seed, max_new_tokens=budget, temperature=0.3)[0]
     return marked_units(reply, prompt, max_units) or segment(prompt, max_units)
-
-
-def masking_analysis(
-    loss_of: Callable[[list[str]], Sequence[float]], prompt_loss: float, units: Units
-) -> tuple[SegmentEffect, ...]:
-    """dL_j = L(prompt without unit j) - L(prompt) for every unit, from one batched `loss_of` call.
-
-    `prompt_loss` must be the loss of `units.prompt` itself, the text every ablation is cut from. A unit
-    holding a template `{{variable}}` is never cut out (the prompt could no longer be filled), so it is not
-    measured and no removal candidate can drop it.
-    """
-    texts = units.texts
-    removable = [j for j, text in enumerate(texts) if not has_variable(text)]
-    if not removable:
-        return ()
-    ablated = [units.without(j) for j in removable]
-    losses = list(loss_of(ablated))
-    if len(losses) != len(ablated):
-        raise ValueError(f"loss_of returned {len(losses)} losses for {len(ablated)} prompts")
-    return tuple(SegmentEffect(j, texts[j], float(loss) - float(prompt_loss)) for j, loss in zip(removable, losses))
-
-
-def verdict(delta_loss: float) -> str:
-    """How a unit's dL reads: removing it raises the loss (helps), lowers it (hurts), or neither."""
-    if delta_loss > 0:
-        return "helps"
-    return "hurts" if delta_loss < 0 else "neutral"
-
-
-def masking_table(effects: Sequence[SegmentEffect], width: int = 70) -> str:
-    """A compact text table of dL per unit for the rewrite request."""
-    if not effects:
-        return "(no units were measured)"
-    rows = ["unit | dL | verdict | text"]
-    for e in effects:
-        text = " ".join(e.text.split())
-        text = text if len(text) <= width else text[: width - 3] + "..."
-        rows.append(f"{e.index + 1} | {e.delta_loss:+.2f} | {verdict(e.delta_loss)} | {text}")
-    return "\n".join(rows)
 
 
 def _stripped(text: str, start: int, end: int) -> Span:

@@ -2,7 +2,7 @@
 
 A `Decoder` continues already-rendered texts (pmpo.text.rendering.render, pmpo.text.encoding.render_pairs) greedily.
 `LocalDecoder` runs the in-process model (pmpo.models.generation.greedy); `pmpo.remote.decoder.RemoteDecoder` asks the
-scoring server. A scorer hands out the decoder of its own model (`Scorer.decoder()`).
+scoring server. A scorer hands out the decoder of its own model (`BaseScorer.decoder()`).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from pmpo.remote.client import Endpoint, RemoteError
+from pmpo.remote.client import CompletionsClient, RemoteError
 from pmpo.remote.logprobs import LogprobsMissing, prompt_logprobs
 
 SENTENCE = "The quick brown fox jumps over the lazy dog near the old mill by the river."
@@ -77,38 +77,38 @@ def copy_means(choice: dict, text: str, lead: str = "") -> tuple[float, float]:
     return tokens.mean(len(lead), len(lead) + len(SENTENCE)), tokens.mean(last_start, len(text))
 
 
-def verified(endpoint: Endpoint, bos: str = "") -> ServerFacts:
-    """The self-check's findings for `endpoint`, run once per server identity and process.
+def verified(client: CompletionsClient, bos: str = "") -> ServerFacts:
+    """The self-check's findings for `client`'s server and model, run once per server identity and process.
 
     `bos`: the tokenizer's BOS text, put in front of the check text when the settings ask for `prepend_bos`.
     """
-    identity = endpoint.identity()
-    lead = bos if endpoint.settings.prepend_bos else ""
+    identity = client.identity()
+    lead = bos if client.settings.prepend_bos else ""
     with _LOCK:
         if (identity, lead) not in _CHECKED:
-            _CHECKED[(identity, lead)] = _run(endpoint, identity, lead)
+            _CHECKED[(identity, lead)] = _run(client, identity, lead)
         return _CHECKED[(identity, lead)]
 
 
-def _run(endpoint: Endpoint, identity: str, lead: str) -> ServerFacts:
-    text, where = lead + check_text(), f"the scoring server at {endpoint.settings.base_url}"
-    per_request = endpoint.settings.prompts_per_request
+def _run(client: CompletionsClient, identity: str, lead: str) -> ServerFacts:
+    text, where = lead + check_text(), f"the scoring server at {client.settings.base_url}"
+    per_request = client.settings.prompts_per_request
     try:  # no retries: a refusal here is an answer (one prompt per request), not a fault to wait out
-        choice = endpoint.complete([text, text], retry=False)[1] if per_request > 1 else endpoint.complete([text])[0]
+        choice = client.complete([text, text], retry=False)[1] if per_request > 1 else client.complete([text])[0]
     except (RemoteError, LogprobsMissing):  # some servers (llama-cpp-python) take one prompt per request
         per_request = 1
-        choice = _single(endpoint, text, where)
+        choice = _single(client, text, where)
     try:
         first, last = copy_means(choice, text, lead)
     except LogprobsMissing as exc:
         raise RemoteError(f"{where} cannot score prompts: {exc}") from None
-    if endpoint.settings.check:
+    if client.settings.check:
         judge(first, last, where, hint=not lead)
     return ServerFacts(identity, per_request, first, last)
 
 
-def _single(endpoint: Endpoint, text: str, where: str) -> dict:
+def _single(client: CompletionsClient, text: str, where: str) -> dict:
     try:
-        return endpoint.complete([text])[0]
+        return client.complete([text])[0]
     except LogprobsMissing as exc:
         raise RemoteError(f"{where} cannot score prompts: {exc}") from None

@@ -1,4 +1,5 @@
-"""One OpenAI-compatible server: its client, its served model's identity, echoed completions, clear errors.
+"""Our client of one OpenAI-compatible server's `/v1/completions`: the served model's identity, echoed
+completions and greedy continuations, clear errors.
 
 The API key, the client and the one-line errors come from `pmpo.remote.connection`, shared with the chat rewriter: the key
 is never stored on a setting or result and is cut out of every error message.
@@ -9,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
-from pmpo.remote.connection import Connection, Speaker, served_identity
 from pmpo.errors import PmpoError
+from pmpo.remote.connection import Connection, Speaker, served_identity
+from pmpo.remote.logprobs import choices_in_order
 
 if TYPE_CHECKING:
     from pmpo.models.settings import ModelSettings
@@ -45,8 +47,8 @@ class Generated:
     completion_tokens: int | None
 
 
-class Endpoint:
-    """A connected client for one server and served model."""
+class CompletionsClient:
+    """A connected client for one server's `/v1/completions` and one served model."""
 
     def __init__(self, settings: ModelSettings):
         if not settings.base_url:
@@ -69,8 +71,6 @@ class Endpoint:
 
     def complete(self, texts: Sequence[str], *, retry: bool = True) -> list[dict[str, Any]]:
         """The echoed choices (as dicts) of `texts` sent in one request, in the order of `texts`."""
-        from pmpo.remote.logprobs import choices_in_order
-
         client = self._client if retry else self._client.with_options(max_retries=0)
         # max_tokens 1, not 0: llama-cpp-python reads 0 as "until the context is full"; the one generated
         # token lies past the prompt's characters and is never counted.
@@ -85,8 +85,6 @@ class Endpoint:
     def generate(self, texts: Sequence[str], *, max_tokens: int, stop: Sequence[str] = ()) -> Generated:
         """Greedy continuations (not echoed) of `texts` sent in one request, in the order of `texts`."""
         import openai
-
-        from pmpo.remote.logprobs import choices_in_order
 
         reply = self._call(
             lambda: self._client.completions.create(

@@ -14,7 +14,7 @@ from typing import Literal
 import numpy as np
 
 from pmpo.data.examples import Example, MultipleChoice, Preference, Supervised, example_input
-from pmpo.scoring.loss import Scorer
+from pmpo.scoring.loss import BaseScorer
 from pmpo.models.loading import LoadedModel, TextSide
 from pmpo.text.rendering import render
 
@@ -34,7 +34,7 @@ class Preferred:
     above_expected: bool | None
 
 
-def preferred_answer(lm: LoadedModel | TextSide, scorer: Scorer, prompt: str, example: Example) -> Preferred | None:
+def preferred_answer(lm: LoadedModel | TextSide, scorer: BaseScorer, prompt: str, example: Example) -> Preferred | None:
     """The highest-ranked wrong option (choice/preference examples) or the greedy answer (supervised).
 
     The greedy answer comes from the scorer's decoder (the in-process model, or a remote scorer's server);
@@ -53,7 +53,7 @@ def preferred_answer(lm: LoadedModel | TextSide, scorer: Scorer, prompt: str, ex
     raise TypeError(f"not an example: {example!r}")
 
 
-def _top_distractor(scorer: Scorer, prompt: str, example: MultipleChoice | Preference) -> Preferred | None:
+def _top_distractor(scorer: BaseScorer, prompt: str, example: MultipleChoice | Preference) -> Preferred | None:
     if isinstance(example, MultipleChoice):
         expected, wrong = example.target, [o for o in example.options if o != example.target]
     else:

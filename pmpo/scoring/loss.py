@@ -22,7 +22,7 @@ from pmpo.data.examples import Example, MultipleChoice, Preference, Supervised, 
 from pmpo.models.decoding import Decoder, LocalDecoder
 from pmpo.text.encoding import Encoded, common_length, encode_many, encode_text
 from pmpo.errors import ContextLengthError
-from pmpo.models.loading import LoadedModel
+from pmpo.models.loading import LoadedModel, TextSide
 from pmpo.text.rendering import render
 from pmpo.text.template import ExampleInput
 # The settings live in pmpo.scoring.settings; their names are re-exported here, where callers look for them.
@@ -78,23 +78,22 @@ def preference_loss(chosen_nll: float, rejected_nll: Sequence[float], beta: floa
     return float(np.mean(np.logaddexp(0.0, -margins)))  # softplus(-m) = -log sigmoid(m), stable
 
 
-class Scorer:
-    """Scores completions under prompts with one model; never scores the same pair twice."""
+class BaseScorer:
+    """What every scorer does: per-example losses from summed completion NLLs, never scoring a pair twice.
 
-    def __init__(self, lm: LoadedModel, settings: ScorerSettings = ScorerSettings()):
-        self.lm = lm
+    Subclasses say only how new (input, completion) pairs are scored under a prompt: `Scorer` in this process,
+    `pmpo.remote.scorer.RemoteScorer` by a server.
+    """
+
+    def __init__(self, lm: LoadedModel | TextSide, settings: ScorerSettings = ScorerSettings()):
+        self.lm = lm  # the model, or only its text side (tokenizer, placement, context) for a remote scorer
         self.settings = settings
         self._memo: dict[tuple[str, str, str], tuple[float, int]] = {}
-        self._prefixes: dict[str, list[int]] = {}
-        self._shared: bool | None = None  # whether the shared-prefix attention is installed (decided lazily)
         self.tokens_computed = 0  # tokens run through the model (prefix + padded suffix), for throughput
-        # Sequences (prompt, input, completion) that do not begin with the prompt's shared tokens (a merge
-        # across the boundary), so the prompt was run again inside them instead of reusing its KV cache.
-        self.prefix_fallbacks = 0
 
     def decoder(self) -> Decoder | None:
-        """Greedy decoding by the scored model itself: in-process here; None without weights to decode with."""
-        return LocalDecoder(self.lm) if isinstance(self.lm, LoadedModel) else None
+        """Greedy decoding by the scored model itself; None without weights or a server to decode with."""
+        return None
 
     def loss_matrix(self, prompts: Sequence[str], examples: Sequence[Example]) -> LossMatrix:
         """Score every prompt on every example."""
@@ -121,16 +120,38 @@ class Scorer:
         """Summed NLL and token count of each (input, completion) under `prompt`."""
         todo = sorted({(inp, c) for inp, c in pairs if (prompt, inp, c) not in self._memo})
         if todo:
-            self._score_new(prompt, todo, owner_of={pair: owner[k] for k, pair in enumerate(pairs)} if owner else {})
+            owner_of = {pair: owner[k] for k, pair in enumerate(pairs)} if owner else {}
+            for pair, scored in zip(todo, self._score_new(prompt, todo, owner_of)):
+                self._memo[(prompt, *pair)] = scored
         out = [self._memo[(prompt, inp, c)] for inp, c in pairs]
         return np.array([o[0] for o in out]), np.array([o[1] for o in out], dtype=np.int64)
 
-    def _score_new(self, prompt: str, pairs: list[tuple[str, str]], owner_of: dict) -> None:
+    def _score_new(self, prompt: str, pairs: list[tuple[str, str]], owner_of: dict) -> list[tuple[float, int]]:
+        """(summed NLL, target tokens) of each pair, none scored before; `owner_of` names examples in errors."""
+        raise NotImplementedError
+
+
+class Scorer(BaseScorer):
+    """Scores completions under prompts with one model in this process."""
+
+    def __init__(self, lm: LoadedModel, settings: ScorerSettings = ScorerSettings()):
+        super().__init__(lm, settings)
+        self._prefixes: dict[str, list[int]] = {}
+        self._shared: bool | None = None  # whether the shared-prefix attention is installed (decided lazily)
+        # Sequences (prompt, input, completion) that do not begin with the prompt's shared tokens (a merge
+        # across the boundary), so the prompt was run again inside them instead of reusing its KV cache.
+        self.prefix_fallbacks = 0
+
+    def decoder(self) -> Decoder | None:
+        """Greedy decoding by the scored model itself: in-process here; None without weights to decode with."""
+        return LocalDecoder(self.lm) if isinstance(self.lm, LoadedModel) else None
+
+    def _score_new(self, prompt: str, pairs: list[tuple[str, str]], owner_of: dict) -> list[tuple[float, int]]:
         tok, lm = self.lm.tokenizer, self.lm
         encoded = encode_many(tok, lm.placement, prompt, pairs)
         prompt_ids = self._prefix_ids(prompt) if self.settings.reuse_prefix else []
         for pair, enc in zip(pairs, encoded):
-            self._check(enc, len(prompt_ids), owner_of.get(pair))
+            check_encoded(enc, len(prompt_ids), owner_of.get(pair), lm.context_length)
         prefix, shares = shared_prefix(prompt_ids, encoded)
         if prompt_ids:  # reuse was tried: count the sequences that could not have it
             self.prefix_fallbacks += shares.count(False)
@@ -143,8 +164,7 @@ class Scorer:
                 results = self._run(prefix if reuse else [], seqs, [encoded[i].target_start - cut for i in group])
                 for i, value in zip(group, results):
                     values[i] = value
-        for pair, enc, value in zip(pairs, encoded, values):
-            self._memo[(prompt, *pair)] = (value, len(enc.target))
+        return [(value, len(enc.target)) for enc, value in zip(encoded, values)]
 
     def _prefix_ids(self, prompt: str) -> list[int]:
         """Ids of the prompt's part of the context, shared by every example (memoised per prompt)."""
@@ -152,20 +172,6 @@ class Scorer:
             tok = self.lm.tokenizer
             self._prefixes[prompt] = encode_text(tok, render(tok, self.lm.placement, prompt, "").prefix)
         return self._prefixes[prompt]
-
-    def _check(self, enc: Encoded, prefix_len: int, owner: int | None) -> None:
-        where = f"example {owner}" if owner is not None else "an example"
-        total, target = len(enc.ids), len(enc.target)
-        if total > self.lm.context_length:
-            raise ContextLengthError(
-                f"{where} is {total} tokens with the prompt (prompt {prefix_len}, input {total - target - prefix_len}, "
-                f"reference {target}), over the model's context of {self.lm.context_length}: "
-                "shorten it or drop it from the dataset"
-            )
-        if not target:
-            raise ContextLengthError(f"{where} has an empty reference output")
-        if enc.target_start == 0:
-            raise ContextLengthError(f"{where}: nothing precedes its reference output to predict it from")
 
     @torch.inference_mode()
     def _run(self, prefix: list[int], seqs: list[list[int]], starts: list[int]) -> list[float]:
@@ -218,6 +224,22 @@ class Scorer:
         nll = F.cross_entropy(logits, batch.targets.to(device), reduction="none")  # [T]
         per_seq = torch.zeros(len(batch.seqs), dtype=torch.float64, device=device)
         return per_seq.index_add_(0, batch.owner.to(device), nll.double()).tolist()
+
+
+def check_encoded(enc: Encoded, prefix_len: int, owner: int | None, context_length: int) -> None:
+    """A one-line error naming the example when its text runs past the context, or has nothing to score."""
+    where = f"example {owner}" if owner is not None else "an example"
+    total, target = len(enc.ids), len(enc.target)
+    if total > context_length:
+        raise ContextLengthError(
+            f"{where} is {total} tokens with the prompt (prompt {prefix_len}, input {total - target - prefix_len}, "
+            f"reference {target}), over the model's context of {context_length}: "
+            "shorten it or drop it from the dataset"
+        )
+    if not target:
+        raise ContextLengthError(f"{where} has an empty reference output")
+    if enc.target_start == 0:
+        raise ContextLengthError(f"{where}: nothing precedes its reference output to predict it from")
 
 
 def shared_prefix(prefix: Sequence[int], encoded: Sequence[Encoded]) -> tuple[list[int], list[bool]]:

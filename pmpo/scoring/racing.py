@@ -21,7 +21,7 @@ import numpy as np
 
 from pmpo.data.examples import Example
 from pmpo.errors import PmpoError
-from pmpo.scoring.loss import LossMatrix, Scorer
+from pmpo.scoring.loss import BaseScorer, LossMatrix
 from pmpo.scoring.settings import RacingSettings  # noqa: F401 (its home; re-exported where callers look for it)
 
 # losses(candidates, n) -> [len(candidates), n]: per-example losses of those candidates on the first n examples
@@ -31,7 +31,7 @@ SliceScore = Callable[[list[str], list[int]], LossMatrix]
 
 
 def race(
-    scorer: Scorer,
+    scorer: BaseScorer,
     prompts: Sequence[str],
     examples: Sequence[Example],
     settings: RacingSettings = RacingSettings(),

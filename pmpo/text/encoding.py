@@ -30,11 +30,6 @@ class Encoded:
     target_start: int  # index of the first completion token; len(ids) when there is no completion
 
     @property
-    def context(self) -> tuple[int, ...]:
-        """The ids before the completion (what the model conditions on)."""
-        return self.ids[: self.target_start]
-
-    @property
     def target(self) -> tuple[int, ...]:
         """The completion's ids (the scored tokens)."""
         return self.ids[self.target_start :]

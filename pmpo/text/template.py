@@ -64,11 +64,6 @@ def variables(text: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(m.group(1) for m in VARIABLE.finditer(text)))
 
 
-def variable_spans(text: str) -> list[tuple[int, int]]:
-    """[start, end) of every `{{variable}}` in `text`."""
-    return [m.span() for m in VARIABLE.finditer(text)]
-
-
 def has_variable(text: str) -> bool:
     """Whether `text` holds a `{{variable}}`."""
     return VARIABLE.search(text) is not None

@@ -16,7 +16,7 @@ from pmpo.data.examples import Supervised
 from pmpo.models.decoding import LocalDecoder
 from pmpo.scoring.loss import Scorer
 from pmpo.models.loading import ModelSettings, TextSide, load_model
-from pmpo.remote import Endpoint, RemoteError, RemoteScorer
+from pmpo.remote import CompletionsClient, RemoteError, RemoteScorer
 
 pytestmark = [pytest.mark.server, pytest.mark.real_model, pytest.mark.skipif(not available(), reason=SKIP_REASON)]
 
@@ -42,7 +42,7 @@ def spearman(a, b) -> float:
 
 def _scorer(url: str, placement: str, **settings) -> RemoteScorer:
     lm_text = load_model_text(placement)
-    return RemoteScorer(lm_text, Endpoint(ModelSettings(backend="openai", base_url=url, model="smol", max_concurrency=1, **settings)))
+    return RemoteScorer(lm_text, CompletionsClient(ModelSettings(backend="openai", base_url=url, model="smol", max_concurrency=1, **settings)))
 
 
 def load_model_text(placement: str) -> TextSide:
@@ -60,7 +60,7 @@ def test_chat_template_texts_are_refused_because_offsets_skip_special_tokens(lla
     scorer = _scorer(llama_url, "system", prepend_bos=True)
     with pytest.raises(RemoteError, match="does not locate its tokens.*special tokens"):
         scorer.loss_matrix(PROMPTS[:1], EXAMPLES[:1])
-    assert scorer.facts().last_copy > -1.0  # the check itself passed: alignment is right after a BOS
+    assert scorer.served.facts().last_copy > -1.0  # the check itself passed: alignment is right after a BOS
 
 
 def test_with_prepend_bos_plain_texts_rank_prompts_as_the_in_process_model(llama_url):
@@ -78,14 +78,14 @@ def test_with_prepend_bos_plain_texts_rank_prompts_as_the_in_process_model(llama
 
 def test_a_wrong_model_name_lists_the_served_one(llama_url):
     with pytest.raises(RemoteError, match="does not serve a model named 'big'; it serves 'smol'"):
-        Endpoint(ModelSettings(backend="openai", base_url=llama_url, model="big")).identity()
+        CompletionsClient(ModelSettings(backend="openai", base_url=llama_url, model="big")).identity()
 
 
 def test_llama_cpp_without_logits_all_is_named(tmp_path):
     with llama_server(tmp_path / "server.log", logits_all=False) as url:
-        endpoint = Endpoint(ModelSettings(backend="openai", base_url=url, model="smol", max_retries=0))
+        client = CompletionsClient(ModelSettings(backend="openai", base_url=url, model="smol", max_retries=0))
         with pytest.raises(RemoteError, match="logits_all"):
-            RemoteScorer(load_model_text("plain"), endpoint).loss_matrix(PROMPTS[:1], EXAMPLES[:1])
+            RemoteScorer(load_model_text("plain"), client).loss_matrix(PROMPTS[:1], EXAMPLES[:1])
 
 
 def test_greedy_answers_through_the_server_agree_with_the_in_process_model(llama_url):

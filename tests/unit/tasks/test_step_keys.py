@@ -3,7 +3,7 @@ rebuild a bigger config), so a changed field is a changed key."""
 
 import inspect
 
-from pmpo.loop.optimizer import prompt_units, rewrite_prompts
+from pmpo.loop.steps import prompt_units, rewrite_prompts
 from pmpo.rewriting.settings import RewriteSettings
 from tasks import steps
 from tasks.caching import ContentInputs

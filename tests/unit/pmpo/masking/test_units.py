@@ -1,18 +1,8 @@
-"""Unit splitting, model-marked units and the masking analysis (no model, except model_units' plumbing)."""
+"""Unit splitting and model-marked units (no model, except model_units' plumbing)."""
 
 import pytest
 
-from pmpo.loop.result import SegmentEffect
-from pmpo.masking.units import (
-    locate,
-    masking_analysis,
-    masking_table,
-    model_units,
-    parse_marked_units,
-    segment,
-    split_sentences,
-    split_units,
-)
+from pmpo.masking.units import locate, marked_units, model_units, segment
 
 
 def _norm(text: str) -> str:
@@ -21,17 +11,17 @@ def _norm(text: str) -> str:
 
 def test_multi_line_prompt_splits_by_non_empty_lines():
     prompt = "You are a grader.\n\n  Read the essay.\nReply with a grade from A to F."
-    assert split_units(prompt) == ["You are a grader.", "Read the essay.", "Reply with a grade from A to F."]
+    assert list(segment(prompt).texts) == ["You are a grader.", "Read the essay.", "Reply with a grade from A to F."]
 
 
 def test_one_line_prompt_splits_by_sentences():
     prompt = "Read the text. Is it positive? Answer now!"
-    assert split_units(prompt) == ["Read the text.", "Is it positive?", "Answer now!"]
+    assert list(segment(prompt).texts) == ["Read the text.", "Is it positive?", "Answer now!"]
 
 
 def test_abbreviations_and_decimals_do_not_end_sentences():
     text = "Give a short label, e.g. Yes or No. Round to 3.5 units, i.e. One decimal. Ask Dr. Smith."
-    assert split_sentences(text) == [
+    assert list(segment(text, max_units=10).texts) == [
         "Give a short label, e.g. Yes or No.",
         "Round to 3.5 units, i.e. One decimal.",
         "Ask Dr. Smith.",
@@ -39,7 +29,7 @@ def test_abbreviations_and_decimals_do_not_end_sentences():
 
 
 def test_sentence_end_needs_a_non_lowercase_start_and_handles_quotes():
-    assert split_sentences('Use commas, etc. and stop. Say "done." Then wait.') == [
+    assert list(segment('Use commas, etc. and stop. Say "done." Then wait.').texts) == [
         "Use commas, etc. and stop.",
         'Say "done."',
         "Then wait.",
@@ -48,17 +38,17 @@ def test_sentence_end_needs_a_non_lowercase_start_and_handles_quotes():
 
 def test_many_pieces_merge_to_at_most_max_units_balanced_by_length():
     prompt = "\n".join(f"Rule {i}: {'x' * (5 + i)}" for i in range(12))
-    units = split_units(prompt, max_units=5)
+    units = list(segment(prompt, max_units=5).texts)
     assert len(units) == 5
     lengths = [len(u) for u in units]
     assert max(lengths) <= 2 * min(lengths)  # no unit swallows most of the prompt
-    assert segment(prompt, max_units=5).join() == prompt
+    assert segment(prompt, max_units=5).remove(()) == prompt
 
 
 def test_merging_is_deterministic_and_keeps_order():
     prompt = "A one. B two. C three. D four. E five. F six. G seven."
-    units = split_units(prompt, max_units=3)
-    assert units == split_units(prompt, max_units=3)
+    units = list(segment(prompt, max_units=3).texts)
+    assert units == list(segment(prompt, max_units=3).texts)
     assert len(units) == 3
     assert _norm(" ".join(units)) == _norm(prompt)
 
@@ -76,7 +66,7 @@ def test_merging_is_deterministic_and_keeps_order():
 def test_units_are_spans_that_rejoin_to_the_prompt_byte_for_byte(prompt):
     units = segment(prompt)
     assert len(units.texts) <= 5
-    assert units.join() == prompt
+    assert units.remove(()) == prompt
     assert all(units.prompt[a:b] == t and t == t.strip() for (a, b), t in zip(units.spans, units.texts))
     assert locate(prompt, units.texts) == units
 
@@ -123,7 +113,7 @@ def test_multi_paragraph_ablations_keep_every_other_blank_line_and_indent():
 
 def test_merged_units_keep_their_inner_blank_lines():
     units = segment(MULTI_PARAGRAPH, max_units=2)
-    assert len(units.texts) == 2 and units.join() == MULTI_PARAGRAPH
+    assert len(units.texts) == 2 and units.remove(()) == MULTI_PARAGRAPH
     assert any("\n\n" in t or "\n  " in t for t in units.texts)
 
 
@@ -132,21 +122,21 @@ def test_locate_rejects_text_that_is_not_in_the_prompt():
         locate("Read the text.", ["Write a poem."])
 
 
-def test_parse_marked_units_returns_the_prompts_own_text():
+def test_marked_units_are_the_prompts_own_text():
     prompt = "Read the review carefully.  Answer with one word: positive or negative."
     reply = "<mask>read the review carefully.</mask>\n<mask>Answer with one word:\npositive or negative.</mask>"
-    assert parse_marked_units(reply, prompt) == [
+    assert marked_units(reply, prompt).texts == (
         "Read the review carefully.",
         "Answer with one word: positive or negative.",
-    ]
+    )
 
 
-def test_parse_marked_units_keeps_unmarked_text_in_the_preceding_unit():
+def test_marked_units_keep_unmarked_text_in_the_preceding_unit():
     prompt = "Read the review. Think. Answer with one word: positive or negative."
     reply = "<mask>Read the review.</mask> Think. <mask>Answer with one word: positive or negative.</mask>"
-    units = parse_marked_units(reply, prompt)
-    assert units == ["Read the review. Think.", "Answer with one word: positive or negative."]
-    assert locate(prompt, units).join() == prompt
+    units = marked_units(reply, prompt)
+    assert units.texts == ("Read the review. Think.", "Answer with one word: positive or negative.")
+    assert locate(prompt, units.texts).remove(()) == prompt
 
 
 @pytest.mark.parametrize(
@@ -160,50 +150,8 @@ def test_parse_marked_units_keeps_unmarked_text_in_the_preceding_unit():
         "<mask>  </mask>",  # only empty units
     ],
 )
-def test_parse_marked_units_rejects_unusable_replies(reply):
-    assert parse_marked_units(reply, "Read the review. Answer with one word.") is None
-
-
-def test_masking_analysis_batches_all_ablations_in_one_call_and_signs_deltas():
-    units = segment("Helpful unit. Harmful unit. Useless unit.")
-    losses = {
-        "Harmful unit. Useless unit.": 12.0,  # without the helpful unit: worse
-        "Helpful unit. Useless unit.": 8.0,  # without the harmful unit: better
-        "Helpful unit. Harmful unit.": 10.0,  # without the useless unit: the same
-    }
-    calls = []
-
-    def loss_of(prompts):
-        calls.append(list(prompts))
-        return [losses[p] for p in prompts]
-
-    effects = masking_analysis(loss_of, 10.0, units)
-    assert len(calls) == 1 and len(calls[0]) == 3
-    assert [e.delta_loss for e in effects] == [2.0, -2.0, 0.0]
-    assert tuple(e.text for e in effects) == units.texts
-    assert [e.index for e in effects] == [0, 1, 2]
-
-
-def test_masking_analysis_single_unit_ablates_to_empty_prompt():
-    seen = []
-    effects = masking_analysis(lambda ps: seen.extend(ps) or [5.0], 3.0, segment("Only unit."))
-    assert seen == [""]
-    assert effects == (SegmentEffect(0, "Only unit.", 2.0),)
-
-
-def test_masking_analysis_rejects_a_loss_of_with_the_wrong_length():
-    with pytest.raises(ValueError, match="2 losses for 3 prompts"):
-        masking_analysis(lambda ps: [1.0, 2.0], 1.0, segment("A. B. C."))
-
-
-def test_masking_table_shows_number_signed_delta_verdict_and_truncated_text():
-    effects = (SegmentEffect(0, "Keep me.", 1.5), SegmentEffect(1, "Drop me " + "x" * 200, -0.25))
-    table = masking_table(effects)
-    lines = table.splitlines()
-    assert lines[1] == "1 | +1.50 | helps | Keep me."
-    assert lines[2].startswith("2 | -0.25 | hurts | Drop me x")
-    assert lines[2].endswith("...") and len(lines[2]) < 100
-    assert masking_table(()) == "(no units were measured)"
+def test_marked_units_reject_unusable_replies(reply):
+    assert marked_units(reply, "Read the review. Answer with one word.") is None
 
 
 def test_model_units_falls_back_to_the_splitter_on_a_random_model(tiny_lm):

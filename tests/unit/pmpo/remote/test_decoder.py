@@ -12,8 +12,8 @@ from pmpo.rewriting.diagnosis import preferred_answer
 from pmpo.evaluation.heldout import answer_budget, evaluate
 from pmpo.models.loading import TextSide
 from pmpo.text.rendering import render
-from pmpo.remote import Endpoint, RemoteScorer
 from pmpo.models.settings import ModelSettings
+from pmpo.remote import CompletionsClient, RemoteScorer
 
 PROMPT = "Classify the sentiment of the review."
 REVIEWS = Dataset(
@@ -41,7 +41,7 @@ def side_of(lm) -> TextSide:
 
 def remote_scorer(lm, url: str, **settings) -> RemoteScorer:
     # check off: random weights cannot pass the self-check (it still finds prompts_per_request)
-    return RemoteScorer(side_of(lm), Endpoint(ModelSettings(backend="openai", base_url=url, model="tiny", check=False, **settings)))
+    return RemoteScorer(side_of(lm), CompletionsClient(ModelSettings(backend="openai", base_url=url, model="tiny", check=False, **settings)))
 
 
 def test_heldout_accuracy_of_a_served_model_comes_from_the_servers_answers(tiny_lm):

@@ -10,8 +10,8 @@ from pmpo.data.examples import MultipleChoice, Supervised
 from pmpo.errors import ContextLengthError
 from pmpo.scoring.loss import Scorer
 from pmpo.models.loading import TextSide
-from pmpo.remote import Endpoint, RemoteError, RemoteScorer
 from pmpo.models.settings import ModelSettings
+from pmpo.remote import CompletionsClient, RemoteError, RemoteScorer
 from pmpo.remote.check import SENTENCE, check_text, judge, verified
 from pmpo.remote.logprobs import LogprobsMissing, completion_nll, prompt_logprobs
 
@@ -77,15 +77,15 @@ def test_check_text_repeats_the_sentence():
 def test_a_missing_key_variable_is_named_and_nothing_is_sent(monkeypatch):
     monkeypatch.delenv("PMPO_TEST_NO_SUCH_KEY", raising=False)
     with pytest.raises(RemoteError, match="model.api_key_env: the environment variable PMPO_TEST_NO_SUCH_KEY is not set"):
-        Endpoint(ModelSettings(backend="openai", base_url="http://127.0.0.1:9/v1", api_key_env="PMPO_TEST_NO_SUCH_KEY"))
+        CompletionsClient(ModelSettings(backend="openai", base_url="http://127.0.0.1:9/v1", api_key_env="PMPO_TEST_NO_SUCH_KEY"))
 
 
 def test_a_server_that_is_down_gets_a_clear_error():
     from testkit.echo_server import free_port
 
-    endpoint = Endpoint(ModelSettings(backend="openai", base_url=f"http://127.0.0.1:{free_port()}/v1", max_retries=0, timeout_s=5))
+    client = CompletionsClient(ModelSettings(backend="openai", base_url=f"http://127.0.0.1:{free_port()}/v1", max_retries=0, timeout_s=5))
     with pytest.raises(RemoteError, match="cannot reach the scoring server .* is it running"):
-        endpoint.identity()
+        client.identity()
 
 
 # --- against a real HTTP server (ours) serving the bundled model in-process ---------------------------------
@@ -114,14 +114,14 @@ PROMPTS = ["Classify the sentiment of the review.", "Answer with one word: posit
 
 @pytest.mark.real_model
 def test_remote_losses_match_the_in_process_scorer(real_lm, text_side, echo_url):
-    remote = RemoteScorer(text_side, Endpoint(ModelSettings(backend="openai", base_url=echo_url, model="smol", prompts_per_request=2)))
+    remote = RemoteScorer(text_side, CompletionsClient(ModelSettings(backend="openai", base_url=echo_url, model="smol", prompts_per_request=2)))
     got = remote.loss_matrix(PROMPTS, EXAMPLES)
     want = Scorer(real_lm).loss_matrix(PROMPTS, EXAMPLES)
     np.testing.assert_array_equal(got.tokens, want.tokens)  # the same target tokens, found by offsets
     np.testing.assert_allclose(got.loss, want.loss, rtol=1e-3, atol=1e-3)
-    assert remote.facts().prompts_per_request == 2  # the server takes several prompts per request
-    assert remote.facts().last_copy > -1.0
-    assert remote.identity == f"openai:{echo_url}#smol@unpinned"
+    assert remote.served.facts().prompts_per_request == 2  # the server takes several prompts per request
+    assert remote.served.facts().last_copy > -1.0
+    assert remote.served.identity() == f"openai:{echo_url}#smol@unpinned"
     assert remote.usage.snapshot().tokens_scored > 0
 
 
@@ -130,7 +130,7 @@ def test_a_misaligned_server_is_refused_before_any_loss(real_lm, text_side):
     from testkit.echo_server import echo_app, serving
 
     with serving(echo_app(real_lm, "smol", shift=1)) as url:
-        remote = RemoteScorer(text_side, Endpoint(ModelSettings(backend="openai", base_url=url, model="smol")))
+        remote = RemoteScorer(text_side, CompletionsClient(ModelSettings(backend="openai", base_url=url, model="smol")))
         with pytest.raises(RemoteError, match="misaligned by one position"):
             remote.loss_matrix(PROMPTS[:1], EXAMPLES[:1])
 
@@ -138,7 +138,7 @@ def test_a_misaligned_server_is_refused_before_any_loss(real_lm, text_side):
 @pytest.mark.real_model
 def test_wrong_model_name_lists_what_the_server_serves(echo_url):
     with pytest.raises(RemoteError, match="does not serve a model named 'big'; it serves 'smol'"):
-        Endpoint(ModelSettings(backend="openai", base_url=echo_url, model="big")).identity()
+        CompletionsClient(ModelSettings(backend="openai", base_url=echo_url, model="big")).identity()
 
 
 @pytest.mark.real_model
@@ -147,7 +147,7 @@ def test_a_chat_only_endpoint_is_refused_naming_completions(real_lm):
 
     with serving(echo_app(real_lm, "smol", completions=False)) as url:
         with pytest.raises(RemoteError, match="no /completions endpoint .* chat-only endpoint cannot return them"):
-            verified(Endpoint(ModelSettings(backend="openai", base_url=url, model="smol", max_retries=0)))
+            verified(CompletionsClient(ModelSettings(backend="openai", base_url=url, model="smol", max_retries=0)))
 
 
 @pytest.mark.real_model
@@ -157,7 +157,7 @@ def test_a_refused_key_is_reported_without_the_key(real_lm, monkeypatch):
     monkeypatch.setenv("PMPO_TEST_KEY", "sk-WRONG-7f3a9c")
     with serving(echo_app(real_lm, "smol", key="sk-right")) as url:
         with pytest.raises(RemoteError) as err:
-            Endpoint(ModelSettings(backend="openai", base_url=url, model="smol", api_key_env="PMPO_TEST_KEY")).identity()
+            CompletionsClient(ModelSettings(backend="openai", base_url=url, model="smol", api_key_env="PMPO_TEST_KEY")).identity()
     assert "refused the API key from $PMPO_TEST_KEY" in str(err.value)
     assert "sk-WRONG" not in str(err.value)
 
@@ -165,7 +165,7 @@ def test_a_refused_key_is_reported_without_the_key(real_lm, monkeypatch):
 @pytest.mark.real_model
 def test_an_example_over_the_context_is_refused_before_sending(real_lm, echo_url):
     small = TextSide(real_lm.tokenizer, real_lm.placement, 16)
-    remote = RemoteScorer(small, Endpoint(ModelSettings(backend="openai", base_url=echo_url, model="smol")))
+    remote = RemoteScorer(small, CompletionsClient(ModelSettings(backend="openai", base_url=echo_url, model="smol")))
     with pytest.raises(ContextLengthError, match="over the model's context of 16"):
         remote.loss_matrix(PROMPTS[:1], EXAMPLES[:1])
 

@@ -15,8 +15,9 @@ from support.pipeline import PROMPT, tiny_values
 from flows.config import ConfigError, OptimizeConfig, build
 from pmpo.data.examples import Supervised
 from pmpo.scoring.loss import Scorer
-from pmpo.loop.optimizer import unit_mode
-from pmpo.rewriting.proposal import RewriteSettings, choose_template, propose
+from pmpo.loop.steps import unit_mode
+from pmpo.rewriting.proposal import RewriteSettings, propose
+from pmpo.rewriting.requests import choose_template
 from pmpo.rewriting.backends import ChatRewriter, RewriterError, _with_stop, as_rewriter
 from pmpo.rewriting.settings import RewriterSettings
 from pmpo.masking.units import model_units
@@ -197,7 +198,7 @@ def test_chat_rewriter_proposes_parsed_variants_and_marks_units(chat_server, tin
     assert len(proposal.variants) + sum(proposal.rejected.values()) == 2  # every reply accounted for
     assert all(v and "<prompt>" not in v for v in proposal.variants)
     units = model_units(rewriter, PROMPT, seed=0)  # marked by the server's model, or the splitter's fallback
-    assert units.join() == PROMPT and 1 <= len(units.spans) <= 5
+    assert units.remove(()) == PROMPT and 1 <= len(units.spans) <= 5
     assert as_rewriter(tiny_lm).identity == tiny_lm.identity  # an in-process model is its own rewriter
 
 

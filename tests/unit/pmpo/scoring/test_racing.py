@@ -7,7 +7,8 @@ from pydantic import ValidationError
 from pmpo.data.examples import Dataset, Supervised
 from pmpo.errors import PmpoError
 from pmpo.scoring.loss import LossMatrix, Scorer
-from pmpo.loop.optimizer import PMPO, OptimizerConfig, select
+from pmpo.loop.optimizer import PMPO, OptimizerConfig
+from pmpo.loop.selection import select
 from pmpo.loop.result import Candidate
 from pmpo.scoring.racing import RacingSettings, race, race_losses, race_prompts, slice_order
 

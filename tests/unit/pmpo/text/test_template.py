@@ -14,11 +14,13 @@ from pmpo.data.examples import Dataset, Supervised, example_input, example_key
 from pmpo.text.encoding import render_pairs
 from pmpo.errors import DataError
 from pmpo.scoring.loss import Scorer, ScorerSettings
-from pmpo.loop.optimizer import prompt_units, removal_prompts, rewrite_prompts, segment_effects
+from pmpo.loop.optimizer import OptimizerConfig
+from pmpo.loop.steps import prompt_units, removal_prompts, rewrite_prompts, segment_effects
 from pmpo.text.rendering import render
 from pmpo.rewriting.replies import filter_variants
 from pmpo.loop.result import SegmentEffect
-from pmpo.rewriting.proposal import RewriteSettings, build_request
+from pmpo.rewriting.proposal import RewriteSettings
+from pmpo.rewriting.requests import build_request
 from pmpo.text.template import (
     Fields,
     TemplateError,

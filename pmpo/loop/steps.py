@@ -1,0 +1,215 @@
+"""The steps the loop delegates: removable units, the masking analysis, segment removals, rewrites, selection.
+
+`Steps` is the protocol the loop calls; `LocalSteps` runs each step in this process. The functions it calls are
+the ones the Prefect flow runs as cached tasks, so both give the same candidates for the same seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import replace
+from typing import Protocol, Sequence
+
+from pmpo.data.examples import Dataset
+from pmpo.loop.result import Candidate, SegmentEffect
+from pmpo.loop.selection import select
+from pmpo.loop.settings import OptimizerConfig
+from pmpo.masking.analysis import masking_analysis
+from pmpo.masking.units import Units, locate, model_units, segment
+from pmpo.models.loading import LoadedModel
+from pmpo.models.usage import UsageSnapshot
+from pmpo.rewriting.backends import Rewriter, as_rewriter
+from pmpo.rewriting.proposal import propose
+from pmpo.rewriting.settings import RewriteSettings
+from pmpo.rewriting.requests import by_size
+from pmpo.scoring.loss import BaseScorer, LossMatrix, Scorer
+from pmpo.text.template import editable, with_editable
+
+
+Rewrites = tuple[list[str], dict[str, int]]  # kept variants, rejections by reason
+
+
+def rewrite_seed(seed: int, iteration: int, rank: int) -> int:
+    """A distinct, reproducible sampling seed per (run seed, iteration, hard-example rank)."""
+    return int(hashlib.sha256(f"{seed}:{iteration}:{rank}".encode()).hexdigest()[:8], 16)
+
+
+def unit_mode(setting: str, n_params: int | None, small_model_params: int) -> str:
+    """"model" or "splitter": the setting itself, or by the rewriter's size when it is "auto"."""
+    return by_size(setting, n_params, small_model_params, small="splitter", large="model", what="units")
+
+
+def prompt_units(
+    rewriter: Rewriter | LoadedModel,
+    prompt: str,
+    iteration: int,
+    *,
+    units: str,
+    max_units: int,
+    small_model_params: int,
+    seed: int,
+    chat_message: int | None = None,
+) -> Units:
+    """The removable units of `prompt` (of its `chat_message`, for a chat prompt) as spans: model-marked for large
+    rewriters, else the splitter's. Takes only the settings it reads (OptimizerConfig's), so a cached step's key
+    holds them all."""
+    rewriter = as_rewriter(rewriter)
+    text = editable(prompt, chat_message)
+    if unit_mode(units, rewriter.n_params, small_model_params) == "model":
+        spans = model_units(rewriter, text, seed=rewrite_seed(seed, iteration, -1), max_units=max_units)
+    else:
+        spans = segment(text, max_units=max_units)
+    return replace(spans, frame=prompt, message=chat_message) if text != prompt else spans
+
+
+def segment_effects(scorer: BaseScorer, prompt_loss: float, units: Units, train: Dataset) -> tuple[SegmentEffect, ...]:
+    """dL_j = L(prompt without unit j) - L(prompt) for every unit; `prompt_loss` is L(units.prompt)."""
+    if len(units.spans) < 2:  # removing the only unit leaves no prompt: nothing to learn from it
+        return ()
+    return masking_analysis(
+        lambda texts: scorer.loss_matrix([units.whole(t) for t in texts], train.examples).prompt_loss().tolist(),
+        prompt_loss,
+        units,
+    )
+
+
+def removal_prompts(
+    prompt: str, units: Sequence[str], effects: Sequence[SegmentEffect], message: int | None = None
+) -> list[str]:
+    """`prompt` without each unit that hurts (dL < 0), cut exactly as the masking analysis cut it (`message`: the
+    chat prompt's optimised message, as `OptimizerConfig.chat_message`)."""
+    spans = locate(editable(prompt, message), units)
+    cut = [spans.without(e.index) for e in effects if e.delta_loss < 0]
+    return [with_editable(prompt, text, message) for text in cut if text]
+
+
+def rewrite_prompts(
+    rewriter: Rewriter | LoadedModel,
+    incumbent: str,
+    train: Dataset,
+    hard: Sequence[int],
+    effects: Sequence[SegmentEffect],
+    settings: RewriteSettings,
+    iteration: int,
+    seen: set[str] | frozenset[str],
+    scorer: BaseScorer | None = None,
+    *,
+    seed: int,
+    chat_message: int | None = None,
+) -> Rewrites:
+    """One rewrite request per hard example, n variants each; returns kept variants and rejections by reason.
+
+    `scorer` (the FULL template only) finds the answer the scored model now prefers on each hard example;
+    it is required when the rewriter is not the scored model. `seed` and `chat_message` as OptimizerConfig's.
+    """
+    variants: list[str] = []
+    rejected: dict[str, int] = {}
+    message = chat_message
+    text = editable(incumbent, message)  # a chat prompt's optimised message; the others stay as they are
+    known = {editable(s, message) for s in seen}
+    for rank, index in enumerate(hard):
+        outcome = propose(
+            rewriter,
+            prompt=text,
+            example=train.examples[index],
+            effects=effects,
+            task_description=train.description,
+            settings=settings,
+            seed=rewrite_seed(seed, iteration, rank),
+            seen=known | set(variants),
+            scorer=scorer,
+            scored_prompt=incumbent,
+        )
+        variants.extend(outcome.variants)
+        for reason, count in outcome.rejected.items():
+            rejected[reason] = rejected.get(reason, 0) + count
+    return [with_editable(incumbent, v, message) for v in variants], rejected
+
+
+class Steps(Protocol):
+    """The work the loop delegates; where it runs (this process, cached Prefect tasks) is the steps' business."""
+
+    model_identity: str
+
+    def losses(self, prompts: Sequence[str], train: Dataset, iteration: int) -> LossMatrix:
+        """Per-example losses of `prompts` on the training set."""
+        ...
+
+    def segments(
+        self, prompt: str, prompt_loss: float, train: Dataset, iteration: int
+    ) -> tuple[list[str], tuple[SegmentEffect, ...]]:
+        """The removable units of `prompt` and the loss change when each is masked out."""
+        ...
+
+    def rewrites(
+        self,
+        incumbent: str,
+        train: Dataset,
+        hard: Sequence[int],
+        effects: Sequence[SegmentEffect],
+        iteration: int,
+        seen: frozenset[str],
+    ) -> Rewrites:
+        """Rewrite variants of `incumbent` proposed on the hard examples, and rejections by reason."""
+        ...
+
+    def select(self, incumbent: Candidate, candidates: Sequence[Candidate], iteration: int) -> Candidate:
+        """The new incumbent."""
+        ...
+
+    def usage(self) -> UsageSnapshot:
+        """The model work done so far by these steps' model in this process (zeros if it never ran)."""
+        ...
+
+
+class LocalSteps:
+    """Steps run in this process, with one scorer (its memo spares re-scoring a prompt seen before) and one
+    rewriter (the scored model itself unless another is given)."""
+
+    def __init__(
+        self, lm: LoadedModel, config: OptimizerConfig, scorer: BaseScorer | None = None, rewriter: Rewriter | None = None
+    ):
+        self.lm, self.config = lm, config
+        self.scorer = scorer or Scorer(lm)
+        self.rewriter = rewriter or as_rewriter(lm)
+        self.model_identity = lm.identity
+
+    def losses(self, prompts: Sequence[str], train: Dataset, iteration: int) -> LossMatrix:
+        """Per-example losses of `prompts` on the training set."""
+        return self.scorer.loss_matrix(list(prompts), train.examples)
+
+    def segments(
+        self, prompt: str, prompt_loss: float, train: Dataset, iteration: int
+    ) -> tuple[list[str], tuple[SegmentEffect, ...]]:
+        """The removable units of `prompt` and the loss change when each is masked out."""
+        c = self.config
+        units = prompt_units(
+            self.rewriter, prompt, iteration, units=c.units, max_units=c.max_units,
+            small_model_params=c.rewrite.small_model_params, seed=c.seed, chat_message=c.chat_message,
+        )  # fmt: skip
+        return list(units.texts), segment_effects(self.scorer, prompt_loss, units, train)
+
+    def rewrites(
+        self,
+        incumbent: str,
+        train: Dataset,
+        hard: Sequence[int],
+        effects: Sequence[SegmentEffect],
+        iteration: int,
+        seen: frozenset[str],
+    ) -> Rewrites:
+        """Rewrite variants of `incumbent` proposed on the hard examples, and rejections by reason."""
+        c = self.config
+        return rewrite_prompts(
+            self.rewriter, incumbent, train, hard, effects, c.rewrite, iteration, seen, self.scorer,
+            seed=c.seed, chat_message=c.chat_message,
+        )  # fmt: skip
+
+    def select(self, incumbent: Candidate, candidates: Sequence[Candidate], iteration: int) -> Candidate:
+        """The new incumbent."""
+        return select(incumbent, candidates)
+
+    def usage(self) -> UsageSnapshot:
+        """The model work done so far in this process by the scored model and, when another, the rewriter."""
+        own = self.lm.usage.snapshot()
+        return own if self.rewriter.usage is self.lm.usage else own + self.rewriter.usage.snapshot()

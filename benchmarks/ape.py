@@ -146,9 +146,7 @@ def select(candidates: Sequence[str], accuracies: Sequence[float]) -> int:
     return min(range(len(candidates)), key=lambda i: (-accuracies[i], len(candidates[i]), i))
 
 
-def ape(
-    lm: LoadedModel, train: Dataset, n: int, *, seed: int = 0, settings: ApeSettings = ApeSettings()
-) -> ApeResult:
+def ape(lm: LoadedModel, train: Dataset, n: int, *, seed: int = 0, settings: ApeSettings = ApeSettings()) -> ApeResult:
     """Propose `n` instructions from training demonstrations and keep the one with the best training accuracy."""
     candidates, requests = propose(lm, train, n, seed=seed, settings=settings)
     accuracies = training_accuracy(lm, candidates, train, answer_tokens=settings.answer_tokens) if candidates else []

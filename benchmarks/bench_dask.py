@@ -45,16 +45,16 @@ def main() -> None:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
 
-    import tasks  # noqa: F401  (first: the offline defaults, before prefect loads)
     import torch
     from prefect import flow
 
+    import tasks  # noqa: F401  (first: the offline defaults, before prefect loads)
     from flows.cluster import loss_fan_out
     from flows.config import TaskRunnerConfig
     from flows.steps import PrefectSteps
     from pmpo.data.examples import Dataset
-    from pmpo.models.loading import ModelSettings
     from pmpo.loop.optimizer import OptimizerConfig
+    from pmpo.models.loading import ModelSettings
     from tasks.models import loaded, model_ref
 
     workload.BBH_DIR = args.bbh_dir
@@ -81,9 +81,10 @@ def main() -> None:
         times: dict[str, list[float]] = {"in_process": [], "dask_1x1": [], "dask_2x1": []}
         torch.set_num_threads(1)  # the in-process path on one thread, as one worker
         loaded(ref)
-        with loss_fan_out(TaskRunnerConfig(kind="dask", n_workers=1)) as one, loss_fan_out(
-            TaskRunnerConfig(kind="dask", n_workers=2)
-        ) as two:
+        with (
+            loss_fan_out(TaskRunnerConfig(kind="dask", n_workers=1)) as one,
+            loss_fan_out(TaskRunnerConfig(kind="dask", n_workers=2)) as two,
+        ):
             for fan_out in (one, two):
                 fan_out.workers()  # start the cluster
                 fan_out.runner.client.run(_preload, ref)  # and load the model on every worker
@@ -112,7 +113,9 @@ def main() -> None:
     for name, seconds in median.items():
         print(f"  {name:<11} {seconds:8.2f} s")
     print(f"2 workers x 1 thread vs 1 worker x 1 thread: {figures['speedup_2_workers_vs_1']:.2f}x (target >= 1.7x)")
-    print(f"Dask path overhead vs in-process, one worker: {figures['dask_overhead_vs_in_process']:+.1%} (target <= 10%)")
+    print(
+        f"Dask path overhead vs in-process, one worker: {figures['dask_overhead_vs_in_process']:+.1%} (target <= 10%)"
+    )
     load = ", ".join(f"{x:.2f}" for x in figures["load_average_after"])
     print(f"load average (1, 5, 15 min) after the run: {load} on {figures['cpu_count']} CPUs")
     if args.json:

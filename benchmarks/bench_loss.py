@@ -30,14 +30,16 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import workload as wl  # noqa: E402
 from measure import ModelShape, Timer, matmul_peak, pair_lengths, peak_rss_gib  # noqa: E402
 from report import MAX_RSS_GIB, TARGETS, table  # noqa: E402
+
 from pmpo.data import Dataset  # noqa: E402
 from pmpo.evaluation.matching import is_correct, task_labels  # noqa: E402
 from pmpo.models.generation import greedy  # noqa: E402
-from pmpo.scoring.loss import Scorer, example_rows  # noqa: E402
 from pmpo.models.loading import ModelSettings, load_model  # noqa: E402
-from pmpo.text.rendering import render  # noqa: E402
+from pmpo.scoring.loss import Scorer, example_rows  # noqa: E402
 from pmpo.scoring.racing import RacingSettings, race, race_losses  # noqa: E402
 from pmpo.scoring.reference import naive_nll  # noqa: E402
+from pmpo.text.rendering import render  # noqa: E402
+
 
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark and print the table (or JSON)."""

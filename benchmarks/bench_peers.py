@@ -44,6 +44,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import workload as wl  # noqa: E402
 from measure import Timer, peak_rss_gib  # noqa: E402
+
 from pmpo.models.loading import ModelSettings, load_model  # noqa: E402
 from pmpo.scoring.loss import Scorer, example_rows  # noqa: E402
 from pmpo.text.encoding import encode_many, render_pairs  # noqa: E402
@@ -93,13 +94,17 @@ def main(argv: list[str] | None = None) -> dict:
                 run.target_tokens += sum(len(r.ids) - r.start for r in requests)
                 chunk += 1
             report[name] = run.summary(memory)
-            log(f"{name}: pmpo {run.seconds['pmpo']:.1f}s, lm-eval {run.seconds['lm_eval']:.1f}s, "
-                f"parity {report[name]['parity_max_abs_nats']:.2e}")
+            log(
+                f"{name}: pmpo {run.seconds['pmpo']:.1f}s, lm-eval {run.seconds['lm_eval']:.1f}s, "
+                f"parity {report[name]['parity_max_abs_nats']:.2e}"
+            )
         report["text_entry"] = _text_entry(lm, hflm, work, Instance)
     report["peak_rss_gib_process"] = peak_rss_gib()
     report["targets"] = {
-        **{f"speedup_{k}": {"target": v, "value": report[k]["speedup"], "met": report[k]["speedup"] >= v}
-           for k, v in TARGETS.items()},
+        **{
+            f"speedup_{k}": {"target": v, "value": report[k]["speedup"], "met": report[k]["speedup"] >= v}
+            for k, v in TARGETS.items()
+        },
         "parity": {
             "target": PARITY_NATS,
             "value": max(report[k]["parity_max_abs_nats"] for k in TARGETS),
@@ -147,7 +152,7 @@ def _requests(lm, prompt: str, examples, Instance) -> list[_Request]:
     out = []
     for k, ((inp, c), (text, at), enc) in enumerate(zip(pairs, texts, encoded)):
         context, continuation = text[:at], text[at:]
-        if continuation != c or not tok.decode(enc.ids[enc.target_start:]).strip().endswith(c.strip()):
+        if continuation != c or not tok.decode(enc.ids[enc.target_start :]).strip().endswith(c.strip()):
             raise AssertionError(f"pair {k}: the continuation is not the reference output")
         instance = Instance(request_type="loglikelihood", doc={}, arguments=(context, continuation), idx=k)
         out.append(_Request(inp, c, instance, enc.ids, enc.target_start))
@@ -282,8 +287,11 @@ def table(r: dict) -> str:
     """The report as aligned `name  value` lines."""
     m, w = r["machine"], r["workload"]
     rows = [
-        ("machine", f"{m['cores']} cores, torch {m['torch']}, {m['torch_threads']} threads, "
-                    f"load avg at start {m['load_average_start']:.1f}"),
+        (
+            "machine",
+            f"{m['cores']} cores, torch {m['torch']}, {m['torch_threads']} threads, "
+            f"load avg at start {m['load_average_start']:.1f}",
+        ),
         ("model", f"{r['model']} ({r['dtype']}), lm-eval {r['lm_eval']} (batch_size {r['peer_batch_size']})"),
         ("workload", f"{w['candidates']} candidates x {w['examples']} examples of {w['source']}"),
         ("", ""),
@@ -292,19 +300,30 @@ def table(r: dict) -> str:
         s = r[key]
         rows += [
             (name, f"{s['pairs']} pairs, {s['tokens']} tokens ({s['target_tokens']} scored)"),
-            ("  parity", f"max |diff| {s['parity_max_abs_nats']:.2e} nats per pair "
-                         f"(mean {s['parity_mean_abs_nats']:.1e})"),
-            ("  pmpo", f"{s['pmpo_tokens_per_s']:.0f} tokens/s ({s['pmpo_seconds']:.1f} s), "
-                       f"peak RSS {s['pmpo_peak_rss_gib']:.2f} GiB"),
-            ("  lm-eval", f"{s['lm_eval_tokens_per_s']:.0f} tokens/s ({s['lm_eval_seconds']:.1f} s), "
-                          f"peak RSS {s['lm_eval_peak_rss_gib']:.2f} GiB"),
+            (
+                "  parity",
+                f"max |diff| {s['parity_max_abs_nats']:.2e} nats per pair (mean {s['parity_mean_abs_nats']:.1e})",
+            ),
+            (
+                "  pmpo",
+                f"{s['pmpo_tokens_per_s']:.0f} tokens/s ({s['pmpo_seconds']:.1f} s), "
+                f"peak RSS {s['pmpo_peak_rss_gib']:.2f} GiB",
+            ),
+            (
+                "  lm-eval",
+                f"{s['lm_eval_tokens_per_s']:.0f} tokens/s ({s['lm_eval_seconds']:.1f} s), "
+                f"peak RSS {s['lm_eval_peak_rss_gib']:.2f} GiB",
+            ),
             ("  ratio", f"{s['speedup']:.2f}x by wall time, {s['speedup_cpu_time']:.2f}x by CPU time"),
         ]
     te = r["text_entry"]
     rows += [
         ("", ""),
-        ("text entry", f"HFLM.loglikelihood on {te['pairs']} pairs scores {te['extra_tokens_scored']} more "
-                       f"token(s) (the context's trailing newline): {te['extra_nats_max']:.1e} nats max"),
+        (
+            "text entry",
+            f"HFLM.loglikelihood on {te['pairs']} pairs scores {te['extra_tokens_scored']} more "
+            f"token(s) (the context's trailing newline): {te['extra_nats_max']:.1e} nats max",
+        ),
         ("process peak", f"{r['peak_rss_gib_process']:.2f} GiB RSS high-water"),
         ("", ""),
     ]

@@ -50,9 +50,9 @@ from quality_report import (  # noqa: E402
 import pmpo  # noqa: E402
 from pmpo.data import Dataset  # noqa: E402
 from pmpo.evaluation.heldout import Evaluation, evaluate  # noqa: E402
-from pmpo.scoring.loss import Scorer, ScorerSettings  # noqa: E402
-from pmpo.models.loading import LoadedModel, ModelSettings, load_model  # noqa: E402
 from pmpo.loop.optimizer import OptimizerConfig  # noqa: E402
+from pmpo.models.loading import LoadedModel, ModelSettings, load_model  # noqa: E402
+from pmpo.scoring.loss import Scorer, ScorerSettings  # noqa: E402
 
 # The module, not the `evaluate` function the package re-exports under the same name.
 evaluation = importlib.import_module("pmpo.evaluation.heldout")
@@ -73,8 +73,13 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("--arms: ape takes its budget from a pmpo arm; add one or give --ape-candidates N")
     lm = load_model(ModelSettings())
     settings = BenchSettings(
-        tasks=tuple(tasks), arms=arms, iterations=args.iterations, heldout=args.heldout, seed=args.seed,
-        model=lm.identity, quick=args.quick,
+        tasks=tuple(tasks),
+        arms=arms,
+        iterations=args.iterations,
+        heldout=args.heldout,
+        seed=args.seed,
+        model=lm.identity,
+        quick=args.quick,
     )
     results: list[ArmResult] = []
     for task in tasks:
@@ -126,10 +131,12 @@ def run_task(
         final = base if prompt == initial else evaluate(lm, prompt, heldout, scorer=scorer)
         delta = evaluation.compare(base, final)
         results.append(arm_result(task, shared, arm, prompt, candidates, final, delta, cost))
-        _log(f"[{task}] {arm}: {candidates} candidates, {wall:.0f} s, {cost.forward_tokens:,} tokens; "
-             f"held-out loss {base.loss:.3f} -> {final.loss:.3f}, acc_norm {_pct(base.option_accuracy_norm)} -> "
-             f"{_pct(final.option_accuracy_norm)}, gen acc {_pct(base.accuracy)} -> {_pct(final.accuracy)}; "
-             f"prompt {prompt[:200]!r}")
+        _log(
+            f"[{task}] {arm}: {candidates} candidates, {wall:.0f} s, {cost.forward_tokens:,} tokens; "
+            f"held-out loss {base.loss:.3f} -> {final.loss:.3f}, acc_norm {_pct(base.option_accuracy_norm)} -> "
+            f"{_pct(final.option_accuracy_norm)}, gen acc {_pct(base.accuracy)} -> {_pct(final.accuracy)}; "
+            f"prompt {prompt[:200]!r}"
+        )
     return results
 
 
@@ -154,11 +161,16 @@ def search(
 
 def arm_result(task, shared, arm, prompt, candidates, ev: Evaluation, cmp, cost: Cost) -> ArmResult:
     """One row of the report from an arm's held-out evaluation and its comparison with the initial prompt."""
+
     def delta(name):
         return getattr(cmp, name) if cmp is not None else None
 
     return ArmResult(
-        task=task, shared=shared, arm=arm, prompt=prompt, candidates=candidates,
+        task=task,
+        shared=shared,
+        arm=arm,
+        prompt=prompt,
+        candidates=candidates,
         loss=Measure(ev.loss, delta("loss")),
         acc=Measure(ev.option_accuracy, delta("option_accuracy")),
         acc_norm=Measure(ev.option_accuracy_norm, delta("option_accuracy_norm")),

@@ -24,8 +24,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import workload as wl  # noqa: E402
 from bench_loss import _rewrites, _simulate  # noqa: E402
 from measure import Timer  # noqa: E402
-from pmpo.scoring.loss import Scorer  # noqa: E402
+
 from pmpo.models.loading import load_model  # noqa: E402
+from pmpo.scoring.loss import Scorer  # noqa: E402
 from pmpo.scoring.racing import RacingSettings  # noqa: E402
 
 SETTINGS = [(10, 3.0), (10, 2.0), (5, 3.0), (10, 1.0)]  # (first_slice, margin); the default first

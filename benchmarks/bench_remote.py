@@ -32,12 +32,13 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import workload as wl  # noqa: E402
-from testkit.llama_server import llama_process  # noqa: E402  (tests/: the one launcher of the server)
 from measure import Timer  # noqa: E402
-from pmpo.text.encoding import render_pairs  # noqa: E402
-from pmpo.scoring.loss import Scorer, example_rows  # noqa: E402
+
 from pmpo.models.loading import ModelSettings, TextSide, load_model  # noqa: E402
 from pmpo.remote import CompletionsClient, RemoteScorer  # noqa: E402
+from pmpo.scoring.loss import Scorer, example_rows  # noqa: E402
+from pmpo.text.encoding import render_pairs  # noqa: E402
+from testkit.llama_server import llama_process  # noqa: E402  (tests/: the one launcher of the server)
 
 BOS = "<|im_start|>"  # SmolLM2's BOS token
 
@@ -82,7 +83,11 @@ def main() -> None:
         local = Scorer(lm).loss_matrix(sl_prompts, sl_examples)
     text = TextSide(lm.tokenizer, "plain", lm.context_length)
     with llama_process(Path(tempfile.mkdtemp()) / "llama.log", threads=args.threads) as (url, pid):
-        client = CompletionsClient(ModelSettings(backend="openai", base_url=url, model="smol", prepend_bos=True, max_concurrency=1, timeout_s=600))
+        client = CompletionsClient(
+            ModelSettings(
+                backend="openai", base_url=url, model="smol", prepend_bos=True, max_concurrency=1, timeout_s=600
+            )
+        )
         RemoteScorer(text, client).served.facts()  # the self-check, outside the timings
         cpu_before = _cpu_seconds(pid)
         with Timer() as server:
@@ -123,7 +128,7 @@ def _prefix_cache(
     orders = {"same": a, "mixed": [(b if i % 2 else a)[i] for i in range(n)]}
     spent: dict[str, list[float]] = {"same": [], "mixed": []}
     for r in range(rounds):
-        for name in (("same", "mixed") if r % 2 == 0 else ("mixed", "same")):  # alternate which goes first
+        for name in ("same", "mixed") if r % 2 == 0 else ("mixed", "same"):  # alternate which goes first
             client.complete([prompts[-1] + "\n\nwarm"])  # the same start state for both orders
             start = _cpu_seconds(pid)
             for t in orders[name]:
@@ -144,22 +149,26 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _table(f: Figures) -> str:
-    return "\n".join([
-        f"workload: {f.source}; {f.threads} thread(s) for both sides",
-        f"in-process fp32, {f.local_full_texts} texts: {f.local_full_s:.1f} s",
-        f"slice of {f.slice_texts} texts: in-process {f.local_slice_s:.1f} s, llama.cpp server {f.server_slice_s:.1f} s "
-        f"-> server / in-process = {f.server_vs_local:.1f}x wall",
-        f"  CPU seconds: in-process {f.local_slice_cpu_s:.1f}, server {f.server_slice_cpu_s:.1f} -> {f.server_vs_local_cpu:.1f}x",
-        f"server on the whole workload (slice rate): ~{f.server_full_estimate_s:.0f} s",
-        f"prefix cache (server CPU): back to back {f.prefix_sequential_cpu_s:.1f} s vs alternating "
-        f"{f.prefix_alternating_cpu_s:.1f} s -> saving {100 * f.prefix_saving:.0f}%",
-        f"slice parity: Spearman {f.spearman_slice:.2f}, largest relative loss difference {f.largest_relative_loss_difference:.3f}",
-    ])
+    return "\n".join(
+        [
+            f"workload: {f.source}; {f.threads} thread(s) for both sides",
+            f"in-process fp32, {f.local_full_texts} texts: {f.local_full_s:.1f} s",
+            f"slice of {f.slice_texts} texts: in-process {f.local_slice_s:.1f} s, llama.cpp server {f.server_slice_s:.1f} s "
+            f"-> server / in-process = {f.server_vs_local:.1f}x wall",
+            f"  CPU seconds: in-process {f.local_slice_cpu_s:.1f}, server {f.server_slice_cpu_s:.1f} -> {f.server_vs_local_cpu:.1f}x",
+            f"server on the whole workload (slice rate): ~{f.server_full_estimate_s:.0f} s",
+            f"prefix cache (server CPU): back to back {f.prefix_sequential_cpu_s:.1f} s vs alternating "
+            f"{f.prefix_alternating_cpu_s:.1f} s -> saving {100 * f.prefix_saving:.0f}%",
+            f"slice parity: Spearman {f.spearman_slice:.2f}, largest relative loss difference {f.largest_relative_loss_difference:.3f}",
+        ]
+    )
 
 
 def _args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--task", default="object_counting", help="BIG-bench sample in ../shared/data/bbh (else builtin sentiment)")
+    p.add_argument(
+        "--task", default="object_counting", help="BIG-bench sample in ../shared/data/bbh (else builtin sentiment)"
+    )
     p.add_argument("--candidates", type=int, default=13)
     p.add_argument("--examples", type=int, default=50)
     p.add_argument("--server-candidates", type=int, default=4, help="candidates the server scores (default 4)")

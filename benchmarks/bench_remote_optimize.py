@@ -26,7 +26,6 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-
 from testkit.chat_server import transformers_serve  # noqa: E402  (tests/: the one launcher of each server)
 from testkit.llama_server import llama_server  # noqa: E402
 
@@ -59,19 +58,45 @@ def main() -> None:
     args = _args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a `timeout` still stops the servers this started
     work = Path(tempfile.mkdtemp(prefix="bench-remote-optimize-"))
-    flags = ["--data", args.data, "--prompt", args.prompt, "--iterations", str(args.iterations), "--seed", "0",
-             "--train-size", str(args.train_size), "--eval-examples", str(args.eval_examples)]  # fmt: skip
+    flags = [
+        "--data",
+        args.data,
+        "--prompt",
+        args.prompt,
+        "--iterations",
+        str(args.iterations),
+        "--seed",
+        "0",
+        "--train-size",
+        str(args.train_size),
+        "--eval-examples",
+        str(args.eval_examples),
+    ]
     runs = [_optimize("in-process", work, {"model": {"placement": "plain", "dtype": "float32"}}, flags)]
-    with llama_server(work / "llama.log", threads=args.threads) as score_url, transformers_serve(
-        work / "serve.log", threads=args.threads
-    ) as chat:
+    with (
+        llama_server(work / "llama.log", threads=args.threads) as score_url,
+        transformers_serve(work / "serve.log", threads=args.threads) as chat,
+    ):
         served = {
             # one request at a time: llama-cpp-python serves requests one by one, queued ones only wait longer
-            "model": {"backend": "openai", "base_url": score_url, "model": "smol", "placement": "plain",
-                      "prepend_bos": True, "max_concurrency": 1, "timeout_s": 600},
-            "rewriter": {"backend": "openai", "base_url": chat.base_url, "model": chat.model, "n_params": _n_params(),
-                         "timeout_s": 600, "max_retries": 0},
-        }  # fmt: skip
+            "model": {
+                "backend": "openai",
+                "base_url": score_url,
+                "model": "smol",
+                "placement": "plain",
+                "prepend_bos": True,
+                "max_concurrency": 1,
+                "timeout_s": 600,
+            },
+            "rewriter": {
+                "backend": "openai",
+                "base_url": chat.base_url,
+                "model": chat.model,
+                "n_params": _n_params(),
+                "timeout_s": 600,
+                "max_retries": 0,
+            },
+        }
         runs.append(_optimize("served", work, served, flags))
     print(_table(runs, args))
     if args.json:
@@ -82,7 +107,15 @@ def _optimize(name: str, work: Path, config: dict, flags: list[str]) -> Run:
     """`pmpo optimize` in a fresh home with `config` (the config file's fields) and `flags`; its summary."""
     home, config_file, output = work / f"home-{name}", work / f"{name}.json", work / f"{name}-summary.json"
     config_file.write_text(json.dumps(config))  # YAML is a superset of JSON
-    cmd = [str(Path(sys.executable).with_name("pmpo")), "optimize", "--config", str(config_file), *flags, "--output", str(output)]
+    cmd = [
+        str(Path(sys.executable).with_name("pmpo")),
+        "optimize",
+        "--config",
+        str(config_file),
+        *flags,
+        "--output",
+        str(output),
+    ]
     env = {**os.environ, "PMPO_HOME": str(home), "HF_HUB_OFFLINE": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
     start = time.perf_counter()
@@ -144,7 +177,10 @@ def _table(runs: list[Run], args: argparse.Namespace) -> str:
         )
     lines.append(f"served / in-process wall time: {runs[1].wall_s / runs[0].wall_s:.1f}x")
     for r in runs:
-        lines += [f"{r.name}: scored by {r.model_identity}, rewritten by {r.rewriter_identity}", f"  best prompt: {r.best_prompt}"]
+        lines += [
+            f"{r.name}: scored by {r.model_identity}, rewritten by {r.rewriter_identity}",
+            f"  best prompt: {r.best_prompt}",
+        ]
     return "\n".join(lines)
 
 
@@ -155,7 +191,9 @@ def _args() -> argparse.Namespace:
     p.add_argument("--iterations", type=int, default=1)
     p.add_argument("--train-size", type=int, default=8)
     p.add_argument("--eval-examples", type=int, default=20)
-    p.add_argument("--threads", type=int, default=2, help="--n_threads of llama.cpp, torch threads of transformers serve")
+    p.add_argument(
+        "--threads", type=int, default=2, help="--n_threads of llama.cpp, torch threads of transformers serve"
+    )
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     return p.parse_args()
 

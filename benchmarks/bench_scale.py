@@ -55,9 +55,17 @@ def base_env(home: Path, **extra: str) -> dict[str, str]:
     """This checkout first, offline, no Prefect or MLflow settings inherited from the caller."""
     (home / "prefect-client").mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_TRACKING"))}
-    env.update(PYTHONPATH=str(ROOT), PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-               PMPO_HOME=str(home), PREFECT_HOME=str(home / "prefect-client"), HF_HUB_OFFLINE="1",
-               DO_NOT_TRACK="true", PREFECT_SERVER_ANALYTICS_ENABLED="false", MLFLOW_DISABLE_TELEMETRY="true", **extra)  # fmt: skip
+    env.update(
+        PYTHONPATH=str(ROOT),
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        PMPO_HOME=str(home),
+        PREFECT_HOME=str(home / "prefect-client"),
+        HF_HUB_OFFLINE="1",
+        DO_NOT_TRACK="true",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        MLFLOW_DISABLE_TELEMETRY="true",
+        **extra,
+    )
     return env
 
 
@@ -66,7 +74,9 @@ def stack(home: Path, db: str | None) -> Iterator[Any]:
     """Both servers (no served deployments), on PostgreSQL when `db` is given."""
     from deployments.stack import Stack, StackSettings
 
-    s = Stack(StackSettings(home=home, prefect_port=free_port(), mlflow_port=free_port(), db=db, serve_deployments=False))
+    s = Stack(
+        StackSettings(home=home, prefect_port=free_port(), mlflow_port=free_port(), db=db, serve_deployments=False)
+    )
     s.start(say=lambda line: print(f"  {line}", flush=True))
     try:
         yield s
@@ -81,15 +91,29 @@ def concurrent_optimize(s: Any | None, model_dir: Path, work: Path, runs: int, l
     API: `pmpo optimize`'s default.
     """
     uri = s.settings.mlflow_url if s else f"sqlite:///{work / 'mlflow.db'}"
-    env = base_env(work / "home", MLFLOW_TRACKING_URI=uri, **({"PREFECT_API_URL": f"{s.settings.prefect_url}/api"} if s else {}))
+    env = base_env(
+        work / "home", MLFLOW_TRACKING_URI=uri, **({"PREFECT_API_URL": f"{s.settings.prefect_url}/api"} if s else {})
+    )
     procs = []
     start = time.monotonic()
     for i in range(runs):
         config = work / f"run{i}.yaml"
         config.write_text(yaml.safe_dump(optimize_values(model_dir, seed=i, limit=limit)))
-        argv = [sys.executable, "-m", "pmpo_cli.main", "optimize", "--config", str(config), "--task", f"scale-{i}",
-                "--output", str(work / f"run{i}.json")]  # fmt: skip
-        procs.append(subprocess.Popen(argv, env=env, cwd=work, stdout=open(work / f"run{i}.log", "wb"), stderr=subprocess.STDOUT))
+        argv = [
+            sys.executable,
+            "-m",
+            "pmpo_cli.main",
+            "optimize",
+            "--config",
+            str(config),
+            "--task",
+            f"scale-{i}",
+            "--output",
+            str(work / f"run{i}.json"),
+        ]
+        procs.append(
+            subprocess.Popen(argv, env=env, cwd=work, stdout=open(work / f"run{i}.log", "wb"), stderr=subprocess.STDOUT)
+        )
     codes = [p.wait() for p in procs]
     wall = time.monotonic() - start
     os.environ["MLFLOW_TRACKING_URI"] = uri
@@ -104,8 +128,12 @@ def concurrent_optimize(s: Any | None, model_dir: Path, work: Path, runs: int, l
             ids = [c["id"] for c in queries.run_candidates(summary["run_id"])]
             mine = sorted(c["id"] for c in summary["candidates"])
             [listed] = [r for r in queries.list_runs(f"scale-{i}") if r["run_id"] == summary["run_id"]]
-            row.update(status=listed["status"], n_candidates=len(mine), recorded=len(ids),
-                       exactly_once=sorted(ids) == mine and len(set(ids)) == len(ids))  # fmt: skip
+            row.update(
+                status=listed["status"],
+                n_candidates=len(mine),
+                recorded=len(ids),
+                exactly_once=sorted(ids) == mine and len(set(ids)) == len(ids),
+            )
         else:
             row["error"] = (work / f"run{i}.log").read_text()[-400:].strip().splitlines()[-1:]
         runs_found.append(row)
@@ -113,7 +141,12 @@ def concurrent_optimize(s: Any | None, model_dir: Path, work: Path, runs: int, l
         return {"wall_s": round(wall, 1), "runs": runs_found}
     flow_runs = _post(f"{s.settings.prefect_url}/api/flow_runs/filter", {})
     states = sorted(r["state_type"] for r in flow_runs)
-    return {"wall_s": round(wall, 1), "runs": runs_found, "prefect_flow_runs": states, "server_errors": server_errors(s.settings.home)}
+    return {
+        "wall_s": round(wall, 1),
+        "runs": runs_found,
+        "prefect_flow_runs": states,
+        "server_errors": server_errors(s.settings.home),
+    }
 
 
 def server_errors(home: Path) -> dict[str, list[str]]:
@@ -131,25 +164,54 @@ def nightly_on_pool(s: Any, model_dir: Path, work: Path, n_prompts: int, n_worke
     env = base_env(home, PREFECT_API_URL=f"{s.settings.prefect_url}/api", MLFLOW_TRACKING_URI=s.settings.mlflow_url)
     prompts = work / "prompts.yaml"
     tag = f"w{n_workers}"  # fresh prompt names each round: no production from the last one to start from
-    managed = [{"name": f"p{i}-{tag}", "optimize": optimize_values(model_dir, seed=i, limit=limit)} for i in range(n_prompts)]
-    prompts.write_text(yaml.safe_dump({"promotion": {"margin": 0.0}, "experiment": f"nightly-{tag}", "prompts": managed}))
+    managed = [
+        {"name": f"p{i}-{tag}", "optimize": optimize_values(model_dir, seed=i, limit=limit)} for i in range(n_prompts)
+    ]
+    prompts.write_text(
+        yaml.safe_dump({"promotion": {"margin": 0.0}, "experiment": f"nightly-{tag}", "prompts": managed})
+    )
     with ExitStack() as workers:
         logs = []
         for w in range(n_workers):
             log = work / f"worker{w}.log"
-            argv = [sys.executable, "-m", "prefect", "worker", "start", "--pool", "pmpo", "--name", f"worker-{w}", "--limit", "1"]
-            p = subprocess.Popen(argv, env=env, cwd=work, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+            argv = [
+                sys.executable,
+                "-m",
+                "prefect",
+                "worker",
+                "start",
+                "--pool",
+                "pmpo",
+                "--name",
+                f"worker-{w}",
+                "--limit",
+                "1",
+            ]
+            p = subprocess.Popen(
+                argv, env=env, cwd=work, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True
+            )
             workers.callback(_stop, p)
             logs.append(log)
         time.sleep(5)  # the workers register with the pool before the refresh starts its children
         start = time.monotonic()
-        argv = [sys.executable, "-m", "pmpo_cli.main", "nightly", "--config", str(prompts), "--output", str(work / "nightly.json")]
+        argv = [
+            sys.executable,
+            "-m",
+            "pmpo_cli.main",
+            "nightly",
+            "--config",
+            str(prompts),
+            "--output",
+            str(work / "nightly.json"),
+        ]
         done = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True)
         wall = time.monotonic() - start
     report = json.loads((work / "nightly.json").read_text()) if (work / "nightly.json").exists() else {"decisions": []}
     ran_by = {}
     for d in report["decisions"]:
-        ran_by[d["name"]] = [f"worker-{w}" for w, log in enumerate(logs) if d.get("flow_run_id") and d["flow_run_id"] in log.read_text()]
+        ran_by[d["name"]] = [
+            f"worker-{w}" for w, log in enumerate(logs) if d.get("flow_run_id") and d["flow_run_id"] in log.read_text()
+        ]
     busy, window = child_seconds(s, [d["flow_run_id"] for d in report["decisions"] if d.get("flow_run_id")])
     return {
         "workers": n_workers,
@@ -181,9 +243,13 @@ def child_seconds(s: Any, flow_run_ids: list[str]) -> tuple[list[float], float]:
 
 def deploy(s: Any, env: dict[str, str]) -> None:
     """The work pool and the deployments of prefect.yaml on this Prefect server."""
-    for args in (["work-pool", "create", "pmpo", "--type", "process"],
-                 ["--no-prompt", "deploy", "--all", "--prefect-file", str(ROOT / "deployments" / "prefect.yaml")]):  # fmt: skip
-        out = subprocess.run([sys.executable, "-m", "prefect", *args], env=env, cwd=ROOT, capture_output=True, text=True)
+    for args in (
+        ["work-pool", "create", "pmpo", "--type", "process"],
+        ["--no-prompt", "deploy", "--all", "--prefect-file", str(ROOT / "deployments" / "prefect.yaml")],
+    ):
+        out = subprocess.run(
+            [sys.executable, "-m", "prefect", *args], env=env, cwd=ROOT, capture_output=True, text=True
+        )
         if out.returncode:
             raise RuntimeError(f"prefect {' '.join(args)}: {out.stdout[-1500:]} {out.stderr[-1500:]}")
 
@@ -231,29 +297,49 @@ def main() -> None:
         print(f"1. {args.runs} concurrent `pmpo optimize` runs, MLflow + Prefect on PostgreSQL", flush=True)
         with stack(work / "pg", url) as s:
             (work / "pg" / "opt").mkdir(parents=True)
-            figures["postgres"] = {**concurrent_optimize(s, model_dir, work / "pg" / "opt", args.runs, args.limit), "load": load()}
+            figures["postgres"] = {
+                **concurrent_optimize(s, model_dir, work / "pg" / "opt", args.runs, args.limit),
+                "load": load(),
+            }
             print(json.dumps(figures["postgres"], indent=1), flush=True)
             if not args.skip_nightly:
                 deploy(s, base_env(work / "pg", PREFECT_API_URL=f"{s.settings.prefect_url}/api"))
                 for n in (2, 1):
                     print(f"2. nightly refresh of {args.prompts} prompts on a work pool, {n} worker(s)", flush=True)
                     (work / f"night{n}").mkdir()
-                    figures[f"nightly_{n}"] = {**nightly_on_pool(s, model_dir, work / f"night{n}", args.prompts, n, args.limit), "load": load()}
+                    figures[f"nightly_{n}"] = {
+                        **nightly_on_pool(s, model_dir, work / f"night{n}", args.prompts, n, args.limit),
+                        "load": load(),
+                    }
                     print(json.dumps(figures[f"nightly_{n}"], indent=1), flush=True)
                 one, two = figures["nightly_1"], figures["nightly_2"]
                 figures["nightly_speedup"] = round(one["wall_s"] / two["wall_s"], 2)
-                figures["children_window_speedup"] = round(one["children_window_s"] / max(two["children_window_s"], 1e-9), 2)
-                print(f"nightly wall, 1 worker / 2 workers: {figures['nightly_speedup']}x "
-                      f"(children's window alone: {figures['children_window_speedup']}x)", flush=True)  # fmt: skip
+                figures["children_window_speedup"] = round(
+                    one["children_window_s"] / max(two["children_window_s"], 1e-9), 2
+                )
+                print(
+                    f"nightly wall, 1 worker / 2 workers: {figures['nightly_speedup']}x "
+                    f"(children's window alone: {figures['children_window_speedup']}x)",
+                    flush=True,
+                )
     if not args.skip_sqlite:
         print(f"3. {args.runs} concurrent `pmpo optimize` runs, MLflow + Prefect on SQLite", flush=True)
         with stack(work / "lite", None) as s:
             (work / "lite" / "opt").mkdir(parents=True)
-            figures["sqlite"] = {**concurrent_optimize(s, model_dir, work / "lite" / "opt", args.runs, args.limit), "load": load()}
+            figures["sqlite"] = {
+                **concurrent_optimize(s, model_dir, work / "lite" / "opt", args.runs, args.limit),
+                "load": load(),
+            }
             print(json.dumps(figures["sqlite"], indent=1), flush=True)
-        print(f"3b. {args.runs} concurrent `pmpo optimize` runs, no servers: each writes one SQLite file itself", flush=True)
+        print(
+            f"3b. {args.runs} concurrent `pmpo optimize` runs, no servers: each writes one SQLite file itself",
+            flush=True,
+        )
         (work / "file").mkdir()
-        figures["sqlite_file"] = {**concurrent_optimize(None, model_dir, work / "file", args.runs, args.limit), "load": load()}
+        figures["sqlite_file"] = {
+            **concurrent_optimize(None, model_dir, work / "file", args.runs, args.limit),
+            "load": load(),
+        }
         print(json.dumps(figures["sqlite_file"], indent=1), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")

@@ -25,8 +25,8 @@ import time
 
 from pmpo.data import load_dataset
 from pmpo.data.rows import ColumnMap
-from pmpo.scoring.loss import Scorer
 from pmpo.models.loading import ModelSettings, load_model
+from pmpo.scoring.loss import Scorer
 
 INSTRUCTION = (
     "You read short product reviews written by customers of an online shop and decide how the customer feels "
@@ -62,7 +62,9 @@ def main(argv: list[str] | None = None) -> None:
         seconds = (time.perf_counter() - start) / len(prompts)
         rows.append((label, scorer.tokens_computed / len(prompts), seconds, scorer.prefix_fallbacks))
     base_tokens, base_seconds = rows[0][1], rows[0][2]
-    print(f"{args.examples} examples, {args.variants} candidate(s) per form, model {lm.identity} ({lm.dtype}, {lm.device})")
+    print(
+        f"{args.examples} examples, {args.variants} candidate(s) per form, model {lm.identity} ({lm.dtype}, {lm.device})"
+    )
     print(f"{'prompt form':32} {'tokens/cand':>12} {'s/cand':>8} {'x tokens':>9} {'x time':>7} {'fallbacks':>9}")
     for label, tokens, seconds, fallbacks in rows:
         print(

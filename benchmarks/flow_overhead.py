@@ -42,12 +42,13 @@ def main() -> None:
     os.environ.pop("PMPO_RESULTS_DIR", None)
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
+    from prefect import flow
+
     import pmpo
     from flows.config import OptimizeConfig
     from flows.optimize import optimize_prompt
     from pmpo.data import load_dataset, split_dataset
     from pmpo.evaluation.heldout import evaluate
-    from prefect import flow
     from tasks import models
     from tasks.mlflow import store
 

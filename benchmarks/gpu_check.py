@@ -42,6 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import workload as wl  # noqa: E402
 from measure import ModelShape, Pairs, matmul_peak, pair_lengths, peak_rss_gib  # noqa: E402
+
 from pmpo.models.loading import (  # noqa: E402
     DEFAULT_MODEL,
     LoadedModel,
@@ -54,10 +55,16 @@ from pmpo.scoring.loss import Scorer, ScorerSettings, example_rows  # noqa: E402
 from pmpo.scoring.reference import naive_nll  # noqa: E402
 
 # Llama-3.2-1B's layers with the bundled 49k vocabulary: ~1.07B parameters.
-ONE_B = dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-             num_key_value_heads=8, rope_theta=500000.0, rms_norm_eps=1e-5)
-SMALL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2)
+ONE_B = dict(
+    hidden_size=2048,
+    intermediate_size=8192,
+    num_hidden_layers=16,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    rope_theta=500000.0,
+    rms_norm_eps=1e-5,
+)
+SMALL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
 PARITY_NATS = 1e-3  # fp32 scorer vs the fp32 reference loop, summed NLL per pair
 
 
@@ -308,7 +315,9 @@ def _checks(sizes: dict) -> dict:
         "fraction_of_bf16_peak_max": max(s["runs"]["bf16"]["fraction_of_bf16_peak"] for s in sections),
         "tokens_per_s": {
             f"{size}/{w}/{run}": sizes[size][w]["runs"][run]["tokens_per_s"]
-            for size in sizes for w in ("zero_shot", "few_shot") for run in ("fp32", "bf16")
+            for size in sizes
+            for w in ("zero_shot", "few_shot")
+            for run in ("fp32", "bf16")
         },
     }
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
-from pmpo.scoring.loss import example_rows
 from pmpo.models.loading import LoadedModel
+from pmpo.scoring.loss import example_rows
 from pmpo.text.rendering import render
 
 
@@ -77,17 +77,17 @@ class ModelShape:
     def of(cls, lm: LoadedModel) -> "ModelShape":
         """Read the shape off a loaded model."""
         config = lm.model.config
-        linear = sum(
-            m.weight.numel() for m in lm.model.base_model.layers.modules() if isinstance(m, torch.nn.Linear)
-        )
+        linear = sum(m.weight.numel() for m in lm.model.base_model.layers.modules() if isinstance(m, torch.nn.Linear))
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         width = config.num_attention_heads * head_dim
         return cls(linear, config.num_hidden_layers, width, config.hidden_size, config.vocab_size)
 
     def forward(self, tokens: int, attended: int, logits: int) -> float:
         """FLOPs of a pass over `tokens` attending to `attended` key positions in all, with `logits` head rows."""
-        return 2.0 * self.linear_params * tokens + 4.0 * self.layers * self.attention_width * attended + (
-            2.0 * self.hidden * self.vocab * logits
+        return (
+            2.0 * self.linear_params * tokens
+            + 4.0 * self.layers * self.attention_width * attended
+            + (2.0 * self.hidden * self.vocab * logits)
         )
 
 

@@ -10,7 +10,6 @@ matplotlib.use("Agg")  # no display on a benchmark machine
 
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-
 from quality_report import INITIAL, QualityReport, table_columns, to_json  # noqa: E402
 
 EXPERIMENT = "pmpo-quality"
@@ -65,8 +64,15 @@ def log_run(report: QualityReport, tracking_uri: str) -> str:
     s = report.settings
     with mlflow.start_run(run_name=f"quality-{len(s.tasks)}tasks-{s.iterations}it") as run:
         mlflow.log_params(
-            {"tasks": ",".join(s.tasks), "arms": ",".join(s.arms), "iterations": s.iterations,
-             "heldout": s.heldout, "seed": s.seed, "model": s.model, "quick": s.quick}
+            {
+                "tasks": ",".join(s.tasks),
+                "arms": ",".join(s.arms),
+                "iterations": s.iterations,
+                "heldout": s.heldout,
+                "seed": s.seed,
+                "model": s.model,
+                "quick": s.quick,
+            }
         )
         mlflow.log_metrics({_metric_name(k): v for k, v in summary_metrics(report).items()})
         mlflow.log_table(data=table_columns(report), artifact_file="quality_table.json")

@@ -207,8 +207,14 @@ def table(report: QualityReport) -> str:
     """Per task x arm rows, the means over tasks and the targets, as aligned text."""
     head = ["task", "arm", "loss", "acc", "acc_norm", "gen acc", "passes", "tokens", "wall s"]
     rows = [
-        [r.task, r.arm, *(_cell(getattr(r, m)) for m in METRICS),
-         f"{r.cost.forward_passes:,}", f"{r.cost.forward_tokens:,}", f"{r.cost.wall_s:.0f}"]
+        [
+            r.task,
+            r.arm,
+            *(_cell(getattr(r, m)) for m in METRICS),
+            f"{r.cost.forward_passes:,}",
+            f"{r.cost.forward_tokens:,}",
+            f"{r.cost.wall_s:.0f}",
+        ]
         for r in report.results
     ]
     s = report.settings
@@ -222,9 +228,20 @@ def table(report: QualityReport) -> str:
         "means over tasks (acc_norm*: acc_norm where the task has options, else generation accuracy)",
         _aligned(
             ["arm", "tasks", "loss", "d loss", "acc_norm*", "d acc_norm*", "passes", "tokens", "wall s"],
-            [[a.arm, str(a.tasks), _num(a.loss), _num(a.loss_delta, True), _num(a.headline),
-              _num(a.headline_delta, True), f"{a.forward_passes:,}", f"{a.forward_tokens:,}", f"{a.wall_s:.0f}"]
-             for a in report.summary],
+            [
+                [
+                    a.arm,
+                    str(a.tasks),
+                    _num(a.loss),
+                    _num(a.loss_delta, True),
+                    _num(a.headline),
+                    _num(a.headline_delta, True),
+                    f"{a.forward_passes:,}",
+                    f"{a.forward_tokens:,}",
+                    f"{a.wall_s:.0f}",
+                ]
+                for a in report.summary
+            ],
         ),
         "",
     ]
@@ -265,7 +282,14 @@ def table_columns(report: QualityReport) -> dict[str, list]:
             cols.setdefault(m, []).append(measure.value)
             for part in ("estimate", "low", "high"):
                 cols.setdefault(f"{m}_delta_{part}", []).append(getattr(measure.delta, part, None))
-        for key in ("forward_passes", "tokens_scored", "tokens_prefilled", "tokens_generated", "forward_tokens", "wall_s"):
+        for key in (
+            "forward_passes",
+            "tokens_scored",
+            "tokens_prefilled",
+            "tokens_generated",
+            "forward_tokens",
+            "wall_s",
+        ):
             cols.setdefault(key, []).append(getattr(r.cost, key))
     return cols
 
@@ -294,5 +318,6 @@ def _cell(m: Measure) -> str:
 def _aligned(head: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(x) for x in col) for col in zip(head, *rows)]
     lines = [head, *rows]
-    return "\n".join("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-                     for r in lines)
+    return "\n".join(
+        "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in lines
+    )

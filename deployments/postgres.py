@@ -40,7 +40,9 @@ def stores(url: str) -> Stores:
     base = "pmpo" if base in ("", "postgres") else base  # the maintenance database names no project
     names = (f"{base}_mlflow", f"{base}_prefect")
     on = lambda scheme, name: urlunsplit((scheme, parts.netloc, f"/{name}", parts.query, ""))  # noqa: E731
-    return Stores(mlflow=on("postgresql+psycopg2", names[0]), prefect=on("postgresql+asyncpg", names[1]), databases=names)
+    return Stores(
+        mlflow=on("postgresql+psycopg2", names[0]), prefect=on("postgresql+asyncpg", names[1]), databases=names
+    )
 
 
 def ensure_databases(url: str) -> Stores:
@@ -58,7 +60,9 @@ def ensure_databases(url: str) -> Stores:
                 if cur.fetchone() is None:
                     cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     except psycopg2.Error as exc:
-        raise DatabaseError(f"--db {redacted(url)}: cannot create {', '.join(found.databases)}: {' '.join(str(exc).split())}") from None
+        raise DatabaseError(
+            f"--db {redacted(url)}: cannot create {', '.join(found.databases)}: {' '.join(str(exc).split())}"
+        ) from None
     finally:
         conn.close()
     return found

@@ -19,7 +19,9 @@ EXAMPLE_PROMPTS = Path(__file__).resolve().parent / "prompts.example.yaml"
 DEPLOYMENTS = ("nightly-refresh/nightly-refresh", "optimize-prompt/optimize", "compare-prompts/compare")
 
 
-def build(prompts_file: str | Path = EXAMPLE_PROMPTS, cron: str = DEFAULT_CRON, timezone: str = DEFAULT_TIMEZONE) -> list:
+def build(
+    prompts_file: str | Path = EXAMPLE_PROMPTS, cron: str = DEFAULT_CRON, timezone: str = DEFAULT_TIMEZONE
+) -> list:
     """The nightly refresh on a cron schedule, and optimize and compare on demand (forms in the Prefect UI)."""
     from prefect.schedules import Cron
 
@@ -35,8 +37,12 @@ def build(prompts_file: str | Path = EXAMPLE_PROMPTS, cron: str = DEFAULT_CRON, 
             description="Optimise each managed prompt from production; promote only on better held-out loss.",
             tags=["pmpo"],
         ),
-        optimize_prompt.to_deployment("optimize", description="One optimisation run (the parameters are a form).", tags=["pmpo"]),
-        compare_prompts.to_deployment("compare", description="Score prompt versions on the same held-out data.", tags=["pmpo"]),
+        optimize_prompt.to_deployment(
+            "optimize", description="One optimisation run (the parameters are a form).", tags=["pmpo"]
+        ),
+        compare_prompts.to_deployment(
+            "compare", description="Score prompt versions on the same held-out data.", tags=["pmpo"]
+        ),
     ]
 
 
@@ -45,8 +51,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     from prefect import serve
 
     parser = argparse.ArgumentParser(prog="python -m deployments.serve", description=__doc__.splitlines()[0])
-    parser.add_argument("--prompts", default=str(EXAMPLE_PROMPTS), help="the managed prompts file of the nightly refresh")
-    parser.add_argument("--cron", default=DEFAULT_CRON, help=f"schedule of the nightly refresh (default {DEFAULT_CRON!r})")
+    parser.add_argument(
+        "--prompts", default=str(EXAMPLE_PROMPTS), help="the managed prompts file of the nightly refresh"
+    )
+    parser.add_argument(
+        "--cron", default=DEFAULT_CRON, help=f"schedule of the nightly refresh (default {DEFAULT_CRON!r})"
+    )
     parser.add_argument("--timezone", default=DEFAULT_TIMEZONE, help="time zone of the schedule, e.g. Europe/Berlin")
     parser.add_argument("--limit", type=int, default=1, help="flow runs at a time (default 1: one model in memory)")
     args = parser.parse_args(argv)

@@ -85,7 +85,9 @@ class Stack:
         s = self.settings
         for port, flag in ((s.prefect_port, "--prefect-port"), (s.mlflow_port, "--mlflow-port")):
             if not port_is_free(s.host, port):
-                raise StackError(f"port {port} on {s.host} is in use (another server running?): choose another with {flag}")
+                raise StackError(
+                    f"port {port} on {s.host} is in use (another server running?): choose another with {flag}"
+                )
         (s.home / "logs").mkdir(parents=True, exist_ok=True)
         py = sys.executable
         prefect_env, mlflow_store = {}, f"sqlite:///{s.home / 'mlflow.db'}"
@@ -96,20 +98,54 @@ class Stack:
         say(f"starting the Prefect server on {s.prefect_url} ...")
         # The UI asks /ui-settings where the API is; without PREFECT_UI_API_URL it answers with the default port
         # (4200), whatever --port says, and every UI page on another port fails to load its data.
-        self._spawn("prefect", [py, "-m", "prefect", "server", "start", "--host", s.host, "--port", str(s.prefect_port)],
-                    {"PREFECT_HOME": str(s.home / "prefect"), "PREFECT_UI_API_URL": f"{s.prefect_url}/api", **prefect_env})  # fmt: skip
+        self._spawn(
+            "prefect",
+            [py, "-m", "prefect", "server", "start", "--host", s.host, "--port", str(s.prefect_port)],
+            {"PREFECT_HOME": str(s.home / "prefect"), "PREFECT_UI_API_URL": f"{s.prefect_url}/api", **prefect_env},
+        )
         say(f"starting the MLflow server on {s.mlflow_url} ...")
-        self._spawn("mlflow", [py, "-m", "mlflow", "server", "--host", s.host, "--port", str(s.mlflow_port), "--workers", "1",
-                               "--backend-store-uri", mlflow_store,
-                               "--artifacts-destination", str(s.home / "mlartifacts")], {})  # fmt: skip
+        self._spawn(
+            "mlflow",
+            [
+                py,
+                "-m",
+                "mlflow",
+                "server",
+                "--host",
+                s.host,
+                "--port",
+                str(s.mlflow_port),
+                "--workers",
+                "1",
+                "--backend-store-uri",
+                mlflow_store,
+                "--artifacts-destination",
+                str(s.home / "mlartifacts"),
+            ],
+            {},
+        )
         self._wait(lambda: _get(f"{s.prefect_url}/api/health") is not None, "the Prefect server")
         self._wait(lambda: _get(f"{s.mlflow_url}/health") is not None, "the MLflow server")
         if not s.serve_deployments:
             return
         say("starting the deployments ...")
-        serve = [py, "-m", "deployments.serve", "--prompts", str(s.prompts_file), "--cron", s.cron, "--timezone", s.timezone]
+        serve = [
+            py,
+            "-m",
+            "deployments.serve",
+            "--prompts",
+            str(s.prompts_file),
+            "--cron",
+            s.cron,
+            "--timezone",
+            s.timezone,
+        ]
         # INFO: the flow runs' own log (each nightly decision is a line of it) goes to the Prefect UI and here.
-        env = {"PREFECT_API_URL": f"{s.prefect_url}/api", "MLFLOW_TRACKING_URI": s.mlflow_url, "PREFECT_LOGGING_LEVEL": "INFO"}
+        env = {
+            "PREFECT_API_URL": f"{s.prefect_url}/api",
+            "MLFLOW_TRACKING_URI": s.mlflow_url,
+            "PREFECT_LOGGING_LEVEL": "INFO",
+        }
         self._spawn("serve", serve, env, log=False)
         self._wait(lambda: set(DEPLOYMENTS) <= self.deployments(), "the deployments")
 
@@ -158,7 +194,9 @@ class Stack:
             out = open(s.home / "logs" / f"{name}.log", "ab")
             self._logs.append(out)
         # Own session: the terminal's Ctrl-C reaches the supervisor only, and a group signal reaches grandchildren.
-        p = subprocess.Popen(argv, env=full_env, stdout=out, stderr=subprocess.STDOUT if log else None, start_new_session=True)
+        p = subprocess.Popen(
+            argv, env=full_env, stdout=out, stderr=subprocess.STDOUT if log else None, start_new_session=True
+        )
         self.children.append((name, p))
 
     def _wait(self, ready: Callable[[], bool], what: str) -> None:

@@ -13,9 +13,9 @@ from prefect.runtime import flow_run
 from pydantic import BaseModel, Field
 
 from flows.config import ConfigError, DataConfig, EvalConfig, EvaluateConfig
+from flows.heldout import Score, recorded_setup, score, setup_tag
 from pmpo.models.settings import ModelSettings
 from pmpo.settings import Strict
-from flows.heldout import Score, recorded_setup, score, setup_tag
 from tasks import plots
 from tasks.mlflow import prompts, runs, writes
 from tasks.mlflow.prompts import LATEST, PRODUCTION, PromptVersion
@@ -25,11 +25,15 @@ class CompareConfig(Strict):
     """Which versions of which prompt, and (optionally) other data or model than the ones recorded with them."""
 
     name: str = Field(description="the prompt's name in the registry")
-    versions: list[str] = Field(default_factory=list, description="version numbers or aliases; default: production and latest")
+    versions: list[str] = Field(
+        default_factory=list, description="version numbers or aliases; default: production and latest"
+    )
     data: DataConfig | None = Field(None, description="held-out data; default: the data recorded with the versions")
     model: ModelSettings | None = Field(None, description="default: the model recorded with the versions")
     eval: EvalConfig | None = Field(None, description="default: the evaluation settings recorded with the versions")
-    experiment: str | None = Field(None, description="MLflow experiment of the comparison run; default: the prompt name")
+    experiment: str | None = Field(
+        None, description="MLflow experiment of the comparison run; default: the prompt name"
+    )
 
 
 class VersionScore(BaseModel):
@@ -84,21 +88,34 @@ def compare_prompts(config: CompareConfig) -> Comparison:
     first = versions[0].text
     rows = [
         VersionScore(
-            version=v.version, aliases=list(v.aliases), prompt=v.text, score=score(setup, v.text), diff=word_diff(first, v.text)
+            version=v.version,
+            aliases=list(v.aliases),
+            prompt=v.text,
+            score=score(setup, v.text),
+            diff=word_diff(first, v.text),
         )
         for v in versions
     ]
     run = runs.start_record_run(
         config.experiment or config.name,
         run_name=f"compare {config.name} " + " ".join(f"v{r.version}" for r in rows),
-        tags={"pmpo.kind": "compare", "pmpo.prompt_name": config.name, "prefect.flow_run_id": str(flow_run.get_id() or ""),
-              "pmpo.evaluate_config": setup_tag(setup)},
-    )  # fmt: skip
+        tags={
+            "pmpo.kind": "compare",
+            "pmpo.prompt_name": config.name,
+            "prefect.flow_run_id": str(flow_run.get_id() or ""),
+            "pmpo.evaluate_config": setup_tag(setup),
+        },
+    )
     _record(run, rows)
     return Comparison(
-        name=config.name, data_source=setup.data.source, model=setup.model.spec, n_examples=rows[0].score.n_examples,
-        rows=rows, run_id=run.run_id, experiment=run.experiment,
-    )  # fmt: skip
+        name=config.name,
+        data_source=setup.data.source,
+        model=setup.model.spec,
+        n_examples=rows[0].score.n_examples,
+        rows=rows,
+        run_id=run.run_id,
+        experiment=run.experiment,
+    )
 
 
 def _setup(config: CompareConfig, versions: list[PromptVersion]) -> EvaluateConfig:
@@ -106,7 +123,9 @@ def _setup(config: CompareConfig, versions: list[PromptVersion]) -> EvaluateConf
     recorded = next((s for s in map(recorded_setup, versions) if s is not None), None)
     if recorded is None and config.data is None:
         listed = ", ".join(f"v{v.version}" for v in versions)
-        raise ConfigError(f"prompt {config.name!r} {listed}: no data source is recorded with these versions: give data (--data)")
+        raise ConfigError(
+            f"prompt {config.name!r} {listed}: no data source is recorded with these versions: give data (--data)"
+        )
     base = recorded or EvaluateConfig(data=config.data)
     given = {k: v for k, v in (("data", config.data), ("model", config.model), ("eval", config.eval)) if v is not None}
     return base.model_copy(update=given)

@@ -8,10 +8,10 @@ as they are; this module adds only what a flow needs around them: the data, the 
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
+import tomllib
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
@@ -40,8 +40,12 @@ class DataConfig(Strict):
     format: str | None = Field(None, description=f"override the format the suffix implies: {', '.join(FORMATS)}")
     columns: dict[str, str] = Field(default_factory=dict, description="our field -> your column, e.g. target: answer")
     # auto: from the columns the rows have (a target, chosen/rejected, or options).
-    kind: Literal["auto", "supervised", "preference", "multiple_choice"] = Field("auto", description="what the examples are")
-    limit: int | None = Field(None, ge=1, description="read at most this many examples (builtin tasks: generate this many)")
+    kind: Literal["auto", "supervised", "preference", "multiple_choice"] = Field(
+        "auto", description="what the examples are"
+    )
+    limit: int | None = Field(
+        None, ge=1, description="read at most this many examples (builtin tasks: generate this many)"
+    )
     hub_config: str | None = Field(None, description="hub datasets: the configuration (subset) to load")
     hub_split: str | None = Field(None, description="hub datasets: the split to read (default: the only one)")
 
@@ -87,7 +91,8 @@ class EvalConfig(Strict):
     )
     # contains: chat models answer in sentences ("The review is positive."), which exact match calls wrong.
     match: Literal["exact", "contains"] = Field(
-        "contains", description="exact: the reply's first line is the answer; contains: the reply names it and no other label"
+        "contains",
+        description="exact: the reply's first line is the answer; contains: the reply names it and no other label",
     )
 
     def examples(self, test: Dataset) -> Dataset:
@@ -103,7 +108,9 @@ class TaskRunnerConfig(Strict):
     kind: Literal["local", "dask"] = Field("local", description="local: this process; dask: a Dask cluster")
     # None or "local": a LocalCluster the flow starts and stops; tcp://host:port: a running scheduler (its
     # workers must import pmpo and reach the result store; see the README).
-    address: str | None = Field(None, description="Dask scheduler: tcp://host:port, or local (a cluster of this machine)")
+    address: str | None = Field(
+        None, description="Dask scheduler: tcp://host:port, or local (a cluster of this machine)"
+    )
     # 2: the smallest cluster that shards at all. Processes, not threads: torch releases the GIL too seldom
     # for threads to run two forward passes at once.
     n_workers: int = Field(2, ge=1, description="worker processes of a local cluster (one model copy each)")
@@ -131,7 +138,9 @@ class OptimizeConfig(OptimizerConfig):
     as they are) and the data, models, evaluation and record around them; the defaults run the demo task on the
     bundled model."""
 
-    task: str | None = Field(None, description="name of the task (MLflow experiment, prompt name); default: the dataset's")
+    task: str | None = Field(
+        None, description="name of the task (MLflow experiment, prompt name); default: the dataset's"
+    )
     data: DataConfig = Field(default_factory=DataConfig)
     prompt: str | None = Field(None, description="the prompt to start from; default: the dataset's default prompt")
     model: ModelSettings = Field(default_factory=ModelSettings)
@@ -168,7 +177,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     try:
         data = tomllib.loads(text) if path.suffix.lower() == ".toml" else yaml.safe_load(text)
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: not valid {'TOML' if path.suffix.lower() == '.toml' else 'YAML'}: {_first_line(exc)}") from None
+        raise ConfigError(
+            f"{path}: not valid {'TOML' if path.suffix.lower() == '.toml' else 'YAML'}: {_first_line(exc)}"
+        ) from None
     if data is None:
         return {}
     if not isinstance(data, dict):

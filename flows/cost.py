@@ -47,18 +47,26 @@ def step_row(cost: StepCost) -> StepRow:
     """One step's cost as a summary row."""
     u = cost.usage
     return StepRow(
-        seconds=cost.seconds, calls=cost.calls, forward_passes=u.forward_passes,
-        tokens_scored=u.tokens_scored, tokens_generated=u.tokens_generated, tokens_prefilled=u.tokens_prefilled,
-    )  # fmt: skip
+        seconds=cost.seconds,
+        calls=cost.calls,
+        forward_passes=u.forward_passes,
+        tokens_scored=u.tokens_scored,
+        tokens_generated=u.tokens_generated,
+        tokens_prefilled=u.tokens_prefilled,
+    )
 
 
 def cost_row(cost: Cost) -> CostRow:
     """A span's cost as a summary row."""
     u = cost.usage
     return CostRow(
-        seconds=cost.seconds, forward_passes=u.forward_passes, tokens_scored=u.tokens_scored,
-        tokens_generated=u.tokens_generated, tokens_prefilled=u.tokens_prefilled, steps={s: step_row(cost.step(s)) for s in STEPS},
-    )  # fmt: skip
+        seconds=cost.seconds,
+        forward_passes=u.forward_passes,
+        tokens_scored=u.tokens_scored,
+        tokens_generated=u.tokens_generated,
+        tokens_prefilled=u.tokens_prefilled,
+        steps={s: step_row(cost.step(s)) for s in STEPS},
+    )
 
 
 def cost_summary(result: OptimizeResult, heldout: Cost | None) -> CostSummary:

@@ -58,7 +58,9 @@ def deployment_for(mode: str, name: str) -> str | None:
         return None
     on_pool = _on_a_pool(name) if get_current_settings().api.url else False  # no URL: the serverless API
     if mode == "work_pool" and not on_pool:
-        raise PmpoError(f"fan_out: work_pool: no deployment {name!r} on a work pool of a Prefect server (PREFECT_API_URL)")
+        raise PmpoError(
+            f"fan_out: work_pool: no deployment {name!r} on a work pool of a Prefect server (PREFECT_API_URL)"
+        )
     return name if on_pool else None
 
 
@@ -110,7 +112,9 @@ def outcome(child: Child, ended: Ended) -> queries.FlowRunRecord:
         raise ChildRunFailed(f"flow run {child.flow_run_id} ended {ended.state}{why} ({child.url})")
     record = queries.record_of_flow_run(child.experiment, child.flow_run_id)
     if record is None or record.status != "FINISHED":
-        raise ChildRunFailed(f"flow run {child.flow_run_id} completed but left no finished MLflow run in {child.experiment!r}")
+        raise ChildRunFailed(
+            f"flow run {child.flow_run_id} completed but left no finished MLflow run in {child.experiment!r}"
+        )
     return record
 
 

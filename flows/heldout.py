@@ -63,7 +63,9 @@ def recorded_setup(version: prompts.PromptVersion) -> EvaluateConfig | None:
     try:
         optimize = OptimizeConfig.model_validate(config)
     except ValidationError as exc:
-        raise ConfigError(f"{where}: config.json of run {run_id} is not a valid config: {exc.errors()[0]['msg']}") from None
+        raise ConfigError(
+            f"{where}: config.json of run {run_id} is not a valid config: {exc.errors()[0]['msg']}"
+        ) from None
     return setup_of(optimize)
 
 

@@ -34,7 +34,9 @@ class ManagedPrompt(Strict):
     @classmethod
     def _registry_name(cls, name: str) -> str:
         if not _NAME.match(name):
-            raise ValueError(f"{name!r} is not a registry name: use letters, digits, _ . - (starting with a letter or digit)")
+            raise ValueError(
+                f"{name!r} is not a registry name: use letters, digits, _ . - (starting with a letter or digit)"
+            )
         return name
 
     def optimize_from(self, prompt: str | None) -> OptimizeConfig:
@@ -56,7 +58,9 @@ class PromotionRule(Strict):
     # on a few dozen examples, yet small enough that real gains pass.
     margin: float = Field(0.01, ge=0, lt=1, description="held-out loss must be at least this fraction lower")
     # A lower loss with fewer right answers is not an improvement a user would accept.
-    max_accuracy_drop: float | None = Field(0.0, ge=0, le=1, description="allowed drop in held-out accuracy (None: ignore)")
+    max_accuracy_drop: float | None = Field(
+        0.0, ge=0, le=1, description="allowed drop in held-out accuracy (None: ignore)"
+    )
 
     def decide(self, production: Score, candidate: Score) -> tuple[bool, str]:
         """(promote?, why) for a candidate against production on the same held-out examples."""
@@ -67,7 +71,11 @@ class PromotionRule(Strict):
             accuracy = f"; accuracy {production.accuracy:.1%} -> {candidate.accuracy:.1%}"
         if candidate.loss >= production.loss * (1 - self.margin):
             return False, f"not better by the margin: {loss}{accuracy}"
-        floor = production.accuracy - self.max_accuracy_drop - 1e-9 if accuracy and self.max_accuracy_drop is not None else None
+        floor = (
+            production.accuracy - self.max_accuracy_drop - 1e-9
+            if accuracy and self.max_accuracy_drop is not None
+            else None
+        )
         if floor is not None and candidate.accuracy < floor:
             return False, f"accuracy drops beyond {self.max_accuracy_drop:.1%}: {loss}{accuracy}"
         return True, f"better: {loss}{accuracy}"
@@ -81,7 +89,9 @@ class FanOut(Strict):
     mode: Literal["auto", "in_process", "work_pool"] = "auto"
     deployment: str = Field("optimize-prompt/optimize", description="the optimize deployment the prompts run as")
     # None: wait as long as the children run (the deployment's concurrency limit may queue them for hours).
-    timeout_s: float | None = Field(None, gt=0, description="stop waiting for the prompts' runs after this many seconds")
+    timeout_s: float | None = Field(
+        None, gt=0, description="stop waiting for the prompts' runs after this many seconds"
+    )
     poll_s: float = Field(5.0, gt=0, description="how often to ask the server whether the prompts' runs ended")
 
 

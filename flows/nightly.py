@@ -29,7 +29,6 @@ from pmpo.errors import PmpoError
 from tasks.mlflow import prompts, runs
 from tasks.mlflow.prompts import PRODUCTION, PromptVersion
 
-
 Proposer = Callable[[ManagedPrompt, "str | None"], Proposal]
 
 
@@ -52,7 +51,9 @@ class NightlyRefreshFailed(PmpoError):
     def __init__(self, report: NightlyReport):
         self.report = report
         failures = "; ".join(f"{d.name}: {d.reason}" for d in report.decisions if d.outcome == "failed")
-        super().__init__(f"nightly refresh: {len(report.failed)} of {len(report.decisions)} prompt(s) failed: {failures}")
+        super().__init__(
+            f"nightly refresh: {len(report.failed)} of {len(report.decisions)} prompt(s) failed: {failures}"
+        )
 
 
 def optimize_candidate(managed: ManagedPrompt, start: str | None) -> Proposal:
@@ -88,7 +89,9 @@ def refresh(config: NightlyConfig, propose: Proposer = optimize_candidate) -> Ni
         proposed = _propose_on_pool(the_plan, deployment)
     # Every optimisation has ended before the first decision: the decisions see all candidates of the night.
     decisions = [
-        p if isinstance(p, Decision) else _linked(_isolated(p.managed.name, lambda p=p: _decide(p, the_plan.rule, run.run_id)), p)
+        p
+        if isinstance(p, Decision)
+        else _linked(_isolated(p.managed.name, lambda p=p: _decide(p, the_plan.rule, run.run_id)), p)
         for p in proposed
     ]
     report = NightlyReport(run_id=run.run_id, experiment=run.experiment, decisions=decisions)
@@ -125,7 +128,9 @@ def _propose_on_pool(the_plan: Plan, deployment: str) -> list[_Proposed | Decisi
     for entry in the_plan.entries:
         started.append(_isolated(entry.label, lambda entry=entry: _launch(entry.managed(), deployment)))
     children = [s[2] for s in started if not isinstance(s, Decision)]
-    get_run_logger().info("waiting for %d flow run(s) of %s: %s", len(children), deployment, ", ".join(c.url for c in children))
+    get_run_logger().info(
+        "waiting for %d flow run(s) of %s: %s", len(children), deployment, ", ".join(c.url for c in children)
+    )
     ended = fanout.wait_all(children, poll_s=the_plan.fan_out.poll_s, timeout_s=the_plan.fan_out.timeout_s)
     proposed: list[_Proposed | Decision] = []
     for s in started:
@@ -134,8 +139,11 @@ def _propose_on_pool(the_plan: Plan, deployment: str) -> list[_Proposed | Decisi
             continue
         managed, production, child = s
         decision = _isolated(managed.name, lambda: _proposed_by(managed, production, child, ended[child.flow_run_id]))
-        proposed.append(decision.model_copy(update={"flow_run_id": child.flow_run_id, "flow_run_url": child.url})
-                        if isinstance(decision, Decision) else decision)  # fmt: skip
+        proposed.append(
+            decision.model_copy(update={"flow_run_id": child.flow_run_id, "flow_run_url": child.url})
+            if isinstance(decision, Decision)
+            else decision
+        )
     return proposed
 
 
@@ -146,13 +154,19 @@ def _launch(managed: ManagedPrompt, deployment: str) -> tuple[ManagedPrompt, Pro
     return managed, production, child
 
 
-def _proposed_by(managed: ManagedPrompt, production: PromptVersion | None, child: fanout.Child, ended: fanout.Ended) -> _Proposed:
+def _proposed_by(
+    managed: ManagedPrompt, production: PromptVersion | None, child: fanout.Child, ended: fanout.Ended
+) -> _Proposed:
     record = fanout.outcome(child, ended)
     proposal = Proposal(
-        start_prompt=record.initial_prompt, prompt=record.best_prompt, training_loss=record.best_loss,
-        start_training_loss=record.initial_loss, run_id=record.run_id, flow_run_id=child.flow_run_id,
+        start_prompt=record.initial_prompt,
+        prompt=record.best_prompt,
+        training_loss=record.best_loss,
+        start_training_loss=record.initial_loss,
+        run_id=record.run_id,
+        flow_run_id=child.flow_run_id,
         flow_run_url=child.url,
-    )  # fmt: skip
+    )
     return _Proposed(managed, production, proposal)
 
 

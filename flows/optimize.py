@@ -13,22 +13,22 @@ from flows.cost import run_cost
 from flows.record import Recorder, flatten
 from flows.steps import PrefectSteps
 from flows.summary import OptimizeSummary, summarize
-from pmpo.scoring.context_budget import check_fits
 from pmpo.data import Dataset, Split
 from pmpo.evaluation.heldout import Evaluation
 from pmpo.loop.optimizer import PMPO
-from pmpo.loop.steps import unit_mode
-from pmpo.rewriting.requests import choose_template
 from pmpo.loop.result import Iteration
-from pmpo.text.template import normalized, prompt_variables
+from pmpo.loop.steps import unit_mode
 from pmpo.models.usage import Meter
+from pmpo.rewriting.requests import choose_template
+from pmpo.scoring.context_budget import check_fits
+from pmpo.text.template import normalized, prompt_variables
 from tasks import steps as t
 from tasks.environment import code_version
-from tasks.mlflow import prompts, runs, writes
 from tasks.identity import RUN_NEUTRAL, record_tags, run_key
+from tasks.mlflow import prompts, runs, writes
 from tasks.models import is_loaded, loaded, model_ref, text_side
-from tasks.rewriters import RewriterRef, rewriter_ref
 from tasks.progress import Event, report
+from tasks.rewriters import RewriterRef, rewriter_ref
 
 REGISTRY_PREFIX = "prompts:/"
 
@@ -53,9 +53,11 @@ def optimize_prompt(config: OptimizeConfig = OptimizeConfig()) -> OptimizeSummar
         run_key=run_key(config, ref, dataset, writer),
         run_name=f"{task} {flow_run.get_name() or ''}".strip(),
         params={
-            **flatten(config.model_dump(mode="json", exclude=RUN_NEUTRAL)), "prompt": prompt, "train.n": len(split.train),
+            **flatten(config.model_dump(mode="json", exclude=RUN_NEUTRAL)),
+            "prompt": prompt,
+            "train.n": len(split.train),
             "rewriter.identity": writer.identity,
-        },  # fmt: skip
+        },
         tags={**record_tags(ref, writer, dataset, split.train), **_tags(), **_runner_tags(config)},
     )
     try:
@@ -80,9 +82,19 @@ def optimize_prompt(config: OptimizeConfig = OptimizeConfig()) -> OptimizeSummar
         raise
     runs.finish(run)
     return summarize(
-        run, task, ref, writer, dataset, result, heldout, seed=config.seed, registered=(prompt_name, version),
-        selected=recorder.selected, work=steps.work, heldout_cost=heldout_cost,
-    )  # fmt: skip
+        run,
+        task,
+        ref,
+        writer,
+        dataset,
+        result,
+        heldout,
+        seed=config.seed,
+        registered=(prompt_name, version),
+        selected=recorder.selected,
+        work=steps.work,
+        heldout_cost=heldout_cost,
+    )
 
 
 def _noting(recorder: Recorder):
@@ -124,10 +136,18 @@ def size_choices(config: OptimizeConfig, writer: RewriterRef) -> dict[str, str]:
 def _load(config: OptimizeConfig) -> tuple[Dataset, Split]:
     d = config.data
     return t.load_split(
-        d.source, format=d.format, columns=d.columns, kind=d.kind, limit=d.limit, hub_config=d.hub_config,
-        hub_split=d.hub_split, seed=config.seed, train_fraction=config.train_fraction, train_cap=config.train_cap,
+        d.source,
+        format=d.format,
+        columns=d.columns,
+        kind=d.kind,
+        limit=d.limit,
+        hub_config=d.hub_config,
+        hub_split=d.hub_split,
+        seed=config.seed,
+        train_fraction=config.train_fraction,
+        train_cap=config.train_cap,
         variables=prompt_variables(config.prompt or ""),
-    )  # fmt: skip
+    )
 
 
 def _tags() -> dict[str, str]:
@@ -135,7 +155,9 @@ def _tags() -> dict[str, str]:
     return {"pmpo.code_version": code_version(), "prefect.flow_run_id": str(flow_run.get_id() or "")}
 
 
-def _heldout(config: OptimizeConfig, split: Split, initial: str, final: str, steps: PrefectSteps) -> tuple[Evaluation, Evaluation] | None:
+def _heldout(
+    config: OptimizeConfig, split: Split, initial: str, final: str, steps: PrefectSteps
+) -> tuple[Evaluation, Evaluation] | None:
     """Both prompts on the held-out split, capped at eval.max_examples."""
     if split.test is None:
         return None

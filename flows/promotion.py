@@ -51,7 +51,11 @@ class Decision(BaseModel):
 
 
 def decide(
-    managed: ManagedPrompt, rule: PromotionRule, production: PromptVersion | None, proposal: Proposal, nightly_run_id: str
+    managed: ManagedPrompt,
+    rule: PromotionRule,
+    production: PromptVersion | None,
+    proposal: Proposal,
+    nightly_run_id: str,
 ) -> Decision:
     """Judge `proposal` against production on held-out data, register it with its decision, promote it if it won.
 
@@ -83,13 +87,28 @@ def decide(
             prompts.set_alias(name, PRODUCTION, version)
     outcome = "promoted" if promote else "kept"
     if proposal.run_id:
-        runs.tag_run(proposal.run_id, {"pmpo.nightly.decision": outcome, "pmpo.nightly.reason": reason,
-                                       "pmpo.nightly.run_id": nightly_run_id, **_flow_run_tags(proposal)})  # fmt: skip
+        runs.tag_run(
+            proposal.run_id,
+            {
+                "pmpo.nightly.decision": outcome,
+                "pmpo.nightly.reason": reason,
+                "pmpo.nightly.run_id": nightly_run_id,
+                **_flow_run_tags(proposal),
+            },
+        )
     return Decision(
-        name=name, outcome=outcome, reason=reason, production_version=version if promote else production.version,
-        candidate_version=version, production=baseline, candidate=candidate, training_loss=proposal.training_loss,
-        run_id=proposal.run_id, flow_run_id=proposal.flow_run_id, flow_run_url=proposal.flow_run_url,
-    )  # fmt: skip
+        name=name,
+        outcome=outcome,
+        reason=reason,
+        production_version=version if promote else production.version,
+        candidate_version=version,
+        production=baseline,
+        candidate=candidate,
+        training_loss=proposal.training_loss,
+        run_id=proposal.run_id,
+        flow_run_id=proposal.flow_run_id,
+        flow_run_url=proposal.flow_run_url,
+    )
 
 
 def _bootstrap(name: str, prompt: str, baseline: Score, common: dict[str, str]) -> PromptVersion:
@@ -125,7 +144,11 @@ def _decision_tags(
 
 def _flow_run_tags(p: Proposal) -> dict[str, str]:
     """Fanned out: the prompt's flow run, on its optimisation run's record."""
-    return {"pmpo.nightly.flow_run_id": p.flow_run_id, "pmpo.nightly.flow_run_url": p.flow_run_url or ""} if p.flow_run_id else {}
+    return (
+        {"pmpo.nightly.flow_run_id": p.flow_run_id, "pmpo.nightly.flow_run_url": p.flow_run_url or ""}
+        if p.flow_run_id
+        else {}
+    )
 
 
 def record(run: TrackedRun, ds: list[Decision]) -> None:

@@ -15,16 +15,18 @@ from flows.cluster import LossFanOut
 from flows.config import EvalConfig
 from pmpo.data.examples import Dataset
 from pmpo.evaluation.heldout import Evaluation
-from pmpo.scoring.loss import LossMatrix
 from pmpo.loop.optimizer import OptimizerConfig
-from pmpo.loop.steps import Rewrites
 from pmpo.loop.result import Candidate, SegmentEffect
+from pmpo.loop.steps import Rewrites
 from pmpo.models.usage import UsageSnapshot
+from pmpo.scoring.loss import LossMatrix
 from tasks import steps as t
 from tasks.caching import with_storage
-from tasks.models import ModelRef, usage as model_usage
-from tasks.rewriters import RewriterRef, same_as, usage as rewriter_usage
+from tasks.models import ModelRef
+from tasks.models import usage as model_usage
 from tasks.progress import Event, report
+from tasks.rewriters import RewriterRef, same_as
+from tasks.rewriters import usage as rewriter_usage
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,9 @@ class WorkLog:
     def count(self, step: str, *, cached: bool, iteration: int | None = None) -> int:
         """How many `step` runs were (not) cached, in one iteration or all."""
         return sum(
-            1 for r in self.runs if r.step == step and r.cached == cached and (iteration is None or r.iteration == iteration)
+            1
+            for r in self.runs
+            if r.step == step and r.cached == cached and (iteration is None or r.iteration == iteration)
         )
 
 
@@ -54,7 +58,12 @@ class PrefectSteps:
     """pmpo's Steps protocol over Prefect tasks with results persisted under the data directory."""
 
     def __init__(
-        self, model: ModelRef, config: OptimizerConfig, rewriter: RewriterRef | None = None, *, fan_out: LossFanOut | None = None
+        self,
+        model: ModelRef,
+        config: OptimizerConfig,
+        rewriter: RewriterRef | None = None,
+        *,
+        fan_out: LossFanOut | None = None,
     ):
         self.model, self.config = model, config
         self.rewriter = rewriter or same_as(model)
@@ -72,7 +81,16 @@ class PrefectSteps:
         label = t.loss_label(prompts, train, iteration)
         if self.fan_out is not None:
             return self._sharded(label, prompts, train, iteration)
-        return self._run("loss", iteration, label, self._loss, model=self.model, prompts=list(prompts), data=train, iteration=iteration)
+        return self._run(
+            "loss",
+            iteration,
+            label,
+            self._loss,
+            model=self.model,
+            prompts=list(prompts),
+            data=train,
+            iteration=iteration,
+        )
 
     def _sharded(self, label: str, prompts: Sequence[str], train: Dataset, iteration: int) -> LossMatrix:
         """The loss step as one task run per shard of prompts on the cluster, joined in the prompts' order."""
@@ -93,11 +111,22 @@ class PrefectSteps:
         """Units of `prompt` and dL of masking each (one task run: `mask iter=2`)."""
         c = self.config
         return self._run(
-            "mask", iteration, t.segments_label(iteration), self._mask,
-            model=self.model, rewriter=self.rewriter, prompt=prompt, prompt_loss=prompt_loss, data=train,
-            iteration=iteration, units=c.units, max_units=c.max_units, seed=c.seed, small_model_params=c.rewrite.small_model_params,
+            "mask",
+            iteration,
+            t.segments_label(iteration),
+            self._mask,
+            model=self.model,
+            rewriter=self.rewriter,
+            prompt=prompt,
+            prompt_loss=prompt_loss,
+            data=train,
+            iteration=iteration,
+            units=c.units,
+            max_units=c.max_units,
+            seed=c.seed,
+            small_model_params=c.rewrite.small_model_params,
             chat_message=c.chat_message,
-        )  # fmt: skip
+        )
 
     def rewrites(
         self,
@@ -110,26 +139,50 @@ class PrefectSteps:
     ) -> Rewrites:
         """Rewrite variants on the hard examples (one task run: `rewrite iter=2 k=3`)."""
         return self._run(
-            "rewrite", iteration, t.rewrites_label(iteration, hard), self._rewrite,
-            model=self.model, rewriter=self.rewriter, incumbent=incumbent, data=train, hard=list(hard), effects=tuple(effects),
-            iteration=iteration, seen=seen, rewrite=self.config.rewrite, seed=self.config.seed,
+            "rewrite",
+            iteration,
+            t.rewrites_label(iteration, hard),
+            self._rewrite,
+            model=self.model,
+            rewriter=self.rewriter,
+            incumbent=incumbent,
+            data=train,
+            hard=list(hard),
+            effects=tuple(effects),
+            iteration=iteration,
+            seen=seen,
+            rewrite=self.config.rewrite,
+            seed=self.config.seed,
             chat_message=self.config.chat_message,
-        )  # fmt: skip
+        )
 
     def select(self, incumbent: Candidate, candidates: Sequence[Candidate], iteration: int) -> Candidate:
         """The new incumbent (a task run, so the Prefect timeline shows each decision)."""
         return self._run(
-            "select", iteration, t.select_label(iteration), t.select_incumbent,
-            incumbent=incumbent, candidates=list(candidates), iteration=iteration,
-        )  # fmt: skip
+            "select",
+            iteration,
+            t.select_label(iteration),
+            t.select_incumbent,
+            incumbent=incumbent,
+            candidates=list(candidates),
+            iteration=iteration,
+        )
 
     def evaluate(self, prompt: str, data: Dataset, which: str, settings: EvalConfig) -> Evaluation:
         """Loss (and accuracy) of one prompt on held-out data (not a loop step; cached the same way)."""
         return self._run(
-            "evaluate", -1, t.evaluate_label(which, data), self._evaluate,
-            model=self.model, prompt=prompt, data=data, which=which, generate=settings.generate,
-            max_new_tokens=settings.max_new_tokens, match=settings.match,
-        )  # fmt: skip
+            "evaluate",
+            -1,
+            t.evaluate_label(which, data),
+            self._evaluate,
+            model=self.model,
+            prompt=prompt,
+            data=data,
+            which=which,
+            generate=settings.generate,
+            max_new_tokens=settings.max_new_tokens,
+            match=settings.match,
+        )
 
     def usage(self) -> UsageSnapshot:
         """The work the model and the rewriter did in this process and on the cluster's workers (zeros when every

@@ -168,7 +168,8 @@ def work_summary(log: WorkLog) -> Work:
         computed={s: log.count(s, cached=False) for s in steps},
         cached={s: log.count(s, cached=True) for s in steps},
         loss_computed_by_iteration={
-            i: log.count("loss", cached=False, iteration=i) for i in sorted({r.iteration for r in log.runs if r.step == "loss"})
+            i: log.count("loss", cached=False, iteration=i)
+            for i in sorted({r.iteration for r in log.runs if r.step == "loss"})
         },
     )
 
@@ -176,7 +177,14 @@ def work_summary(log: WorkLog) -> Work:
 def candidate_row(c: Candidate, selected: bool) -> CandidateRow:
     """A candidate as the summary shows it."""
     return CandidateRow(
-        id=c.id, parent_id=c.parent_id, iteration=c.iteration, origin=c.origin, prompt=c.prompt,
-        loss=c.loss, loss_per_token=c.loss_per_token, n_examples=c.n_examples,
-        dropped=c.dropped, selected=selected,
-    )  # fmt: skip
+        id=c.id,
+        parent_id=c.parent_id,
+        iteration=c.iteration,
+        origin=c.origin,
+        prompt=c.prompt,
+        loss=c.loss,
+        loss_per_token=c.loss_per_token,
+        n_examples=c.n_examples,
+        dropped=c.dropped,
+        selected=selected,
+    )

@@ -1,15 +1,14 @@
 """PMPO: prompt optimisation by the model's own token-level loss on reference outputs.
 
-    import pmpo
-    data = pmpo.load_dataset("builtin:sentiment")
-    split = pmpo.split_dataset(data, seed=0)
-    result = pmpo.optimize("Read the text.", split.train, iterations=2)
-    print(result.initial.loss, "->", result.best.loss, result.best_prompt)
+import pmpo
+data = pmpo.load_dataset("builtin:sentiment")
+split = pmpo.split_dataset(data, seed=0)
+result = pmpo.optimize("Read the text.", split.train, iterations=2)
+print(result.initial.loss, "->", result.best.loss, result.best_prompt)
 """
 
 from __future__ import annotations
 
-from pmpo.scoring.context_budget import check_fits
 from pmpo.data import (
     ColumnMap,
     Dataset,
@@ -22,23 +21,53 @@ from pmpo.data import (
     split_dataset,
 )
 from pmpo.evaluation.heldout import Evaluation, evaluate
-from pmpo.scoring.loss import LossMatrix, Scorer
-from pmpo.scoring.settings import RacingSettings, ScorerSettings
+from pmpo.loop.optimizer import PMPO, OnCandidate, OnIteration
+from pmpo.loop.result import Candidate, Iteration, OptimizeResult, SegmentEffect
+from pmpo.loop.settings import OptimizerConfig
 from pmpo.models.loading import LoadedModel, load_model
 from pmpo.models.settings import DEFAULT_MODEL, ModelSettings
-from pmpo.loop.optimizer import PMPO, OnCandidate, OnIteration
-from pmpo.loop.settings import OptimizerConfig
-from pmpo.loop.result import Candidate, Iteration, OptimizeResult, SegmentEffect
+from pmpo.models.usage import Cost, Usage, UsageSnapshot
 from pmpo.rewriting.backends import ChatRewriter, LocalRewriter, Rewriter
 from pmpo.rewriting.settings import RewriterSettings, RewriteSettings
-from pmpo.models.usage import Cost, Usage, UsageSnapshot
+from pmpo.scoring.context_budget import check_fits
+from pmpo.scoring.loss import LossMatrix, Scorer
+from pmpo.scoring.settings import RacingSettings, ScorerSettings
 
 __all__ = [
-    "PMPO", "Candidate", "ColumnMap", "Dataset", "Evaluation", "Iteration", "LoadedModel", "LossMatrix",
-    "ModelSettings", "MultipleChoice", "OptimizeResult", "OptimizerConfig", "Preference", "RacingSettings",
-    "RewriteSettings", "Rewriter", "LocalRewriter", "ChatRewriter", "RewriterSettings", "Cost", "Usage", "UsageSnapshot",
-    "Scorer", "ScorerSettings", "SegmentEffect", "Split", "Supervised", "DEFAULT_MODEL", "demo_task",
-    "evaluate", "load_dataset", "load_model", "optimize", "split_dataset",
+    "PMPO",
+    "Candidate",
+    "ColumnMap",
+    "Dataset",
+    "Evaluation",
+    "Iteration",
+    "LoadedModel",
+    "LossMatrix",
+    "ModelSettings",
+    "MultipleChoice",
+    "OptimizeResult",
+    "OptimizerConfig",
+    "Preference",
+    "RacingSettings",
+    "RewriteSettings",
+    "Rewriter",
+    "LocalRewriter",
+    "ChatRewriter",
+    "RewriterSettings",
+    "Cost",
+    "Usage",
+    "UsageSnapshot",
+    "Scorer",
+    "ScorerSettings",
+    "SegmentEffect",
+    "Split",
+    "Supervised",
+    "DEFAULT_MODEL",
+    "demo_task",
+    "evaluate",
+    "load_dataset",
+    "load_model",
+    "optimize",
+    "split_dataset",
 ]
 
 

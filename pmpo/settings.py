@@ -26,7 +26,11 @@ class Strict(BaseModel):
     @classmethod
     def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
         # pydantic reads `true` as 1 for a number field: `iterations: true` would run one iteration.
-        if isinstance(value, bool) and info.field_name and not _takes_bool(cls.model_fields[info.field_name].annotation):
+        if (
+            isinstance(value, bool)
+            and info.field_name
+            and not _takes_bool(cls.model_fields[info.field_name].annotation)
+        ):
             raise ValueError(f"expected a number, not the boolean {str(value).lower()}")
         return value
 
@@ -57,7 +61,9 @@ TIMEOUT_S = 60.0
 TimeoutS = Annotated[float, Field(gt=0, description="openai: seconds to wait for one reply before a retry")]
 # 3 retries with exponential backoff ride out a restart or a rate-limit burst without hiding a dead server long.
 MAX_RETRIES = 3
-MaxRetries = Annotated[int, Field(ge=0, description="openai: retries of connection errors, timeouts, 429 and 5xx, with backoff")]
+MaxRetries = Annotated[
+    int, Field(ge=0, description="openai: retries of connection errors, timeouts, 429 and 5xx, with backoff")
+]
 
 
 def describe(model: type[BaseModel], name: str) -> str:

@@ -21,9 +21,8 @@ def run(args: argparse.Namespace) -> int:
 
 def optimize(args: argparse.Namespace) -> int:
     """`pmpo optimize`: the optimisation flow, with progress and a summary table."""
-    from flows.config import OptimizeConfig
+    from flows.config import OptimizeConfig, merge
     from flows.optimize import optimize_prompt
-    from flows.config import merge
     from pmpo_cli.options import build_config, config_values
 
     values = config_values(args)

@@ -70,7 +70,9 @@ def optimize_summary(s: Any) -> None:
     console.print(f"[bold]best prompt:[/bold]    {s.best_prompt}", soft_wrap=True)
     dropped = sum(c.dropped for c in s.candidates)
     raced = f", {dropped} dropped early by racing" if dropped else ""
-    console.print(f"{s.n_candidates} candidates over {s.n_iterations} iterations{raced}" + (" (resumed run)" if s.resumed else ""))
+    console.print(
+        f"{s.n_candidates} candidates over {s.n_iterations} iterations{raced}" + (" (resumed run)" if s.resumed else "")
+    )
     writer = getattr(s, "rewriter_identity", None)
     if writer and writer != s.model_identity:  # only when another model wrote the rewrites
         console.print(f"rewrites by {writer}")
@@ -110,7 +112,18 @@ def cost_table(cost: Any) -> None:
     """What the run cost (flows.cost.CostSummary): seconds per step and model work, per iteration and in total."""
     table = Table(title="cost (this process; cached steps compute nothing)", header_style="bold")
     table.add_column("")
-    for col in ("wall s", "mask s", "rewrite s", "loss s", "select s", "eval s", "passes", "scored tok", "prefill tok", "gen tok"):
+    for col in (
+        "wall s",
+        "mask s",
+        "rewrite s",
+        "loss s",
+        "select s",
+        "eval s",
+        "passes",
+        "scored tok",
+        "prefill tok",
+        "gen tok",
+    ):
         table.add_column(col, justify="right")
     rows = [("initial", cost.initial)] + [(f"iter {i}", row) for i, row in enumerate(cost.iterations, start=1)]
     if cost.heldout is not None:
@@ -118,9 +131,14 @@ def cost_table(cost: Any) -> None:
     for label, row in [*rows, ("total", cost.total)]:
         seconds = [f"{row.steps[step].seconds:.1f}" for step in ("mask", "rewrite", "loss", "select", "evaluate")]
         table.add_row(
-            f"[bold]{label}[/bold]" if label == "total" else label, f"{row.seconds:.1f}", *seconds,
-            f"{row.forward_passes:,}", f"{row.tokens_scored:,}", f"{row.tokens_prefilled:,}", f"{row.tokens_generated:,}",
-        )  # fmt: skip
+            f"[bold]{label}[/bold]" if label == "total" else label,
+            f"{row.seconds:.1f}",
+            *seconds,
+            f"{row.forward_passes:,}",
+            f"{row.tokens_scored:,}",
+            f"{row.tokens_prefilled:,}",
+            f"{row.tokens_generated:,}",
+        )
     console.print(table)
 
 
@@ -159,9 +177,16 @@ def runs_table(runs: list[dict[str, Any]], ui_command: str) -> None:
         started = datetime.fromtimestamp(r["start_time"] / 1000).strftime("%Y-%m-%d %H:%M")
         acc = "-" if r["heldout_accuracy"] is None else f"{r['heldout_accuracy']:.1%}"
         table.add_row(
-            r["run_id"], r["experiment"], r["name"] or "", r["status"], started,
-            _num(r["initial_loss"]), _num(r["best_loss"]), _num(r["n_candidates"], "{:.0f}"), acc,
-        )  # fmt: skip
+            r["run_id"],
+            r["experiment"],
+            r["name"] or "",
+            r["status"],
+            started,
+            _num(r["initial_loss"]),
+            _num(r["best_loss"]),
+            _num(r["n_candidates"], "{:.0f}"),
+            acc,
+        )
     console.print(table)
     console.print(f"browse: {ui_command}")
 
@@ -178,9 +203,15 @@ def candidates_table(run_id: str, rows: list[dict[str, Any]], width: int) -> Non
     for r in rows:
         prompt = r["prompt"] if len(r["prompt"]) <= width else r["prompt"][: width - 1] + "…"
         table.add_row(
-            "*" if r["selected"] else "", str(r["iteration"]), r["id"], r["parent"] or "", r["origin"],
-            _loss_cell(r), f"{r['loss_per_token']:.4f}", prompt,
-        )  # fmt: skip
+            "*" if r["selected"] else "",
+            str(r["iteration"]),
+            r["id"],
+            r["parent"] or "",
+            r["origin"],
+            _loss_cell(r),
+            f"{r['loss_per_token']:.4f}",
+            prompt,
+        )
     console.print(table)
 
 

@@ -13,23 +13,44 @@ import sys
 import threading
 from typing import Sequence
 
-QUIET = {"PREFECT_LOGGING_LEVEL": "WARNING", "DASK_LOGGING__DISTRIBUTED": "error", "MLFLOW_LOGGING_LEVEL": "WARNING", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+QUIET = {
+    "PREFECT_LOGGING_LEVEL": "WARNING",
+    "DASK_LOGGING__DISTRIBUTED": "error",
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+}
 
 
 # The flags that set one config field, by the field's path in OptimizeConfig (evaluate's flags are a subset, with the
 # same paths in EvaluateConfig). Kept here, without importing the models, so `pmpo --help` stays fast;
 # tests/unit/pmpo_cli/test_flags.py checks each flag's choices, type and stated default against its field's.
 FIELD_FLAGS = {
-    "--data": "data.source", "--format": "data.format", "--limit": "data.limit",
-    "--model": "model.spec", "--dtype": "model.dtype", "--device": "model.device", "--backend": "model.backend",
-    "--base-url": "model.base_url", "--served-model": "model.model", "--api-key-env": "model.api_key_env",
-    "--tokenizer": "model.tokenizer", "--max-concurrency": "model.max_concurrency",
-    "--seed": "seed", "--eval-examples": "eval.max_examples", "--mc-objective": "scoring.mc_objective",
-    "--beta": "scoring.beta", "--iterations": "iterations", "--task": "task", "--experiment": "experiment",
-    "--racing": "racing.enabled", "--rewriter-spec": "rewriter.spec", "--rewriter-base-url": "rewriter.base_url",
-    "--rewriter-model": "rewriter.model", "--rewriter-api-key-env": "rewriter.api_key_env",
+    "--data": "data.source",
+    "--format": "data.format",
+    "--limit": "data.limit",
+    "--model": "model.spec",
+    "--dtype": "model.dtype",
+    "--device": "model.device",
+    "--backend": "model.backend",
+    "--base-url": "model.base_url",
+    "--served-model": "model.model",
+    "--api-key-env": "model.api_key_env",
+    "--tokenizer": "model.tokenizer",
+    "--max-concurrency": "model.max_concurrency",
+    "--seed": "seed",
+    "--eval-examples": "eval.max_examples",
+    "--mc-objective": "scoring.mc_objective",
+    "--beta": "scoring.beta",
+    "--iterations": "iterations",
+    "--task": "task",
+    "--experiment": "experiment",
+    "--racing": "racing.enabled",
+    "--rewriter-spec": "rewriter.spec",
+    "--rewriter-base-url": "rewriter.base_url",
+    "--rewriter-model": "rewriter.model",
+    "--rewriter-api-key-env": "rewriter.api_key_env",
     "--dask-workers": "task_runner.n_workers",
-}  # fmt: skip
+}
 
 
 class UsageError(Exception):
@@ -53,12 +74,21 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--task", help="task name: MLflow experiment and registered prompt name (default: the dataset's)")
     opt.add_argument("--experiment", help="MLflow experiment (default: the task name)")
     opt.add_argument("--output", metavar="FILE", help="write the run's summary as JSON")
-    opt.add_argument("--racing", action="store_true", default=None,
-                     help="score candidates on a first slice and finish only the competitive ones (faster)")
+    opt.add_argument(
+        "--racing",
+        action="store_true",
+        default=None,
+        help="score candidates on a first slice and finish only the competitive ones (faster)",
+    )
     _rewriter_options(opt)
-    opt.add_argument("--dask", metavar="ADDRESS",
-                     help="compute losses on a Dask cluster: local (started here) or tcp://host:port of a scheduler")
-    opt.add_argument("--dask-workers", type=_positive, metavar="N", help="worker processes of a local Dask cluster (default 2)")
+    opt.add_argument(
+        "--dask",
+        metavar="ADDRESS",
+        help="compute losses on a Dask cluster: local (started here) or tcp://host:port of a scheduler",
+    )
+    opt.add_argument(
+        "--dask-workers", type=_positive, metavar="N", help="worker processes of a local Dask cluster (default 2)"
+    )
 
     ev = sub.add_parser("evaluate", help="score a prompt (or prompts:/name@alias) on a dataset's held-out split")
     _data_options(ev)
@@ -90,25 +120,48 @@ def _positive(text: str) -> int:
 
 
 def _data_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", metavar="SOURCE", help="file (.jsonl .json .csv .tsv .parquet), builtin:<task> or hub name")
+    p.add_argument(
+        "--data", metavar="SOURCE", help="file (.jsonl .json .csv .tsv .parquet), builtin:<task> or hub name"
+    )
     p.add_argument("--format", help="data format, when the file name does not say it")
-    p.add_argument("--column", action="append", default=[], metavar="FIELD=COLUMN", help="map a column to our field or a template variable, e.g. target=answer, review=text")
+    p.add_argument(
+        "--column",
+        action="append",
+        default=[],
+        metavar="FIELD=COLUMN",
+        help="map a column to our field or a template variable, e.g. target=answer, review=text",
+    )
     p.add_argument("--limit", type=int, help="read at most this many examples")
-    p.add_argument("--model", metavar="SPEC", help="built-in name, hub id or local directory (default: bundled SmolLM2)")
+    p.add_argument(
+        "--model", metavar="SPEC", help="built-in name, hub id or local directory (default: bundled SmolLM2)"
+    )
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--backend", choices=["local", "openai"], help="openai: score through an OpenAI-compatible completions server")
+    p.add_argument(
+        "--backend", choices=["local", "openai"], help="openai: score through an OpenAI-compatible completions server"
+    )
     p.add_argument("--base-url", metavar="URL", help="the scoring server's API root, e.g. http://localhost:8000/v1")
-    p.add_argument("--served-model", metavar="NAME", help="the served model's name (default: the one the server serves)")
-    p.add_argument("--api-key-env", metavar="VAR", help="environment variable holding the server's API key (never the key)")
-    p.add_argument("--tokenizer", metavar="SPEC", help="the served model's tokenizer: hub id or directory (default: --model)")
+    p.add_argument(
+        "--served-model", metavar="NAME", help="the served model's name (default: the one the server serves)"
+    )
+    p.add_argument(
+        "--api-key-env", metavar="VAR", help="environment variable holding the server's API key (never the key)"
+    )
+    p.add_argument(
+        "--tokenizer", metavar="SPEC", help="the served model's tokenizer: hub id or directory (default: --model)"
+    )
     p.add_argument("--max-concurrency", type=int, metavar="N", help="requests in flight at once (default 4)")
-    p.add_argument("--train-size", type=int, metavar="N", help="training examples (default: 20%% of the data, at most 50)")
+    p.add_argument(
+        "--train-size", type=int, metavar="N", help="training examples (default: 20%% of the data, at most 50)"
+    )
     p.add_argument("--seed", type=int, help="seed of the split and the rewrites (default 0)")
     p.add_argument("--eval-examples", type=int, metavar="N", help="held-out examples to score (default 50)")
     p.add_argument("--no-generate", action="store_true", help="held-out loss only, no generated answers")
-    p.add_argument("--mc-objective", choices=["preference", "ce"],
-                   help="multiple-choice loss: preference over distractors (default, the paper's) or CE on the answer")
+    p.add_argument(
+        "--mc-objective",
+        choices=["preference", "ce"],
+        help="multiple-choice loss: preference over distractors (default, the paper's) or CE on the answer",
+    )
     p.add_argument("--beta", type=float, help="beta of the preference loss (default 1)")
     p.add_argument("--config", metavar="FILE", help="YAML or TOML file of config fields; flags override it")
 
@@ -118,16 +171,21 @@ def _rewriter_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--rewriter-spec", metavar="SPEC", help="another in-process model as the rewriter (backend local)")
     g.add_argument("--rewriter-base-url", metavar="URL", help="an OpenAI-compatible chat endpoint (backend openai)")
     g.add_argument("--rewriter-model", metavar="NAME", help="the served model's name at --rewriter-base-url")
-    g.add_argument("--rewriter-api-key-env", metavar="VAR", help="environment variable holding its API key (never the key)")
+    g.add_argument(
+        "--rewriter-api-key-env", metavar="VAR", help="environment variable holding its API key (never the key)"
+    )
 
 
 def _prompt_options(p: argparse.ArgumentParser) -> None:
     group = p.add_mutually_exclusive_group()
     group.add_argument(
-        "--prompt", help="the prompt, a {{variable}} template, or prompts:/name@alias (default: the dataset's default prompt)"
+        "--prompt",
+        help="the prompt, a {{variable}} template, or prompts:/name@alias (default: the dataset's default prompt)",
     )
     group.add_argument(
-        "--prompt-file", metavar="FILE", help="read the prompt from a file (a template, or a chat prompt as a JSON message list)"
+        "--prompt-file",
+        metavar="FILE",
+        help="read the prompt from a file (a template, or a chat prompt as a JSON message list)",
     )
 
 

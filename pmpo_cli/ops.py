@@ -22,23 +22,38 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="interface the servers listen on (default 127.0.0.1)")
     serve.add_argument("--prefect-port", type=int, default=4200, help="Prefect server and UI (default 4200)")
     serve.add_argument("--mlflow-port", type=int, default=5000, help="MLflow server and UI (default 5000)")
-    serve.add_argument("--prompts", default=str(EXAMPLE_PROMPTS), metavar="FILE", help="managed prompts of the nightly refresh")
+    serve.add_argument(
+        "--prompts", default=str(EXAMPLE_PROMPTS), metavar="FILE", help="managed prompts of the nightly refresh"
+    )
     serve.add_argument("--cron", default=DEFAULT_CRON, help=f"nightly refresh schedule (default {DEFAULT_CRON!r})")
     serve.add_argument("--timezone", default=DEFAULT_TIMEZONE, help=f"schedule time zone (default {DEFAULT_TIMEZONE})")
-    serve.add_argument("--db", metavar="URL", help="postgresql://user@host:port/db: both servers' records on PostgreSQL "
-                       "(databases <db>_mlflow, <db>_prefect; default $PMPO_DB_URL, else SQLite under PMPO_HOME)")  # fmt: skip
-    serve.add_argument("--servers-only", action="store_true",
-                       help="no served deployments: workers on a work pool run those of deployments/prefect.yaml")  # fmt: skip
+    serve.add_argument(
+        "--db",
+        metavar="URL",
+        help="postgresql://user@host:port/db: both servers' records on PostgreSQL "
+        "(databases <db>_mlflow, <db>_prefect; default $PMPO_DB_URL, else SQLite under PMPO_HOME)",
+    )
+    serve.add_argument(
+        "--servers-only",
+        action="store_true",
+        help="no served deployments: workers on a work pool run those of deployments/prefect.yaml",
+    )
 
     nightly = sub.add_parser("nightly", help="run the nightly refresh once, now")
     nightly.add_argument("--config", required=True, metavar="FILE", help="managed prompts file (YAML or TOML)")
-    nightly.add_argument("--margin", type=float, help="relative held-out loss improvement needed to promote (default 0.01)")
+    nightly.add_argument(
+        "--margin", type=float, help="relative held-out loss improvement needed to promote (default 0.01)"
+    )
     nightly.add_argument("--output", metavar="FILE", help="write the decisions as JSON")
 
     compare = sub.add_parser("compare", help="score prompt versions on the same held-out data, with a word diff")
     compare.add_argument("name", metavar="NAME", help="the prompt's name in the MLflow Prompt Registry")
-    compare.add_argument("versions", nargs="*", metavar="VERSION", help="versions or aliases (default: production latest)")
-    compare.add_argument("--data", metavar="SOURCE", help="held-out data source (default: the one recorded with the versions)")
+    compare.add_argument(
+        "versions", nargs="*", metavar="VERSION", help="versions or aliases (default: production latest)"
+    )
+    compare.add_argument(
+        "--data", metavar="SOURCE", help="held-out data source (default: the one recorded with the versions)"
+    )
     compare.add_argument("--column", action="append", default=[], metavar="FIELD=COLUMN", help="map a column of --data")
     compare.add_argument("--limit", type=int, help="read at most this many examples of --data")
     compare.add_argument("--model", metavar="SPEC", help="model (default: the one recorded with the versions)")
@@ -67,10 +82,16 @@ def serve(args: argparse.Namespace) -> int:
 
         raise ConfigError(f"--prompts {args.prompts}: no such file")
     settings = StackSettings(
-        home=home(), host=args.host, prefect_port=args.prefect_port, mlflow_port=args.mlflow_port,
-        prompts_file=prompts, cron=args.cron, timezone=args.timezone, db=args.db or os.environ.get(DB_ENV) or None,
+        home=home(),
+        host=args.host,
+        prefect_port=args.prefect_port,
+        mlflow_port=args.mlflow_port,
+        prompts_file=prompts,
+        cron=args.cron,
+        timezone=args.timezone,
+        db=args.db or os.environ.get(DB_ENV) or None,
         serve_deployments=not args.servers_only,
-    )  # fmt: skip
+    )
     stack = Stack(settings)
     stack.start(say=lambda line: print(line, flush=True))
     api = f"{settings.prefect_url}/api"
@@ -183,12 +204,16 @@ def comparison_table(c: Any) -> None:
         table.add_column(col, justify="right" if col not in ("aliases",) else "left")
     for r in c.rows:
         acc = "-" if r.score.accuracy is None else f"{r.score.accuracy:.1%}"
-        table.add_row(f"v{r.version}", ", ".join(r.aliases), f"{r.score.loss:.4f}", f"{r.score.loss_per_token:.4f}", acc)
+        table.add_row(
+            f"v{r.version}", ", ".join(r.aliases), f"{r.score.loss:.4f}", f"{r.score.loss_per_token:.4f}", acc
+        )
     console.print(table)
     first = c.rows[0]
     console.print(Text.assemble(("prompt ", "bold"), (f"v{first.version}", "bold"), ": ", first.prompt))
     for r in c.rows[1:]:
-        console.print(Text.assemble(("diff ", "bold"), (f"v{first.version} -> v{r.version}", "bold"), ": ", diff_text(r.diff)))
+        console.print(
+            Text.assemble(("diff ", "bold"), (f"v{first.version} -> v{r.version}", "bold"), ": ", diff_text(r.diff))
+        )
     console.print(f"MLflow run {c.run_id} in experiment {c.experiment!r} (table comparison.json, plot comparison.png)")
 
 
@@ -206,4 +231,3 @@ def diff_text(diff: str) -> Text:
 def _write(path: str | None, data: dict[str, Any]) -> None:
     if path:
         Path(path).write_text(json.dumps(data, indent=2) + "\n")
-

@@ -51,15 +51,24 @@ def config_values(args: argparse.Namespace) -> dict[str, Any]:
 def remote_values(args: argparse.Namespace) -> dict[str, Any]:
     """The `model:` fields of the scoring-server flags that were given (absent flags: the namespace lacks them)."""
     pairs = (
-        ("backend", "backend"), ("base_url", "base_url"), ("model", "served_model"),
-        ("api_key_env", "api_key_env"), ("tokenizer", "tokenizer"), ("max_concurrency", "max_concurrency"),
+        ("backend", "backend"),
+        ("base_url", "base_url"),
+        ("model", "served_model"),
+        ("api_key_env", "api_key_env"),
+        ("tokenizer", "tokenizer"),
+        ("max_concurrency", "max_concurrency"),
     )
     return {field: v for field, flag in pairs if (v := getattr(args, flag, None)) is not None}
 
 
 def rewriter_flags(args: argparse.Namespace) -> dict[str, Any]:
     """The `rewriter` block the --rewriter-* flags give (optimize only); a URL implies backend openai, a spec local."""
-    names = {"spec": "rewriter_spec", "base_url": "rewriter_base_url", "model": "rewriter_model", "api_key_env": "rewriter_api_key_env"}
+    names = {
+        "spec": "rewriter_spec",
+        "base_url": "rewriter_base_url",
+        "model": "rewriter_model",
+        "api_key_env": "rewriter_api_key_env",
+    }
     block = {k: getattr(args, a) for k, a in names.items() if getattr(args, a, None) is not None}
     if block.get("base_url"):
         block["backend"] = "openai"

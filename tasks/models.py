@@ -11,9 +11,6 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from pmpo.scoring.loss import BaseScorer, Scorer
-from pmpo.scoring.settings import ScorerSettings
-from pmpo.models.settings import ModelSettings
 from pmpo.models.loading import (
     LoadedModel,
     TextSide,
@@ -23,8 +20,11 @@ from pmpo.models.loading import (
     resolve_device,
     resolve_dtype,
 )
-from pmpo.remote import CompletionsClient, RemoteScorer
+from pmpo.models.settings import ModelSettings
 from pmpo.models.usage import UsageSnapshot
+from pmpo.remote import CompletionsClient, RemoteScorer
+from pmpo.scoring.loss import BaseScorer, Scorer
+from pmpo.scoring.settings import ScorerSettings
 from tasks.progress import Event, report
 
 _LOCK = threading.Lock()  # tasks may run in worker threads; a model must still load only once
@@ -71,7 +71,12 @@ def text_settings(settings: ModelSettings) -> ModelSettings:
     """
     if settings.backend == "local":
         return settings
-    return ModelSettings(spec=settings.tokenizer or settings.spec, dtype=settings.dtype, device=settings.device, placement=settings.placement)
+    return ModelSettings(
+        spec=settings.tokenizer or settings.spec,
+        dtype=settings.dtype,
+        device=settings.device,
+        placement=settings.placement,
+    )
 
 
 def completions_client(settings: ModelSettings) -> CompletionsClient:
@@ -138,5 +143,7 @@ def usage(ref: ModelRef) -> UsageSnapshot:
     """The work `ref`'s model did in this process; zeros while it is not loaded (cached steps compute nothing)."""
     with _LOCK:
         lm = _MODELS.get(ref.settings)
-        remote = [s.usage.snapshot() for (m, _), s in _SCORERS.items() if m == ref.settings and isinstance(s, RemoteScorer)]
+        remote = [
+            s.usage.snapshot() for (m, _), s in _SCORERS.items() if m == ref.settings and isinstance(s, RemoteScorer)
+        ]
     return sum(remote, lm.usage.snapshot() if lm is not None else UsageSnapshot())

@@ -39,7 +39,9 @@ def losses_by_version(labels: Sequence[str], losses: Sequence[float], accuracies
     bars = ax.bar(range(len(labels)), losses, color="tab:blue")
     for bar, acc in zip(bars, accuracies):
         if acc is not None:
-            ax.annotate(f"acc {acc:.0%}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom")
+            ax.annotate(
+                f"acc {acc:.0%}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom"
+            )
     ax.set_xticks(range(len(labels)), labels)
     ax.set_ylabel("held-out loss (mean summed target CE, nats)")
     ax.set_title("prompt versions on the same held-out examples (lower is better)")

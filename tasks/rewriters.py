@@ -9,12 +9,13 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from pmpo.remote.connection import Speaker
 from pmpo.models.settings import ModelSettings
+from pmpo.models.usage import UsageSnapshot
+from pmpo.remote.connection import Speaker
 from pmpo.rewriting.backends import CHAT, SERVED_SAME, ChatRewriter, LocalRewriter, Rewriter
 from pmpo.rewriting.settings import RewriterSettings
-from pmpo.models.usage import UsageSnapshot
-from tasks.models import ModelRef, completions_client, loaded, model_ref, usage as model_usage
+from tasks.models import ModelRef, completions_client, loaded, model_ref
+from tasks.models import usage as model_usage
 
 _LOCK = threading.Lock()
 _CHAT: dict[RewriterSettings, ChatRewriter] = {}
@@ -41,9 +42,15 @@ def same_as(model: ModelRef, n_params: int | None = None) -> RewriterRef:
         return RewriterRef("same", model.identity, model=model)
     s = model.settings
     chat = RewriterSettings(
-        backend="openai", base_url=s.base_url, model=completions_client(s).served_model(), api_key_env=s.api_key_env,
-        timeout_s=s.timeout_s, max_retries=s.max_retries, n_params=n_params, revision=s.revision,
-    )  # fmt: skip
+        backend="openai",
+        base_url=s.base_url,
+        model=completions_client(s).served_model(),
+        api_key_env=s.api_key_env,
+        timeout_s=s.timeout_s,
+        max_retries=s.max_retries,
+        n_params=n_params,
+        revision=s.revision,
+    )
     return RewriterRef("same", _chat(chat, SERVED_SAME).identity, chat=chat)
 
 

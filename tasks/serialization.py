@@ -35,8 +35,8 @@ from prefect.serializers import Serializer
 from pydantic import Field
 
 from pmpo.evaluation.heldout import Evaluation
-from pmpo.scoring.loss import LossMatrix
 from pmpo.loop.result import Candidate, Iteration, OptimizeResult, SegmentEffect
+from pmpo.scoring.loss import LossMatrix
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,14 @@ def allow(*classes: type) -> None:
             hints = typing.get_type_hints(cls)
         except Exception:  # an unresolvable annotation only means nested types must be allowed by hand
             hints = {}
-        allow(*(t for h in hints.values() for t in _mentioned(h) if dataclasses.is_dataclass(t) and t not in _ALLOWED.values()))
+        allow(
+            *(
+                t
+                for h in hints.values()
+                for t in _mentioned(h)
+                if dataclasses.is_dataclass(t) and t not in _ALLOWED.values()
+            )
+        )
 
 
 def _mentioned(hint: Any) -> list[Any]:
@@ -225,5 +232,6 @@ class SafeRemoteRecordStorage(_CheckedRecords, RemoteFileSystem):
 
     def _value_bytes(self, key: str) -> bytes:
         return RemoteFileSystem(basepath=self.values, settings=self.settings).read_path(key, _sync=True)
+
 
 allow(LossMatrix, SegmentEffect, Candidate, Iteration, Evaluation, OptimizeResult)

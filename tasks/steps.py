@@ -15,15 +15,16 @@ from prefect.cache_policies import NO_CACHE
 
 from pmpo.data import ColumnMap, Dataset, Split, load_dataset, split_dataset
 from pmpo.evaluation.heldout import Evaluation, evaluate
-from pmpo.scoring.loss import LossMatrix
+from pmpo.loop.result import Candidate, SegmentEffect
 from pmpo.loop.selection import select
 from pmpo.loop.steps import prompt_units, rewrite_prompts, segment_effects
-from pmpo.loop.result import Candidate, SegmentEffect
 from pmpo.rewriting.settings import RewriteSettings
+from pmpo.scoring.loss import LossMatrix
 from tasks.caching import policy
 from tasks.models import ModelRef, loaded, scorer, text_side
-from tasks.rewriters import RewriterRef, rewriter as get_rewriter
 from tasks.progress import Event, report
+from tasks.rewriters import RewriterRef
+from tasks.rewriters import rewriter as get_rewriter
 from tasks.serialization import PmpoJSONSerializer
 
 JSON_RESULTS = PmpoJSONSerializer()  # results are data, never pickle (see tasks.serialization)
@@ -82,9 +83,15 @@ def load_split(
 
     `variables`: the prompt's template variables, which the examples' fields fill."""
     dataset = load_dataset(
-        source, format=format, columns=ColumnMap.from_mapping(columns), kind=kind, limit=limit, hub_config=hub_config,
-        split=hub_split, variables=variables,
-    )  # fmt: skip
+        source,
+        format=format,
+        columns=ColumnMap.from_mapping(columns),
+        kind=kind,
+        limit=limit,
+        hub_config=hub_config,
+        split=hub_split,
+        variables=variables,
+    )
     return dataset, split_dataset(dataset, seed=seed, train_fraction=train_fraction, train_cap=train_cap)
 
 
@@ -128,9 +135,15 @@ def mask_segments(
     """The prompt's removable units and dL of masking each (iteration, seed and the rewriter matter for
     model-marked units). Its parameters are exactly what `prompt_units` reads, so the key holds every one."""
     spans = prompt_units(
-        get_rewriter(rewriter), prompt, iteration, units=units, max_units=max_units,
-        small_model_params=small_model_params, seed=seed, chat_message=chat_message,
-    )  # fmt: skip
+        get_rewriter(rewriter),
+        prompt,
+        iteration,
+        units=units,
+        max_units=max_units,
+        small_model_params=small_model_params,
+        seed=seed,
+        chat_message=chat_message,
+    )
     return list(spans.texts), segment_effects(scorer(model), prompt_loss, spans, data)
 
 
@@ -158,9 +171,18 @@ def propose_rewrites(
     the key (the scored model too: the FULL template shows what it now prefers). The whole rewrite block is in
     the key, as the run's config has it: nothing is rebuilt from parts here."""
     return rewrite_prompts(
-        get_rewriter(rewriter), incumbent, data, hard, effects, rewrite, iteration, seen, scorer(model),
-        seed=seed, chat_message=chat_message,
-    )  # fmt: skip
+        get_rewriter(rewriter),
+        incumbent,
+        data,
+        hard,
+        effects,
+        rewrite,
+        iteration,
+        seen,
+        scorer(model),
+        seed=seed,
+        chat_message=chat_message,
+    )
 
 
 @task(name="select", cache_policy=NO_CACHE, task_run_name=_named(select_label))
@@ -184,6 +206,8 @@ def evaluate_prompt(
     report(Event("advance", label, 0, 1))
     remote = model.settings.backend == "openai"
     lm = text_side(model) if remote else loaded(model)  # remote: loss, option scores and answers come from the server
-    result = evaluate(lm, prompt, data, scorer=scorer(model), generate=generate, max_new_tokens=max_new_tokens, match=match)
+    result = evaluate(
+        lm, prompt, data, scorer=scorer(model), generate=generate, max_new_tokens=max_new_tokens, match=match
+    )
     report(Event("advance", label, 1, 1))
     return result

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Iterator
 
 import httpx
+
 from testkit.echo_server import free_port
 
 
@@ -29,8 +30,17 @@ def transformers_serve(log: Path, *, threads: int = 2, timeout_s: float = 240) -
     directory, _ = bundled_checkpoint()
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "true", "OMP_NUM_THREADS": str(threads)}
-    cmd = [str(Path(sys.executable).with_name("transformers")), "serve", str(directory), "--host", "127.0.0.1",
-           "--port", str(port), "--device", "cpu"]  # fmt: skip
+    cmd = [
+        str(Path(sys.executable).with_name("transformers")),
+        "serve",
+        str(directory),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--device",
+        "cpu",
+    ]
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     try:

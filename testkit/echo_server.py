@@ -10,7 +10,6 @@ eos token or a `stop` text; `answer` replaces the model by a fixed rule, `reques
 (n copies, whatever the temperature) or with fixed `chat_choices`.
 """
 
-
 import contextlib
 import socket
 import threading
@@ -131,7 +130,11 @@ def _generated(tok, model, name: str, prompts: list, body: dict, answer, usage: 
         new_tokens += produced or len(tok.encode(reply[:cut], add_special_tokens=False))
     choices = [{"index": i, "text": t, "finish_reason": "stop", "logprobs": None} for i, t in enumerate(texts)]
     prompt_tokens = sum(len(tok(t)["input_ids"]) for t in prompts)
-    counts = {"prompt_tokens": prompt_tokens, "completion_tokens": new_tokens, "total_tokens": prompt_tokens + new_tokens}
+    counts = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": new_tokens,
+        "total_tokens": prompt_tokens + new_tokens,
+    }
     reply = {"id": "cmpl", "object": "text_completion", "created": 0, "model": name, "choices": choices}
     return reply | ({"usage": counts} if usage else {})
 

@@ -41,8 +41,21 @@ def llama_process(
 ) -> Iterator[tuple[str, int]]:
     """As `llama_server`, yielding the server's process id too (benchmarks read its CPU time)."""
     port = free_port()
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_path()), "--port", str(port),
-           "--model_alias", alias, "--n_threads", str(threads), "--logits_all", str(logits_all).lower()]
+    cmd = [
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(gguf_path()),
+        "--port",
+        str(port),
+        "--model_alias",
+        alias,
+        "--n_threads",
+        str(threads),
+        "--logits_all",
+        str(logits_all).lower(),
+    ]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}/v1"

@@ -51,7 +51,9 @@ def running_postgres() -> Iterator[str]:
     data, port = root / "data", free_port()
     ctl = [*prefix, str(bindir / "pg_ctl"), "-D", str(data)]
     try:
-        _run([*prefix, str(bindir / "initdb"), "-D", str(data), "-U", USER, "--auth=trust", "--no-locale", "-E", "UTF8"])
+        _run(
+            [*prefix, str(bindir / "initdb"), "-D", str(data), "-U", USER, "--auth=trust", "--no-locale", "-E", "UTF8"]
+        )
         options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=off"
         _run([*ctl, "-l", str(root / "server.log"), "-o", options, "-w", "-t", "120", "start"])
         try:

@@ -72,5 +72,9 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.system)
         if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.server)
-        if item.get_closest_marker("system") or item.get_closest_marker("real_model") or item.get_closest_marker("server"):
+        if (
+            item.get_closest_marker("system")
+            or item.get_closest_marker("real_model")
+            or item.get_closest_marker("server")
+        ):
             item.add_marker(pytest.mark.slow)

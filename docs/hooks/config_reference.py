@@ -159,9 +159,13 @@ def _section(
                 nested.append((path, suffix, model, len(own)))
             described = _sentence(field.description or (_first_paragraph(models[0]) if len(models) == 1 else ""))
             kind = {"": "mapping", "[]": "list of mappings", ".<name>": "mapping of mappings"}[suffix]
-            rows.append(_row(path, kind, _default(field, nested=True), "", f"{described} See {', '.join(targets)}.".strip()))
+            rows.append(
+                _row(path, kind, _default(field, nested=True), "", f"{described} See {', '.join(targets)}.".strip())
+            )
         else:
-            rows.append(_row(path, _type_name(field.annotation), _default(field), _constraints(field), field.description or ""))
+            rows.append(
+                _row(path, _type_name(field.annotation), _default(field), _constraints(field), field.description or "")
+            )
     out += ["| key | type | default | constraints | description |", "|---|---|---|---|---|", *rows, ""]
     for path, suffix, model, alternatives in nested:
         title = f"`{path}{suffix}`" + (f" ({model.__name__})" if alternatives > 1 else "")
@@ -255,7 +259,11 @@ def _one_type(tp: Any) -> str:
         return _one_type(args[0])
     if origin is not None:
         inner = ", ".join(_type_name(a).strip("`") for a in args if a is not Ellipsis)
-        return f"{getattr(origin, '__name__', str(origin))}[{inner}]" if inner else getattr(origin, "__name__", str(origin))
+        return (
+            f"{getattr(origin, '__name__', str(origin))}[{inner}]"
+            if inner
+            else getattr(origin, "__name__", str(origin))
+        )
     if inspect.isclass(tp) and issubclass(tp, enum.Enum):
         return type(next(iter(tp)).value).__name__ if len(tp) else tp.__name__
     return getattr(tp, "__name__", str(tp)).replace("typing.", "")

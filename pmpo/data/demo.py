@@ -14,31 +14,83 @@ from typing import Callable
 from pmpo.data.examples import Dataset, Supervised
 
 PRODUCTS = (
-    "blender", "pair of headphones", "backpack", "coffee maker", "phone case", "desk lamp", "pair of running shoes",
-    "kettle", "keyboard", "vacuum cleaner", "water bottle", "umbrella", "tent", "electric toothbrush", "office chair",
-    "winter jacket", "board game", "air fryer", "bike lock", "laptop stand", "yoga mat", "alarm clock", "frying pan",
+    "blender",
+    "pair of headphones",
+    "backpack",
+    "coffee maker",
+    "phone case",
+    "desk lamp",
+    "pair of running shoes",
+    "kettle",
+    "keyboard",
+    "vacuum cleaner",
+    "water bottle",
+    "umbrella",
+    "tent",
+    "electric toothbrush",
+    "office chair",
+    "winter jacket",
+    "board game",
+    "air fryer",
+    "bike lock",
+    "laptop stand",
+    "yoga mat",
+    "alarm clock",
+    "frying pan",
     "bluetooth speaker",
-)  # fmt: skip
+)
 GOOD = (
-    "excellent", "sturdy", "reliable", "comfortable", "well made", "fantastic", "easy to use", "wonderful",
-    "solid", "great value for the money", "a joy to use", "better than I hoped",
-)  # fmt: skip
+    "excellent",
+    "sturdy",
+    "reliable",
+    "comfortable",
+    "well made",
+    "fantastic",
+    "easy to use",
+    "wonderful",
+    "solid",
+    "great value for the money",
+    "a joy to use",
+    "better than I hoped",
+)
 BAD = (
-    "flimsy", "useless", "overpriced", "uncomfortable", "poorly made", "awful", "a waste of money",
-    "disappointing", "unreliable", "worse than I feared", "cheaply built", "a pain to use",
-)  # fmt: skip
+    "flimsy",
+    "useless",
+    "overpriced",
+    "uncomfortable",
+    "poorly made",
+    "awful",
+    "a waste of money",
+    "disappointing",
+    "unreliable",
+    "worse than I feared",
+    "cheaply built",
+    "a pain to use",
+)
 GOOD_VERDICTS = (
-    "I would buy it again.", "Highly recommended.", "It exceeded my expectations.", "Five stars from me.",
-    "My whole family loves it.", "I use it every day and it still works perfectly.",
-)  # fmt: skip
+    "I would buy it again.",
+    "Highly recommended.",
+    "It exceeded my expectations.",
+    "Five stars from me.",
+    "My whole family loves it.",
+    "I use it every day and it still works perfectly.",
+)
 BAD_VERDICTS = (
-    "I am sending it back.", "Save your money.", "It stopped working after a week.", "One star.",
-    "I regret this purchase.", "It broke the second time I used it.",
-)  # fmt: skip
+    "I am sending it back.",
+    "Save your money.",
+    "It stopped working after a week.",
+    "One star.",
+    "I regret this purchase.",
+    "It broke the second time I used it.",
+)
 ASIDES = (
-    "I bought it for my sister's birthday.", "It arrived on a Tuesday.", "I have had it for about a month.",
-    "I ordered it online after reading a few reviews.", "My old one finally gave up, so I needed a new one.", "",
-)  # fmt: skip
+    "I bought it for my sister's birthday.",
+    "It arrived on a Tuesday.",
+    "I have had it for about a month.",
+    "I ordered it online after reading a few reviews.",
+    "My old one finally gave up, so I needed a new one.",
+    "",
+)
 # Asides of the opposite tone make a review more than a bag of label words.
 GOOD_ASIDES = ("The delivery was quick", "The packaging was lovely", "The price looked fair")
 BAD_ASIDES = ("The delivery was slow", "The packaging was torn", "The manual is confusing")

@@ -10,6 +10,7 @@ from typing import Union
 from pmpo.errors import DataError
 from pmpo.text.template import ExampleInput, Fields
 
+
 @dataclass(frozen=True)
 class Supervised:
     """An input and the reference output the model should produce."""

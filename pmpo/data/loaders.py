@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from pmpo.data.examples import Dataset
-from pmpo.data.rows import ColumnMap, Kind, missing_variable, field_columns, to_examples
+from pmpo.data.rows import ColumnMap, Kind, field_columns, missing_variable, to_examples
 from pmpo.errors import DataError
 
 __all__ = ["ColumnMap", "Kind", "load_dataset", "infer_format", "FORMATS"]
@@ -87,7 +87,9 @@ def load_dataset(
     rows = raw.rows[:limit] if limit else raw.rows
     if not rows:
         raise DataError(f"{raw.origin} holds no examples")
-    examples = to_examples(rows, columns or ColumnMap(), kind, raw.origin, text_lists=raw.text_lists, variables=variables)
+    examples = to_examples(
+        rows, columns or ColumnMap(), kind, raw.origin, text_lists=raw.text_lists, variables=variables
+    )
     return Dataset(
         name=name or raw.name,
         origin=raw.origin,
@@ -125,7 +127,9 @@ def check_utf8(path: Path) -> None:
                 decoder.decode(chunk)
             except UnicodeDecodeError as err:
                 bad_line = line + chunk[: max(err.start - len(pending), 0)].count(b"\n")
-                raise DataError(f"{path}, line {bad_line}: not UTF-8 text ({err.reason}); save the file as UTF-8") from None
+                raise DataError(
+                    f"{path}, line {bad_line}: not UTF-8 text ({err.reason}); save the file as UTF-8"
+                ) from None
             line += chunk.count(b"\n")
         try:
             decoder.decode(b"", final=True)
@@ -143,9 +147,13 @@ def _with_fields(dataset: Dataset, columns: ColumnMap, variables: Sequence[str])
             raise missing_variable(dataset.origin, name, column, ["input"])
     examples = tuple(replace(e, fields=tuple((name, e.input) for name in sources)) for e in dataset.examples)
     return Dataset(
-        name=dataset.name, examples=examples, description=dataset.description,
-        default_prompt=dataset.default_prompt, origin=dataset.origin, rows=dataset.rows,
-    )  # fmt: skip
+        name=dataset.name,
+        examples=examples,
+        description=dataset.description,
+        default_prompt=dataset.default_prompt,
+        origin=dataset.origin,
+        rows=dataset.rows,
+    )
 
 
 def _builtin(task: str, name: str | None, limit: int | None) -> Dataset:

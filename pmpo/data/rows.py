@@ -47,7 +47,9 @@ class ColumnMap:
         for pair in pairs:
             name, sep, column = (part.strip() for part in pair.partition("="))
             if not sep or not column or not name:
-                raise DataError(f"--column {pair!r}: expected FIELD=COLUMN with FIELD one of {', '.join(ROLES)} or a variable")
+                raise DataError(
+                    f"--column {pair!r}: expected FIELD=COLUMN with FIELD one of {', '.join(ROLES)} or a variable"
+                )
             mapping[name] = column
         try:
             return cls.from_mapping(mapping)
@@ -195,7 +197,9 @@ class _Cells:
     def _cell(self, name: str, column: str) -> str:
         value = self.row.get(column)
         if isinstance(value, (dict, list, tuple)):
-            raise DataError(f"{self.where}: the variable {{{{{name}}}}} (column {column!r}) must be text, not {value!r}")
+            raise DataError(
+                f"{self.where}: the variable {{{{{name}}}}} (column {column!r}) must be text, not {value!r}"
+            )
         if value is None or not str(value).strip():
             raise DataError(f"{self.where}: the variable {{{{{name}}}}} (column {column!r}) is empty")
         return str(value)

@@ -31,9 +31,7 @@ def train_size(n: int, train_fraction: float = 0.2, train_cap: int | None = 50) 
     return min(size, n - 1) if n > 1 else size
 
 
-def split_dataset(
-    dataset: Dataset, *, seed: int, train_fraction: float = 0.2, train_cap: int | None = 50
-) -> Split:
+def split_dataset(dataset: Dataset, *, seed: int, train_fraction: float = 0.2, train_cap: int | None = 50) -> Split:
     """Seeded split: 20% of the data capped at 50 for training (the paper's rule), the rest for testing."""
     n = len(dataset)
     if n < 2:

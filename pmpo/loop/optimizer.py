@@ -90,7 +90,13 @@ class PMPO:
         seen = frozenset(c.prompt for c in known.values())
         removals = []
         if self.config.segment_removal:
-            removals = list(dict.fromkeys(p for p in removal_prompts(incumbent.prompt, units, effects, self.config.chat_message) if p and p not in seen))
+            removals = list(
+                dict.fromkeys(
+                    p
+                    for p in removal_prompts(incumbent.prompt, units, effects, self.config.chat_message)
+                    if p and p not in seen
+                )
+            )
         rewrites, rejected = self.steps.rewrites(incumbent.prompt, train, hard, effects, t, seen | set(removals))
         prompts = removals + rewrites
         origins: list[Origin] = ["segment_removal"] * len(removals) + ["rewrite"] * len(rewrites)

@@ -30,7 +30,9 @@ class OptimizerConfig(Strict):
     # Dropping a unit with dL < 0 is a candidate too: it was already scored by the masking analysis.
     segment_removal: bool = Field(True, description="also try the prompt without each unit that hurts")
     # The system message is where a chat prompt's instruction usually is; the other messages stay as they are.
-    chat_message: int | None = Field(None, ge=0, description="chat prompts: index of the message to optimise (default: system)")
+    chat_message: int | None = Field(
+        None, ge=0, description="chat prompts: index of the message to optimise (default: system)"
+    )
     rewrite: RewriteSettings = Field(default_factory=RewriteSettings)
     # Off by default: stop scoring clearly worse candidates after a first slice of the training set.
     racing: RacingSettings = Field(default_factory=RacingSettings)

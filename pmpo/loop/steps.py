@@ -20,11 +20,10 @@ from pmpo.models.loading import LoadedModel
 from pmpo.models.usage import UsageSnapshot
 from pmpo.rewriting.backends import Rewriter, as_rewriter
 from pmpo.rewriting.proposal import propose
-from pmpo.rewriting.settings import RewriteSettings
 from pmpo.rewriting.requests import by_size
+from pmpo.rewriting.settings import RewriteSettings
 from pmpo.scoring.loss import BaseScorer, LossMatrix, Scorer
 from pmpo.text.template import editable, with_editable
-
 
 Rewrites = tuple[list[str], dict[str, int]]  # kept variants, rejections by reason
 
@@ -35,7 +34,7 @@ def rewrite_seed(seed: int, iteration: int, rank: int) -> int:
 
 
 def unit_mode(setting: str, n_params: int | None, small_model_params: int) -> str:
-    """"model" or "splitter": the setting itself, or by the rewriter's size when it is "auto"."""
+    """ "model" or "splitter": the setting itself, or by the rewriter's size when it is "auto"."""
     return by_size(setting, n_params, small_model_params, small="splitter", large="model", what="units")
 
 
@@ -167,7 +166,11 @@ class LocalSteps:
     rewriter (the scored model itself unless another is given)."""
 
     def __init__(
-        self, lm: LoadedModel, config: OptimizerConfig, scorer: BaseScorer | None = None, rewriter: Rewriter | None = None
+        self,
+        lm: LoadedModel,
+        config: OptimizerConfig,
+        scorer: BaseScorer | None = None,
+        rewriter: Rewriter | None = None,
     ):
         self.lm, self.config = lm, config
         self.scorer = scorer or Scorer(lm)
@@ -184,9 +187,15 @@ class LocalSteps:
         """The removable units of `prompt` and the loss change when each is masked out."""
         c = self.config
         units = prompt_units(
-            self.rewriter, prompt, iteration, units=c.units, max_units=c.max_units,
-            small_model_params=c.rewrite.small_model_params, seed=c.seed, chat_message=c.chat_message,
-        )  # fmt: skip
+            self.rewriter,
+            prompt,
+            iteration,
+            units=c.units,
+            max_units=c.max_units,
+            small_model_params=c.rewrite.small_model_params,
+            seed=c.seed,
+            chat_message=c.chat_message,
+        )
         return list(units.texts), segment_effects(self.scorer, prompt_loss, units, train)
 
     def rewrites(
@@ -201,9 +210,18 @@ class LocalSteps:
         """Rewrite variants of `incumbent` proposed on the hard examples, and rejections by reason."""
         c = self.config
         return rewrite_prompts(
-            self.rewriter, incumbent, train, hard, effects, c.rewrite, iteration, seen, self.scorer,
-            seed=c.seed, chat_message=c.chat_message,
-        )  # fmt: skip
+            self.rewriter,
+            incumbent,
+            train,
+            hard,
+            effects,
+            c.rewrite,
+            iteration,
+            seen,
+            self.scorer,
+            seed=c.seed,
+            chat_message=c.chat_message,
+        )
 
     def select(self, incumbent: Candidate, candidates: Sequence[Candidate], iteration: int) -> Candidate:
         """The new incumbent."""

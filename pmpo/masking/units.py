@@ -20,8 +20,8 @@ from typing import Collection, Sequence
 
 from pmpo.models.generation import sample
 from pmpo.models.loading import LoadedModel
-from pmpo.text.rendering import chat_request
 from pmpo.rewriting.backends import Rewriter, as_rewriter, local_model
+from pmpo.text.rendering import chat_request
 from pmpo.text.template import with_editable
 
 MAX_UNITS = 5  # the paper splits prompts into at most 5 units

@@ -13,9 +13,9 @@ from typing import Any, Sequence
 import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
-from pmpo.text.encoding import encode_text
 from pmpo.models.loading import LoadedModel
 from pmpo.models.usage import produced_tokens
+from pmpo.text.encoding import encode_text
 
 # End-of-turn markers of common chat templates; generation stops at whichever the tokenizer knows,
 # because some models' generation config names only the end-of-document token as eos.
@@ -41,9 +41,7 @@ def sample(
     if n < 1:
         return []
     ids = _encode(lm, text)  # [1, T]
-    config = _config(
-        lm, max_new_tokens, do_sample=True, temperature=temperature, top_p=top_p, num_return_sequences=n
-    )
+    config = _config(lm, max_new_tokens, do_sample=True, temperature=temperature, top_p=top_p, num_return_sequences=n)
     criteria = StoppingCriteriaList([_StopAfterText(lm.tokenizer, ids.shape[1], stop)] if stop else [])
     devices = [lm.device] if lm.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), torch.inference_mode():

@@ -12,11 +12,12 @@ from typing import Any, Literal
 
 import torch
 
-from pmpo.models.bundled import BUNDLED_NAME, bundled_checkpoint
 from pmpo.errors import ModelNotAvailableError
-from pmpo.models.usage import Usage
+from pmpo.models.bundled import BUNDLED_NAME, bundled_checkpoint
+
 # The settings live in pmpo.models.settings; their names are re-exported here, where callers look for them.
 from pmpo.models.settings import DEFAULT_MODEL, Backend, Device, DType, ModelSettings, Placement  # noqa: F401
+from pmpo.models.usage import Usage
 
 
 @dataclass(frozen=True)

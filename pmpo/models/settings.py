@@ -27,7 +27,9 @@ class ModelSettings(Strict):
     )
     device: Device = Field("auto", description="auto: CUDA when torch sees one, else the CPU")
     # auto: the chat template's system message when the tokenizer has one, else a plain text prefix.
-    placement: Placement = Field("auto", description="where the prompt goes: system message, user turn, or plain prefix")
+    placement: Placement = Field(
+        "auto", description="where the prompt goes: system message, user turn, or plain prefix"
+    )
     revision: str | None = Field(None, description="hub revision; backend openai: a label pinning the served weights")
     # local keeps the embedded path; openai scores through a server's /v1/completions (echo + logprobs): `spec`
     # (or `tokenizer`) then only names the tokenizer and chat template that render texts (pmpo.remote).
@@ -35,7 +37,9 @@ class ModelSettings(Strict):
     base_url: str | None = Field(None, description="openai: the server's API root, e.g. http://localhost:8000/v1")
     model: str | None = Field(None, description="openai: the served model's name (default: the one it serves)")
     api_key_env: ApiKeyEnv = None
-    tokenizer: str | None = Field(None, description="openai: HF id or directory of the served model's tokenizer (default: spec)")
+    tokenizer: str | None = Field(
+        None, description="openai: HF id or directory of the served model's tokenizer (default: spec)"
+    )
     # 4 in flight keeps a batching server (vLLM, SGLang) busy and a one-request-at-a-time server (llama.cpp) queued
     # briefly; one at a time would leave a batching server idle between replies.
     max_concurrency: int = Field(4, ge=1, description="openai: requests in flight at once")

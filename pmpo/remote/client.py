@@ -88,11 +88,15 @@ class CompletionsClient:
 
         reply = self._call(
             lambda: self._client.completions.create(
-                model=self.served_model(), prompt=list(texts), echo=False, max_tokens=max_tokens, temperature=0.0,
+                model=self.served_model(),
+                prompt=list(texts),
+                echo=False,
+                max_tokens=max_tokens,
+                temperature=0.0,
                 stop=list(stop) if stop else openai.NOT_GIVEN,
             ),
             "/completions",
-        )  # fmt: skip
+        )
         choices = choices_in_order([c.model_dump() for c in reply.choices], len(texts))
         usage = reply.usage
         return Generated(

@@ -32,7 +32,9 @@ class RemoteDecoder:
             self._count(chunk, reply)
         return [text for _, reply in answered for text in reply.texts]
 
-    def _request(self, chunk: Sequence[str], *, max_tokens: int, stop: Sequence[str]) -> tuple[Sequence[str], Generated]:
+    def _request(
+        self, chunk: Sequence[str], *, max_tokens: int, stop: Sequence[str]
+    ) -> tuple[Sequence[str], Generated]:
         try:
             return chunk, self.served.client.generate(chunk, max_tokens=max_tokens, stop=stop)
         except LogprobsMissing as exc:  # fewer choices than prompts

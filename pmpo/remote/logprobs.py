@@ -58,7 +58,9 @@ def prompt_logprobs(choice: Mapping[str, Any], text: str, lead: str = "") -> Tok
     if len(offsets) != len(values):
         raise LogprobsMissing(f"the server returned {len(offsets)} token offsets but {len(values)} log-probs")
     if not str(choice.get("text", "")).startswith(text) or not offsets or offsets[0] != 0:
-        raise LogprobsMissing("the server did not echo the prompt (`echo: true` ignored): its tokens are not in the reply")
+        raise LogprobsMissing(
+            "the server did not echo the prompt (`echo: true` ignored): its tokens are not in the reply"
+        )
     skipped = _dropped_lead(lp.get("tokens"), text, lead)
     offsets = [o + skipped for o in offsets]
     n = sum(1 for o in offsets if o < len(text))  # tokens past the prompt were generated (max_tokens)

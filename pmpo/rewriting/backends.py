@@ -15,13 +15,14 @@ from __future__ import annotations
 import logging
 from typing import Any, Protocol, Sequence
 
-from pmpo.remote.connection import Connection, Speaker, pick_model, served_identity
 from pmpo.errors import PmpoError
 from pmpo.models.generation import sample
 from pmpo.models.loading import LoadedModel
-from pmpo.text.rendering import chat_request
 from pmpo.models.usage import Usage
+from pmpo.remote.connection import Connection, Speaker, pick_model, served_identity
 from pmpo.rewriting.settings import Backend, RewriterSettings  # noqa: F401 (their home; re-exported here)
+from pmpo.text.rendering import chat_request
+
 log = logging.getLogger(__name__)
 # Sampled replies that all repeat, this many or more, are taken as a greedy server (fewer repeat by chance).
 _SAME_REPLIES = 3
@@ -49,7 +50,15 @@ class Rewriter(Protocol):
     usage: Usage
 
     def reply(
-        self, message: str, *, n: int, temperature: float, top_p: float, seed: int, max_tokens: int, stop: Sequence[str] = ()
+        self,
+        message: str,
+        *,
+        n: int,
+        temperature: float,
+        top_p: float,
+        seed: int,
+        max_tokens: int,
+        stop: Sequence[str] = (),
     ) -> list[str]:
         """n sampled replies to one user message; one that ended at a `stop` string ends with it, a cut-off one never."""
         ...
@@ -65,7 +74,15 @@ class LocalRewriter:
         self.usage = lm.usage  # one model, one set of counters, whichever step ran it
 
     def reply(
-        self, message: str, *, n: int, temperature: float, top_p: float, seed: int, max_tokens: int, stop: Sequence[str] = ()
+        self,
+        message: str,
+        *,
+        n: int,
+        temperature: float,
+        top_p: float,
+        seed: int,
+        max_tokens: int,
+        stop: Sequence[str] = (),
     ) -> list[str]:
         """n sampled replies to `message` as a user turn in the model's chat template."""
         text = chat_request(self.lm.tokenizer, message)
@@ -104,7 +121,15 @@ class ChatRewriter:
         return cls(settings, chat_identity(settings, connection.served(), speaker), connection)
 
     def reply(
-        self, message: str, *, n: int, temperature: float, top_p: float, seed: int, max_tokens: int, stop: Sequence[str] = ()
+        self,
+        message: str,
+        *,
+        n: int,
+        temperature: float,
+        top_p: float,
+        seed: int,
+        max_tokens: int,
+        stop: Sequence[str] = (),
     ) -> list[str]:
         """n sampled replies; servers that ignore `n` get one request per missing reply, each with its own seed."""
         replies: list[str] = []
@@ -131,8 +156,11 @@ class ChatRewriter:
             "%s at %s returned %d identical replies at temperature %g: it seems to decode "
             "greedily, so each request yields one variant (transformers serve samples only when the model's "
             "generation_config sets do_sample)",
-            self._connection.speaker.name, self.settings.base_url, len(replies), temperature,
-        )  # fmt: skip
+            self._connection.speaker.name,
+            self.settings.base_url,
+            len(replies),
+            temperature,
+        )
 
     def _create(
         self, message: str, n: int, temperature: float, top_p: float, seed: int, max_tokens: int, stop: Sequence[str]
@@ -142,9 +170,15 @@ class ChatRewriter:
 
         def create() -> Any:
             return self._connection.client.chat.completions.create(
-                model=s.model, messages=[{"role": "user", "content": message}], n=n, temperature=temperature,
-                top_p=top_p, seed=seed, max_tokens=max_tokens, **extra,
-            )  # fmt: skip
+                model=s.model,
+                messages=[{"role": "user", "content": message}],
+                n=n,
+                temperature=temperature,
+                top_p=top_p,
+                seed=seed,
+                max_tokens=max_tokens,
+                **extra,
+            )
 
         response = self._connection.call(create, "/chat/completions")
         if response.usage is not None:  # servers that leave it out cost an unknown amount; counted as none

@@ -14,8 +14,8 @@ from typing import Literal
 import numpy as np
 
 from pmpo.data.examples import Example, MultipleChoice, Preference, Supervised, example_input
-from pmpo.scoring.loss import BaseScorer
 from pmpo.models.loading import LoadedModel, TextSide
+from pmpo.scoring.loss import BaseScorer
 from pmpo.text.rendering import render
 
 # A greedy answer needs room for the reference's length and some slack; beyond 256 tokens it is a long

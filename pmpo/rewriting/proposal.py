@@ -20,11 +20,12 @@ from pmpo.rewriting.backends import Rewriter, as_rewriter, local_model
 from pmpo.rewriting.diagnosis import preferred_answer
 from pmpo.rewriting.replies import filter_variants, short_reply_cut_off, short_reply_unended
 from pmpo.rewriting.requests import build_request, choose_template
+
+# The settings live in pmpo.rewriting.settings; their names are re-exported here, where callers look for them.
+from pmpo.rewriting.settings import RewriteSettings, Template  # noqa: F401
 from pmpo.scoring.loss import BaseScorer, Scorer
 from pmpo.text.rendering import chat_request
 from pmpo.text.template import variables
-# The settings live in pmpo.rewriting.settings; their names are re-exported here, where callers look for them.
-from pmpo.rewriting.settings import RewriteSettings, Template  # noqa: F401
 
 # A rewrite may restate the whole prompt with edits: twice its tokens plus room for a short prompt to grow.
 _PROMPT_GROWTH_TOKENS = 32
@@ -75,18 +76,27 @@ def propose(
         scorer = scorer or Scorer(lm)
         preferred = preferred_answer(scorer.lm, scorer, scored_prompt or prompt, example)
     message = build_request(
-        template, task_description=task_description, example=example, prompt=prompt, effects=effects,
+        template,
+        task_description=task_description,
+        example=example,
+        prompt=prompt,
+        effects=effects,
         preferred=preferred,
-    )  # fmt: skip
+    )
     opened = template == "short"  # the SHORT form ends inside an opened <prompt> tag
     if lm is None:
         replies, cut_off = _chat_replies(rewriter, message, settings, template, prompt, seed, scorer, opened)
     else:
         replies, cut_off = _local_replies(lm, message, settings, template, prompt, seed, opened)
     variants, rejected = filter_variants(
-        replies, current=prompt, seen=seen, max_chars=settings.max_prompt_chars, opened=opened, cut_off=cut_off,
+        replies,
+        current=prompt,
+        seen=seen,
+        max_chars=settings.max_prompt_chars,
+        opened=opened,
+        cut_off=cut_off,
         variables=variables(prompt),
-    )  # fmt: skip
+    )
     return RewriteOutcome(variants=tuple(variants), rejected=rejected, request=message)
 
 
@@ -133,9 +143,14 @@ def _chat_replies(
     budget += settings.diagnosis_tokens if template == "full" else 0
     # Only "</prompt>": a stop at a newline would also end a reply that merely opens with one.
     replies = rewriter.reply(
-        message, n=settings.n_variants, temperature=settings.temperature, top_p=settings.top_p, seed=seed,
-        max_tokens=budget, stop=("</prompt>",),
-    )  # fmt: skip
+        message,
+        n=settings.n_variants,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        seed=seed,
+        max_tokens=budget,
+        stop=("</prompt>",),
+    )
     # A reply that stopped at "</prompt>" or ended its turn ends with "</prompt>" (`ChatRewriter` adds what the API
     # strips); a SHORT one that shows no end of its line ran out of tokens mid-instruction, though it reads complete.
     cut_off = [short_reply_unended(r) for r in replies] if opened else []

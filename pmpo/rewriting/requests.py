@@ -105,7 +105,7 @@ def by_size(setting: str, n_params: int | None, small_model_params: int, *, smal
 
 
 def choose_template(setting: str, n_params: int | None, small_model_params: int) -> str:
-    """"full" or "short": the setting itself, or by model size when it is "auto"."""
+    """ "full" or "short": the setting itself, or by model size when it is "auto"."""
     return by_size(setting, n_params, small_model_params, small="short", large="full", what="rewrite template")
 
 
@@ -205,7 +205,9 @@ def _variables_section(prompt: str) -> str:
     if not names:
         return ""
     many = len(names) > 1
-    return FULL_VARIABLES_SECTION.format(names=_braced(names), are="are" if many else "is", each="each" if many else "it")
+    return FULL_VARIABLES_SECTION.format(
+        names=_braced(names), are="are" if many else "is", each="each" if many else "it"
+    )
 
 
 def _short_keep(prompt: str) -> str:

@@ -20,10 +20,19 @@ class RewriteSettings(Strict):
     """
 
     # The paper: one request for each of the 3 highest-loss examples, 4 sampled variants per request.
-    hard_k: int = Field(3, ge=1, validation_alias=AliasChoices("hard_k", "k"), description="hard examples per iteration (one rewrite request each)")
-    n_variants: int = Field(4, ge=1, validation_alias=AliasChoices("n_variants", "n"), description="variants sampled per request")
+    hard_k: int = Field(
+        3,
+        ge=1,
+        validation_alias=AliasChoices("hard_k", "k"),
+        description="hard examples per iteration (one rewrite request each)",
+    )
+    n_variants: int = Field(
+        4, ge=1, validation_alias=AliasChoices("n_variants", "n"), description="variants sampled per request"
+    )
     # auto: SHORT below `small_model_params`, else FULL.
-    template: Template = Field("auto", description="the request: full (the paper's), short (a fill-in form for small models), auto: by size")
+    template: Template = Field(
+        "auto", description="the request: full (the paper's), short (a fill-in form for small models), auto: by size"
+    )
     # Below ~1B parameters models lose track of a long multi-part request and echo it back; the short fill-in
     # form keeps them on task (and the splitter, not the model, marks units).
     small_model_params: int = Field(1_000_000_000, ge=1, description="a rewriter below this many parameters is small")
@@ -65,7 +74,9 @@ class RewriterSettings(Strict):
     max_retries: MaxRetries = MAX_RETRIES
     # Unknown counts as large: a served model is usually the bigger one.
     n_params: int | None = Field(
-        None, ge=1, description="openai, or same with a served model: its size, for template/units auto (unknown: large)"
+        None,
+        ge=1,
+        description="openai, or same with a served model: its size, for template/units auto (unknown: large)",
     )
     # A server can swap the weights behind one name; a name alone would reuse rewrites the old weights wrote.
     revision: str | None = Field(None, description="pins the rewriter's weights in the cache key")

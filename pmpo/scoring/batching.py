@@ -28,9 +28,7 @@ class Batch:
     owner: torch.Tensor  # [T] position in `seqs` of the sequence each target token belongs to
 
 
-def plan(
-    seqs: list[list[int]], starts: list[int], budget: int, *, pack: bool, offset: int, pad_id: int
-) -> list[Batch]:
+def plan(seqs: list[list[int]], starts: list[int], budget: int, *, pack: bool, offset: int, pad_id: int) -> list[Batch]:
     """Batches covering every sequence (input + target, target from `starts[i]`) within `budget` tokens."""
     # The last token predicts nothing that is scored, so it is never fed.
     fed = [len(s) - 1 for s in seqs]

@@ -10,9 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from pmpo.data.examples import Dataset
-from pmpo.text.encoding import encode, encode_many
 from pmpo.errors import ContextLengthError
 from pmpo.scoring.loss import Objective, example_rows
+from pmpo.text.encoding import encode, encode_many
 
 
 def check_fits(text_side: Any, prompt: str, dataset: Dataset, mc_objective: Objective = "preference") -> None:

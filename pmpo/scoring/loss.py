@@ -16,17 +16,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pmpo.data.examples import Example, MultipleChoice, Preference, Supervised, example_input
+from pmpo.errors import ContextLengthError
+from pmpo.models.decoding import Decoder, LocalDecoder
+from pmpo.models.loading import LoadedModel, TextSide
 from pmpo.scoring import prefix_attention
 from pmpo.scoring.batching import Batch, plan
-from pmpo.data.examples import Example, MultipleChoice, Preference, Supervised, example_input
-from pmpo.models.decoding import Decoder, LocalDecoder
-from pmpo.text.encoding import Encoded, common_length, encode_many, encode_text
-from pmpo.errors import ContextLengthError
-from pmpo.models.loading import LoadedModel, TextSide
-from pmpo.text.rendering import render
-from pmpo.text.template import ExampleInput
+
 # The settings live in pmpo.scoring.settings; their names are re-exported here, where callers look for them.
 from pmpo.scoring.settings import Objective, ScorerSettings  # noqa: F401
+from pmpo.text.encoding import Encoded, common_length, encode_many, encode_text
+from pmpo.text.rendering import render
+from pmpo.text.template import ExampleInput
 
 
 @dataclass(frozen=True)

@@ -46,8 +46,12 @@ def race(
     reference = scorer.loss_matrix([incumbent], examples).loss[0] if incumbent is not None else None
     rows = race_prompts(
         lambda ps, idx: scorer.loss_matrix(ps, [examples[i] for i in idx]),
-        prompts, len(examples), settings, reference, order=order,
-    )  # fmt: skip
+        prompts,
+        len(examples),
+        settings,
+        reference,
+        order=order,
+    )
     return [float(r.loss.mean()) if r.loss.shape[1] == len(examples) else None for r in rows]
 
 

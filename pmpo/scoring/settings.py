@@ -19,7 +19,9 @@ class ScorerSettings(Strict):
     # Measured with SmolLM2: on 2 CPU cores 1-4k tokens run the matmuls near their peak and more only adds
     # activation memory; on an H200 the small model is launch-bound and 8k batches ran 1.3-3.6x faster than 2k in
     # the plain-cache path.
-    token_budget: int | None = Field(None, ge=1, description="tokens (padded) per forward pass (default: 2048 on CPU, 8192 on CUDA)")
+    token_budget: int | None = Field(
+        None, ge=1, description="tokens (padded) per forward pass (default: 2048 on CPU, 8192 on CUDA)"
+    )
     # Every example of one candidate shares the prompt: its KV cache is computed once and reused.
     reuse_prefix: bool = Field(True, description="compute the prompt's KV cache once per candidate and reuse it")
     # shared: examples attend to the prefix's one copy (pmpo.scoring.prefix_attention; no per-batch copy, short

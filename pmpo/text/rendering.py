@@ -121,4 +121,3 @@ def _chat_or_plain(tokenizer: Any, messages: list[dict[str, str]]) -> str:
 
 def _chat(tokenizer: Any, messages: list[dict[str, str]]) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-

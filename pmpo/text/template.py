@@ -100,7 +100,9 @@ def chat_messages(prompt: str) -> tuple[Message, ...] | None:
         return None
     if not isinstance(parsed, list) or not parsed:
         return None
-    if not all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in parsed):
+    if not all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in parsed
+    ):
         return None
     return tuple(Message(m["role"], m["content"]) for m in parsed)
 
@@ -132,14 +134,17 @@ def optimised_index(messages: Sequence[Message], message: int | None = None) -> 
     """Which message's text the loop optimises: `message` (an index) when given, else the system message."""
     if message is not None:
         if not 0 <= message < len(messages):
-            raise TemplateError(f"chat_message {message}: the chat prompt has {len(messages)} message(s), numbered from 0")
+            raise TemplateError(
+                f"chat_message {message}: the chat prompt has {len(messages)} message(s), numbered from 0"
+            )
         return message
     for i, message in enumerate(messages):
         if message.role == "system":
             return i
     raise TemplateError(
         "a chat prompt needs a system message to optimise (roles found: "
-        + ", ".join(m.role for m in messages) + "); add one, even a short one"
+        + ", ".join(m.role for m in messages)
+        + "); add one, even a short one"
     )
 
 

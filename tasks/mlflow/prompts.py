@@ -76,14 +76,20 @@ def load_registered_prompt(uri: str) -> str:
     try:
         return from_registry(mlflow.genai.load_prompt(uri).template)
     except MlflowException as exc:
-        raise TrackingError(f"prompt {uri!r} not found in {shown_tracking_uri()}: {exc.message.splitlines()[0]}") from None
+        raise TrackingError(
+            f"prompt {uri!r} not found in {shown_tracking_uri()}: {exc.message.splitlines()[0]}"
+        ) from None
 
 
 def get_version(name: str, ref: str | int) -> PromptVersion | None:
     """Version `ref` of `name` (a number, or an alias such as `production` / `latest`); None when absent."""
     c = client()
     try:
-        found = c.get_prompt_version(name, int(ref)) if str(ref).isdigit() else c.get_prompt_version_by_alias(name, str(ref))
+        found = (
+            c.get_prompt_version(name, int(ref))
+            if str(ref).isdigit()
+            else c.get_prompt_version_by_alias(name, str(ref))
+        )
     except MlflowException:
         return None  # no such prompt, version or alias: the caller decides whether that is a mistake
     if found is None:
@@ -99,7 +105,9 @@ def require_version(name: str, ref: str | int) -> PromptVersion:
         known = ", ".join(str(v) for v in version_numbers(name))
         if not known:
             raise TrackingError(f"no prompt named {name!r} in the registry at {shown_tracking_uri()}")
-        raise TrackingError(f"prompt {name!r} has no version or alias {ref!r} in {shown_tracking_uri()} (versions: {known})")
+        raise TrackingError(
+            f"prompt {name!r} has no version or alias {ref!r} in {shown_tracking_uri()} (versions: {known})"
+        )
     return found
 
 

@@ -92,8 +92,12 @@ def record_of_flow_run(experiment: str, flow_run_id: str) -> FlowRunRecord | Non
     found = c.get_experiment_by_name(experiment)
     if found is None:
         return None
-    runs = c.search_runs([found.experiment_id], filter_string=f"tags.`prefect.flow_run_id` = '{flow_run_id}'",
-                         order_by=["attributes.start_time DESC"], max_results=1)  # fmt: skip
+    runs = c.search_runs(
+        [found.experiment_id],
+        filter_string=f"tags.`prefect.flow_run_id` = '{flow_run_id}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
     if not runs:
         return None
     r = runs[0]
@@ -104,4 +108,6 @@ def record_of_flow_run(experiment: str, flow_run_id: str) -> FlowRunRecord | Non
         except (MlflowException, OSError):
             return None  # the run ended before it saved its prompts: no candidate to judge
     m = r.data.metrics
-    return FlowRunRecord(r.info.run_id, r.info.status, texts["initial"], texts["best"], m.get("initial_loss"), m.get("best_loss"))
+    return FlowRunRecord(
+        r.info.run_id, r.info.status, texts["initial"], texts["best"], m.get("initial_loss"), m.get("best_loss")
+    )

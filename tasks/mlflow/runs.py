@@ -56,13 +56,17 @@ def start_run(experiment: str, run_key: str, run_name: str, params: dict[str, An
 def _open_run(experiment: str, run_key: str, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> TrackedRun:
     c = client()
     exp_id = experiment_id(c, experiment)
-    previous = c.search_runs([exp_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}'", order_by=["attributes.start_time DESC"])
+    previous = c.search_runs(
+        [exp_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}'", order_by=["attributes.start_time DESC"]
+    )
     unfinished = [r for r in previous if r.info.status != "FINISHED"]
     if unfinished:  # we hold the key's lock, so its last writer is gone: take the run over
         run_id = unfinished[0].info.run_id
         c.update_run(run_id, status="RUNNING")
         c.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
-        return TrackedRun(run_id, exp_id, experiment, resumed=True, logged_through=_last_step(c, run_id), run_key=run_key)
+        return TrackedRun(
+            run_id, exp_id, experiment, resumed=True, logged_through=_last_step(c, run_id), run_key=run_key
+        )
     run = c.create_run(exp_id, run_name=run_name, tags={**tags, RUN_KEY_TAG: run_key})
     items = [Param(k, _param_value(v)) for k, v in params.items()]
     for at in range(0, len(items), 100):  # MLflow takes at most 100 params per batch

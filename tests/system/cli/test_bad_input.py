@@ -28,7 +28,11 @@ def _one_line_error(capsys, argv: list[str], code: int) -> str:
 @pytest.mark.parametrize(
     ("name", "content", "says"),
     [
-        ("rows.jsonl", b'{"input": "a", "target": "b"}\n{"input": "' + LATIN1 + b'", "target": "x"}\n', "rows.jsonl, line 2: not UTF-8"),
+        (
+            "rows.jsonl",
+            b'{"input": "a", "target": "b"}\n{"input": "' + LATIN1 + b'", "target": "x"}\n',
+            "rows.jsonl, line 2: not UTF-8",
+        ),
         ("rows.json", b'[\n{"input": "' + LATIN1 + b'", "target": "x"}]', "rows.json, line 2: not UTF-8"),
         ("rows.csv", b"input,target\na,b\nc,d\n" + LATIN1 + b",x\n", "rows.csv, line 4: not UTF-8"),
         ("cut.jsonl", b'{"input": "a", "target": "b"}\n{"input": "\xc3', "cut.jsonl, line 2: not UTF-8"),
@@ -58,16 +62,42 @@ def test_utf8_split_across_read_chunks_is_fine(tmp_path):
 @pytest.mark.parametrize(
     ("files", "argv", "says", "code"),
     [
-        ({"run.yaml": b"iterations: 1\nprompt: " + LATIN1 + b"\n"}, ["optimize", "--config", "run.yaml"],
-         "run.yaml, line 2: config file is not UTF-8", 2),
-        ({"p.txt": b"Classify " + LATIN1}, ["optimize", "--prompt-file", "p.txt"], "--prompt-file p.txt, line 1: the prompt file is not UTF-8", 2),
-        ({"run.yaml": b"iterations: true\n"}, ["optimize", "--config", "run.yaml"],
-         "run.yaml: iterations: expected a number, not the boolean true", 2),
-        ({"run.yaml": b"eval: {max_examples: false}\n"}, ["optimize", "--config", "run.yaml"],
-         "run.yaml: eval.max_examples: expected a number", 2),
-        ({"run.yaml": b"iterations: 1\n"}, ["optimize", "--config", "run.yaml", "--iterations", "-1"],
-         "arguments: iterations: Input should be greater than or equal to 0", 2),
-        ({"rows": b'{"input": "a", "target": "b"}\n'}, ["optimize", "--data", "rows"], "rows: cannot tell the data format", 2),
+        (
+            {"run.yaml": b"iterations: 1\nprompt: " + LATIN1 + b"\n"},
+            ["optimize", "--config", "run.yaml"],
+            "run.yaml, line 2: config file is not UTF-8",
+            2,
+        ),
+        (
+            {"p.txt": b"Classify " + LATIN1},
+            ["optimize", "--prompt-file", "p.txt"],
+            "--prompt-file p.txt, line 1: the prompt file is not UTF-8",
+            2,
+        ),
+        (
+            {"run.yaml": b"iterations: true\n"},
+            ["optimize", "--config", "run.yaml"],
+            "run.yaml: iterations: expected a number, not the boolean true",
+            2,
+        ),
+        (
+            {"run.yaml": b"eval: {max_examples: false}\n"},
+            ["optimize", "--config", "run.yaml"],
+            "run.yaml: eval.max_examples: expected a number",
+            2,
+        ),
+        (
+            {"run.yaml": b"iterations: 1\n"},
+            ["optimize", "--config", "run.yaml", "--iterations", "-1"],
+            "arguments: iterations: Input should be greater than or equal to 0",
+            2,
+        ),
+        (
+            {"rows": b'{"input": "a", "target": "b"}\n'},
+            ["optimize", "--data", "rows"],
+            "rows: cannot tell the data format",
+            2,
+        ),
         ({}, ["runs", "--limit", "0"], "argument --limit: must be at least 1, not 0", 2),
     ],
 )

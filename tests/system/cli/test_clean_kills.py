@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 import yaml
-from support.pipeline import tiny_values
 
 from pmpo_cli.ephemeral import _alive, reap_orphans
+from support.pipeline import tiny_values
 
 
 def _start(tmp_path: Path, tiny_model_dir: Path) -> tuple[subprocess.Popen, Path]:

@@ -9,9 +9,9 @@ import subprocess
 import sys
 
 import pytest
-from support.pipeline import PROMPT, tiny_values
 
 from pmpo_cli.main import main
+from support.pipeline import PROMPT, tiny_values
 
 
 def _one_line_error(capsys, argv: list[str], code: int = 2) -> str:
@@ -102,7 +102,9 @@ def test_optimize_writes_summary_and_the_record_reads_back(capsys, tmp_path, pmp
     delta = summary["heldout"]["delta_loss"]  # final - initial on the held-out examples, with its interval
     assert delta["low"] <= delta["estimate"] <= delta["high"]
     assert delta["estimate"] == pytest.approx(summary["heldout"]["final_loss"] - summary["heldout"]["initial_loss"])
-    assert "change [95% CI]" in shown and f"{delta['estimate']:+.4f} [{delta['low']:+.4f}, {delta['high']:+.4f}]" in shown
+    assert (
+        "change [95% CI]" in shown and f"{delta['estimate']:+.4f} [{delta['low']:+.4f}, {delta['high']:+.4f}]" in shown
+    )
     cost = summary["cost"]  # what the run cost, per iteration and in total
     spans = [cost["initial"], *cost["iterations"], cost["heldout"]]
     assert len(cost["iterations"]) == 1 and cost["total"]["tokens_scored"] > 0
@@ -118,7 +120,18 @@ def test_optimize_writes_summary_and_the_record_reads_back(capsys, tmp_path, pmp
 
     registered = f"prompts:/{summary['prompt_name']}@latest"
     scored = tmp_path / "eval.json"
-    common = ["--model", str(tiny_model_dir), "--dtype", "float32", "--limit", "40", "--seed", "3", "--eval-examples", "6"]
+    common = [
+        "--model",
+        str(tiny_model_dir),
+        "--dtype",
+        "float32",
+        "--limit",
+        "40",
+        "--seed",
+        "3",
+        "--eval-examples",
+        "6",
+    ]
     assert main(["evaluate", "--prompt", registered, *common, "--no-generate", "--output", str(scored)]) == 0
     evaluation = json.loads(scored.read_text())
     assert evaluation["prompt"] == summary["best_prompt"] and evaluation["prompt_source"] == registered

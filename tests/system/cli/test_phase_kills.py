@@ -13,9 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-import support
 import yaml
+
+import support
 from support.pipeline import tiny_values
 
 DRIVER = Path(support.__file__).with_name("phase_driver.py")
@@ -41,8 +41,9 @@ def _env(tmp_path: Path) -> dict[str, str]:
 
 def _kill_during(argv: list[str], env: dict[str, str], marker: str, window: float, rng: random.Random) -> bool:
     """Run until `marker` is printed, then SIGKILL the process group a random moment later; False if it ended first."""
-    child = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                             start_new_session=True)  # fmt: skip
+    child = subprocess.Popen(
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True
+    )
     deadline = time.monotonic() + 300
     try:
         for line in child.stdout:
@@ -63,7 +64,9 @@ def test_a_kill_in_each_phase_in_turn_then_a_rerun_loses_and_duplicates_nothing(
     # the next phase, so every phase's kill is followed by a resume (six commands and a last one that finishes).
     config = tmp_path / "run.yaml"
     # Held-out answers long enough that evaluating takes a few seconds: a kill can land inside it.
-    values = tiny_values(tiny_model_dir, iterations=ITERATIONS, task="phases", eval={"max_examples": 24, "max_new_tokens": 24})
+    values = tiny_values(
+        tiny_model_dir, iterations=ITERATIONS, task="phases", eval={"max_examples": 24, "max_new_tokens": 24}
+    )
     config.write_text(yaml.safe_dump(values))
     env = _env(tmp_path)
     out = tmp_path / "summary.json"

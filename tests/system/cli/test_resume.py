@@ -13,6 +13,7 @@ import time
 
 import pytest
 import yaml
+
 from support.pipeline import tiny_values
 
 KILL_AFTER_ITERATION = 1  # recorded in MLflow: its candidates and its loss evaluations are done
@@ -72,7 +73,9 @@ def test_killed_run_resumes_without_duplicates_or_recomputation(tmp_path, tiny_m
     if done_before_kill[-1] >= ITERATIONS:
         pytest.skip("the machine was too slow to kill the run before it ended")  # pragma: no cover
 
-    rerun = subprocess.run(_command(config, tmp_path / "second.json"), env=env, capture_output=True, text=True, timeout=600)
+    rerun = subprocess.run(
+        _command(config, tmp_path / "second.json"), env=env, capture_output=True, text=True, timeout=600
+    )
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     summary = json.loads((tmp_path / "second.json").read_text())
 

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import support
-from support.pipeline import forget_process_scores, tiny_config
 
+import support
 from flows.cluster import shard
 from flows.config import ConfigError, OptimizeConfig, TaskRunnerConfig, build
+from support.pipeline import forget_process_scores, tiny_config
 
 
 def test_shards_are_contiguous_near_equal_and_in_order():
@@ -56,8 +56,8 @@ def test_cli_flags_fill_the_block():
 
 
 def test_run_key_ignores_where_losses_are_computed(tiny_model_dir):
-    from tasks.identity import run_key
     from pmpo.data import load_dataset
+    from tasks.identity import run_key
     from tasks.models import model_ref
 
     local, dask = tiny_config(tiny_model_dir), tiny_config(tiny_model_dir, task_runner={"kind": "dask"})
@@ -71,7 +71,10 @@ def cluster():
     """A LocalCluster of 2 single-thread worker processes, reached by address as a remote one would be."""
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as c, Client(c) as client:
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as c,
+        Client(c) as client,
+    ):
         yield c, client
 
 
@@ -85,7 +88,9 @@ def test_flow_on_dask_gives_the_in_process_candidates(tmp_path, monkeypatch, tin
     for name, runner in (("local", {}), ("dask", {"kind": "dask", "address": c.scheduler_address})):
         monkeypatch.setenv("PMPO_HOME", str(tmp_path / name))
         forget_process_scores()  # the workers start with no memo: so must this process, for equal costs
-        config = tiny_config(tiny_model_dir, iterations=3, task_runner=runner, eval={"max_examples": 2, "generate": False})
+        config = tiny_config(
+            tiny_model_dir, iterations=3, task_runner=runner, eval={"max_examples": 2, "generate": False}
+        )
         summaries[name] = optimize_prompt(config)
     local, dask = summaries["local"], summaries["dask"]
 
@@ -116,13 +121,17 @@ def test_sharded_losses_equal_sequential_ones_with_the_real_model(pmpo_home, rea
     from flows.cluster import loss_fan_out
     from flows.steps import PrefectSteps
     from pmpo.data import load_dataset
-    from pmpo.models.loading import ModelSettings
     from pmpo.loop.optimizer import OptimizerConfig
+    from pmpo.models.loading import ModelSettings
     from tasks.models import model_ref
 
     ref = model_ref(ModelSettings(dtype="float32"))
     data = load_dataset("builtin:sentiment", limit=4)
-    prompts = ["Classify the review.", "Is this review positive or negative? One word.", "Answer: positive or negative."]
+    prompts = [
+        "Classify the review.",
+        "Is this review positive or negative? One word.",
+        "Answer: positive or negative.",
+    ]
 
     @flow
     def both():
@@ -186,8 +195,9 @@ def test_two_processes_sharing_the_store_compute_an_evaluation_once(tmp_path, ti
     procs = [
         subprocess.Popen(
             [sys.executable, str(worker), str(tiny_model_dir), str(barrier), str(out)],
-            env={**env, "PREFECT_HOME": str(tmp_path / f"prefect{i}")}, stderr=subprocess.PIPE,
-        )  # fmt: skip
+            env={**env, "PREFECT_HOME": str(tmp_path / f"prefect{i}")},
+            stderr=subprocess.PIPE,
+        )
         for i, out in enumerate(outs)
     ]
     deadline = time.monotonic() + 300
@@ -211,8 +221,9 @@ def test_killed_dask_run_resumes_without_duplicates_or_recomputation(tmp_path, t
     """test_resume's check on the cluster path: SIGKILL the CLI (and its local cluster) after iteration 1 is
     recorded, run the same command again: the same MLflow run, each candidate once, no finished shard recomputed."""
     import yaml
-    from support.pipeline import tiny_values
     from test_resume import _command, _env, _recorded_iterations, kill_after_first_iteration
+
+    from support.pipeline import tiny_values
 
     iterations = 3
     config = tmp_path / "run.yaml"
@@ -228,7 +239,9 @@ def test_killed_dask_run_resumes_without_duplicates_or_recomputation(tmp_path, t
     if done_before_kill[-1] >= iterations:
         pytest.skip("the machine was too slow to kill the run before it ended")  # pragma: no cover
 
-    rerun = subprocess.run(_command(config, tmp_path / "second.json"), env=env, capture_output=True, text=True, timeout=900)
+    rerun = subprocess.run(
+        _command(config, tmp_path / "second.json"), env=env, capture_output=True, text=True, timeout=900
+    )
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     summary = json.loads((tmp_path / "second.json").read_text())
     assert summary["resumed"] and [r["run_id"] for r in queries.list_runs()] == [summary["run_id"]]

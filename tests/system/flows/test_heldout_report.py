@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from flows.summary import heldout_summary
 from flows.record import heldout_metrics
+from flows.summary import heldout_summary
 from pmpo.evaluation.heldout import Evaluation, compare
 from pmpo_cli import display
 
@@ -17,11 +17,18 @@ from pmpo_cli import display
 def _evaluation(losses, correct, option, option_norm) -> Evaluation:
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     return Evaluation(
-        prompt="p", n_examples=len(losses), loss=mean(losses), loss_per_token=0.5, accuracy=mean(correct),
-        option_accuracy=mean(option), option_accuracy_norm=mean(option_norm), example_losses=tuple(losses),
-        example_correct=tuple(correct), example_option_correct=tuple(option),
+        prompt="p",
+        n_examples=len(losses),
+        loss=mean(losses),
+        loss_per_token=0.5,
+        accuracy=mean(correct),
+        option_accuracy=mean(option),
+        option_accuracy_norm=mean(option_norm),
+        example_losses=tuple(losses),
+        example_correct=tuple(correct),
+        example_option_correct=tuple(option),
         example_option_correct_norm=tuple(option_norm),
-    )  # fmt: skip
+    )
 
 
 INITIAL = _evaluation([3.0, 2.5, 4.0, 3.0] * 4, [False, True, False, False] * 4, [True, False] * 8, [False, False] * 8)

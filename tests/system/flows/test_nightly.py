@@ -213,7 +213,9 @@ def test_a_prompt_with_broken_data_fails_alone_and_is_named(prompts, tmp_path, t
     broken.write_text('{"input": "a", "target": "b"}\nnot json\n')
     path = tmp_path / "prompts.yaml"
     # The broken prompt comes first: the one after it must still be refreshed.
-    path.write_text(yaml.safe_dump({"prompts": [managed(tiny_model_dir, "broken", str(broken)), managed(tiny_model_dir)]}))
+    path.write_text(
+        yaml.safe_dump({"prompts": [managed(tiny_model_dir, "broken", str(broken)), managed(tiny_model_dir)]})
+    )
 
     state = nightly_refresh(NightlyConfig(prompts_file=str(path)), return_state=True)
 
@@ -228,4 +230,3 @@ def test_a_prompt_with_broken_data_fails_alone_and_is_named(prompts, tmp_path, t
     run = store.client().get_run(error.report.run_id)
     assert run.info.status == "FAILED"
     assert run.data.tags["pmpo.decision.broken"] == "failed" and run.data.tags["pmpo.decision.sent"] == ok.outcome
-

@@ -4,10 +4,10 @@ with the library loop, and an identical rerun that computes nothing."""
 from __future__ import annotations
 
 import pytest
-from support.pipeline import PROMPT, forget_process_scores, tiny_config
 
 from pmpo.data import load_dataset, split_dataset
 from pmpo.loop.optimizer import PMPO
+from support.pipeline import PROMPT, forget_process_scores, tiny_config
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -49,7 +49,12 @@ def test_mlflow_table_holds_exactly_the_flow_candidates(first_run):
 
     assert [r["id"] for r in rows] == [c.id for c in summary.candidates]
     for row, c in zip(rows, summary.candidates):
-        assert (row["parent"], row["iteration"], row["origin"], row["prompt"]) == (c.parent_id, c.iteration, c.origin, c.prompt)
+        assert (row["parent"], row["iteration"], row["origin"], row["prompt"]) == (
+            c.parent_id,
+            c.iteration,
+            c.origin,
+            c.prompt,
+        )
         assert row["loss_mean"] == pytest.approx(c.loss)
         assert row["loss_sum"] == pytest.approx(c.loss * c.n_examples)
         assert row["selected"] == c.selected
@@ -75,9 +80,15 @@ def test_mlflow_run_record(first_run):
     assert "heldout/accuracy_final" in metrics
     h = summary.heldout
     assert metrics["heldout/delta_loss"] == pytest.approx(h.final_loss - h.initial_loss)
-    assert (metrics["heldout/delta_loss_low"], metrics["heldout/delta_loss_high"]) == pytest.approx((h.delta_loss.low, h.delta_loss.high))
+    assert (metrics["heldout/delta_loss_low"], metrics["heldout/delta_loss_high"]) == pytest.approx(
+        (h.delta_loss.low, h.delta_loss.high)
+    )
     assert metrics["heldout/delta_accuracy"] == pytest.approx(h.final_accuracy - h.initial_accuracy)
-    assert metrics["heldout/delta_accuracy_low"] <= metrics["heldout/delta_accuracy"] <= metrics["heldout/delta_accuracy_high"]
+    assert (
+        metrics["heldout/delta_accuracy_low"]
+        <= metrics["heldout/delta_accuracy"]
+        <= metrics["heldout/delta_accuracy_high"]
+    )
     artifacts = {a.path for a in store.client().list_artifacts(summary.run_id)}
     assert {"loss_by_iteration.png", "candidates.json", "config.json"} <= artifacts
     assert prompts.load_registered_prompt(f"prompts:/{summary.prompt_name}@latest") == summary.best_prompt
@@ -124,8 +135,8 @@ def test_cache_keys_hold_content_not_objects_or_labels():
     from dataclasses import replace
 
     from pmpo.data import Dataset, Supervised
-    from pmpo.scoring.loss import ScorerSettings
     from pmpo.models.loading import ModelSettings
+    from pmpo.scoring.loss import ScorerSettings
     from tasks.caching import ContentInputs
     from tasks.identity import content
     from tasks.models import ModelRef
@@ -139,7 +150,12 @@ def test_cache_keys_hold_content_not_objects_or_labels():
 
     base = key(model=ref, data=data, prompts=["p"], iteration=1)
     # Where the model lives, what the dataset is called and the run-name label do not matter...
-    same = key(model=replace(ref, settings=ModelSettings(spec="/elsewhere")), data=Dataset("e", data.examples), prompts=["p"], iteration=2)
+    same = key(
+        model=replace(ref, settings=ModelSettings(spec="/elsewhere")),
+        data=Dataset("e", data.examples),
+        prompts=["p"],
+        iteration=2,
+    )
     assert same == base
     # ...the model's identity and numerics, the examples and the prompt text do.
     assert key(model=replace(ref, identity="tiny@sha256:2"), data=data, prompts=["p"]) != base

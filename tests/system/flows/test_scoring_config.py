@@ -7,8 +7,8 @@ from flows.config import ConfigError, EvaluateConfig, OptimizeConfig, build
 from flows.heldout import setup_of
 from flows.record import flatten
 from pmpo.data.examples import MultipleChoice
-from pmpo.scoring.loss import ScorerSettings, example_rows
 from pmpo.models.loading import ModelSettings
+from pmpo.scoring.loss import ScorerSettings, example_rows
 from pmpo_cli.main import build_parser
 from pmpo_cli.options import config_values
 from tasks.identity import model_key

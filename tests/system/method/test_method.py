@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from pmpo.data import demo_task, split_dataset
-from pmpo.scoring.loss import Scorer
 from pmpo.loop.optimizer import PMPO, OptimizerConfig
+from pmpo.scoring.loss import Scorer
 from pmpo.scoring.reference import naive_nll
 
 pytestmark = pytest.mark.real_model
@@ -33,7 +33,9 @@ def test_two_iterations_lower_train_loss_and_keep_every_candidate(real_lm):
     split = split_dataset(demo_task(60, seed=3), seed=3)  # 12 training examples
     seen, iterations = [], []
     scorer = Scorer(real_lm)
-    optimizer = PMPO(real_lm, OptimizerConfig(iterations=2, seed=3), scorer, on_candidate=seen.append, on_iteration=iterations.append)
+    optimizer = PMPO(
+        real_lm, OptimizerConfig(iterations=2, seed=3), scorer, on_candidate=seen.append, on_iteration=iterations.append
+    )
     result = optimizer.optimize("Read the text. Then answer.", split.train)
 
     # From a vague start, masking and rewrites find a strictly better prompt (the method works, not just runs).

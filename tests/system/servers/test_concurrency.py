@@ -43,14 +43,18 @@ def test_six_first_uses_of_a_fresh_store_at_once_all_succeed(tmp_path, monkeypat
     failures = [c.stderr.read()[-1500:] for c in children if c.wait(timeout=600) != 0]
     assert not failures, failures[0]
 
-    tables = {r[0] for r in sqlite3.connect(home / "mlflow.db").execute("select name from sqlite_master where type='table'")}
+    tables = {
+        r[0] for r in sqlite3.connect(home / "mlflow.db").execute("select name from sqlite_master where type='table'")
+    }
     assert not {t for t in tables if t.startswith("_alembic_tmp")} and "alembic_version" in tables
     monkeypatch.setenv("PMPO_HOME", str(home))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     from tasks.mlflow import queries
 
     listed = queries.list_runs()  # what `pmpo runs` shows: a healthy store
-    assert len(listed) == 6 and {r["status"] for r in listed} == {"FINISHED"} and {r["best_loss"] for r in listed} == {1.0}
+    assert (
+        len(listed) == 6 and {r["status"] for r in listed} == {"FINISHED"} and {r["best_loss"] for r in listed} == {1.0}
+    )
 
 
 HOLDER = textwrap.dedent(

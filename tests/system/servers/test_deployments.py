@@ -96,9 +96,14 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_TRACKING"))}
     env.update(
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",  # the worker starts `python`
-        PMPO_HOME=str(tmp_path / "home"), PREFECT_HOME=str(tmp_path / "prefect"), HF_HUB_OFFLINE="1",
-        DO_NOT_TRACK="true", PREFECT_SERVER_ANALYTICS_ENABLED="false", MLFLOW_DISABLE_TELEMETRY="true", **extra,
-    )  # fmt: skip
+        PMPO_HOME=str(tmp_path / "home"),
+        PREFECT_HOME=str(tmp_path / "prefect"),
+        HF_HUB_OFFLINE="1",
+        DO_NOT_TRACK="true",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        MLFLOW_DISABLE_TELEMETRY="true",
+        **extra,
+    )
     return env
 
 
@@ -192,8 +197,16 @@ def test_prefect_yaml_deploys_and_a_worker_runs_optimize(tmp_path, tiny_model_di
                 "rewrite": {"k": 1, "n": 1, "max_new_tokens": 8},
                 "eval": {"max_examples": 4, "generate": False},
             }
-            run = ["deployment", "run", "optimize-prompt/optimize", "--params", json.dumps({"config": config}),
-                   "--watch", "--watch-timeout", "420"]  # fmt: skip
+            run = [
+                "deployment",
+                "run",
+                "optimize-prompt/optimize",
+                "--params",
+                json.dumps({"config": config}),
+                "--watch",
+                "--watch-timeout",
+                "420",
+            ]
             shown = _prefect(run, env, timeout=480, cwd=tmp_path)
             flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", shown).group(1)
             state = _get_json(f"{api}/flow_runs/{flow_run_id}")["state"]
@@ -222,7 +235,10 @@ def test_pmpo_serve_starts_both_servers_and_the_deployments_and_stops_on_ctrl_c(
         assert f"MLflow UI:   http://127.0.0.1:{mlflow_port}" in shown
         assert _get_json(f"http://127.0.0.1:{prefect_port}/api/health") is True
         # The UI finds its API through /ui-settings: on a non-default port it must name that port.
-        assert _get_json(f"http://127.0.0.1:{prefect_port}/ui-settings")["api_url"] == f"http://127.0.0.1:{prefect_port}/api"
+        assert (
+            _get_json(f"http://127.0.0.1:{prefect_port}/ui-settings")["api_url"]
+            == f"http://127.0.0.1:{prefect_port}/api"
+        )
         known = Stack(StackSettings(home=tmp_path, prefect_port=prefect_port)).deployments()
         assert set(DEPLOYMENTS) <= known
         with _HTTP.open(f"http://127.0.0.1:{mlflow_port}/health", timeout=5) as response:

@@ -12,8 +12,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import support
 import yaml
+
+import support
 from support.pipeline import tiny_values
 
 DRIVER = Path(support.__file__).with_name("phase_driver.py")
@@ -39,10 +40,26 @@ def test_tracking_server_dying_mid_run_fails_it_quickly_with_one_line(tmp_path, 
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", str(tmp_path / "art")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "art"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 180
         while not _healthy(url):
@@ -51,10 +68,21 @@ def test_tracking_server_dying_mid_run_fails_it_quickly_with_one_line(tmp_path, 
         config = tmp_path / "run.yaml"
         config.write_text(yaml.safe_dump(tiny_values(tiny_model_dir, iterations=30)))
         env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-        env.update(PMPO_HOME=str(tmp_path / "home"), PREFECT_HOME=str(tmp_path / "prefect"), HF_HUB_OFFLINE="1",
-                   MLFLOW_TRACKING_URI=url, MLFLOW_HTTP_REQUEST_MAX_RETRIES="1", MLFLOW_HTTP_REQUEST_TIMEOUT="5")  # fmt: skip
-        child = subprocess.Popen([sys.executable, str(DRIVER), "optimize", "--config", str(config)], env=env,
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        env.update(
+            PMPO_HOME=str(tmp_path / "home"),
+            PREFECT_HOME=str(tmp_path / "prefect"),
+            HF_HUB_OFFLINE="1",
+            MLFLOW_TRACKING_URI=url,
+            MLFLOW_HTTP_REQUEST_MAX_RETRIES="1",
+            MLFLOW_HTTP_REQUEST_TIMEOUT="5",
+        )
+        child = subprocess.Popen(
+            [sys.executable, str(DRIVER), "optimize", "--config", str(config)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for line in child.stdout:  # the run exists and is being written: iteration 1 is under way
             if line.startswith("PHASE start mask iter=2") or line.startswith("PHASE exit"):
                 break

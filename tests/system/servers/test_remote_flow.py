@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 import pytest
+
 from support.pipeline import tiny_config
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -17,18 +18,23 @@ KEY = "sk-PMPO-FAKE-KEY-3b9e2f71"
 @pytest.fixture(scope="module")
 def remote_run(tmp_path_factory, tiny_model_dir, tiny_lm, prefect_harness):
     """One flow run (1 iteration) whose every loss comes from the server, which demands the key."""
-    from testkit.echo_server import echo_app, serving
-
     from flows.optimize import optimize_prompt
     from tasks import models
+    from testkit.echo_server import echo_app, serving
 
     home, requests = tmp_path_factory.mktemp("pmpo-home"), []
     with pytest.MonkeyPatch.context() as mp, serving(echo_app(tiny_lm, "tiny", key=KEY, requests=requests)) as url:
         mp.setenv("PMPO_HOME", str(home))
         mp.setenv("PMPO_TEST_API_KEY", KEY)
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        remote = {"spec": str(tiny_model_dir), "backend": "openai", "base_url": url, "model": "tiny",
-                  "api_key_env": "PMPO_TEST_API_KEY", "check": False}  # random weights cannot pass the check
+        remote = {
+            "spec": str(tiny_model_dir),
+            "backend": "openai",
+            "base_url": url,
+            "model": "tiny",
+            "api_key_env": "PMPO_TEST_API_KEY",
+            "check": False,
+        }  # random weights cannot pass the check
         config = tiny_config(tiny_model_dir, model=remote, iterations=1)
         ref = models.model_ref(config.model, config.scoring)
         yield home, ref, optimize_prompt(config), requests

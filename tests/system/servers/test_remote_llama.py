@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from testkit.llama_server import SKIP_REASON, available, llama_server
 
 from pmpo.data.examples import Supervised
 from pmpo.models.decoding import LocalDecoder
-from pmpo.scoring.loss import Scorer
 from pmpo.models.loading import ModelSettings, TextSide, load_model
 from pmpo.remote import CompletionsClient, RemoteError, RemoteScorer
+from pmpo.scoring.loss import Scorer
+from testkit.llama_server import SKIP_REASON, available, llama_server
 
 pytestmark = [pytest.mark.server, pytest.mark.real_model, pytest.mark.skipif(not available(), reason=SKIP_REASON)]
 
@@ -25,7 +25,11 @@ EXAMPLES = [
     Supervised("Review: A dull, plodding mess.\nSentiment:", "negative"),
     Supervised("Review: The film was a delight.\nSentiment:", "positive"),
 ]
-PROMPTS = ["Classify the sentiment of the review.", "Translate to French.", "Say whether the review is positive or negative."]
+PROMPTS = [
+    "Classify the sentiment of the review.",
+    "Translate to French.",
+    "Say whether the review is positive or negative.",
+]
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +46,10 @@ def spearman(a, b) -> float:
 
 def _scorer(url: str, placement: str, **settings) -> RemoteScorer:
     lm_text = load_model_text(placement)
-    return RemoteScorer(lm_text, CompletionsClient(ModelSettings(backend="openai", base_url=url, model="smol", max_concurrency=1, **settings)))
+    return RemoteScorer(
+        lm_text,
+        CompletionsClient(ModelSettings(backend="openai", base_url=url, model="smol", max_concurrency=1, **settings)),
+    )
 
 
 def load_model_text(placement: str) -> TextSide:
@@ -52,7 +59,9 @@ def load_model_text(placement: str) -> TextSide:
 
 
 def test_the_self_check_refuses_llama_cpp_as_it_is(llama_url):
-    with pytest.raises(RemoteError, match=r"implausible prompt log-probabilities.*misaligned by one position.*prepend_bos"):
+    with pytest.raises(
+        RemoteError, match=r"implausible prompt log-probabilities.*misaligned by one position.*prepend_bos"
+    ):
         _scorer(llama_url, "plain").loss_matrix(PROMPTS[:1], EXAMPLES[:1])
 
 

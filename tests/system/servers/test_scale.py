@@ -14,47 +14,90 @@ from pathlib import Path
 
 import pytest
 import yaml
-from testkit.pgserver import binaries, running_postgres
+from test_deployments import (
+    PREFECT_YAML,
+    ROOT,
+    _env,
+    _free_port,
+    _get_json,
+    _post_json,
+    _prefect,
+    _running,
+    _wait_until,
+)
+
 from support.pipeline import tiny_values
-from test_deployments import PREFECT_YAML, ROOT, _env, _free_port, _get_json, _post_json, _prefect, _running, _wait_until
+from testkit.pgserver import binaries, running_postgres
 
 pytestmark = pytest.mark.server
 
 
 def _tiny(model_dir: Path, **overrides) -> dict:
-    return tiny_values(model_dir, iterations=1, rewrite={"k": 1, "n": 1, "max_new_tokens": 8},
-                       eval={"max_examples": 4, "generate": False}, **overrides)  # fmt: skip
+    return tiny_values(
+        model_dir,
+        iterations=1,
+        rewrite={"k": 1, "n": 1, "max_new_tokens": 8},
+        eval={"max_examples": 4, "generate": False},
+        **overrides,
+    )
 
 
 def _pmpo(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pmpo_cli.main", *args], env=env, cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "pmpo_cli.main", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def _when(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-def test_nightly_fans_out_over_a_work_pool_under_the_deployments_concurrency_limit(tmp_path, tiny_model_dir, monkeypatch):
+def test_nightly_fans_out_over_a_work_pool_under_the_deployments_concurrency_limit(
+    tmp_path, tiny_model_dir, monkeypatch
+):
     port = _free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = _env(tmp_path, PREFECT_API_URL=api, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
     prompts = tmp_path / "prompts.yaml"
     broken = {"name": "broken", "optimize": _tiny(tiny_model_dir, model={"spec": str(tmp_path / "no-such-model")})}
-    prompts.write_text(yaml.safe_dump({"promotion": {"margin": 0.0}, "prompts": [
-        {"name": "good", "optimize": _tiny(tiny_model_dir)}, broken]}))  # fmt: skip
+    prompts.write_text(
+        yaml.safe_dump(
+            {"promotion": {"margin": 0.0}, "prompts": [{"name": "good", "optimize": _tiny(tiny_model_dir)}, broken]}
+        )
+    )
     server = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     with _running(server, env, tmp_path / "server.log") as srv:
         _wait_until(lambda: _get_json(f"{api}/health") is True, "prefect server", 300, srv, tmp_path / "server.log")
         _prefect(["work-pool", "create", "pmpo", "--type", "process"], env)
         _prefect(["--no-prompt", "deploy", "--all", "--prefect-file", str(PREFECT_YAML)], env)
         # One at a time, whatever the workers could take: the server must hold the second child back.
-        _prefect(["--no-prompt", "deploy", "--name", "optimize", "--concurrency-limit", "1", "--prefect-file", str(PREFECT_YAML)], env)
+        _prefect(
+            [
+                "--no-prompt",
+                "deploy",
+                "--name",
+                "optimize",
+                "--concurrency-limit",
+                "1",
+                "--prefect-file",
+                str(PREFECT_YAML),
+            ],
+            env,
+        )
         worker = [sys.executable, "-m", "prefect", "worker", "start", "--pool", "pmpo", "--name", "worker-a"]
         with _running(worker, env, tmp_path / "worker.log", cwd=tmp_path):
             done = _pmpo(["nightly", "--config", str(prompts), "--output", str(tmp_path / "out.json")], env, ROOT)
         runs = {r["id"]: r for r in _post_json(f"{api}/flow_runs/filter", {})}
-        parents = {_get_json(f"{api}/task_runs/{r['parent_task_run_id']}")["flow_run_id"] for r in runs.values() if r["parent_task_run_id"]}
+        parents = {
+            _get_json(f"{api}/task_runs/{r['parent_task_run_id']}")["flow_run_id"]
+            for r in runs.values()
+            if r["parent_task_run_id"]
+        }
 
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]  # one prompt failed: named, not hidden
     decisions = {d["name"]: d for d in json.loads((tmp_path / "out.json").read_text())["decisions"]}
@@ -85,15 +128,28 @@ def test_pmpo_serve_db_keeps_both_records_on_postgresql(tmp_path, tiny_model_dir
 
     prefect_port, mlflow_port = _free_port(), _free_port()
     with running_postgres() as url:
-        argv = [sys.executable, "-m", "pmpo_cli.main", "serve", "--db", url.replace("/postgres", "/scale"),
-                "--prefect-port", str(prefect_port), "--mlflow-port", str(mlflow_port)]  # fmt: skip
+        argv = [
+            sys.executable,
+            "-m",
+            "pmpo_cli.main",
+            "serve",
+            "--db",
+            url.replace("/postgres", "/scale"),
+            "--prefect-port",
+            str(prefect_port),
+            "--mlflow-port",
+            str(mlflow_port),
+        ]
         log = tmp_path / "serve.log"
         with _running(argv, _env(tmp_path), log) as p:
             _wait_until(lambda: "Ctrl-C stops everything" in log.read_text(), "pmpo serve --db", 400, p, log)
             assert "databases scale_mlflow, scale_prefect" in log.read_text()
             assert _get_json(f"http://127.0.0.1:{prefect_port}/api/health") is True
-            env = _env(tmp_path, PREFECT_API_URL=f"http://127.0.0.1:{prefect_port}/api",
-                       MLFLOW_TRACKING_URI=f"http://127.0.0.1:{mlflow_port}")  # fmt: skip
+            env = _env(
+                tmp_path,
+                PREFECT_API_URL=f"http://127.0.0.1:{prefect_port}/api",
+                MLFLOW_TRACKING_URI=f"http://127.0.0.1:{mlflow_port}",
+            )
             config = tmp_path / "run.yaml"
             config.write_text(yaml.safe_dump(_tiny(tiny_model_dir)))
             done = _pmpo(["optimize", "--config", str(config), "--output", str(tmp_path / "run.json")], env, tmp_path)

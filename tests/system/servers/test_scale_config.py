@@ -45,6 +45,9 @@ def test_db_url_gives_each_server_its_own_database():
     assert s.mlflow == "postgresql+psycopg2://team:s3cret@db.internal:5433/prompts_mlflow"
     assert s.prefect == "postgresql+asyncpg://team:s3cret@db.internal:5433/prompts_prefect"
     assert stores("postgresql://team@db.internal/postgres").databases == ("pmpo_mlflow", "pmpo_prefect")
-    assert redacted("postgresql://team:s3cret@db.internal:5433/prompts") == "postgresql://team:***@db.internal:5433/prompts"
+    assert (
+        redacted("postgresql://team:s3cret@db.internal:5433/prompts")
+        == "postgresql://team:***@db.internal:5433/prompts"
+    )
     with pytest.raises(DatabaseError, match=r"--db mysql://team:\*\*\*@h/x: expected postgresql://"):
         stores("mysql://team:s3cret@h/x")

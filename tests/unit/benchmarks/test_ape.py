@@ -10,6 +10,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks"))
 
 import ape  # noqa: E402
+
 from pmpo.data.examples import Dataset, Preference, Supervised  # noqa: E402
 from pmpo.text.rendering import render  # noqa: E402
 
@@ -30,7 +31,7 @@ def test_forward_request_is_apes_template_ending_where_the_instruction_goes():
 @pytest.mark.parametrize(
     "raw, expected",
     [
-        (' to add the two numbers.\nInput: 5 + 5\nOutput: 10', "Add the two numbers."),
+        (" to add the two numbers.\nInput: 5 + 5\nOutput: 10", "Add the two numbers."),
         (' "Sort the words alphabetically." Then he left.', "Sort the words alphabetically."),
         (": 'classify each review as positive or negative'", "Classify each review as positive or negative."),
         ('\n\n A number is odd." Find it using arithmetic.', "A number is odd."),
@@ -61,10 +62,12 @@ def test_select_prefers_accuracy_then_the_shorter_text_then_the_earlier_proposal
 
 
 def test_propose_samples_demo_subsets_until_n_distinct_instructions(monkeypatch, tiny_lm):
-    replies = iter([
-        [" to add the numbers.", " to add the numbers.", " Output: 3", " to subtract them."],
-        [" To Add The Numbers.", " to multiply them.", " to divide them.", ""],
-    ])
+    replies = iter(
+        [
+            [" to add the numbers.", " to add the numbers.", " Output: 3", " to subtract them."],
+            [" To Add The Numbers.", " to multiply them.", " to divide them.", ""],
+        ]
+    )
     calls = []
 
     def fake_sample(lm, text, n, *, seed, **kwargs):
@@ -109,10 +112,17 @@ def test_training_accuracy_scores_each_prompts_greedy_replies_with_the_labels_gu
 
 
 def test_ape_selects_the_proposal_with_the_best_training_accuracy(monkeypatch, tiny_lm):
-    monkeypatch.setattr(ape, "sample", lambda *a, **k: [" to add the numbers.", " to name the answer now.",
-                                                          " to reply with the answer.", " to be brief."])
-    scripted = {"Add the numbers.": 0.25, "Name the answer now.": 0.5, "Reply with the answer.": 0.5,
-                "Be brief.": 0.0}
+    monkeypatch.setattr(
+        ape,
+        "sample",
+        lambda *a, **k: [
+            " to add the numbers.",
+            " to name the answer now.",
+            " to reply with the answer.",
+            " to be brief.",
+        ],
+    )
+    scripted = {"Add the numbers.": 0.25, "Name the answer now.": 0.5, "Reply with the answer.": 0.5, "Be brief.": 0.0}
     monkeypatch.setattr(ape, "training_accuracy", lambda lm, prompts, train, **k: [scripted[p] for p in prompts])
     result = ape.ape(tiny_lm, _train(), 4, seed=1)
     assert result.candidates == tuple(scripted)

@@ -33,7 +33,11 @@ def _row(task, arm, *, acc_norm=None, gen=0.5, d_headline=0.0, loss=2.0, d_loss=
     initial = arm == qr.INITIAL
     mc = acc_norm is not None
     return qr.ArmResult(
-        task=task, shared=not task.startswith("builtin:"), arm=arm, prompt=f"{arm} prompt", candidates=13,
+        task=task,
+        shared=not task.startswith("builtin:"),
+        arm=arm,
+        prompt=f"{arm} prompt",
+        candidates=13,
         loss=qr.Measure(loss, None if initial else _iv(d_loss)),
         acc=qr.Measure(acc_norm if mc else None, None if initial or not mc else _iv(d_headline)),
         acc_norm=qr.Measure(acc_norm, None if initial or not mc else _iv(d_headline)),
@@ -54,17 +58,37 @@ def _results(gains, *, pmpo_tokens=1000, ape_tokens=10_000, ape_acc=0.5, loss_de
         d_loss = loss_deltas[i] if loss_deltas else -0.1
         rows += [
             _row(task, qr.INITIAL, acc_norm=0.5 if mc else None, tokens=0),
-            _row(task, qr.PMPO, acc_norm=0.5 + gain if mc else None, gen=0.5 if mc else 0.5 + gain,
-                 d_headline=gain, d_loss=d_loss, tokens=pmpo_tokens),
-            _row(task, "ape", acc_norm=ape_acc if mc else None, gen=0.5 if mc else ape_acc,
-                 d_headline=ape_acc - 0.5, tokens=ape_tokens),
+            _row(
+                task,
+                qr.PMPO,
+                acc_norm=0.5 + gain if mc else None,
+                gen=0.5 if mc else 0.5 + gain,
+                d_headline=gain,
+                d_loss=d_loss,
+                tokens=pmpo_tokens,
+            ),
+            _row(
+                task,
+                "ape",
+                acc_norm=ape_acc if mc else None,
+                gen=0.5 if mc else ape_acc,
+                d_headline=ape_acc - 0.5,
+                tokens=ape_tokens,
+            ),
         ]
     return rows
 
 
 def _report(rows):
-    settings = qr.BenchSettings(tasks=tuple(dict.fromkeys(r.task for r in rows)), arms=qr.ARMS, iterations=2,
-                                heldout=100, seed=0, model="tiny@abc", quick=False)
+    settings = qr.BenchSettings(
+        tasks=tuple(dict.fromkeys(r.task for r in rows)),
+        arms=qr.ARMS,
+        iterations=2,
+        heldout=100,
+        seed=0,
+        model="tiny@abc",
+        quick=False,
+    )
     return qr.build_report(settings, {"cores": 2}, rows)
 
 

@@ -60,7 +60,11 @@ def test_the_library_the_cli_and_the_flows_run_the_same_default_search():
 
 
 def test_evaluate_and_optimize_share_the_model_and_scoring_blocks():
-    assert EvaluateConfig.model_fields["model"].annotation is OptimizeConfig.model_fields["model"].annotation is ModelSettings
+    assert (
+        EvaluateConfig.model_fields["model"].annotation
+        is OptimizeConfig.model_fields["model"].annotation
+        is ModelSettings
+    )
     assert EvaluateConfig.model_fields["scoring"].annotation is ScorerSettings
 
 

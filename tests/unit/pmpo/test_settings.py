@@ -10,7 +10,6 @@ from pmpo.rewriting.settings import RewriterSettings, RewriteSettings
 from pmpo.scoring.settings import RacingSettings, ScorerSettings
 from pmpo.settings import Strict, describe
 
-
 BLOCKS = [OptimizerConfig, ModelSettings, RewriterSettings, RewriteSettings, RacingSettings, ScorerSettings]
 
 
@@ -20,9 +19,10 @@ def test_every_block_is_strict_and_every_field_says_what_it_is(block):
     with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
         block(no_such_field=1)
     undescribed = [
-        name for name, f in block.model_fields.items()
+        name
+        for name, f in block.model_fields.items()
         if not f.description and not (isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel))
-    ]  # fmt: skip
+    ]
     assert undescribed == []
 
 
@@ -37,6 +37,9 @@ def test_api_key_env_is_one_rule_for_both_servers():
 
 
 def test_describe_states_the_constraint_and_the_default():
-    assert describe(RewriteSettings, "hard_k") == "hard examples per iteration (one rewrite request each) (>= 1; default 3)"
+    assert (
+        describe(RewriteSettings, "hard_k")
+        == "hard examples per iteration (one rewrite request each) (>= 1; default 3)"
+    )
     assert describe(ModelSettings, "dtype").endswith("(auto | float32 | bfloat16 | float16; default auto)")
     assert "default 60.0" in describe(ModelSettings, "timeout_s") and "> 0" in describe(ModelSettings, "timeout_s")

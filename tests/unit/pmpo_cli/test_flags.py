@@ -37,7 +37,9 @@ def test_each_flag_agrees_with_its_field(flag, path):
         assert action.type is float
     stated = re.search(r"\(default (?:[a-z ]*?)?([\d.]+)\b", action.help or "")
     if stated:
-        assert float(stated.group(1)) == field.default, f"{flag} says default {stated.group(1)}, {path} is {field.default}"
+        assert float(stated.group(1)) == field.default, (
+            f"{flag} says default {stated.group(1)}, {path} is {field.default}"
+        )
 
 
 def test_every_flag_that_names_a_field_exists_and_every_config_path_is_real():
@@ -48,11 +50,24 @@ def test_every_flag_that_names_a_field_exists_and_every_config_path_is_real():
 
 
 SHARED = {
-    "--data": "builtin:sentiment", "--format": "jsonl", "--limit": "7", "--model": "m", "--dtype": "float32",
-    "--device": "cpu", "--backend": "openai", "--base-url": "http://h/v1", "--served-model": "s",
-    "--api-key-env": "KEY", "--tokenizer": "t", "--max-concurrency": "3", "--seed": "5", "--eval-examples": "9",
-    "--mc-objective": "ce", "--beta": "0.5", "--rewriter-spec": "r",
-}  # fmt: skip
+    "--data": "builtin:sentiment",
+    "--format": "jsonl",
+    "--limit": "7",
+    "--model": "m",
+    "--dtype": "float32",
+    "--device": "cpu",
+    "--backend": "openai",
+    "--base-url": "http://h/v1",
+    "--served-model": "s",
+    "--api-key-env": "KEY",
+    "--tokenizer": "t",
+    "--max-concurrency": "3",
+    "--seed": "5",
+    "--eval-examples": "9",
+    "--mc-objective": "ce",
+    "--beta": "0.5",
+    "--rewriter-spec": "r",
+}
 
 
 def test_the_shared_flags_land_in_their_fields():

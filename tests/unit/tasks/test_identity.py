@@ -66,15 +66,16 @@ def test_a_served_model_has_one_identity_in_its_keys_and_its_record(revision):
 
 @pytest.mark.server
 def test_a_served_model_is_one_identity_to_the_scorer_the_rewriter_and_the_keys(tiny_lm, tiny_model_dir):
-    from testkit.echo_server import echo_app, serving
-
     from tasks import models, rewriters
+    from testkit.echo_server import echo_app, serving
 
     with serving(echo_app(tiny_lm, "tiny")) as url:
         settings = ModelSettings(spec=str(tiny_model_dir), backend="openai", base_url=url, model="tiny", check=False)
         ref = models.model_ref(settings)
         same = rewriters.same_as(ref)
-        chat = rewriters.chat_ref(RewriterSettings(backend="openai", base_url=url, model="tiny"))  # the same server named as a rewriter
+        chat = rewriters.chat_ref(
+            RewriterSettings(backend="openai", base_url=url, model="tiny")
+        )  # the same server named as a rewriter
         found = {
             "model": ref.identity,
             "scorer": models.scorer(ref).identity,

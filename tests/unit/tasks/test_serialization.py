@@ -16,8 +16,8 @@ import pytest
 
 from pmpo.data.examples import Dataset, Supervised
 from pmpo.evaluation.heldout import Evaluation
-from pmpo.scoring.loss import LossMatrix
 from pmpo.loop.result import Candidate, SegmentEffect
+from pmpo.scoring.loss import LossMatrix
 from tasks import serialization
 from tasks.serialization import PmpoJSONSerializer, UnsafeResult
 
@@ -117,8 +117,8 @@ def test_planted_pickle_under_the_rerun_key_is_not_executed(pmpo_home, tiny_mode
     from prefect import flow
 
     from flows.steps import PrefectSteps
-    from pmpo.models.loading import ModelSettings
     from pmpo.loop.optimizer import OptimizerConfig
+    from pmpo.models.loading import ModelSettings
     from tasks.environment import results_dir
     from tasks.models import model_ref
 

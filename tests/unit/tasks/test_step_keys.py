@@ -17,8 +17,16 @@ def test_the_mask_task_takes_every_setting_prompt_units_reads():
     reads = {n for n, p in inspect.signature(prompt_units).parameters.items() if p.kind is p.KEYWORD_ONLY}
     assert reads <= set(inspect.signature(steps.mask_segments.fn).parameters)
     base = dict(units="auto", max_units=5, small_model_params=10**9, seed=0, chat_message=None, iteration=1, prompt="p")
-    keys = {_key(**base)} | {_key(**(base | {name: value})) for name, value in
-                             [("units", "splitter"), ("max_units", 3), ("small_model_params", 1), ("seed", 1), ("chat_message", 1)]}
+    keys = {_key(**base)} | {
+        _key(**(base | {name: value}))
+        for name, value in [
+            ("units", "splitter"),
+            ("max_units", 3),
+            ("small_model_params", 1),
+            ("seed", 1),
+            ("chat_message", 1),
+        ]
+    }
     assert len(keys) == 6
 
 

@@ -12,7 +12,6 @@ from pmpo.data import (
     Dataset,
     MultipleChoice,
     Preference,
-    Split,
     Supervised,
     demo_task,
     load_dataset,

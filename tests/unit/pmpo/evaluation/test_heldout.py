@@ -3,12 +3,18 @@
 import numpy as np
 import pytest
 
-from pmpo.models import generation
 from pmpo.data import Dataset, MultipleChoice, Supervised
 from pmpo.errors import PmpoError
 from pmpo.evaluation.heldout import (
-    ANSWER_MARGIN, Evaluation, EvaluationDelta, answer_budget, compare, evaluate, option_hits,
-)  # fmt: skip
+    ANSWER_MARGIN,
+    Evaluation,
+    EvaluationDelta,
+    answer_budget,
+    compare,
+    evaluate,
+    option_hits,
+)
+from pmpo.models import generation
 
 REVIEW = Supervised("Great phone, love it.", "positive")
 
@@ -28,10 +34,14 @@ def test_acc_norm_divides_by_option_bytes_where_acc_does_not():
     heavily = "yes, heavily since this morning"
     long_right = MultipleChoice("Is it raining?", ("no", heavily), heavily)
     short_right = MultipleChoice("Is it cold?", ("yes", "no, it is a warm sunny day"), "yes")
-    scorer = FixedScorer({
-        ("Is it raining?", "no"): 3.0, ("Is it raining?", "yes, heavily since this morning"): 6.0,
-        ("Is it cold?", "yes"): 2.0, ("Is it cold?", "no, it is a warm sunny day"): 5.0,
-    })  # fmt: skip
+    scorer = FixedScorer(
+        {
+            ("Is it raining?", "no"): 3.0,
+            ("Is it raining?", "yes, heavily since this morning"): 6.0,
+            ("Is it cold?", "yes"): 2.0,
+            ("Is it cold?", "no, it is a warm sunny day"): 5.0,
+        }
+    )
     hits = option_hits(scorer, "Answer.", [long_right, short_right])
     assert hits.correct == (False, True)
     assert hits.correct_norm == (True, False)  # 6/31 < 3/2; 5/26 < 2/3
@@ -74,10 +84,16 @@ def test_generation_length_follows_the_longest_reference(tiny_lm, monkeypatch):
 
 def _evaluation(losses, correct, option=None):
     return Evaluation(
-        prompt="p", n_examples=len(losses), loss=float(np.mean(losses)), loss_per_token=0.0,
-        accuracy=float(np.mean(correct)), option_accuracy=None if option is None else float(np.mean(option)),
-        example_losses=tuple(losses), example_correct=tuple(correct), example_option_correct=option,
-    )  # fmt: skip
+        prompt="p",
+        n_examples=len(losses),
+        loss=float(np.mean(losses)),
+        loss_per_token=0.0,
+        accuracy=float(np.mean(correct)),
+        option_accuracy=None if option is None else float(np.mean(option)),
+        example_losses=tuple(losses),
+        example_correct=tuple(correct),
+        example_option_correct=option,
+    )
 
 
 def test_compare_gives_final_minus_initial_with_intervals():

@@ -4,12 +4,12 @@ masking switch (the paper's ablation) and the choice of units; on the tiny rando
 import pytest
 
 from pmpo.data.examples import Dataset, Supervised
-from pmpo.scoring.loss import Scorer
 from pmpo.loop.optimizer import PMPO, OptimizerConfig
-from pmpo.loop.steps import prompt_units, removal_prompts, segment_effects, unit_mode
 from pmpo.loop.result import SegmentEffect
-from pmpo.rewriting.proposal import RewriteSettings
+from pmpo.loop.steps import prompt_units, removal_prompts, segment_effects, unit_mode
 from pmpo.masking.units import segment
+from pmpo.rewriting.proposal import RewriteSettings
+from pmpo.scoring.loss import Scorer
 
 PROMPT = (
     "You label the sentiment of product reviews.\n"
@@ -19,9 +19,15 @@ PROMPT = (
     "\n"
     "Answer with one word: positive or negative."
 )
-TRAIN = Dataset("reviews", tuple(Supervised(f"Review {i}: it {w}.", l) for i, (w, l) in enumerate(
-    [("works", "positive"), ("broke", "negative"), ("is great", "positive"), ("failed", "negative")]
-)))  # fmt: skip
+TRAIN = Dataset(
+    "reviews",
+    tuple(
+        Supervised(f"Review {i}: it {w}.", label)
+        for i, (w, label) in enumerate(
+            [("works", "positive"), ("broke", "negative"), ("is great", "positive"), ("failed", "negative")]
+        )
+    ),
+)
 
 
 class RecordingScorer(Scorer):
@@ -113,12 +119,16 @@ def test_auto_units_ask_a_large_enough_model_to_mark_them_as_spans(tiny_lm, monk
 
     def fake_sample(lm, text, n, **kwargs):
         asked.append(text)
-        return ["<mask>You label the sentiment of product reviews. Read the review carefully.</mask> "
-                "<mask>Ignore the star rating. Answer with one word: positive or negative.</mask>"]  # fmt: skip
+        return [
+            "<mask>You label the sentiment of product reviews. Read the review carefully.</mask> "
+            "<mask>Ignore the star rating. Answer with one word: positive or negative.</mask>"
+        ]
 
     monkeypatch.setattr("pmpo.masking.units.sample", fake_sample)
     small = RewriteSettings().small_model_params  # the tiny model is far below 1B parameters: the splitter
-    assert prompt_units(tiny_lm, PROMPT, 1, units="auto", max_units=5, small_model_params=small, seed=0) == segment(PROMPT)
+    assert prompt_units(tiny_lm, PROMPT, 1, units="auto", max_units=5, small_model_params=small, seed=0) == segment(
+        PROMPT
+    )
     assert asked == []
     units = prompt_units(tiny_lm, PROMPT, 1, units="auto", max_units=5, small_model_params=1, seed=0)
     assert len(asked) == 1 and len(units.texts) == 2

@@ -100,7 +100,9 @@ def test_multi_paragraph_ablations_keep_every_other_blank_line_and_indent():
         "Reply with one letter, A to F.",
     )
     assert units.remove(()) == MULTI_PARAGRAPH
-    assert units.without(0) == "Read the essay twice.\n  Note its thesis and evidence.\n\n\nReply with one letter, A to F."
+    assert (
+        units.without(0) == "Read the essay twice.\n  Note its thesis and evidence.\n\n\nReply with one letter, A to F."
+    )
     # The paragraph break after the removed line survives (the stronger of its two separators).
     assert units.without(2) == "You grade short essays.\n\nRead the essay twice.\n\n\nReply with one letter, A to F."
     assert units.without(3) == "You grade short essays.\n\nRead the essay twice.\n  Note its thesis and evidence."

@@ -4,8 +4,8 @@ import pytest
 
 from pmpo.data.examples import Supervised
 from pmpo.errors import ContextLengthError, ModelNotAvailableError
-from pmpo.scoring.loss import Scorer
 from pmpo.models.loading import ModelSettings, load_model, resolve_checkpoint
+from pmpo.scoring.loss import Scorer
 from pmpo.text.rendering import render
 
 

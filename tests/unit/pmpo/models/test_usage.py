@@ -3,12 +3,12 @@
 import pytest
 
 from pmpo.data.examples import Dataset, Supervised
-from pmpo.models.generation import greedy, stop_token_ids
-from pmpo.scoring.loss import Scorer, ScorerSettings
 from pmpo.loop.optimizer import PMPO, OptimizerConfig
-from pmpo.text.rendering import chat_request, render
-from pmpo.rewriting.proposal import RewriteSettings
+from pmpo.models.generation import greedy, stop_token_ids
 from pmpo.models.usage import STEPS, Cost, Meter, StepCost, Usage, UsageSnapshot, produced_tokens, total
+from pmpo.rewriting.proposal import RewriteSettings
+from pmpo.scoring.loss import Scorer, ScorerSettings
+from pmpo.text.rendering import chat_request, render
 
 EXAMPLES = [
     Supervised("Review: great phone.", "positive"),

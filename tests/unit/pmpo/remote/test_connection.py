@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import openai
 import pytest
 
-from pmpo.remote.connection import Connection, Speaker, error_message, pick_model, read_key
 from pmpo.errors import PmpoError
 from pmpo.remote.client import SCORER, RemoteError
+from pmpo.remote.connection import Connection, Speaker, error_message, pick_model, read_key
 from pmpo.rewriting.backends import CHAT, SERVED_SAME, RewriterError
 
 try:
@@ -57,7 +57,9 @@ ERRORS = {
     "no body": _status(openai.InternalServerError, 503, None),
     # A key 285 characters in: clipping before scrubbing would leave its first characters in the line.
     "long body": _status(openai.InternalServerError, 500, {"message": "x" * 285 + FAKE_KEY}),
-    "bad reply": openai.APIResponseValidationError(http.Response(200, request=REQUEST), {"k": FAKE_KEY}, message=FAKE_KEY),
+    "bad reply": openai.APIResponseValidationError(
+        http.Response(200, request=REQUEST), {"k": FAKE_KEY}, message=FAKE_KEY
+    ),
 }
 
 
@@ -85,7 +87,9 @@ def test_each_error_names_what_to_fix_for_its_speaker():
     assert "name the variable that holds it in rewriter.api_key_env" in said("refused key", CHAT, api_key_env=None)
     assert "a chat-only endpoint cannot return them" in said("no endpoint")  # the scorer needs /v1/completions
     assert said("no endpoint", CHAT).endswith("is rewriter.base_url the API root (…/v1)?")
-    assert said("wrong model", CHAT).startswith(f"rewriter.model: the rewriter at {URL} does not serve 'smol': model smol")
+    assert said("wrong model", CHAT).startswith(
+        f"rewriter.model: the rewriter at {URL} does not serve 'smol': model smol"
+    )
     assert said("bad request").endswith("--logits_all true)")  # the llama.cpp hint is the scorer's alone
     assert "logits_all true" not in said("bad request", CHAT)
     # rewriter: same with a served model: its own server rewrites, the model block is what to fix

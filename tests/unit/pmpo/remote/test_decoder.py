@@ -4,16 +4,16 @@ and the FULL diagnosis's greedy answer of a served scored model."""
 from __future__ import annotations
 
 import pytest
-from testkit.echo_server import echo_app, serving
 
 from pmpo.data.examples import Dataset, Supervised
-from pmpo.models.decoding import LocalDecoder
-from pmpo.rewriting.diagnosis import preferred_answer
 from pmpo.evaluation.heldout import answer_budget, evaluate
+from pmpo.models.decoding import LocalDecoder
 from pmpo.models.loading import TextSide
-from pmpo.text.rendering import render
 from pmpo.models.settings import ModelSettings
 from pmpo.remote import CompletionsClient, RemoteScorer
+from pmpo.rewriting.diagnosis import preferred_answer
+from pmpo.text.rendering import render
+from testkit.echo_server import echo_app, serving
 
 PROMPT = "Classify the sentiment of the review."
 REVIEWS = Dataset(
@@ -41,7 +41,10 @@ def side_of(lm) -> TextSide:
 
 def remote_scorer(lm, url: str, **settings) -> RemoteScorer:
     # check off: random weights cannot pass the self-check (it still finds prompts_per_request)
-    return RemoteScorer(side_of(lm), CompletionsClient(ModelSettings(backend="openai", base_url=url, model="tiny", check=False, **settings)))
+    return RemoteScorer(
+        side_of(lm),
+        CompletionsClient(ModelSettings(backend="openai", base_url=url, model="tiny", check=False, **settings)),
+    )
 
 
 def test_heldout_accuracy_of_a_served_model_comes_from_the_servers_answers(tiny_lm):
@@ -57,10 +60,14 @@ def test_heldout_accuracy_of_a_served_model_comes_from_the_servers_answers(tiny_
         assert body["temperature"] == 0 and body["max_tokens"] == answer_budget(tiny_lm, REVIEWS)
         assert "<|im_end|>" in body["stop"]
     sent = [t for r in asked for t in r["prompt"]]  # in the order requests arrived (two in flight at once)
-    assert sorted(sent) == sorted(render(tiny_lm.tokenizer, tiny_lm.placement, PROMPT, e.input).text for e in REVIEWS.examples)
+    assert sorted(sent) == sorted(
+        render(tiny_lm.tokenizer, tiny_lm.placement, PROMPT, e.input).text for e in REVIEWS.examples
+    )
     used = scorer.usage.snapshot()  # the reply's `usage` field, counted on the scorer
     assert used.tokens_prefilled == sum(len(tiny_lm.tokenizer(t)["input_ids"]) for t in sent)
-    assert used.tokens_generated == sum(len(tiny_lm.tokenizer.encode(rule(t).split("<|im_end|>")[0], add_special_tokens=False)) for t in sent)
+    assert used.tokens_generated == sum(
+        len(tiny_lm.tokenizer.encode(rule(t).split("<|im_end|>")[0], add_special_tokens=False)) for t in sent
+    )
 
 
 def test_the_servers_greedy_answers_equal_the_in_process_ones_on_the_same_weights(tiny_lm):

@@ -8,12 +8,12 @@ import pytest
 
 from pmpo.data.examples import MultipleChoice, Supervised
 from pmpo.errors import ContextLengthError
-from pmpo.scoring.loss import Scorer
 from pmpo.models.loading import TextSide
 from pmpo.models.settings import ModelSettings
 from pmpo.remote import CompletionsClient, RemoteError, RemoteScorer
 from pmpo.remote.check import SENTENCE, check_text, judge, verified
 from pmpo.remote.logprobs import LogprobsMissing, completion_nll, prompt_logprobs
+from pmpo.scoring.loss import Scorer
 
 # A recorded-style reply for "Q: hi\nA: yes" (12 chars) with one generated token: offsets of the server's tokens.
 TEXT = "Q: hi\nA: yes"
@@ -37,8 +37,11 @@ def test_completion_tokens_are_found_by_character_offsets():
 def test_a_bos_the_server_leaves_out_of_its_tokens_moves_offsets_back():
     # llama-cpp-python: the text begins with BOS, the echoed tokens and their offsets start after it.
     text = "<s>ab cd"
-    choice = {"index": 0, "text": text + "!", "logprobs": {
-        "tokens": ["ab", " cd", "!"], "token_logprobs": [None, -2.0, -5.0], "text_offset": [0, 2, 5]}}
+    choice = {
+        "index": 0,
+        "text": text + "!",
+        "logprobs": {"tokens": ["ab", " cd", "!"], "token_logprobs": [None, -2.0, -5.0], "text_offset": [0, 2, 5]},
+    }
     assert completion_nll(choice, text, 5, lead="<s>") == (2.0, 1)
     with pytest.raises(LogprobsMissing, match="does not locate its tokens"):  # read as if nothing was left out
         completion_nll(choice, text, 5)
@@ -76,14 +79,20 @@ def test_check_text_repeats_the_sentence():
 
 def test_a_missing_key_variable_is_named_and_nothing_is_sent(monkeypatch):
     monkeypatch.delenv("PMPO_TEST_NO_SUCH_KEY", raising=False)
-    with pytest.raises(RemoteError, match="model.api_key_env: the environment variable PMPO_TEST_NO_SUCH_KEY is not set"):
-        CompletionsClient(ModelSettings(backend="openai", base_url="http://127.0.0.1:9/v1", api_key_env="PMPO_TEST_NO_SUCH_KEY"))
+    with pytest.raises(
+        RemoteError, match="model.api_key_env: the environment variable PMPO_TEST_NO_SUCH_KEY is not set"
+    ):
+        CompletionsClient(
+            ModelSettings(backend="openai", base_url="http://127.0.0.1:9/v1", api_key_env="PMPO_TEST_NO_SUCH_KEY")
+        )
 
 
 def test_a_server_that_is_down_gets_a_clear_error():
     from testkit.echo_server import free_port
 
-    client = CompletionsClient(ModelSettings(backend="openai", base_url=f"http://127.0.0.1:{free_port()}/v1", max_retries=0, timeout_s=5))
+    client = CompletionsClient(
+        ModelSettings(backend="openai", base_url=f"http://127.0.0.1:{free_port()}/v1", max_retries=0, timeout_s=5)
+    )
     with pytest.raises(RemoteError, match="cannot reach the scoring server .* is it running"):
         client.identity()
 
@@ -109,12 +118,19 @@ EXAMPLES = [
     Supervised("A dull, plodding mess.", "negative"),
     MultipleChoice("Is 'I loved it' positive or negative?", ("positive", "negative"), "positive"),
 ]
-PROMPTS = ["Classify the sentiment of the review.", "Answer with one word: positive or negative.", "Translate to French."]
+PROMPTS = [
+    "Classify the sentiment of the review.",
+    "Answer with one word: positive or negative.",
+    "Translate to French.",
+]
 
 
 @pytest.mark.real_model
 def test_remote_losses_match_the_in_process_scorer(real_lm, text_side, echo_url):
-    remote = RemoteScorer(text_side, CompletionsClient(ModelSettings(backend="openai", base_url=echo_url, model="smol", prompts_per_request=2)))
+    remote = RemoteScorer(
+        text_side,
+        CompletionsClient(ModelSettings(backend="openai", base_url=echo_url, model="smol", prompts_per_request=2)),
+    )
     got = remote.loss_matrix(PROMPTS, EXAMPLES)
     want = Scorer(real_lm).loss_matrix(PROMPTS, EXAMPLES)
     np.testing.assert_array_equal(got.tokens, want.tokens)  # the same target tokens, found by offsets
@@ -157,7 +173,9 @@ def test_a_refused_key_is_reported_without_the_key(real_lm, monkeypatch):
     monkeypatch.setenv("PMPO_TEST_KEY", "sk-WRONG-7f3a9c")
     with serving(echo_app(real_lm, "smol", key="sk-right")) as url:
         with pytest.raises(RemoteError) as err:
-            CompletionsClient(ModelSettings(backend="openai", base_url=url, model="smol", api_key_env="PMPO_TEST_KEY")).identity()
+            CompletionsClient(
+                ModelSettings(backend="openai", base_url=url, model="smol", api_key_env="PMPO_TEST_KEY")
+            ).identity()
     assert "refused the API key from $PMPO_TEST_KEY" in str(err.value)
     assert "sk-WRONG" not in str(err.value)
 
@@ -178,11 +196,29 @@ def test_cli_flags_fill_the_model_block():
     from pmpo_cli.main import build_parser
     from pmpo_cli.options import config_values
 
-    argv = ["optimize", "--backend", "openai", "--base-url", "http://h:8000/v1", "--served-model", "m",
-            "--api-key-env", "MY_KEY", "--tokenizer", "org/tok", "--max-concurrency", "8"]
+    argv = [
+        "optimize",
+        "--backend",
+        "openai",
+        "--base-url",
+        "http://h:8000/v1",
+        "--served-model",
+        "m",
+        "--api-key-env",
+        "MY_KEY",
+        "--tokenizer",
+        "org/tok",
+        "--max-concurrency",
+        "8",
+    ]
     config = OptimizeConfig.model_validate(config_values(build_parser().parse_args(argv)))
     settings = config.model
-    assert (settings.base_url, settings.model, settings.api_key_env, settings.max_concurrency) == ("http://h:8000/v1", "m", "MY_KEY", 8)
+    assert (settings.base_url, settings.model, settings.api_key_env, settings.max_concurrency) == (
+        "http://h:8000/v1",
+        "m",
+        "MY_KEY",
+        8,
+    )
     assert config.model.tokenizer == "org/tok"
 
 
@@ -190,7 +226,10 @@ def test_cli_flags_fill_the_model_block():
     "model, why",
     [
         ({"backend": "openai"}, "model: backend openai needs base_url"),
-        ({"backend": "openai", "base_url": "http://h/v1", "api_key_env": "sk-abc123"}, "model.api_key_env: takes the NAME of an environment variable"),
+        (
+            {"backend": "openai", "base_url": "http://h/v1", "api_key_env": "sk-abc123"},
+            "model.api_key_env: takes the NAME of an environment variable",
+        ),
         ({"backend": "vllm"}, "model.backend"),
     ],
 )

@@ -8,21 +8,21 @@ import logging
 from pathlib import Path
 
 import pytest
-from testkit.chat_server import transformers_serve
-from testkit.echo_server import free_port
-from support.pipeline import PROMPT, tiny_values
 
 from flows.config import ConfigError, OptimizeConfig, build
 from pmpo.data.examples import Supervised
-from pmpo.scoring.loss import Scorer
 from pmpo.loop.steps import unit_mode
+from pmpo.masking.units import model_units
+from pmpo.rewriting.backends import ChatRewriter, RewriterError, _with_stop, as_rewriter
 from pmpo.rewriting.proposal import RewriteSettings, propose
 from pmpo.rewriting.requests import choose_template
-from pmpo.rewriting.backends import ChatRewriter, RewriterError, _with_stop, as_rewriter
 from pmpo.rewriting.settings import RewriterSettings
-from pmpo.masking.units import model_units
+from pmpo.scoring.loss import Scorer
 from pmpo_cli.main import build_parser, main
 from pmpo_cli.options import config_values
+from support.pipeline import PROMPT, tiny_values
+from testkit.chat_server import transformers_serve
+from testkit.echo_server import free_port
 
 FAKE_KEY = "sk-pmpo-LEAKCHECK-5c1d7e9a0b"  # recognisable: found anywhere, it leaked
 KEY_ENV = "PMPO_TEST_REWRITER_KEY"
@@ -60,7 +60,10 @@ def test_a_rewriter_of_unknown_size_counts_as_large_unless_set():
     [
         ({"backend": "local"}, "rewriter: backend local needs spec"),
         ({"backend": "openai", "base_url": "http://x/v1"}, "rewriter: backend openai needs base_url and model"),
-        ({"backend": "openai", "base_url": "http://x/v1", "model": "m", "api_key_env": "sk-abc-123"}, "rewriter.api_key_env: takes the NAME of an environment variable"),
+        (
+            {"backend": "openai", "base_url": "http://x/v1", "model": "m", "api_key_env": "sk-abc-123"},
+            "rewriter.api_key_env: takes the NAME of an environment variable",
+        ),
         ({"backend": "remote"}, "rewriter.backend: Input should be 'same', 'local' or 'openai'"),
         ({"api_key": "sk-abc"}, "rewriter.api_key: Extra inputs are not permitted"),
     ],
@@ -81,7 +84,12 @@ def test_rewriter_flags_fill_the_block():
     args = parser.parse_args(
         ["optimize", "--rewriter-base-url", "http://h:1/v1", "--rewriter-model", "big", "--rewriter-api-key-env", "K"]
     )
-    assert config_values(args)["rewriter"] == {"backend": "openai", "base_url": "http://h:1/v1", "model": "big", "api_key_env": "K"}
+    assert config_values(args)["rewriter"] == {
+        "backend": "openai",
+        "base_url": "http://h:1/v1",
+        "model": "big",
+        "api_key_env": "K",
+    }
     args = parser.parse_args(["optimize", "--rewriter-spec", "some/model"])
     assert config_values(args)["rewriter"] == {"backend": "local", "spec": "some/model"}
     assert "rewriter" not in config_values(parser.parse_args(["optimize"]))
@@ -90,7 +98,9 @@ def test_rewriter_flags_fill_the_block():
 def test_a_reply_that_stopped_at_a_stop_string_ends_with_it():
     stop = ("</prompt>",)
     assert _with_stop("Why. <prompt>Be brief.", "stop", stop) == "Why. <prompt>Be brief.</prompt>"  # OpenAI strips it
-    assert _with_stop("<prompt>Be brief.</prompt>", "stop", stop) == "<prompt>Be brief.</prompt>"  # some servers keep it
+    assert (
+        _with_stop("<prompt>Be brief.</prompt>", "stop", stop) == "<prompt>Be brief.</prompt>"
+    )  # some servers keep it
     assert _with_stop("<prompt>Be bri", "length", stop) == "<prompt>Be bri"  # cut off: stays unclosed
     assert _with_stop("<prompt>Be brief.", "stop", ()) == "<prompt>Be brief."
 
@@ -108,9 +118,14 @@ def test_a_chat_reply_cut_off_by_the_token_limit_is_counted_unclosed(tiny_lm):
     with serving(echo_app(tiny_lm, "chat", chat_choices=choices)) as url:
         rewriter = ChatRewriter.connect(RewriterSettings(backend="openai", base_url=url, model="chat"))
         short = propose(
-            rewriter, prompt=PROMPT, example=Supervised("Review: great.", "positive"), effects=(),
-            task_description="Sentiment.", settings=RewriteSettings(template="short", n_variants=5), seed=0,
-        )  # fmt: skip
+            rewriter,
+            prompt=PROMPT,
+            example=Supervised("Review: great.", "positive"),
+            effects=(),
+            task_description="Sentiment.",
+            settings=RewriteSettings(template="short", n_variants=5),
+            seed=0,
+        )
     assert short.variants == ("Answer in one word.", "Say yes or no", "Answer briefly.")
     assert short.rejected["unclosed"] == 2 and sum(short.rejected.values()) == 2
 
@@ -119,10 +134,16 @@ def test_a_server_that_decodes_greedily_whatever_the_temperature_is_named_once(t
     from testkit.echo_server import echo_app, serving
 
     same = [("<prompt>Say yes or no</prompt>", "stop")]  # every request gets the same reply, whatever its seed
-    mixed = [("<prompt>Say yes</prompt>", "stop"), ("<prompt>Say no</prompt>", "stop"), ("<prompt>Say it</prompt>", "stop")]
-    with serving(echo_app(tiny_lm, "greedy", chat_choices=same)) as greedy_url, serving(
-        echo_app(tiny_lm, "sampling", chat_choices=mixed)
-    ) as sampling_url, caplog.at_level(logging.WARNING, logger="pmpo.rewriting.backends"):
+    mixed = [
+        ("<prompt>Say yes</prompt>", "stop"),
+        ("<prompt>Say no</prompt>", "stop"),
+        ("<prompt>Say it</prompt>", "stop"),
+    ]
+    with (
+        serving(echo_app(tiny_lm, "greedy", chat_choices=same)) as greedy_url,
+        serving(echo_app(tiny_lm, "sampling", chat_choices=mixed)) as sampling_url,
+        caplog.at_level(logging.WARNING, logger="pmpo.rewriting.backends"),
+    ):
         greedy = ChatRewriter.connect(RewriterSettings(backend="openai", base_url=greedy_url, model="greedy"))
         sampling = ChatRewriter.connect(RewriterSettings(backend="openai", base_url=sampling_url, model="sampling"))
         args = {"n": 3, "temperature": 0.8, "top_p": 0.95, "seed": 0, "max_tokens": 20}
@@ -136,15 +157,21 @@ def test_a_server_that_decodes_greedily_whatever_the_temperature_is_named_once(t
 
 def test_missing_key_variable_is_named_not_guessed(monkeypatch):
     monkeypatch.delenv("PMPO_NO_SUCH_KEY", raising=False)
-    with pytest.raises(RewriterError, match="rewriter.api_key_env: the environment variable PMPO_NO_SUCH_KEY is not set"):
-        ChatRewriter.connect(RewriterSettings(backend="openai", base_url=_dead_url(), model="m", api_key_env="PMPO_NO_SUCH_KEY"))
+    with pytest.raises(
+        RewriterError, match="rewriter.api_key_env: the environment variable PMPO_NO_SUCH_KEY is not set"
+    ):
+        ChatRewriter.connect(
+            RewriterSettings(backend="openai", base_url=_dead_url(), model="m", api_key_env="PMPO_NO_SUCH_KEY")
+        )
 
 
 def test_server_down_is_one_line_without_the_key(monkeypatch):
     monkeypatch.setenv(KEY_ENV, FAKE_KEY)
     url = _dead_url()
     with pytest.raises(RewriterError) as err:
-        ChatRewriter.connect(RewriterSettings(backend="openai", base_url=url, model="m", api_key_env=KEY_ENV, max_retries=0, timeout_s=5))
+        ChatRewriter.connect(
+            RewriterSettings(backend="openai", base_url=url, model="m", api_key_env=KEY_ENV, max_retries=0, timeout_s=5)
+        )
     said = str(err.value)  # the wording the scorer's errors share (pmpo.remote.connection)
     assert said.startswith(f"cannot reach the rewriter at {url} (") and FAKE_KEY not in said and "\n" not in said
     assert said.endswith("): is it running, and is rewriter.base_url right?")
@@ -154,8 +181,17 @@ def test_server_down_is_one_line_without_the_key(monkeypatch):
 def test_cli_reports_an_unreachable_rewriter_in_one_line(capsys, pmpo_home, tiny_model_dir, monkeypatch):
     monkeypatch.setenv(KEY_ENV, FAKE_KEY)
     url = _dead_url()
-    argv = ["optimize", "--model", str(tiny_model_dir), "--rewriter-base-url", url, "--rewriter-model", "m",
-            "--rewriter-api-key-env", KEY_ENV]  # fmt: skip
+    argv = [
+        "optimize",
+        "--model",
+        str(tiny_model_dir),
+        "--rewriter-base-url",
+        url,
+        "--rewriter-model",
+        "m",
+        "--rewriter-api-key-env",
+        KEY_ENV,
+    ]
     assert main(argv) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"pmpo: error: cannot reach the rewriter at {url} (") and "\n" not in err
@@ -166,7 +202,9 @@ def test_cli_reports_an_unreachable_rewriter_in_one_line(capsys, pmpo_home, tiny
 
 
 def test_chat_rewriter_returns_n_replies_and_counts_their_tokens(chat_server):
-    settings = RewriterSettings(backend="openai", base_url=chat_server.base_url, model=chat_server.model, revision="r1", **PATIENT)
+    settings = RewriterSettings(
+        backend="openai", base_url=chat_server.base_url, model=chat_server.model, revision="r1", **PATIENT
+    )
     rewriter = ChatRewriter.connect(settings)
     assert rewriter.identity == f"openai:{chat_server.base_url}#{chat_server.model}@r1"
     assert rewriter.n_params is None
@@ -175,13 +213,17 @@ def test_chat_rewriter_returns_n_replies_and_counts_their_tokens(chat_server):
     used = rewriter.usage.snapshot()
     assert 2 <= used.tokens_generated <= 12  # from the server's usage: at most 6 per reply
     assert used.tokens_prefilled > 0
-    [short] = rewriter.reply("Say hello to the world.", n=1, temperature=0.8, top_p=0.95, seed=7, max_tokens=12, stop=(" ",))
+    [short] = rewriter.reply(
+        "Say hello to the world.", n=1, temperature=0.8, top_p=0.95, seed=7, max_tokens=12, stop=(" ",)
+    )
     assert short.endswith(" ") and len(short.split()) < 6  # the server stopped at a space, well before 12 tokens
 
 
 def test_wrong_model_name_is_one_line_naming_what_is_served(chat_server):
     with pytest.raises(RewriterError) as err:
-        ChatRewriter.connect(RewriterSettings(backend="openai", base_url=chat_server.base_url, model="no-such-model", **PATIENT))
+        ChatRewriter.connect(
+            RewriterSettings(backend="openai", base_url=chat_server.base_url, model="no-such-model", **PATIENT)
+        )
     assert str(err.value).startswith(
         f"rewriter.model: the rewriter at {chat_server.base_url} does not serve a model named 'no-such-model'; it serves"
     )
@@ -189,12 +231,20 @@ def test_wrong_model_name_is_one_line_naming_what_is_served(chat_server):
 
 
 def test_chat_rewriter_proposes_parsed_variants_and_marks_units(chat_server, tiny_lm):
-    rewriter = ChatRewriter.connect(RewriterSettings(backend="openai", base_url=chat_server.base_url, model=chat_server.model, **PATIENT))
+    rewriter = ChatRewriter.connect(
+        RewriterSettings(backend="openai", base_url=chat_server.base_url, model=chat_server.model, **PATIENT)
+    )
     settings = RewriteSettings(template="short", n_variants=2, max_new_tokens=8)
     proposal = propose(
-        rewriter, prompt=PROMPT, example=Supervised("Review: great.", "positive"), effects=(), task_description="Sentiment.",
-        settings=settings, seed=3, scorer=Scorer(tiny_lm),
-    )  # fmt: skip
+        rewriter,
+        prompt=PROMPT,
+        example=Supervised("Review: great.", "positive"),
+        effects=(),
+        task_description="Sentiment.",
+        settings=settings,
+        seed=3,
+        scorer=Scorer(tiny_lm),
+    )
     assert len(proposal.variants) + sum(proposal.rejected.values()) == 2  # every reply accounted for
     assert all(v and "<prompt>" not in v for v in proposal.variants)
     units = model_units(rewriter, PROMPT, seed=0)  # marked by the server's model, or the splitter's fallback
@@ -211,11 +261,20 @@ def test_flow_rewritten_through_the_server_records_it_and_never_the_key(
 
     monkeypatch.setenv(KEY_ENV, FAKE_KEY)
     logged = _debug_log(monkeypatch)  # the HTTP client's own debug lines are records too
-    rewriter = {"backend": "openai", "base_url": chat_server.base_url, "model": chat_server.model, "api_key_env": KEY_ENV, **PATIENT}
+    rewriter = {
+        "backend": "openai",
+        "base_url": chat_server.base_url,
+        "model": chat_server.model,
+        "api_key_env": KEY_ENV,
+        **PATIENT,
+    }
     values = tiny_values(
-        tiny_model_dir, iterations=1, rewriter=rewriter, rewrite={"k": 1, "n": 2, "max_new_tokens": 12, "template": "short"},
+        tiny_model_dir,
+        iterations=1,
+        rewriter=rewriter,
+        rewrite={"k": 1, "n": 2, "max_new_tokens": 12, "template": "short"},
         eval={"max_examples": 4, "generate": False},
-    )  # fmt: skip
+    )
     summary = optimize_prompt(OptimizeConfig.model_validate(values))
 
     identity = f"openai:{chat_server.base_url}#{chat_server.model}@unpinned"
@@ -261,7 +320,11 @@ def _prefect_files() -> list[Path]:
     from prefect.settings import get_current_settings
 
     settings = get_current_settings()
-    url = str(settings.server.database.connection_url.get_secret_value() if hasattr(settings.server.database.connection_url, "get_secret_value") else settings.server.database.connection_url)
+    url = str(
+        settings.server.database.connection_url.get_secret_value()
+        if hasattr(settings.server.database.connection_url, "get_secret_value")
+        else settings.server.database.connection_url
+    )
     files = []
     if url.startswith("sqlite"):
         db = Path(url.split("///", 1)[1])

@@ -1,15 +1,14 @@
 """Hard examples and `propose` plumbing on the tiny random model: budgets, templates, what the request shows."""
 
-
 import pytest
 
 from pmpo.data.examples import MultipleChoice, Preference, Supervised
 from pmpo.errors import ContextLengthError
+from pmpo.loop.result import SegmentEffect
 from pmpo.models.generation import greedy
+from pmpo.rewriting.proposal import RewriteOutcome, RewriteSettings, hard_examples, propose
 from pmpo.scoring.loss import Scorer
 from pmpo.text.rendering import render
-from pmpo.loop.result import SegmentEffect
-from pmpo.rewriting.proposal import RewriteOutcome, RewriteSettings, hard_examples, propose
 
 EFFECTS = (SegmentEffect(0, "Read the text.", 1.25), SegmentEffect(1, "Be creative.", -0.5))
 TASK = "Classify the sentiment of a product review."
@@ -79,7 +78,6 @@ def test_propose_can_send_the_short_form_as_a_chat_turn(tiny_lm, monkeypatch):
     assert proposal.variants == ("Answer with one word.",)
 
 
-
 def _capture_budget(monkeypatch, replies):
     calls = []
 
@@ -109,7 +107,9 @@ def test_rewrite_budget_grows_with_the_prompt_and_stops_at_the_context(tiny_lm, 
     for prompt, wanted in (("Answer yes or no.", 60), ("Answer yes or no. " * 8, 60), ("Answer yes or no.", 5000)):
         calls = _capture_budget(monkeypatch, ["<prompt>New.</prompt>"])
         wide = settings.model_copy(update={"max_new_tokens": wanted})
-        proposal = propose(tiny_lm, prompt=prompt, example=example, effects=(), task_description=TASK, settings=wide, seed=0)
+        proposal = propose(
+            tiny_lm, prompt=prompt, example=example, effects=(), task_description=TASK, settings=wide, seed=0
+        )
         budgets.append((calls[0], proposal.request))
     tokens = [len(tiny_lm.tokenizer.encode(p, add_special_tokens=False)) for p in ("Answer yes or no. " * 8,)]
     assert budgets[0][0] == 60 + extra  # a short prompt keeps the setting
@@ -119,8 +119,15 @@ def test_rewrite_budget_grows_with_the_prompt_and_stops_at_the_context(tiny_lm, 
     # A request that leaves no room for a whole rewritten prompt is refused, not run past the context.
     _capture_budget(monkeypatch, ["<prompt>New.</prompt>"])
     with pytest.raises(ContextLengthError, match="rewrite request is .* tokens"):
-        propose(tiny_lm, prompt="Answer yes or no. " * 80, example=example, effects=(), task_description=TASK,
-                settings=settings, seed=0)  # fmt: skip
+        propose(
+            tiny_lm,
+            prompt="Answer yes or no. " * 80,
+            example=example,
+            effects=(),
+            task_description=TASK,
+            settings=settings,
+            seed=0,
+        )
 
 
 def _full_request(lm, monkeypatch, example, prompt=PROMPT, effects=EFFECTS):
@@ -138,7 +145,10 @@ def test_full_request_shows_the_distractor_the_model_ranks_first_and_asks_for_a_
     nll, _ = Scorer(tiny_lm).completions(PROMPT, [(example.input, o) for o in ["negative", *wrong]])
     top = wrong[int(nll[1:].argmin())]
     rank = "above" if nll[1:].min() < nll[0] else "below"
-    assert f"The wrong answer the model ranks highest under the current instruction ({rank} the expected one): {top}" in request
+    assert (
+        f"The wrong answer the model ranks highest under the current instruction ({rank} the expected one): {top}"
+        in request
+    )
     assert "First, in one or two sentences, explain why the current instruction" in request
     assert "<prompt></prompt>" in request and "reasoning steps" in request and "Rephrase ambiguous" in request
 
@@ -148,7 +158,9 @@ def test_full_request_shows_the_models_greedy_answer_on_a_supervised_example(tin
     request = _full_request(tiny_lm, monkeypatch, example)
     context = render(tiny_lm.tokenizer, tiny_lm.placement, PROMPT, example.input).text
     answer = greedy(tiny_lm, [context], max_new_tokens=16)[0].strip()
-    line = next(x for x in request.splitlines() if x.startswith("The model's own answer under the current instruction: "))
+    line = next(
+        x for x in request.splitlines() if x.startswith("The model's own answer under the current instruction: ")
+    )
     assert line.split(": ", 1)[1] == (answer or "(nothing)")[:400].strip()
 
 
@@ -172,8 +184,8 @@ def test_short_request_skips_the_models_preference(tiny_lm, monkeypatch):
 def test_the_greedy_answer_comes_from_the_scorers_decoder_not_the_text_sides_type(tiny_lm):
     """A text side (no weights) renders; the scorer decodes. A scorer that cannot decode gives no greedy answer,
     and options still rank."""
-    from pmpo.rewriting.diagnosis import preferred_answer
     from pmpo.models.loading import TextSide
+    from pmpo.rewriting.diagnosis import preferred_answer
 
     side = TextSide(tiny_lm.tokenizer, tiny_lm.placement, tiny_lm.context_length)
     scorer = Scorer(tiny_lm)

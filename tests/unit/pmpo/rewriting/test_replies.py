@@ -3,7 +3,13 @@
 import pytest
 
 from pmpo.errors import RewriteParseError
-from pmpo.rewriting.replies import REJECT_REASONS, UnclosedPromptError, filter_variants, parse_prompt, short_reply_cut_off
+from pmpo.rewriting.replies import (
+    REJECT_REASONS,
+    UnclosedPromptError,
+    filter_variants,
+    parse_prompt,
+    short_reply_cut_off,
+)
 
 PROMPT = "Read the text. Be creative."
 
@@ -71,9 +77,7 @@ def test_short_reply_cut_off_only_when_it_ran_into_the_budget_mid_line(reply, n_
 
 def test_filter_variants_counts_cut_off_short_replies_as_unclosed():
     replies = ["Answer with one word", "Be brief.</prompt>"]
-    kept, rejected = filter_variants(
-        replies, current="x", seen=(), max_chars=100, opened=True, cut_off=[True, False]
-    )
+    kept, rejected = filter_variants(replies, current="x", seen=(), max_chars=100, opened=True, cut_off=[True, False])
     assert kept == ["Be brief."]
     assert rejected["unclosed"] == 1 and rejected["no_tags"] == 0
 
@@ -92,7 +96,15 @@ def test_filter_variants_counts_each_reason():
     ]
     kept, rejected = filter_variants(replies, current=PROMPT, seen=["Seen  before."], max_chars=40, opened=False)
     assert kept == ["New one.", "Another new one."]
-    assert rejected == {"no_tags": 1, "unclosed": 1, "empty": 1, "unchanged": 1, "duplicate": 2, "too_long": 1, "variables": 0}
+    assert rejected == {
+        "no_tags": 1,
+        "unclosed": 1,
+        "empty": 1,
+        "unchanged": 1,
+        "duplicate": 2,
+        "too_long": 1,
+        "variables": 0,
+    }
     assert tuple(rejected) == REJECT_REASONS
 
 

@@ -8,9 +8,9 @@ import json
 import pytest
 
 import pmpo
-from pmpo.scoring.context_budget import check_fits
 from pmpo.errors import ContextLengthError
 from pmpo.models.loading import load_text_side
+from pmpo.scoring.context_budget import check_fits
 
 
 def _rows(path, long_row: int, n: int = 12, long_words: int = 800):
@@ -28,7 +28,7 @@ def test_long_example_is_named_by_its_row_in_the_file(tmp_path, tiny_model_dir):
     text = load_text_side(str(tiny_model_dir))
     part = split.train if 9 in split.train.rows else split.test
     assert part.rows != tuple(range(1, len(part) + 1))  # the split's rows are the file's, not 1..n
-    with pytest.raises(ContextLengthError, match=rf"reviews\.jsonl, row 9 is \d+ tokens"):
+    with pytest.raises(ContextLengthError, match=r"reviews\.jsonl, row 9 is \d+ tokens"):
         check_fits(text, "Classify.", part)
 
 
@@ -40,9 +40,8 @@ def test_long_prompt_is_named_as_the_prompt(tiny_model_dir):
 
 
 def test_flow_refuses_before_creating_a_run(tmp_path, tiny_model_dir, pmpo_home, prefect_harness):
-    from support.pipeline import tiny_config
-
     from flows.optimize import optimize_prompt
+    from support.pipeline import tiny_config
     from tasks.mlflow import queries
 
     path = tmp_path / "reviews.jsonl"

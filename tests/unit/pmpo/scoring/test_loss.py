@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from pmpo.data.examples import MultipleChoice, Preference, Supervised
+from pmpo.models.loading import ModelSettings, load_model
 from pmpo.scoring import prefix_attention
 from pmpo.scoring.batching import batches as _batches
 from pmpo.scoring.batching import plan
-from pmpo.data.examples import MultipleChoice, Preference, Supervised
 from pmpo.scoring.loss import Scorer, ScorerSettings, preference_loss
-from pmpo.models.loading import ModelSettings, load_model
 from pmpo.scoring.reference import naive_nll
 
 PROMPTS = ["Classify the sentiment as positive or negative.", "", "Line one.\nLine two is longer than line one."]
@@ -101,7 +101,9 @@ def test_shared_prefix_attention_matches_sdpa_on_the_concatenation(monkeypatch, 
     monkeypatch.setattr(prefix_attention, "_MAX_SCORE_ELEMENTS", 1)  # one row per chunk: chunking is exact too
     got = prefix_attention.shared_prefix_attention(q, k, v, pk, pv, dim**-0.5, blocked)
     torch.testing.assert_close(got, expected.transpose(1, 2), rtol=1e-5, atol=1e-5)
-    causal = torch.nn.functional.scaled_dot_product_attention(q, full_k, full_v, attn_mask=allowed[1:2].expand_as(allowed))
+    causal = torch.nn.functional.scaled_dot_product_attention(
+        q, full_k, full_v, attn_mask=allowed[1:2].expand_as(allowed)
+    )
     got = prefix_attention.shared_prefix_attention(q, k, v, pk, pv, dim**-0.5)  # no mask: causal in every row
     torch.testing.assert_close(got, causal.transpose(1, 2), rtol=1e-5, atol=1e-5)
 
@@ -166,7 +168,9 @@ def test_preference_loss_properties():
     assert preference_loss(1.0, [1.0]) == pytest.approx(math.log(2))
     assert preference_loss(0.0, [50.0]) < 1e-10  # chosen far more likely: no loss
     assert preference_loss(50.0, [0.0]) == pytest.approx(50.0)  # stable for large margins
-    assert preference_loss(1.0, [2.0, 3.0]) == pytest.approx((preference_loss(1.0, [2.0]) + preference_loss(1.0, [3.0])) / 2)
+    assert preference_loss(1.0, [2.0, 3.0]) == pytest.approx(
+        (preference_loss(1.0, [2.0]) + preference_loss(1.0, [3.0])) / 2
+    )
 
 
 def test_batches_respect_budget():

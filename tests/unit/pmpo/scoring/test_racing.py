@@ -6,10 +6,10 @@ from pydantic import ValidationError
 
 from pmpo.data.examples import Dataset, Supervised
 from pmpo.errors import PmpoError
-from pmpo.scoring.loss import LossMatrix, Scorer
 from pmpo.loop.optimizer import PMPO, OptimizerConfig
-from pmpo.loop.selection import select
 from pmpo.loop.result import Candidate
+from pmpo.loop.selection import select
+from pmpo.scoring.loss import LossMatrix, Scorer
 from pmpo.scoring.racing import RacingSettings, race, race_losses, race_prompts, slice_order
 
 ON = RacingSettings(enabled=True, first_slice=10, margin=3.0)

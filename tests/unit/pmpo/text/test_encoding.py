@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 
 from pmpo.data.examples import Supervised
-from pmpo.text.encoding import encode, encode_text, encode_texts
 from pmpo.models.generation import greedy
-from pmpo.scoring.loss import Scorer, ScorerSettings
 from pmpo.models.loading import ModelSettings, load_model
-from pmpo.text.rendering import render, render_many
+from pmpo.scoring.loss import Scorer, ScorerSettings
 from pmpo.scoring.reference import naive_nll
+from pmpo.text.encoding import encode, encode_text, encode_texts
+from pmpo.text.rendering import render, render_many
 
 SPECIAL = ["<unk>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>"]
 # Like Llama-2/Gemma templates, it writes BOS into the text itself.
@@ -19,8 +19,15 @@ TEMPLATE = (
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
 PROMPTS = ["Classify the review.", "Say positive or negative.", ""]
-SEEN = [Supervised(i, t) for i in ("Review: great phone.", "Review: it broke.", " Review: fine.") for t in ("positive", " negative")]
-UNSEEN = [Supervised("Quick check: is tofu tasty?", "yes, quite"), Supervised("x", "a much longer answer to pad the batch")]
+SEEN = [
+    Supervised(i, t)
+    for i in ("Review: great phone.", "Review: it broke.", " Review: fine.")
+    for t in ("positive", " negative")
+]
+UNSEEN = [
+    Supervised("Quick check: is tofu tasty?", "yes, quite"),
+    Supervised("x", "a much longer answer to pad the batch"),
+]
 EXAMPLES = SEEN + UNSEEN
 
 
@@ -41,7 +48,9 @@ def build_sentencepiece_like(directory):
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
     alphabet = sorted(set("".join(corpus) + "abcdefghijklmnopqrstuvwxyz,?:▁"))
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=SPECIAL, initial_alphabet=alphabet, show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=SPECIAL, initial_alphabet=alphabet, show_progress=False
+    )
     tok.train_from_iterator(corpus, trainer)
     bos = tok.token_to_id("<s>")
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", bos)])
@@ -49,9 +58,16 @@ def build_sentencepiece_like(directory):
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", chat_template=TEMPLATE
     )
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256, bos_token_id=bos, eos_token_id=tok.token_to_id("</s>"),
-    )  # fmt: skip
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=bos,
+        eos_token_id=tok.token_to_id("</s>"),
+    )
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
@@ -65,7 +81,10 @@ def sp_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sp_lms(sp_dir):
-    return {p: load_model(ModelSettings(spec=str(sp_dir), dtype="float32", placement=p)) for p in ("plain", "system", "user")}
+    return {
+        p: load_model(ModelSettings(spec=str(sp_dir), dtype="float32", placement=p))
+        for p in ("plain", "system", "user")
+    }
 
 
 MODES = {
@@ -94,7 +113,10 @@ def test_exactly_one_bos(sp_lms, placement):
     bos = lm.tokenizer.bos_token_id
     text = render(lm.tokenizer, placement, PROMPTS[0], "Review: ok.").text
     assert text.startswith("<s>") == (placement != "plain")  # the chat template writes BOS itself
-    for ids in (encode(lm.tokenizer, placement, PROMPTS[0], "Review: ok.", "positive").ids, encode_text(lm.tokenizer, text)):
+    for ids in (
+        encode(lm.tokenizer, placement, PROMPTS[0], "Review: ok.", "positive").ids,
+        encode_text(lm.tokenizer, text),
+    ):
         assert ids[0] == bos and list(ids).count(bos) == 1
 
 
@@ -132,7 +154,10 @@ def test_prefix_reuse_falls_back_where_the_prompt_is_not_a_token_prefix(sp_lms):
 def test_a_prompt_whose_last_token_merges_everywhere_still_shares_its_first_tokens(sp_lms):
     lm = sp_lms["plain"]
     merged = [e for e in SEEN if not e.input.startswith(" ")]
-    reused, folded = Scorer(lm, ScorerSettings(prefix_attention="shared")), Scorer(lm, ScorerSettings(reuse_prefix=False))
+    reused, folded = (
+        Scorer(lm, ScorerSettings(prefix_attention="shared")),
+        Scorer(lm, ScorerSettings(reuse_prefix=False)),
+    )
     loss = reused.loss_matrix(PROMPTS[:1], merged).loss
     np.testing.assert_allclose(loss, folded.loss_matrix(PROMPTS[:1], merged).loss, rtol=1e-5)
     assert reused.prefix_fallbacks == 0

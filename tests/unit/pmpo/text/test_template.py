@@ -11,16 +11,15 @@ import pytest
 
 from pmpo.data import load_dataset
 from pmpo.data.examples import Dataset, Supervised, example_input, example_key
-from pmpo.text.encoding import render_pairs
 from pmpo.errors import DataError
-from pmpo.scoring.loss import Scorer, ScorerSettings
-from pmpo.loop.optimizer import OptimizerConfig
-from pmpo.loop.steps import prompt_units, removal_prompts, rewrite_prompts, segment_effects
-from pmpo.text.rendering import render
-from pmpo.rewriting.replies import filter_variants
 from pmpo.loop.result import SegmentEffect
+from pmpo.loop.steps import prompt_units, removal_prompts, rewrite_prompts, segment_effects
 from pmpo.rewriting.proposal import RewriteSettings
+from pmpo.rewriting.replies import filter_variants
 from pmpo.rewriting.requests import build_request
+from pmpo.scoring.loss import Scorer, ScorerSettings
+from pmpo.text.encoding import render_pairs
+from pmpo.text.rendering import render
 from pmpo.text.template import (
     Fields,
     TemplateError,
@@ -87,7 +86,9 @@ def test_template_renders_as_the_user_message_filled_from_the_fields(tiny_lm):
     fields = Fields((("review", "Broke after a day."), ("product", "lamp")))
     [(text, at)] = render_pairs(tok, "system", TEMPLATE, [(fields, "negative")])
     filled = TEMPLATE.replace("{{review}}", "Broke after a day.")
-    expected = tok.apply_chat_template([{"role": "user", "content": filled}], tokenize=False, add_generation_prompt=True)
+    expected = tok.apply_chat_template(
+        [{"role": "user", "content": filled}], tokenize=False, add_generation_prompt=True
+    )
     assert text == expected + "negative" and text[at:] == "negative"
     # The reusable prefix is everything before the first variable.
     context = render(tok, "system", TEMPLATE, fields)
@@ -224,8 +225,10 @@ def test_several_columns_fill_several_variables(tmp_path):
 
     renamed = [{"text": r["review"], "item": r["product"], "target": r["target"]} for r in ROWS]
     path = tmp_path / "r.csv"
-    path.write_text("text,item,target\n" + "".join(f"\"{r['text']}\",{r['item']},{r['target']}\n" for r in renamed))
-    mapped = load_dataset(path, columns=ColumnMap.from_pairs(["review=text", "product=item"]), variables=("review", "product"))
+    path.write_text("text,item,target\n" + "".join(f'"{r["text"]}",{r["item"]},{r["target"]}\n' for r in renamed))
+    mapped = load_dataset(
+        path, columns=ColumnMap.from_pairs(["review=text", "product=item"]), variables=("review", "product")
+    )
     assert mapped.examples[1].fields == (("review", "Broke after a day."), ("product", "lamp"))
 
 
@@ -236,7 +239,9 @@ def test_a_variable_with_no_column_names_both(tmp_path):
         load_dataset("builtin:sentiment", limit=3, variables=("review",))
     from pmpo.data.rows import ColumnMap
 
-    builtin = load_dataset("builtin:sentiment", limit=3, columns=ColumnMap.from_pairs(["review=input"]), variables=("review",))
+    builtin = load_dataset(
+        "builtin:sentiment", limit=3, columns=ColumnMap.from_pairs(["review=input"]), variables=("review",)
+    )
     assert builtin.examples[0].fields == (("review", builtin.examples[0].input),)
 
 
@@ -268,10 +273,14 @@ def test_column_flags_and_config_map_template_variables():
 
 def test_the_full_request_diagnoses_the_whole_chat_prompt(tiny_lm, monkeypatch):
     scored = []
-    monkeypatch.setattr("pmpo.rewriting.proposal.preferred_answer", lambda lm, scorer, prompt, example: scored.append(prompt))
+    monkeypatch.setattr(
+        "pmpo.rewriting.proposal.preferred_answer", lambda lm, scorer, prompt, example: scored.append(prompt)
+    )
     monkeypatch.setattr("pmpo.rewriting.proposal.sample", lambda *a, **k: ["<prompt>Label the review.</prompt>"])
     rewrite = RewriteSettings(hard_k=1, n_variants=1, template="full")
-    variants, _ = rewrite_prompts(tiny_lm, CHAT, Dataset("t", _examples()), [0], (), rewrite, 1, frozenset({CHAT}), seed=0)
+    variants, _ = rewrite_prompts(
+        tiny_lm, CHAT, Dataset("t", _examples()), [0], (), rewrite, 1, frozenset({CHAT}), seed=0
+    )
     assert scored == [CHAT]  # what the model prefers is found under the whole prompt, not its system text alone
     assert [editable(v) for v in variants] == ["Label the review."]
 
@@ -284,14 +293,18 @@ def test_the_config_can_name_another_chat_message_to_optimise(tiny_lm, monkeypat
         ]
     )
     train = Dataset("t", _examples())
-    units = prompt_units(tiny_lm, two, 1, units="splitter", max_units=5, small_model_params=10**9, seed=0, chat_message=1)
+    units = prompt_units(
+        tiny_lm, two, 1, units="splitter", max_units=5, small_model_params=10**9, seed=0, chat_message=1
+    )
     assert units.texts[0] == "Label the review as positive or negative." and units.message == 1
     effects = segment_effects(Scorer(tiny_lm), 0.0, units, train)
     assert [e.text for e in effects] == ["Label the review as positive or negative.", "Be brief."]  # not the variable
     [removed] = removal_prompts(two, list(units.texts), [SegmentEffect(1, "Be brief.", -1.0)], 1)  # as if it hurt
     assert chat_messages(removed)[0] == chat_messages(two)[0]
     assert chat_messages(removed)[1].content == "Label the review as positive or negative.\n\nReview: {{review}}"
-    monkeypatch.setattr("pmpo.rewriting.proposal.sample", lambda *a, **k: ["Say positive or negative. Review: {{review}}</prompt>"])
+    monkeypatch.setattr(
+        "pmpo.rewriting.proposal.sample", lambda *a, **k: ["Say positive or negative. Review: {{review}}</prompt>"]
+    )
     rewrite = RewriteSettings(hard_k=1, n_variants=1, template="short")
     variants, _ = rewrite_prompts(tiny_lm, two, train, [0], (), rewrite, 1, frozenset({two}), seed=0, chat_message=1)
     assert [chat_messages(v)[1].content for v in variants] == ["Say positive or negative. Review: {{review}}"]

@@ -7,7 +7,9 @@ as they are; this module adds only what a flow needs around them: the data, the 
 
 from __future__ import annotations
 
+import difflib
 import re
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -201,8 +203,9 @@ def read_text(path: Path, what: str, where: str | None = None) -> str:
         raise ConfigError(f"{where}, line {line}: {what} is not UTF-8 text ({exc.reason}); save it as UTF-8") from None
 
 
-def build(model: type[BaseModel], values: dict[str, Any], origin: str = "config"):
-    """Validate `values` as `model`, turning pydantic's report into one line naming the field."""
+def build(model: type[BaseModel], values: dict[str, Any], origin: str = "config", names: dict[str, str] | None = None):
+    """Validate `values` as `model`, turning pydantic's report into one line naming the field (as `names` calls
+    it, when given: the command line names a field by its flag); an unknown key names its close match."""
     try:
         return model.model_validate(values)
     except ValidationError as exc:
@@ -210,7 +213,46 @@ def build(model: type[BaseModel], values: dict[str, Any], origin: str = "config"
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
         more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
         message = err["msg"].removeprefix("Value error, ")
-        raise ConfigError(f"{origin}: {where}: {message}{more}") from None
+        if err["type"] == "extra_forbidden":
+            message += _did_you_mean(str(err["loc"][-1]), _known_keys(model, err["loc"][:-1]))
+        flag = _flag_for(err["loc"], names or {})
+        raise ConfigError(f"{flag}: {message}{more}" if flag else f"{origin}: {where}: {message}{more}") from None
+
+
+def _flag_for(loc: tuple, names: dict[str, str]) -> str | None:
+    """The flag of the deepest field on `loc` that one sets (`data.limit` -> --limit, `data` -> --data)."""
+    parts = [str(p) for p in loc]
+    for end in range(len(parts), 0, -1):
+        if ".".join(parts[:end]) in names:
+            return names[".".join(parts[:end])]
+    return None
+
+
+def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The field names of the model found at `loc` in `model` (list items and optionals looked through)."""
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        nested = (
+            [t for t in _flattened(field.annotation) if isinstance(t, type) and issubclass(t, BaseModel)]
+            if field
+            else []
+        )
+        if not nested:
+            return []
+        model = nested[0]
+    return list(model.model_fields)
+
+
+def _flattened(annotation: Any) -> list[Any]:
+    args = typing.get_args(annotation)
+    return [t for a in args for t in _flattened(a)] if args else [annotation]
+
+
+def _did_you_mean(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

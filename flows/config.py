@@ -19,13 +19,14 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 from pmpo.data import Dataset
 from pmpo.data.loaders import BUILTIN_PREFIX, FORMATS, infer_format
-from pmpo.data.rows import ColumnMap
+from pmpo.data.rows import ColumnMap, unknown_mapping
 from pmpo.errors import PmpoError
 from pmpo.loop.settings import OptimizerConfig
 from pmpo.models.settings import ModelSettings
 from pmpo.rewriting.settings import RewriterSettings
 from pmpo.scoring.settings import ScorerSettings
 from pmpo.settings import Strict
+from pmpo.text.template import prompt_variables
 
 DEMO_TASK = "builtin:sentiment"
 _FILE_FORMATS = {"jsonl", "json", "bigbench", "csv", "tsv", "parquet"}
@@ -135,6 +136,17 @@ class TaskRunnerConfig(Strict):
         return self
 
 
+def check_column_names(data: DataConfig, prompt: str | None) -> None:
+    """A column mapping must name one of our fields or a variable of the prompt, when the prompt is known (given,
+    not the dataset's default nor a registered one): `targte: label` is a typo, not a new variable."""
+    if prompt is None or prompt.startswith("prompts:/"):
+        return
+    names = prompt_variables(prompt)
+    for name, column in ColumnMap.from_mapping(data.columns).variables:
+        if name not in names:
+            raise ValueError(str(unknown_mapping("data.columns", name, column, names)))
+
+
 class OptimizeConfig(OptimizerConfig):
     """Everything one optimisation run needs: the loop's settings (pmpo's OptimizerConfig, whose fields it has
     as they are) and the data, models, evaluation and record around them; the defaults run the demo task on the
@@ -157,6 +169,11 @@ class OptimizeConfig(OptimizerConfig):
     # a run started on a cluster may resume in one process and the other way round.
     task_runner: TaskRunnerConfig = Field(default_factory=TaskRunnerConfig)
 
+    @model_validator(mode="after")
+    def _columns_name_fields_or_variables(self) -> "OptimizeConfig":
+        check_column_names(self.data, self.prompt)
+        return self
+
 
 class EvaluateConfig(Strict):
     """A prompt (or a registered one, `prompts:/name@alias`) scored on a dataset's held-out split."""
@@ -170,6 +187,11 @@ class EvaluateConfig(Strict):
     seed: int = Field(0, description="the split's seed")
     scoring: ScorerSettings = Field(default_factory=ScorerSettings)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _columns_name_fields_or_variables(self) -> "EvaluateConfig":
+        check_column_names(self.data, self.prompt)
+        return self
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -216,7 +238,11 @@ def build(model: type[BaseModel], values: dict[str, Any], origin: str = "config"
         if err["type"] == "extra_forbidden":
             message += _did_you_mean(str(err["loc"][-1]), _known_keys(model, err["loc"][:-1]))
         flag = _flag_for(err["loc"], names or {})
-        raise ConfigError(f"{flag}: {message}{more}" if flag else f"{origin}: {where}: {message}{more}") from None
+        if flag:
+            raise ConfigError(f"{flag}: {message}{more}") from None
+        raise ConfigError(
+            f"{origin}: {message}{more}" if not err["loc"] else f"{origin}: {where}: {message}{more}"
+        ) from None
 
 
 def _flag_for(loc: tuple, names: dict[str, str]) -> str | None:

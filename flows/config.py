@@ -246,12 +246,8 @@ def build(model: type[BaseModel], values: dict[str, Any], origin: str = "config"
 
 
 def _flag_for(loc: tuple, names: dict[str, str]) -> str | None:
-    """The flag of the deepest field on `loc` that one sets (`data.limit` -> --limit, `data` -> --data)."""
-    parts = [str(p) for p in loc]
-    for end in range(len(parts), 0, -1):
-        if ".".join(parts[:end]) in names:
-            return names[".".join(parts[:end])]
-    return None
+    """The flag that sets the field at `loc` (`data.limit` -> --limit), if one does."""
+    return names.get(".".join(str(p) for p in loc)) if loc else None
 
 
 def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:

@@ -7,7 +7,9 @@ as they are; this module adds only what a flow needs around them: the data, the 
 
 from __future__ import annotations
 
+import difflib
 import re
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,13 +19,14 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 from pmpo.data import Dataset
 from pmpo.data.loaders import BUILTIN_PREFIX, FORMATS, infer_format
-from pmpo.data.rows import ColumnMap
+from pmpo.data.rows import ColumnMap, unknown_mapping
 from pmpo.errors import PmpoError
 from pmpo.loop.settings import OptimizerConfig
 from pmpo.models.settings import ModelSettings
 from pmpo.rewriting.settings import RewriterSettings
 from pmpo.scoring.settings import ScorerSettings
 from pmpo.settings import Strict
+from pmpo.text.template import prompt_variables
 
 DEMO_TASK = "builtin:sentiment"
 _FILE_FORMATS = {"jsonl", "json", "bigbench", "csv", "tsv", "parquet"}
@@ -133,6 +136,17 @@ class TaskRunnerConfig(Strict):
         return self
 
 
+def check_column_names(data: DataConfig, prompt: str | None) -> None:
+    """A column mapping must name one of our fields or a variable of the prompt, when the prompt is known (given,
+    not the dataset's default nor a registered one): `targte: label` is a typo, not a new variable."""
+    if prompt is None or prompt.startswith("prompts:/"):
+        return
+    names = prompt_variables(prompt)
+    for name, column in ColumnMap.from_mapping(data.columns).variables:
+        if name not in names:
+            raise ValueError(str(unknown_mapping("data.columns", name, column, names)))
+
+
 class OptimizeConfig(OptimizerConfig):
     """Everything one optimisation run needs: the loop's settings (pmpo's OptimizerConfig, whose fields it has
     as they are) and the data, models, evaluation and record around them; the defaults run the demo task on the
@@ -155,6 +169,11 @@ class OptimizeConfig(OptimizerConfig):
     # a run started on a cluster may resume in one process and the other way round.
     task_runner: TaskRunnerConfig = Field(default_factory=TaskRunnerConfig)
 
+    @model_validator(mode="after")
+    def _columns_name_fields_or_variables(self) -> "OptimizeConfig":
+        check_column_names(self.data, self.prompt)
+        return self
+
 
 class EvaluateConfig(Strict):
     """A prompt (or a registered one, `prompts:/name@alias`) scored on a dataset's held-out split."""
@@ -168,6 +187,11 @@ class EvaluateConfig(Strict):
     seed: int = Field(0, description="the split's seed")
     scoring: ScorerSettings = Field(default_factory=ScorerSettings)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _columns_name_fields_or_variables(self) -> "EvaluateConfig":
+        check_column_names(self.data, self.prompt)
+        return self
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -201,8 +225,9 @@ def read_text(path: Path, what: str, where: str | None = None) -> str:
         raise ConfigError(f"{where}, line {line}: {what} is not UTF-8 text ({exc.reason}); save it as UTF-8") from None
 
 
-def build(model: type[BaseModel], values: dict[str, Any], origin: str = "config"):
-    """Validate `values` as `model`, turning pydantic's report into one line naming the field."""
+def build(model: type[BaseModel], values: dict[str, Any], origin: str = "config", names: dict[str, str] | None = None):
+    """Validate `values` as `model`, turning pydantic's report into one line naming the field (as `names` calls
+    it, when given: the command line names a field by its flag); an unknown key names its close match."""
     try:
         return model.model_validate(values)
     except ValidationError as exc:
@@ -210,7 +235,46 @@ def build(model: type[BaseModel], values: dict[str, Any], origin: str = "config"
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
         more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
         message = err["msg"].removeprefix("Value error, ")
-        raise ConfigError(f"{origin}: {where}: {message}{more}") from None
+        if err["type"] == "extra_forbidden":
+            message += _did_you_mean(str(err["loc"][-1]), _known_keys(model, err["loc"][:-1]))
+        flag = _flag_for(err["loc"], names or {})
+        if flag:
+            raise ConfigError(f"{flag}: {message}{more}") from None
+        raise ConfigError(
+            f"{origin}: {message}{more}" if not err["loc"] else f"{origin}: {where}: {message}{more}"
+        ) from None
+
+
+def _flag_for(loc: tuple, names: dict[str, str]) -> str | None:
+    """The flag that sets the field at `loc` (`data.limit` -> --limit), if one does."""
+    return names.get(".".join(str(p) for p in loc)) if loc else None
+
+
+def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The field names of the model found at `loc` in `model` (list items and optionals looked through)."""
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        nested = (
+            [t for t in _flattened(field.annotation) if isinstance(t, type) and issubclass(t, BaseModel)]
+            if field
+            else []
+        )
+        if not nested:
+            return []
+        model = nested[0]
+    return list(model.model_fields)
+
+
+def _flattened(annotation: Any) -> list[Any]:
+    args = typing.get_args(annotation)
+    return [t for a in args for t in _flattened(a)] if args else [annotation]
+
+
+def _did_you_mean(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

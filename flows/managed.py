@@ -1,8 +1,9 @@
 """What the nightly refresh manages: the prompts (name, data, model, initial prompt, optimisation settings),
 the promotion rule, and the file that lists them.
 
-The file is read when the flow runs, not when it is deployed: an edit applies from the next night on. Each of
-its entries is validated on its own, so one broken entry fails that prompt alone.
+The file is read when the flow runs, not when it is deployed: an edit applies from the next night on. Every entry
+is validated before the refresh starts anything: a key typo is a config error naming the file, the entry and the
+key, not a failed prompt inside a refresh run. (Broken data still fails its prompt alone: it is read later.)
 """
 
 from __future__ import annotations
@@ -109,14 +110,14 @@ class NightlyConfig(Strict):
 
 @dataclass(frozen=True)
 class Entry:
-    """One managed prompt as listed: validated inline, or raw from the file (validated when its turn comes)."""
+    """One managed prompt as listed, validated (inline, or from its entry in the file)."""
 
     label: str  # its name, or its place in the file when it has none
-    values: Any  # a ManagedPrompt, or the file's entry as read
+    values: Any  # a ManagedPrompt (a raw entry is validated by `managed`)
     origin: str
 
     def managed(self) -> ManagedPrompt:
-        """The validated prompt (a mistake in its entry fails this prompt only)."""
+        """The validated prompt."""
         if isinstance(self.values, ManagedPrompt):
             return self.values
         return build(ManagedPrompt, self.values, origin=self.origin)
@@ -157,6 +158,8 @@ def plan(config: NightlyConfig) -> Plan:
 
 
 def _entry(path: str, index: int, item: Any) -> Entry:
-    origin = f"{path}: prompts[{index}]"
     name = item.get("name") if isinstance(item, dict) else None
-    return Entry(name if isinstance(name, str) and name else f"prompts[{index}]", item, origin)
+    named = f" ({name})" if isinstance(name, str) and name else ""
+    origin = f"{path}: prompts[{index}]{named}"
+    label = name if isinstance(name, str) and name else f"prompts[{index}]"
+    return Entry(label, build(ManagedPrompt, item, origin=origin), origin)  # a typo fails here, before any run

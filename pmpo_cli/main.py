@@ -58,6 +58,11 @@ class UsageError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        # No prefix matching: `--iteration 3` would silently be `--iterations 3` and start a real run.
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str):  # argparse prints usage and exits; we want one line, the same for every mistake
         raise UsageError(f"{message} (see `{self.prog} --help`)")
 
@@ -197,6 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ.setdefault(key, value)
     try:
         args = build_parser().parse_args(argv)
+        _check_output(getattr(args, "output", None))
     except UsageError as exc:
         return _fail(str(exc), 2)
     from pmpo.errors import PmpoError  # after parsing: `pmpo --help` should not wait for torch
@@ -218,6 +224,36 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return _fail(f"the MLflow tracking store failed: {first}", 1)
+
+
+def _check_output(path: str | None) -> None:
+    """`--output FILE` into a folder that does not exist fails now, not after the whole run."""
+    if path is None:
+        return
+    folder = os.path.dirname(os.path.abspath(os.path.expanduser(path)))
+    if not os.path.isdir(folder):
+        raise UsageError(f"--output {path}: no such directory {folder}; create it first")
+    if os.path.isdir(os.path.expanduser(path)):
+        raise UsageError(f"--output {path}: is a directory; give a file name")
+
+
+def flag_names() -> dict[str, str]:
+    """Config field path -> the flag that sets it, for errors about values the user gave as flags."""
+    names = {path: flag for flag, path in FIELD_FLAGS.items()}
+    # Flags that set a field under another name, or several fields at once.
+    names |= {
+        "train_cap": "--train-size",
+        "train_fraction": "--train-size",
+        "data.columns": "--column",
+        "data": "--data",
+        "prompt": "--prompt",
+        "eval.generate": "--no-generate",
+        "task_runner.address": "--dask",
+        "task_runner": "--dask",
+        "promotion.margin": "--margin",
+        "prompts_file": "--config",
+    }
+    return names
 
 
 def _is_config_error(exc: Exception) -> bool:

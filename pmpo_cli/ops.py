@@ -116,15 +116,17 @@ def serve(args: argparse.Namespace) -> int:
 def nightly(args: argparse.Namespace) -> int:
     """`pmpo nightly --config FILE`: the refresh in this process; a table of decisions; exit 1 if any failed."""
     from flows.config import build
-    from flows.managed import NightlyConfig
+    from flows.managed import NightlyConfig, plan
     from flows.nightly import NightlyRefreshFailed, nightly_refresh
     from pmpo_cli import display
     from pmpo_cli.commands import before_flows
+    from pmpo_cli.main import flag_names
 
     values: dict[str, Any] = {"prompts_file": args.config}
     if args.margin is not None:
         values["promotion"] = {"margin": args.margin}
-    config = build(NightlyConfig, values, origin="arguments")
+    config = build(NightlyConfig, values, origin="arguments", names=flag_names())
+    plan(config)  # every entry of the prompts file checked before any run exists (a key typo is a config error)
     before_flows()
     failed: NightlyRefreshFailed | None = None
     with display.live_progress():
@@ -169,6 +171,7 @@ def compare(args: argparse.Namespace) -> int:
     from flows.config import build
     from pmpo_cli import display
     from pmpo_cli.commands import before_flows
+    from pmpo_cli.main import flag_names
     from pmpo_cli.options import columns
 
     values: dict[str, Any] = {"name": args.name, "versions": args.versions}
@@ -186,7 +189,7 @@ def compare(args: argparse.Namespace) -> int:
         if args.eval_examples is not None:
             ev["max_examples"] = args.eval_examples
         values["eval"] = ev
-    config = build(CompareConfig, values, origin="arguments")
+    config = build(CompareConfig, values, origin="arguments", names=flag_names())
     before_flows()
     with display.live_progress():
         result = compare_prompts(config)

@@ -79,13 +79,15 @@ def rewriter_flags(args: argparse.Namespace) -> dict[str, Any]:
 
 def build_config(model: type[BaseModel], values: dict[str, Any], args: argparse.Namespace) -> BaseModel:
     """Validate the merged values; an error names the config file only when the file itself is wrong."""
+    from pmpo_cli.main import flag_names
+
     if not args.config:
-        return build(model, values, "arguments")
+        return build(model, values, "arguments", flag_names())
     try:
         return build(model, values, args.config)
     except ConfigError:
         build(model, read_config_file(args.config), args.config)  # raises when the file alone is wrong
-        return build(model, values, "arguments")  # the file is fine: a flag overrides it with a bad value
+        return build(model, values, "arguments", flag_names())  # the file is fine: a flag sets a bad value
 
 
 def columns(pairs: list[str]) -> dict[str, str]:

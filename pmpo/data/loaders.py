@@ -16,6 +16,9 @@ from __future__ import annotations
 import codecs
 import contextlib
 import json
+import os
+import socket
+import urllib.parse
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -238,15 +241,25 @@ _FILE_READERS = {
 def _read_hub(source: str, config: str | None, split: str | None, limit: int | None) -> _Rows:
     """The path users with internet take; also reads a local dataset directory or a cached hub dataset."""
     where = f"dataset {source!r}" + (f" (config {config!r})" if config else "")
+    suffixes = ", ".join(_SUFFIXES)
+    local = Path(source).exists()
+    offline = None if local else hub_offline()
     try:
-        loaded = _hf_load(source, config, split=split)
+        with _offline_mode(offline is not None):  # only the cache: no retries against a hub out of reach
+            loaded = _hf_load(source, config, split=split)
     except (ValueError, OSError) as err:  # datasets' errors: not found, offline, unknown config or split
-        suffixes = ", ".join(_SUFFIXES)
-        hint = "" if Path(source).exists() else f" (nor is it a local file: a data file needs a suffix {suffixes})"
+        if offline is not None:
+            raise DataError(
+                f"{source!r} is neither a local file nor reachable on the hub ({offline}) and not in the hub "
+                f"cache; a data file needs a suffix ({suffixes})"
+            ) from None
+        hint = "" if local else f" (nor is it a local file: a data file needs a suffix {suffixes})"
         raise DataError(f"cannot load {where}{hint}: {err}") from err
     if split is None:
         if len(loaded) != 1:
-            raise DataError(f"{where} has splits {', '.join(loaded)}: pick one with --split")
+            raise DataError(
+                f"{where} has splits {', '.join(loaded)}: pick one with `data: {{hub_split: NAME}}` in a --config file"
+            )
         split = next(iter(loaded))
         loaded = loaded[split]
     if limit is not None:
@@ -254,6 +267,42 @@ def _read_hub(source: str, config: str | None, split: str | None, limit: int | N
     origin = f"{where}, split {split!r}"
     name = "/".join(p for p in (source.rstrip("/").split("/")[-1], config) if p)
     return _Rows(origin=origin, rows=loaded.to_list(), name=name, description=loaded.info.description or "")
+
+
+def hub_offline() -> str | None:
+    """Why the hub cannot be reached (HF_HUB_OFFLINE set, or no connection within 3 s), or None when it can.
+
+    Asked before a hub name is loaded: offline, `datasets` would retry for half a minute, with a warning a retry.
+    """
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None  # only the proxy knows the way: let the library try
+    url = urllib.parse.urlsplit(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=3).close()
+    except OSError:
+        return f"no connection to {url.hostname}"
+    return None
+
+
+@contextlib.contextmanager
+def _offline_mode(on: bool) -> Iterator[None]:
+    """`datasets` and `huggingface_hub` in offline mode (they read the setting at import: set it on both)."""
+    if not on:
+        yield
+        return
+    import datasets
+    from huggingface_hub import constants
+
+    was = constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE = was
 
 
 def _hf_load(*args: Any, **kwargs: Any) -> Any:

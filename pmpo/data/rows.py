@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 from dataclasses import dataclass, fields
@@ -95,6 +96,10 @@ def to_examples(
     # A key that is null in every row is absent: JSON-lines readers fill missing keys with None.
     present = [c for c in dict.fromkeys(k for row in rows for k in row) if any(r.get(c) is not None for r in rows)]
     resolved = _resolve_kind(kind, present, columns)
+    if variables:  # the prompt is known: a mapped name it does not use is a typo, not a variable
+        for name, column in columns.variables:
+            if name not in variables:
+                raise unknown_mapping(origin, name, column, variables)
     sources = field_columns(columns, variables)
     for name, column in sources.items():
         if column not in present:
@@ -128,6 +133,17 @@ def missing_variable(origin: str, name: str, column: str, present: list[str]) ->
     )
 
 
+def unknown_mapping(origin: str, name: str, column: str, variables: Sequence[str]) -> DataError:
+    """The error for a column mapping whose name is neither our field nor the prompt's variable: names the close one."""
+    close = difflib.get_close_matches(name, [*ROLES, *variables], n=1)
+    hint = f"; did you mean {close[0]}={column}?" if close else ""
+    of_prompt = f"the prompt's variables ({', '.join(variables)})" if variables else "a variable of the prompt"
+    return DataError(
+        f"{origin}: column mapping {name}={column}: {name!r} is neither one of our fields ({', '.join(ROLES)}) "
+        f"nor {of_prompt}{hint}"
+    )
+
+
 def _warn_unused(origin: str, present: list[str], columns: ColumnMap, sources: dict[str, str]) -> None:
     """One warning for the columns neither a field of ours nor any variable reads (they are ignored)."""
     used = {getattr(columns, f) for f in ROLES} | set(sources.values()) | {BIGBENCH_SCORES}
@@ -149,7 +165,11 @@ def _resolve_kind(kind: str, present: list[str], columns: ColumnMap) -> str:
 
 
 def _missing_column(origin: str, kind: str, field_name: str, columns: ColumnMap, present: list[str]) -> DataError:
-    mapped = {getattr(columns, f.name) for f in fields(columns)}
+    for name, column in columns.variables:  # `targte=label`: the mapping meant for this field, misspelt
+        if difflib.get_close_matches(name, [field_name], n=1):
+            return unknown_mapping(origin, name, column, ())
+    mapped = {getattr(columns, f.name) for f in fields(columns) if f.name != "variables"}
+    mapped |= {column for _, column in columns.variables}
     unmapped = [c for c in present if c not in mapped]
     example = unmapped[0] if unmapped else "<column>"
     return DataError(

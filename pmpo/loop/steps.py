@@ -11,21 +11,28 @@ from dataclasses import replace
 from typing import Protocol, Sequence
 
 from pmpo.data.examples import Dataset
+from pmpo.errors import ContextLengthError
 from pmpo.loop.result import Candidate, SegmentEffect
 from pmpo.loop.selection import select
 from pmpo.loop.settings import OptimizerConfig
 from pmpo.masking.analysis import masking_analysis
 from pmpo.masking.units import Units, locate, model_units, segment
-from pmpo.models.loading import LoadedModel
+from pmpo.models.loading import LoadedModel, TextSide
 from pmpo.models.usage import UsageSnapshot
 from pmpo.rewriting.backends import Rewriter, as_rewriter
 from pmpo.rewriting.proposal import propose
 from pmpo.rewriting.requests import by_size
 from pmpo.rewriting.settings import RewriteSettings
+from pmpo.scoring.context_budget import check_fits
 from pmpo.scoring.loss import BaseScorer, LossMatrix, Scorer
+from pmpo.scoring.settings import ScorerSettings
 from pmpo.text.template import editable, with_editable
 
 Rewrites = tuple[list[str], dict[str, int]]  # kept variants, rejections by reason
+# A variant that makes some training example too long for the scored model's context: rejected before it is
+# scored (the scorer would raise ContextLengthError and fail the run for one candidate's fault). Its own reason,
+# not the reply parser's "too_long" (over rewrite.max_chars): the way out differs (shorter inputs, a longer context).
+TOO_LONG_CONTEXT = "too_long_context"
 
 
 def rewrite_seed(seed: int, iteration: int, rank: int) -> int:
@@ -122,7 +129,23 @@ def rewrite_prompts(
         variants.extend(outcome.variants)
         for reason, count in outcome.rejected.items():
             rejected[reason] = rejected.get(reason, 0) + count
-    return [with_editable(incumbent, v, message) for v in variants], rejected
+    prompts = [with_editable(incumbent, v, message) for v in variants]
+    text_side = scorer.lm if scorer is not None else rewriter if isinstance(rewriter, LoadedModel) else None
+    if text_side is None:  # no scored model at hand to measure with (a rewriter that is not it): kept as they are
+        return prompts, rejected
+    objective = scorer.settings.mc_objective if scorer is not None else ScorerSettings().mc_objective
+    fitting = [p for p in prompts if fits(text_side, p, train, objective)]
+    rejected[TOO_LONG_CONTEXT] = len(prompts) - len(fitting)
+    return fitting, rejected
+
+
+def fits(text_side: TextSide | LoadedModel, prompt: str, train: Dataset, mc_objective: str) -> bool:
+    """Whether every training example fits the model's context under `prompt`."""
+    try:
+        check_fits(text_side, prompt, train, mc_objective)
+    except ContextLengthError:
+        return False
+    return True
 
 
 class Steps(Protocol):

@@ -89,7 +89,28 @@ def test_utf8_split_across_read_chunks_is_fine(tmp_path):
         (
             {"run.yaml": b"iterations: 1\n"},
             ["optimize", "--config", "run.yaml", "--iterations", "-1"],
-            "arguments: iterations: Input should be greater than or equal to 0",
+            "--iterations: Input should be greater than or equal to 0",  # the flag, not the field
+            2,
+        ),
+        # Typos and paths, caught before any run exists.
+        ({}, ["optimize", "--iteration", "3"], "unrecognized arguments: --iteration 3", 2),  # no prefix matching
+        ({}, ["nightly", "--conf", "p.yaml"], "the following arguments are required: --config", 2),
+        ({}, ["optimize", "--output", "no-dir/out.json"], "--output no-dir/out.json: no such directory", 2),
+        ({}, ["evaluate", "--output", "no-dir/e.json"], "--output no-dir/e.json: no such directory", 2),
+        ({}, ["optimize", "--train-size", "0"], "error: --train-size: Input should be greater than or equal to 1", 2),
+        ({}, ["optimize", "--limit", "0"], "error: --limit: Input should be greater than or equal to 1", 2),
+        (
+            {"rows.csv": b"text,label\ngreat,positive\n"},
+            ["optimize", "--data", "rows.csv", "--prompt", "Review: {{review}}", "--column", "targte=label"],
+            "data.columns: column mapping targte=label: 'targte' is neither one of our fields (input, target, "
+            "chosen, rejected, options, aliases) nor the prompt's variables (review); did you mean target=label?",
+            2,
+        ),
+        (
+            {"prompts.yaml": b"prompts:\n- name: sent\n  optimize: {itrations: 3}\n"},
+            ["nightly", "--config", "prompts.yaml"],
+            "prompts.yaml: prompts[0] (sent): optimize.itrations: Extra inputs are not permitted "
+            "(did you mean 'iterations'?)",
             2,
         ),
         (

@@ -98,18 +98,21 @@ def test_accuracy_guard_can_be_turned_off():
     assert PromotionRule(margin=0.01, max_accuracy_drop=None).decide(_score(2.0, 0.8), _score(1.5, 0.1))[0]
 
 
-def test_prompts_file_entries_are_validated_one_by_one(tmp_path, tiny_model_dir):
+def test_prompts_file_entries_are_all_validated_before_the_refresh_starts(tmp_path, tiny_model_dir):
     from flows.managed import ManagedPrompt, NightlyConfig, plan
 
     path = tmp_path / "prompts.yaml"
-    broken = {"name": "typo", "optimize": {"iteration": 3}}
+    broken = {"name": "typo", "optimize": {"itrations": 3}}
     path.write_text(yaml.safe_dump({"promotion": {"margin": 0.2}, "prompts": [managed(tiny_model_dir), broken]}))
+    # A key typo is a config error of the whole file, before any refresh run exists: file, entry, key, close match.
+    with pytest.raises(PmpoError, match=r"prompts\[1\] \(typo\): optimize.itrations: Extra .*'iterations'\?"):
+        plan(NightlyConfig(prompts_file=str(path)))
 
+    broken["optimize"] = {"iterations": 3}
+    path.write_text(yaml.safe_dump({"promotion": {"margin": 0.2}, "prompts": [managed(tiny_model_dir), broken]}))
     p = plan(NightlyConfig(prompts_file=str(path)))
     assert [e.label for e in p.entries] == ["sent", "typo"] and p.rule.margin == 0.2
-    assert isinstance(p.entries[0].managed(), ManagedPrompt)
-    with pytest.raises(PmpoError, match=r"prompts\[1\]: optimize.iteration: Extra inputs"):
-        p.entries[1].managed()  # fails when its turn comes, not the whole plan
+    assert all(isinstance(e.managed(), ManagedPrompt) for e in p.entries)
     # A setting the parameter gives explicitly wins over the file's.
     assert plan(NightlyConfig(prompts_file=str(path), promotion={"margin": 0.05})).rule.margin == 0.05
 

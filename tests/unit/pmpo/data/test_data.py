@@ -179,7 +179,7 @@ def test_hub_path_with_config_and_split(hub_dir):
 
 
 def test_hub_path_needs_a_split_when_there_are_several(hub_dir):
-    with pytest.raises(DataError, match=r"splits train, test.*--split"):
+    with pytest.raises(DataError, match=r"splits train, test.*hub_split"):  # the config field; no --split flag
         load_dataset(hub_dir, hub_config="easy", columns=ColumnMap(input="question", target="answer"))
 
 
@@ -191,6 +191,42 @@ def test_hub_path_unknown_config_is_a_data_error(hub_dir):
 def test_unknown_hub_name_offline_is_a_data_error():
     with pytest.raises(DataError, match="someone/no-such-dataset"):
         load_dataset("someone/no-such-dataset", split="train")
+
+
+def test_a_name_that_is_no_file_fails_fast_without_a_network(monkeypatch, caplog):
+    import time
+
+    from huggingface_hub import constants
+
+    from pmpo.data import loaders
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # as a user without the variable set
+    monkeypatch.setattr(loaders.socket, "create_connection", _no_network)
+    assert loaders.hub_offline() == "no connection to huggingface.co"
+    start = time.monotonic()
+    with pytest.raises(DataError, match=r"^'sentimnt' is neither a local file nor reachable on the hub \(no conn"):
+        load_dataset("sentimnt")
+    assert time.monotonic() - start < 10 and not caplog.records  # no retries, no warnings
+    assert constants.HF_HUB_OFFLINE is False  # offline mode was for that one load only
+
+
+def test_the_hub_path_still_runs_when_the_hub_is_reachable(monkeypatch, hub_dir):
+    from pmpo.data import loaders
+
+    calls = []
+    monkeypatch.setattr(loaders, "hub_offline", lambda: None)
+    monkeypatch.setattr(loaders, "_hf_load", lambda *a, **k: calls.append(a) or _raise(OSError("404 not found")))
+    with pytest.raises(DataError, match="cannot load dataset 'someone/data'.*404 not found"):
+        load_dataset("someone/data")
+    assert calls == [("someone/data", None)]  # asked the hub (datasets), as a user with internet
+
+
+def _no_network(*args, **kwargs):
+    raise OSError("Name or service not known")
+
+
+def _raise(exc):
+    raise exc
 
 
 # --- kinds and columns -----------------------------------------------------------------------------
@@ -258,6 +294,28 @@ def test_missing_target_column_names_file_column_and_how_to_map(tmp_path):
     assert "--column target=answer" in message
     # ... and the suggested mapping works.
     assert load_dataset(path, columns=ColumnMap.from_pairs(["target=answer"])).examples == (Supervised("2 + 2?", "4"),)
+
+
+def test_a_misspelt_column_mapping_names_the_field_it_meant(tmp_path):
+    path = write_csv(tmp_path / "qa.csv", ["text", "label"], [["great", "positive"]])
+    typo = ColumnMap.from_pairs(["input=text", "targte=label"])  # a name we do not know reads as a variable...
+    # ... so with the prompt's variables unknown, it fails where the field it meant is missing, naming it.
+    with pytest.raises(
+        DataError, match=r"qa\.csv: column mapping targte=label: 'targte' is neither .*did you mean target=label\?"
+    ):
+        load_dataset(path, columns=typo)
+    # With the prompt's variables known, any name that is neither a field nor one of them is refused.
+    with pytest.raises(DataError, match=r"nor the prompt's variables \(review\); did you mean review=text\?"):
+        load_dataset(path, columns=ColumnMap.from_pairs(["reveiw=text", "target=label"]), variables=("review",))
+    assert load_dataset(path, columns=ColumnMap.from_pairs(["input=text", "target=label"])).examples == (
+        Supervised("great", "positive"),
+    )
+
+
+def test_the_missing_column_hint_never_suggests_a_mapped_column(tmp_path):
+    path = write_csv(tmp_path / "qa.csv", ["text", "label"], [["great", "positive"]])
+    with pytest.raises(DataError, match=r"e\.g\. --column target=text"):  # label is mapped to {{note}}
+        load_dataset(path, columns=ColumnMap.from_pairs(["note=label"]), variables=("note",))
 
 
 def test_missing_rejected_column_for_preference(tmp_path):

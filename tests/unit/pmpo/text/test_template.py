@@ -251,14 +251,11 @@ def test_a_column_no_variable_uses_is_ignored_with_one_warning(tmp_path, caplog)
     assert ds.examples[0].fields == (("review", "Loved it, works great."),)
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 1 and "'product'" in warnings[0] and "ignored" in warnings[0]
-    # A column mapped to a variable the prompt does not have is unused too.
+    # A column mapped to a variable the prompt does not have is a mistake (a typo, most often), not unused.
     from pmpo.data.rows import ColumnMap
 
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="pmpo.data.rows"):
-        ds = load_dataset(tmp_path / "d.jsonl", columns=ColumnMap.from_pairs(["item=product"]), variables=("review",))
-    assert ds.examples[0].fields == (("review", "Loved it, works great."),)
-    assert ["'product'" in r.getMessage() for r in caplog.records] == [True]
+    with pytest.raises(DataError, match=r"column mapping item=product: 'item' is neither .* nor the prompt's"):
+        load_dataset(tmp_path / "d.jsonl", columns=ColumnMap.from_pairs(["item=product"]), variables=("review",))
 
 
 def test_column_flags_and_config_map_template_variables():

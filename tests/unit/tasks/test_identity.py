@@ -78,7 +78,7 @@ def test_a_served_model_is_one_identity_to_the_scorer_the_rewriter_and_the_keys(
         )  # the same server named as a rewriter
         found = {
             "model": ref.identity,
-            "scorer": models.scorer(ref).identity,
+            "scorer": models.scorer(ref).served.identity(),
             "same": same.identity,
             "same rewriter": rewriters.rewriter(same).identity,
             "chat": chat.identity,

@@ -51,6 +51,10 @@ class DataConfig(Strict):
     )
     hub_config: str | None = Field(None, description="hub datasets: the configuration (subset) to load")
     hub_split: str | None = Field(None, description="hub datasets: the split to read (default: the only one)")
+    # The paper's rewrite request opens with the task's description; a file's <stem>.meta.json may give one.
+    description: str | None = Field(
+        None, description="the task in your words, shown to the rewriter (default: <data>.meta.json's description)"
+    )
 
     @model_validator(mode="after")
     def _file_exists(self) -> "DataConfig":

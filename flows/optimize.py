@@ -21,6 +21,7 @@ from pmpo.loop.steps import unit_mode
 from pmpo.models.usage import Meter
 from pmpo.rewriting.requests import choose_template
 from pmpo.scoring.context_budget import check_fits
+from pmpo.text.rendering import placed
 from pmpo.text.template import normalized, prompt_variables
 from tasks import steps as t
 from tasks.environment import code_version
@@ -58,7 +59,12 @@ def optimize_prompt(config: OptimizeConfig = OptimizeConfig()) -> OptimizeSummar
             "train.n": len(split.train),
             "rewriter.identity": writer.identity,
         },
-        tags={**record_tags(ref, writer, dataset, split.train), **_tags(), **_runner_tags(config)},
+        tags={
+            **record_tags(ref, writer, dataset, split.train),
+            **_tags(),
+            **_runner_tags(config),
+            "pmpo.task_description": dataset.description[:5000],  # --description, data.description, <stem>.meta.json
+        },
     )
     try:
         writes.log_text(run, config.model_dump_json(indent=2), "config.json")
@@ -75,7 +81,12 @@ def optimize_prompt(config: OptimizeConfig = OptimizeConfig()) -> OptimizeSummar
             heldout = _heldout(config, split, result.initial.prompt, result.best.prompt, steps)
         heldout_cost = meter.take() if heldout is not None else None
         prompt_name, version = recorder.finish(
-            result, task, heldout, config.register_prompt, cost=run_cost(result, heldout_cost)
+            result,
+            task,
+            heldout,
+            config.register_prompt,
+            cost=run_cost(result, heldout_cost),
+            placement=placed(result.best.prompt, text_side(ref).placement),
         )
     except BaseException:
         runs.finish(run, "FAILED")  # an identical command resumes a failed run, as it does a killed one
@@ -143,6 +154,7 @@ def _load(config: OptimizeConfig) -> tuple[Dataset, Split]:
         limit=d.limit,
         hub_config=d.hub_config,
         hub_split=d.hub_split,
+        description=d.description,
         seed=config.seed,
         train_fraction=config.train_fraction,
         train_cap=config.train_cap,

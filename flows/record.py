@@ -48,8 +48,11 @@ class Recorder:
         heldout: tuple[Evaluation, Evaluation] | None,
         register: bool,
         cost: Cost | None = None,
+        placement: str = "",
     ) -> tuple[str | None, int | None]:
-        """Final metrics (`cost`: the run's total), plot, prompts and the Prompt Registry entry; returns (name, version)."""
+        """Final metrics (`cost`: the run's total), plot, prompts and the Prompt Registry entry; returns (name, version).
+
+        `placement`: where the prompt went in the model's input (pmpo.text.rendering.placed), tagged on the version."""
         run = self.run
         writes.log_candidates(run, result.candidates, self.selected)
         metrics: dict[str, float] = {
@@ -70,13 +73,13 @@ class Recorder:
             plots.close(fig)
         writes.log_text(run, result.initial.prompt, "prompts/initial.txt")
         writes.log_text(run, result.best.prompt, "prompts/best.txt")
-        return self._register(result, task) if register else (None, None)
+        return self._register(result, task, placement) if register else (None, None)
 
-    def _register(self, result: OptimizeResult, task: str) -> tuple[str, int]:
+    def _register(self, result: OptimizeResult, task: str, placement: str) -> tuple[str, int]:
         tags = runs.run_tags(self.run.run_id)
         if "pmpo.prompt_version" in tags:  # registered before a crash: a second version would be a duplicate
             return tags["pmpo.prompt_name"], int(tags["pmpo.prompt_version"])
-        name, version = prompts.register_prompt(task, result.best.prompt, result.best.loss, self.run)
+        name, version = prompts.register_prompt(task, result.best.prompt, result.best.loss, self.run, placement)
         runs.set_tags(self.run, {"pmpo.prompt_name": name, "pmpo.prompt_version": str(version)})
         return name, version
 

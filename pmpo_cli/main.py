@@ -28,6 +28,7 @@ FIELD_FLAGS = {
     "--data": "data.source",
     "--format": "data.format",
     "--limit": "data.limit",
+    "--description": "data.description",
     "--model": "model.spec",
     "--dtype": "model.dtype",
     "--device": "model.device",
@@ -75,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     opt = sub.add_parser("optimize", help="optimise a prompt (no arguments: the demo task on the bundled model)")
     _data_options(opt)
     _prompt_options(opt)
+    opt.add_argument(
+        "--description",
+        metavar="TEXT",
+        help="the task in your words, shown to the rewriter (default: <data>.meta.json's)",
+    )
     opt.add_argument("--iterations", type=int, help="PMPO iterations (default 2; the paper runs 20)")
     opt.add_argument("--task", help="task name: MLflow experiment and registered prompt name (default: the dataset's)")
     opt.add_argument("--experiment", help="MLflow experiment (default: the task name)")

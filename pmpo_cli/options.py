@@ -17,7 +17,16 @@ def config_values(args: argparse.Namespace) -> dict[str, Any]:
     """Config values of the options optimize and evaluate share."""
     values: dict[str, Any] = read_config_file(args.config) if args.config else {}
     flags: dict[str, Any] = {}
-    data = {k: v for k, v in (("source", args.data), ("format", args.format), ("limit", args.limit)) if v is not None}
+    data = {
+        k: v
+        for k, v in (
+            ("source", args.data),
+            ("format", args.format),
+            ("limit", args.limit),
+            ("description", getattr(args, "description", None)),  # optimize only
+        )
+        if v is not None
+    }
     if args.column:
         data["columns"] = columns(args.column)
     if data:

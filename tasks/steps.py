@@ -7,6 +7,7 @@ settings that change the result. Run names say what a run did, e.g. `loss iter=2
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import numpy as np
@@ -78,10 +79,12 @@ def load_split(
     train_fraction: float,
     train_cap: int | None,
     variables: Sequence[str] = (),
+    description: str | None = None,
 ) -> tuple[Dataset, Split]:
     """Read the dataset and split it (not cached: the source may change; its fingerprint keys the rest).
 
-    `variables`: the prompt's template variables, which the examples' fields fill."""
+    `variables`: the prompt's template variables, which the examples' fields fill. `description`: the task in
+    the user's words, in place of the data's own (the rewriter reads it; task keys hold it with the data)."""
     dataset = load_dataset(
         source,
         format=format,
@@ -92,6 +95,8 @@ def load_split(
         split=hub_split,
         variables=variables,
     )
+    if description is not None:
+        dataset = dataclasses.replace(dataset, description=description.strip())
     return dataset, split_dataset(dataset, seed=seed, train_fraction=train_fraction, train_cap=train_cap)
 
 

@@ -121,3 +121,14 @@ def _chat_or_plain(tokenizer: Any, messages: list[dict[str, str]]) -> str:
 
 def _chat(tokenizer: Any, messages: list[dict[str, str]]) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def placed(prompt: str, placement: str) -> str:
+    """Where `prompt` goes, as whoever deploys it must render it the same way: `chat` (its own messages), `user`
+    (a template is the user message; `plain` for a model without chat template), else the model's resolved
+    `placement` of an instruction (`system`, `user` or `plain`)."""
+    if chat_messages(prompt) is not None:
+        return "chat"
+    if VARIABLE.search(prompt):
+        return "plain" if placement == "plain" else "user"
+    return placement

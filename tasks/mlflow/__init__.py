@@ -12,4 +12,5 @@ One module per idea:
   writes   what a run records: metrics, iterations, the candidates and masking tables, artifacts
   prompts  the Prompt Registry: versions, aliases, version tags
   queries  the read side: `pmpo runs`, `pmpo show`, a run's config, a flow run's record
+  active   a run someone else opened (mlflow.genai.optimize_prompts), on the caller's store
 """

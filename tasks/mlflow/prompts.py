@@ -21,6 +21,7 @@ from tasks.mlflow.store import TrackingError, client, safe_name
 
 PRODUCTION = "production"
 LATEST = "latest"  # resolved by MLflow itself to the newest version
+PLACEMENT_TAG = "pmpo.placement"  # on a prompt version: where the prompt goes in the model's input
 RUN_IDS_TAG = "pmpo.run_ids"  # on a prompt version: every run that produced its text, comma-separated
 
 
@@ -45,8 +46,11 @@ def prompt_name(task: str) -> str:
     return safe_name(task).strip("-") or "prompt"
 
 
-def register_prompt(task: str, prompt: str, loss: float, run: TrackedRun) -> tuple[str, int]:
+def register_prompt(task: str, prompt: str, loss: float, run: TrackedRun, placement: str = "") -> tuple[str, int]:
     """Register `prompt` under the task's name with its loss and run id; the same text reuses its version.
+
+    `placement` (`system`, `user`, `plain`, `chat`: pmpo.text.rendering.placed) is tagged `pmpo.placement` on a
+    new version, so whoever deploys it renders the prompt where its loss was measured.
 
     A reused version keeps its `run_id` tag (the run that first produced it) and gains this run in
     `pmpo.run_ids`. `prompts:/<name>@latest` loads the newest version: MLflow reserves the alias `latest`
@@ -64,7 +68,12 @@ def register_prompt(task: str, prompt: str, loss: float, run: TrackedRun) -> tup
         name=name,
         template=to_registry(prompt),  # a chat prompt stays a list of messages, as the application loads it
         commit_message=f"pmpo run {run.run_id}: training loss {loss:.4f}",
-        tags={"loss": f"{loss:.6f}", "run_id": run.run_id, RUN_IDS_TAG: run.run_id},
+        tags={
+            "loss": f"{loss:.6f}",
+            "run_id": run.run_id,
+            RUN_IDS_TAG: run.run_id,
+            **({PLACEMENT_TAG: placement} if placement else {}),
+        },
     )
     return name, int(version.version)
 

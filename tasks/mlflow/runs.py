@@ -68,7 +68,7 @@ def _open_run(experiment: str, run_key: str, run_name: str, params: dict[str, An
             run_id, exp_id, experiment, resumed=True, logged_through=_last_step(c, run_id), run_key=run_key
         )
     run = c.create_run(exp_id, run_name=run_name, tags={**tags, RUN_KEY_TAG: run_key})
-    items = [Param(k, _param_value(v)) for k, v in params.items()]
+    items = [Param(k, param_value(v)) for k, v in params.items()]
     for at in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
         c.log_batch(run.info.run_id, params=items[at : at + 100])
     return TrackedRun(run.info.run_id, exp_id, experiment, resumed=False, logged_through=-1, run_key=run_key)
@@ -112,6 +112,7 @@ def _last_step(c: MlflowClient, run_id: str) -> int:
     return max((m.step for m in c.get_metric_history(run_id, STEP_METRIC)), default=-1)
 
 
-def _param_value(value: Any) -> str:
+def param_value(value: Any) -> str:
+    """A param's text: strings as they are, anything else as JSON; cut to MLflow's 500 characters."""
     text = value if isinstance(value, str) else json.dumps(value)
     return text if len(text) <= 500 else text[:497] + "..."  # the full config is also logged as config.json

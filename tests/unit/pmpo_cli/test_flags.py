@@ -79,3 +79,12 @@ def test_the_shared_flags_land_in_their_fields():
         for part in FIELD_FLAGS[flag].split(".")[:-1]:
             holder = getattr(holder, part)
         assert str(getattr(holder, name)) == value, flag
+
+
+def test_description_lands_in_data_description_and_only_optimize_takes_it():
+    argv = ["optimize", "--description", "Say whether a review is positive."]
+    config = OptimizeConfig.model_validate(config_values(build_parser().parse_args(argv)))
+    assert config.data.description == "Say whether a review is positive."
+    assert OptimizeConfig().data.description is None  # absent: the data's own (<stem>.meta.json) stays
+    evaluate = build_parser().parse_args(["evaluate"])
+    assert "description" not in config_values(evaluate).get("data", {})

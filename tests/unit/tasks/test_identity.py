@@ -88,3 +88,18 @@ def test_a_served_model_is_one_identity_to_the_scorer_the_rewriter_and_the_keys(
         }
     found = {k: v for k, v in found.items() if "fingerprint" not in k}
     assert set(found.values()) == {f"openai:{url.rstrip('/')}#tiny@unpinned"}, found
+
+
+def test_a_given_description_replaces_the_datas_own_in_both_splits_and_the_key():
+    from tasks.steps import load_split
+
+    args = dict(
+        format=None, columns={}, kind="auto", limit=10, hub_config=None, hub_split=None, seed=0,
+        train_fraction=0.5, train_cap=None,
+    )  # fmt: skip
+    plain, _ = load_split.fn("builtin:sentiment", **args)
+    dataset, split = load_split.fn("builtin:sentiment", **args, description="  Film reviews: positive or negative. ")
+    assert dataset.description == split.train.description == split.test.description
+    assert dataset.description == "Film reviews: positive or negative."
+    assert dataset.fingerprint == plain.fingerprint  # the same examples...
+    assert identity.content(dataset) != identity.content(plain)  # ...but not the same rewrite requests, so not the same keys

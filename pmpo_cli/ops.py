@@ -120,7 +120,7 @@ def nightly(args: argparse.Namespace) -> int:
     from flows.nightly import NightlyRefreshFailed, nightly_refresh
     from pmpo_cli import display
     from pmpo_cli.commands import before_flows
-    from pmpo_cli.main import flag_names
+    from pmpo_cli.flags import flag_names
 
     values: dict[str, Any] = {"prompts_file": args.config}
     if args.margin is not None:
@@ -171,7 +171,7 @@ def compare(args: argparse.Namespace) -> int:
     from flows.config import build
     from pmpo_cli import display
     from pmpo_cli.commands import before_flows
-    from pmpo_cli.main import flag_names
+    from pmpo_cli.flags import flag_names
     from pmpo_cli.options import columns
 
     values: dict[str, Any] = {"name": args.name, "versions": args.versions}

@@ -88,7 +88,7 @@ def rewriter_flags(args: argparse.Namespace) -> dict[str, Any]:
 
 def build_config(model: type[BaseModel], values: dict[str, Any], args: argparse.Namespace) -> BaseModel:
     """Validate the merged values; an error names the config file only when the file itself is wrong."""
-    from pmpo_cli.main import flag_names
+    from pmpo_cli.flags import flag_names
 
     if not args.config:
         return build(model, values, "arguments", flag_names())

@@ -1,5 +1,5 @@
 """The CLI flags set config fields: each flag's choices, type and stated default are its field's
-(pmpo_cli.main.FIELD_FLAGS names the field), and the shared flags land in that field."""
+(pmpo_cli.flags.FIELD_FLAGS names the field), and the shared flags land in that field."""
 
 import argparse
 import re
@@ -8,7 +8,8 @@ import pytest
 
 from flows.config import OptimizeConfig
 from pmpo.settings import choices
-from pmpo_cli.main import FIELD_FLAGS, _positive, build_parser
+from pmpo_cli.flags import FIELD_FLAGS
+from pmpo_cli.main import _positive, build_parser
 from pmpo_cli.options import config_values
 
 

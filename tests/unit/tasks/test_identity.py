@@ -102,4 +102,5 @@ def test_a_given_description_replaces_the_datas_own_in_both_splits_and_the_key()
     assert dataset.description == split.train.description == split.test.description
     assert dataset.description == "Film reviews: positive or negative."
     assert dataset.fingerprint == plain.fingerprint  # the same examples...
-    assert identity.content(dataset) != identity.content(plain)  # ...but not the same rewrite requests, so not the same keys
+    # ...but not the same rewrite requests, so not the same keys
+    assert identity.content(dataset) != identity.content(plain)

@@ -14,10 +14,11 @@ from pmpo.data.examples import Example, Preference
 from pmpo.text.template import VARIABLE
 
 # A copy is a run of this many consecutive words that the example has too. Chosen from measured rewrites of the
-# bundled model (benchmarks/bench_copies.py, docs/benchmarks.md): at 3 words ordinary task phrases the example
-# happens to share ("of the review", "the following question") are caught; from 4 on, the variants caught are
-# the ones that quote the example's own content, and 5 already lets short quoted phrases through.
-COPY_RUN_WORDS = 4
+# bundled model (benchmarks/bench_copies.py, docs/benchmarks.md; 119 variants on three tasks): at 3 words it
+# rejected 4, three of which quote the example ("Is Ben Simmons calling for the screen?", "What is the date in
+# 10 days ago?", "Infer the date tomorrow.") and one a format every example of the task shares ("MM/DD/YYYY");
+# at 4 words only one was caught, and names or questions of the example slipped through in other words around them.
+COPY_RUN_WORDS = 3
 
 _PUNCTUATION = str.maketrans(string.punctuation + "\u2018\u2019\u201c\u201d", " " * (len(string.punctuation) + 4))
 _BREAK = "\x00"  # stands where a template variable was: no run of words spans it

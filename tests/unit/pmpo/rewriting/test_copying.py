@@ -10,7 +10,7 @@ PROMPT = "Classify the sentiment of the review."
 
 def test_a_run_of_the_examples_words_is_a_copy_whatever_the_case_and_punctuation():
     run = copied_run("Say NEGATIVE when the battery died; after two days!", example_texts(EXAMPLE), prompt=PROMPT)
-    assert run == "the battery died after"
+    assert run == " ".join(["the", "battery", "died", "after"][:COPY_RUN_WORDS])
 
 
 def test_the_threshold_edge():

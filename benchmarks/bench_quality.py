@@ -49,6 +49,7 @@ from quality_report import (  # noqa: E402
 
 import pmpo  # noqa: E402
 from pmpo.data import Dataset  # noqa: E402
+from pmpo.evaluation.draw import heldout_draw  # noqa: E402
 from pmpo.evaluation.heldout import Evaluation, evaluate  # noqa: E402
 from pmpo.loop.optimizer import OptimizerConfig  # noqa: E402
 from pmpo.models.loading import LoadedModel, ModelSettings, load_model  # noqa: E402
@@ -105,7 +106,8 @@ def run_task(
     """All arms on one task: same split, same held-out examples, one fixed held-out scorer."""
     dataset = load_task(task, data_dir)
     split = pmpo.split_dataset(dataset, seed=settings.seed)
-    heldout = split.test.subset(list(range(min(settings.heldout, len(split.test)))), name=f"{dataset.name}/heldout")
+    drawn = heldout_draw(split.test, settings.heldout, seed=settings.seed)  # as the flows draw: seeded, by label
+    heldout = drawn.subset(list(range(len(drawn))), name=f"{dataset.name}/heldout")
     initial = wl.incumbent_of(dataset)
     scorer = Scorer(lm, ScorerSettings())
     _log(f"[{task}] {len(split.train)} train, {len(heldout)} held-out; evaluating the initial prompt")

@@ -70,8 +70,7 @@ def main() -> None:
     dataset = load_dataset(config.data.source, limit=config.data.limit)
     split = split_dataset(dataset, seed=config.seed, train_fraction=config.train_fraction, train_cap=config.train_cap)
     prompt = config.prompt or dataset.default_prompt
-    n_eval = min(config.eval.max_examples or len(split.test), len(split.test))
-    heldout = split.test.subset(list(range(n_eval)))
+    heldout = config.eval.examples(split.test, config.seed)
 
     def direct() -> object:
         result = pmpo.optimize(prompt, split.train, lm, config=config, scorer_settings=config.scoring)

@@ -21,6 +21,7 @@ from pmpo.data import Dataset
 from pmpo.data.loaders import BUILTIN_PREFIX, FORMATS, infer_format
 from pmpo.data.rows import ColumnMap, unknown_mapping
 from pmpo.errors import PmpoError
+from pmpo.evaluation.draw import heldout_draw
 from pmpo.loop.settings import OptimizerConfig
 from pmpo.models.settings import ModelSettings
 from pmpo.rewriting.settings import RewriterSettings
@@ -89,7 +90,9 @@ class EvalConfig(Strict):
     # SmolLM2. They resolve accuracy only coarsely: near 50% its standard error is sqrt(.25/50) = 7 points, so
     # the change from initial to final prompt is shown with a paired bootstrap 95% interval; raise this to
     # narrow it (the error shrinks as 1/sqrt(n)).
-    max_examples: int | None = Field(50, ge=1, description="score at most this many held-out examples")
+    max_examples: int | None = Field(
+        50, ge=1, description="score at most this many held-out examples (a seeded draw, stratified by label)"
+    )
     generate: bool = Field(True, description="also generate answers and report accuracy (slower than loss)")
     # None: the longest reference in tokens plus a margin for a chat model's lead-in ("The answer is"), so
     # long answers are not cut short and one-word labels do not pay for tokens they never use.
@@ -102,10 +105,9 @@ class EvalConfig(Strict):
         description="exact: the reply's first line is the answer; contains: the reply names it and no other label",
     )
 
-    def examples(self, test: Dataset) -> Dataset:
-        """The held-out examples scored: the first max_examples of the test split."""
-        n = len(test) if self.max_examples is None else min(self.max_examples, len(test))
-        return test.subset(list(range(n)))
+    def examples(self, test: Dataset, seed: int) -> Dataset:
+        """The held-out examples scored: max_examples of the test split, a draw with the run's seed, by label."""
+        return heldout_draw(test, self.max_examples, seed=seed)
 
 
 class TaskRunnerConfig(Strict):

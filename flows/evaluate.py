@@ -69,7 +69,7 @@ def evaluate_prompt(config: EvaluateConfig = EvaluateConfig()) -> EvaluateSummar
     steps = PrefectSteps(ref, OptimizerConfig())
     meter = Meter(steps.usage)
     with meter.step("evaluate"):
-        result = steps.evaluate(prompt, config.eval.examples(split.test), "prompt", config.eval)
+        result = steps.evaluate(prompt, config.eval.examples(split.test, config.seed), "prompt", config.eval)
     return EvaluateSummary(
         prompt=prompt,
         prompt_source=source,

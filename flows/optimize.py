@@ -173,5 +173,5 @@ def _heldout(
     """Both prompts on the held-out split, capped at eval.max_examples."""
     if split.test is None:
         return None
-    data = config.eval.examples(split.test)
+    data = config.eval.examples(split.test, config.seed)
     return tuple(steps.evaluate(p, data, which, config.eval) for which, p in (("initial", initial), ("final", final)))

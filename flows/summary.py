@@ -92,6 +92,7 @@ class OptimizeSummary(BaseModel):
     work: Work
     candidates: list[CandidateRow]
     cost: CostSummary | None = None  # wall time and model work this process spent, by step and iteration
+    rejected: dict[str, int] = {}  # rewriter replies dropped over the run, by reason (only reasons that occurred)
 
 
 def summarize(
@@ -135,7 +136,17 @@ def summarize(
         work=work_summary(work),
         candidates=[candidate_row(c, c.id in selected) for c in result.candidates],
         cost=cost_summary(result, heldout_cost),
+        rejected=rejected_total(result),
     )
+
+
+def rejected_total(result: OptimizeResult) -> dict[str, int]:
+    """Rewriter replies dropped over all iterations, by reason; reasons that never occurred left out."""
+    total: dict[str, int] = {}
+    for it in result.iterations:
+        for reason, count in it.rejected.items():
+            total[reason] = total.get(reason, 0) + count
+    return {reason: count for reason, count in total.items() if count}
 
 
 def heldout_summary(heldout: tuple[Evaluation, Evaluation] | None, seed: int) -> HeldOut | None:

@@ -73,6 +73,9 @@ def optimize_summary(s: Any) -> None:
     console.print(
         f"{s.n_candidates} candidates over {s.n_iterations} iterations{raced}" + (" (resumed run)" if s.resumed else "")
     )
+    rejected = getattr(s, "rejected", None)
+    if rejected:  # e.g. copies_example: rewrites that quoted the hard example
+        console.print("rewrites rejected: " + ", ".join(f"{reason} {n}" for reason, n in rejected.items()))
     writer = getattr(s, "rewriter_identity", None)
     if writer and writer != s.model_identity:  # only when another model wrote the rewrites
         console.print(f"rewrites by {writer}")

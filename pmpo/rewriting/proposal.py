@@ -17,6 +17,7 @@ from pmpo.loop.result import SegmentEffect
 from pmpo.models.generation import sample
 from pmpo.models.loading import LoadedModel
 from pmpo.rewriting.backends import Rewriter, as_rewriter, local_model
+from pmpo.rewriting.copying import example_texts
 from pmpo.rewriting.diagnosis import preferred_answer
 from pmpo.rewriting.replies import filter_variants, short_reply_cut_off, short_reply_unended
 from pmpo.rewriting.requests import build_request, choose_template
@@ -96,6 +97,8 @@ def propose(
         opened=opened,
         cut_off=cut_off,
         variables=variables(prompt),
+        # The request shows one training example, the hard one: that is the one a rewrite can copy.
+        examples=example_texts(example),
     )
     return RewriteOutcome(variants=tuple(variants), rejected=rejected, request=message)
 

@@ -12,10 +12,12 @@ import re
 from typing import Collection, Sequence
 
 from pmpo.errors import RewriteParseError
+from pmpo.rewriting.copying import COPY_RUN_WORDS, copied_run
 from pmpo.text.template import same_variables
 
 # "variables": the reply dropped, renamed or added a template {{variable}}; the application could not fill it.
-REJECT_REASONS = ("no_tags", "unclosed", "empty", "unchanged", "duplicate", "too_long", "variables")
+# "copies_example": the prompt quotes the training example the request showed (pmpo.rewriting.copying).
+REJECT_REASONS = ("no_tags", "unclosed", "empty", "unchanged", "duplicate", "too_long", "variables", "copies_example")
 # Decoding sampled tokens and encoding the text again can merge a few of them: a SHORT reply this close
 # to its token budget counts as having run into it.
 _REENCODE_SLACK = 3
@@ -75,12 +77,16 @@ def filter_variants(
     opened: bool,
     cut_off: Sequence[bool] = (),
     variables: Sequence[str] = (),
+    examples: Sequence[str] = (),
+    copy_words: int = COPY_RUN_WORDS,
 ) -> tuple[list[str], dict[str, int]]:
     """Parse replies and keep the new, usable prompts; count the dropped ones by reason.
 
     `cut_off[i]`: reply i ran into its token budget mid-instruction (SHORT replies, which carry no
     closing tag to tell); such a reply is "unclosed", like a FULL reply that never closes <prompt>.
     `variables`: the template variables of the current prompt; a prompt without exactly these is "variables".
+    `examples`: texts of the training examples the request showed; a prompt with a run of `copy_words` of their
+    words (template variables and the current prompt's words exempt) is "copies_example".
     """
     rejected = dict.fromkeys(REJECT_REASONS, 0)
     known = {_norm(s) for s in seen}
@@ -97,6 +103,8 @@ def filter_variants(
             rejected["no_tags"] += 1
             continue
         reason = _reject_reason(text, current, known, max_chars, variables)
+        if not reason and examples and copied_run(text, examples, prompt=current, n=copy_words):
+            reason = "copies_example"
         if reason:
             rejected[reason] += 1
             continue

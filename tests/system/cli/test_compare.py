@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from pmpo.evaluation.draw import heldout_draw
 from pmpo_cli.main import main
 
 # The flows (and so prefect and mlflow) are imported inside the tests: imported while collecting, they would set
@@ -70,7 +71,8 @@ def test_pmpo_compare_prints_both_losses_and_the_diff(capsys, tmp_path, pmpo_hom
     v1 = prompts.register("sent", OLD, "first", {SETUP_TAG: setup_tag(setup)})
     v2 = prompts.register("sent", NEW, "second", {SETUP_TAG: setup_tag(setup)})
     prompts.set_alias("sent", "production", v1)
-    heldout = split_dataset(load_dataset("builtin:sentiment", limit=30), seed=0).test.subset(list(range(6)))
+    # The flows judge a seeded draw of the test split, stratified by label (pmpo.evaluation.draw), not its first 6.
+    heldout = heldout_draw(split_dataset(load_dataset("builtin:sentiment", limit=30), seed=0).test, 6, seed=0)
     expected = {p: evaluate(tiny_lm, p, heldout, generate=False).loss for p in (OLD, NEW)}
     assert f"{expected[OLD]:.4f}" != f"{expected[NEW]:.4f}"  # else the table could not show both
 

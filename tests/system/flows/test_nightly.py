@@ -57,10 +57,11 @@ def prompts(pmpo_home):
 def heldout_losses(tiny_lm):
     """Each pool prompt's loss on the held-out examples the refresh judges on, measured without the refresh."""
     from pmpo.data import load_dataset, split_dataset
+    from pmpo.evaluation.draw import heldout_draw
     from pmpo.evaluation.heldout import evaluate
 
     test = split_dataset(load_dataset("builtin:sentiment", limit=LIMIT), seed=0).test
-    heldout = test.subset(list(range(HELDOUT)))
+    heldout = heldout_draw(test, HELDOUT, seed=0)  # the flows' draw: seeded, stratified by label
     return {p: evaluate(tiny_lm, p, heldout, generate=False).loss for p in POOL}
 
 

@@ -104,6 +104,7 @@ def test_filter_variants_counts_each_reason():
         "duplicate": 2,
         "too_long": 1,
         "variables": 0,
+        "copies_example": 0,  # no examples given (tests/unit/pmpo/rewriting/test_copying.py)
     }
     assert tuple(rejected) == REJECT_REASONS
 

@@ -103,7 +103,7 @@ class PrefectSteps:
         for s, hit in zip(shards, cached):
             self.work.runs.append(StepRun("loss", iteration, t.loss_label(s, train, iteration), hit))
         report(Event("done", label, cached=all(cached)))
-        return LossMatrix(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("loss", "nll", "tokens")))
+        return LossMatrix.stack(parts)
 
     def segments(
         self, prompt: str, prompt_loss: float, train: Dataset, iteration: int
@@ -166,6 +166,7 @@ class PrefectSteps:
             incumbent=incumbent,
             candidates=list(candidates),
             iteration=iteration,
+            selection=self.config.selection,
         )
 
     def evaluate(self, prompt: str, data: Dataset, which: str, settings: EvalConfig) -> Evaluation:

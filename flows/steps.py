@@ -9,8 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-import numpy as np
-
 from flows.cluster import LossFanOut
 from flows.config import EvalConfig
 from pmpo.data.examples import Dataset

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 

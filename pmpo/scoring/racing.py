@@ -99,8 +99,6 @@ def race_prompts(
     return [last[c] for c in range(n_prompts)]
 
 
-
-
 def race_losses(
     losses: SliceLosses,
     n_candidates: int,

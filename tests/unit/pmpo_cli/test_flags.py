@@ -79,3 +79,14 @@ def test_the_shared_flags_land_in_their_fields():
         for part in FIELD_FLAGS[flag].split(".")[:-1]:
             holder = getattr(holder, part)
         assert str(getattr(holder, name)) == value, flag
+
+
+def test_the_loop_flags_land_in_their_fields():
+    from pmpo_cli.commands import optimize_values
+
+    argv = ["optimize", "--no-masking", "--units", "splitter", "--gate-z", "0", "--patience", "0", "--racing"]
+    config = OptimizeConfig.model_validate(optimize_values(build_parser().parse_args(argv)))
+    assert (config.masking, config.units, config.selection.gate_z, config.patience) == (False, "splitter", 0.0, 0)
+    assert config.racing.enabled
+    default = OptimizeConfig.model_validate(optimize_values(build_parser().parse_args(["optimize", "--masking"])))
+    assert default.masking and default.selection.gate_z == 1.0 and default.patience == 2

@@ -9,8 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-import numpy as np
-
 from flows.cluster import LossFanOut
 from flows.config import EvalConfig
 from pmpo.data.examples import Dataset
@@ -103,7 +101,7 @@ class PrefectSteps:
         for s, hit in zip(shards, cached):
             self.work.runs.append(StepRun("loss", iteration, t.loss_label(s, train, iteration), hit))
         report(Event("done", label, cached=all(cached)))
-        return LossMatrix(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("loss", "nll", "tokens")))
+        return LossMatrix.stack(parts)
 
     def segments(
         self, prompt: str, prompt_loss: float, train: Dataset, iteration: int
@@ -166,6 +164,7 @@ class PrefectSteps:
             incumbent=incumbent,
             candidates=list(candidates),
             iteration=iteration,
+            selection=self.config.selection,
         )
 
     def evaluate(self, prompt: str, data: Dataset, which: str, settings: EvalConfig) -> Evaluation:

@@ -85,6 +85,7 @@ class OptimizeSummary(BaseModel):
     best_loss: float
     n_candidates: int
     n_iterations: int
+    stopped_early: bool = False  # `patience` iterations in a row accepted nothing, so the loop ended early
     heldout: HeldOut | None
     prompt_name: str | None
     prompt_version: int | None
@@ -129,6 +130,7 @@ def summarize(
         best_loss=result.best.loss,
         n_candidates=len(result.candidates),
         n_iterations=len(result.iterations),
+        stopped_early=result.stopped_early,
         heldout=heldout_summary(heldout, seed),
         prompt_name=prompt_name,
         prompt_version=version,

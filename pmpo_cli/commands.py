@@ -23,17 +23,25 @@ def optimize(args: argparse.Namespace) -> int:
     """`pmpo optimize`: the optimisation flow, with progress and a summary table."""
     from flows.config import OptimizeConfig, merge
     from flows.optimize import optimize_prompt
-    from pmpo_cli.options import build_config, config_values
+    from pmpo_cli.options import build_config
+
+    config = build_config(OptimizeConfig, merge(optimize_values(args), _task_runner_flags(args)), args)
+    return _run_flow(optimize_prompt, config, display.optimize_summary, args.output)
+
+
+def optimize_values(args: argparse.Namespace) -> dict[str, Any]:
+    """Config values of `pmpo optimize`'s arguments: the shared ones, then the loop's own flags over them."""
+    from pmpo_cli.options import config_values
 
     values = config_values(args)
-    for flag, key in (("iterations", "iterations"), ("task", "task"), ("experiment", "experiment")):
-        if getattr(args, flag) is not None:
-            values[key] = getattr(args, flag)
+    for key in ("iterations", "task", "experiment", "masking", "units", "patience"):
+        if getattr(args, key) is not None:
+            values[key] = getattr(args, key)
     if args.racing:
         values["racing"] = {**values.get("racing", {}), "enabled": True}
-    values = merge(values, _task_runner_flags(args))
-    config = build_config(OptimizeConfig, values, args)
-    return _run_flow(optimize_prompt, config, display.optimize_summary, args.output)
+    if args.gate_z is not None:
+        values["selection"] = {**values.get("selection", {}), "gate_z": args.gate_z}
+    return values
 
 
 def _task_runner_flags(args: argparse.Namespace) -> dict[str, Any]:

@@ -70,8 +70,10 @@ def optimize_summary(s: Any) -> None:
     console.print(f"[bold]best prompt:[/bold]    {s.best_prompt}", soft_wrap=True)
     dropped = sum(c.dropped for c in s.candidates)
     raced = f", {dropped} dropped early by racing" if dropped else ""
+    stopped = ", stopped early (patience: nothing accepted)" if getattr(s, "stopped_early", False) else ""
     console.print(
-        f"{s.n_candidates} candidates over {s.n_iterations} iterations{raced}" + (" (resumed run)" if s.resumed else "")
+        f"{s.n_candidates} candidates over {s.n_iterations} iterations{raced}{stopped}"
+        + (" (resumed run)" if s.resumed else "")
     )
     rejected = getattr(s, "rejected", None)
     if rejected:  # e.g. copies_example: rewrites that quoted the hard example

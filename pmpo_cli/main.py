@@ -58,6 +58,28 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="score candidates on a first slice and finish only the competitive ones (faster)",
     )
+    opt.add_argument(
+        "--masking",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="measure each unit's dL and propose removals (default on; --no-masking: the paper's ablation)",
+    )
+    opt.add_argument(
+        "--units", choices=["auto", "splitter", "model"], help="how the prompt is split for masking (default auto)"
+    )
+    opt.add_argument(
+        "--gate-z",
+        type=float,
+        metavar="Z",
+        help="a candidate must lower the training loss by more than Z paired standard errors "
+        "(default 1.0; 0: the paper's strictly lower)",
+    )
+    opt.add_argument(
+        "--patience",
+        type=int,
+        metavar="N",
+        help="stop after N iterations in a row accept no candidate (default 2; 0: never stop early)",
+    )
     _rewriter_options(opt)
     opt.add_argument(
         "--dask",

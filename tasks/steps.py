@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
-import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -18,6 +17,7 @@ from pmpo.data import ColumnMap, Dataset, Split, load_dataset, split_dataset
 from pmpo.evaluation.heldout import Evaluation, evaluate
 from pmpo.loop.result import Candidate, SegmentEffect
 from pmpo.loop.selection import select
+from pmpo.loop.settings import SelectionSettings
 from pmpo.loop.steps import prompt_units, rewrite_prompts, segment_effects
 from pmpo.rewriting.settings import RewriteSettings
 from pmpo.scoring.loss import LossMatrix
@@ -114,7 +114,7 @@ def loss_matrix(model: ModelRef, prompts: list[str], data: Dataset, iteration: i
     for done, prompt in enumerate(prompts, start=1):  # one prompt at a time, to report progress
         parts.append(sc.loss_matrix([prompt], data.examples))
         report(Event("advance", label, done, len(prompts)))
-    return LossMatrix(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("loss", "nll", "tokens")))
+    return LossMatrix.stack(parts)
 
 
 @task(
@@ -191,9 +191,11 @@ def propose_rewrites(
 
 
 @task(name="select", cache_policy=NO_CACHE, task_run_name=_named(select_label))
-def select_incumbent(incumbent: Candidate, candidates: list[Candidate], iteration: int) -> Candidate:
-    """Keep the incumbent unless a candidate's loss is strictly lower."""
-    return select(incumbent, candidates)
+def select_incumbent(
+    incumbent: Candidate, candidates: list[Candidate], iteration: int, selection: SelectionSettings
+) -> Candidate:
+    """Keep the incumbent unless a candidate's loss is lower by more than the selection gate's noise floor."""
+    return select(incumbent, candidates, selection)
 
 
 @task(

@@ -1,4 +1,5 @@
-"""The PMPO loop: mask segments, rewrite on hard examples, keep a variant only when its loss is lower.
+"""The PMPO loop: mask segments, rewrite on hard examples, keep a variant only when its loss is lower by more
+than the noise (`pmpo.loop.selection`), stop when `patience` iterations in a row kept nothing.
 
 The loop exists once, in `PMPO.optimize`. The work it delegates (scoring, segment masking, rewriting,
 selection) goes through the `Steps` protocol (`pmpo.loop.steps`): `LocalSteps` runs it in this process; the
@@ -50,7 +51,7 @@ class PMPO:
         self.on_iteration = on_iteration or (lambda it: None)
 
     def optimize(self, prompt: str, train: Dataset) -> OptimizeResult:
-        """Run T iterations from `prompt` on the training set."""
+        """Run up to T iterations from `prompt` on the training set (fewer when `patience` stops it early)."""
         self.steps.meter.take()  # work left from an interrupted earlier call is not this run's
         matrix = self.steps.losses([prompt], train, 0)
         initial = candidates_from(matrix, [prompt], ["initial"], parent_id=None, iteration=0)[0]
@@ -59,8 +60,12 @@ class PMPO:
         candidates = {initial.id: initial}
         rows = {initial.id: matrix.loss[0]}  # per-example losses of every candidate: hard examples come from here
         incumbent = initial
-        iterations = []
+        iterations: list[Iteration] = []
+        patience, idle, stopped_early = self.config.patience, 0, False
         for t in range(1, self.config.iterations + 1):
+            if patience and idle >= patience:  # `patience` iterations in a row accepted nothing
+                stopped_early = True
+                break
             record, new = self._iteration(t, incumbent, train, candidates, rows)
             record = replace(record, cost=self.steps.meter.take())
             for c in new:
@@ -69,6 +74,7 @@ class PMPO:
             incumbent = candidates[record.incumbent_id]
             iterations.append(record)
             self.on_iteration(record)
+            idle = 0 if record.improved else idle + 1
         return OptimizeResult(
             candidates=tuple(candidates.values()),
             iterations=tuple(iterations),
@@ -78,6 +84,7 @@ class PMPO:
             dataset_fingerprint=train.fingerprint,
             seed=self.config.seed,
             initial_cost=initial_cost,
+            stopped_early=stopped_early,
         )
 
     def _iteration(
@@ -93,7 +100,9 @@ class PMPO:
             removals = list(
                 dict.fromkeys(
                     p
-                    for p in removal_prompts(incumbent.prompt, units, effects, self.config.chat_message)
+                    for p in removal_prompts(
+                        incumbent.prompt, units, effects, self.config.chat_message, self.config.selection.gate_z
+                    )
                     if p and p not in seen
                 )
             )
@@ -136,7 +145,15 @@ class PMPO:
         new = []
         for prompt, origin, matrix in zip(prompts, origins, raced):
             dropped = matrix.loss.shape[1] < len(train)
-            [c] = candidates_from(matrix, [prompt], [origin], parent_id=incumbent.id, iteration=t, dropped=dropped)
+            [c] = candidates_from(
+                matrix,
+                [prompt],
+                [origin],
+                parent_id=incumbent.id,
+                iteration=t,
+                dropped=dropped,
+                reference=rows[incumbent.id],  # the gate's noise: the paired difference to the incumbent
+            )
             if not dropped:  # hard examples of a future incumbent come from its full row
                 rows[c.id] = matrix.loss[0]
             new.append(c)

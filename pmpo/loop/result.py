@@ -25,6 +25,13 @@ class Candidate:
     # Racing stopped scoring it after a slice of the training set, clearly worse than the leader there;
     # never selected, since its loss is not over the same examples as the others'.
     dropped: bool = False
+    # Standard error of the paired per-example difference to its parent (the incumbent it was scored against),
+    # over the training examples: the noise the selection gate measures a gain against. None: no parent, or
+    # dropped by racing.
+    gap_se: float | None = None
+    # Training accuracy on the multiple-choice examples (acc: the answer has the lowest summed NLL of the
+    # options), from the loss's own forward passes; None where no example has options ranked.
+    accuracy: float | None = None
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,9 @@ class SegmentEffect:
     index: int
     text: str
     delta_loss: float
+    # Standard error of the paired per-example difference (without it - with it): a removal is proposed only
+    # where delta_loss is below zero by more than the selection gate's z of these. 0: not measured.
+    se: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -65,6 +75,8 @@ class OptimizeResult:
     dataset_fingerprint: str
     seed: int
     initial_cost: Cost = Cost()  # scoring the initial prompt
+    # The loop ended before its last iteration: `patience` iterations in a row accepted no candidate.
+    stopped_early: bool = False
 
     @property
     def cost(self) -> Cost:

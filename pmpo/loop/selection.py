@@ -1,13 +1,18 @@
 """Candidates and selection: scored prompts become candidates (identified by their text), and the incumbent is
-replaced only by a candidate with a strictly lower loss (the paper's rule)."""
+replaced only by a candidate whose loss is lower by more than the noise of the comparison (`SelectionSettings`;
+gate_z = 0 without the accuracy guard is the paper's rule: strictly lower)."""
 
 from __future__ import annotations
 
 import hashlib
 from typing import Sequence
 
+import numpy as np
+
 from pmpo.loop.result import Candidate, Origin
+from pmpo.loop.settings import SelectionSettings
 from pmpo.scoring.loss import LossMatrix
+from pmpo.scoring.racing import paired_gap
 
 
 def candidate_id(prompt: str) -> str:
@@ -23,9 +28,15 @@ def candidates_from(
     parent_id: str | None,
     iteration: int,
     dropped: bool = False,
+    reference: np.ndarray | None = None,
 ) -> list[Candidate]:
-    """Wrap scored prompts as candidates (`dropped`: racing stopped them short of the whole training set)."""
+    """Wrap scored prompts as candidates (`dropped`: racing stopped them short of the whole training set;
+    `reference`: the parent's per-example losses on the same examples, for each candidate's paired `gap_se`)."""
     losses, per_token = matrix.prompt_loss(), matrix.prompt_loss_per_token()
+    accuracy = matrix.prompt_accuracy()
+    gap_se: list[float | None] = [None] * len(prompts)
+    if reference is not None and not dropped:
+        gap_se = paired_gap(matrix.loss, reference)[1].tolist()
     return [
         Candidate(
             id=candidate_id(p),
@@ -37,15 +48,32 @@ def candidates_from(
             loss_per_token=float(per_token[i]),
             n_examples=matrix.loss.shape[1],
             dropped=dropped,
+            gap_se=gap_se[i],
+            accuracy=accuracy[i],
         )
         for i, (p, origin) in enumerate(zip(prompts, origins))
     ]
 
 
-def select(incumbent: Candidate, candidates: Sequence[Candidate]) -> Candidate:
-    """The lowest-loss candidate if strictly lower than the incumbent, else the incumbent (ties keep it).
+def passes_gate(candidate: Candidate, incumbent: Candidate, settings: SelectionSettings) -> bool:
+    """Whether `candidate` may replace `incumbent`: loss lower by more than gate_z paired standard errors
+    (candidate - incumbent + z * se < 0) and, with keep_accuracy, no fewer multiple-choice hits."""
+    if candidate.dropped:  # its loss is over fewer examples than the incumbent's
+        return False
+    noise = settings.gate_z * (candidate.gap_se or 0.0)  # no estimate (one example): the mean alone decides
+    if not candidate.loss - incumbent.loss + noise < 0:  # z = 0: exactly candidate.loss < incumbent.loss
+        return False
+    if settings.keep_accuracy and candidate.accuracy is not None and incumbent.accuracy is not None:
+        return candidate.accuracy >= incumbent.accuracy
+    return True
+
+
+def select(
+    incumbent: Candidate, candidates: Sequence[Candidate], settings: SelectionSettings = SelectionSettings()
+) -> Candidate:
+    """Among the candidates that pass the gate, the lowest loss (ties by id); the incumbent when none does.
 
     Candidates racing dropped early never win: their loss is over fewer examples than the incumbent's.
     """
-    best = min((c for c in candidates if not c.dropped), key=lambda c: (c.loss, c.id), default=None)
-    return best if best is not None and best.loss < incumbent.loss else incumbent
+    passed = [c for c in candidates if passes_gate(c, incumbent, settings)]
+    return min(passed, key=lambda c: (c.loss, c.id), default=incumbent)

@@ -1,6 +1,7 @@
-"""The PMPO loop's settings: how many iterations, how prompts are split for masking, and the rewrite and racing
-blocks. `pmpo.optimize`, `PMPO` and the flow's parameter (flows.config.OptimizeConfig extends it) share them, so
-the library and `pmpo optimize` run the same default search."""
+"""The PMPO loop's settings: how many iterations (and when to stop early), how prompts are split for masking, and
+the selection, rewrite and racing blocks. `pmpo.optimize`, `PMPO` and the flow's parameter
+(flows.config.OptimizeConfig extends it) share them, so the library and `pmpo optimize` run the same default
+search."""
 
 from __future__ import annotations
 
@@ -13,6 +14,26 @@ from pmpo.scoring.settings import RacingSettings
 from pmpo.settings import Strict
 
 
+class SelectionSettings(Strict):
+    """When a candidate replaces the incumbent (and when a unit's removal is proposed at all)."""
+
+    # The paper keeps any strictly lower mean loss. Over 40-50 training examples that is a coin toss when two
+    # prompts differ by less than their paired standard error: deletions and rewrites won on noise and lost on
+    # held-out data (issue 19). So a gain must exceed z paired standard errors of the per-example difference
+    # (candidate - incumbent), as racing compares candidates. z = 0 is the paper's rule exactly (strict <).
+    # 1.0 is provisional: issue 19's benchmark (benchmarks/bench_quality.py, gated vs strict arms) chooses it.
+    gate_z: float = Field(
+        1.0, ge=0, description="a candidate must lower the loss by more than this many paired standard errors"
+    )
+    # A prompt that makes the model indifferent between options scores about ln 2 per pair, less than a model
+    # confidently wrong half the time: a loss-only win can shift the label prior and lose answers (issue 19). The
+    # options' ranking comes from the same forward passes, so no pass is added. Any drop in hits is refused, not
+    # a drop beyond noise: one hit is 2 points of 50, and a loss gain that costs answers is the failure we guard.
+    keep_accuracy: bool = Field(
+        True, description="multiple choice: refuse a candidate with lower training accuracy (acc) than the incumbent"
+    )
+
+
 class OptimizerConfig(Strict):
     """Settings of the PMPO loop."""
 
@@ -20,6 +41,11 @@ class OptimizerConfig(Strict):
     # under three minutes on an idle 2-core CPU (2 min 45 s, `pmpo optimize` from an empty store). To be chosen
     # from the quality benchmark (benchmarks/bench_quality.py, issue 19).
     iterations: int = Field(2, ge=0, description="PMPO iterations (the paper: 20)")
+    # A search that has stopped improving stops: a rewrite round costs most of an iteration, and after a few
+    # rounds with nothing accepted the next rarely differs (the same incumbent, the same hard examples).
+    patience: int | None = Field(
+        2, ge=0, description="stop after this many iterations in a row accept no candidate (0 or none: never)"
+    )
     max_units: int = Field(5, ge=1, description="most removable units a prompt is split into (the paper: 5)")
     # auto: the rewriter marks <mask> units (the paper's way) when it has at least rewrite.small_model_params
     # parameters, as the FULL template does; below that the deterministic splitter, since small models do not
@@ -27,12 +53,14 @@ class OptimizerConfig(Strict):
     units: Literal["auto", "splitter", "model"] = Field("auto", description="how the prompt is split for masking")
     # False is the paper's ablation without masking: no mask forward passes, no dL table, no removals.
     masking: bool = Field(True, description="measure each unit's dL and show it to the rewriter")
-    # Dropping a unit with dL < 0 is a candidate too: it was already scored by the masking analysis.
+    # Dropping a unit whose dL is below zero past the selection gate is a candidate too: it was already scored by
+    # the masking analysis.
     segment_removal: bool = Field(True, description="also try the prompt without each unit that hurts")
     # The system message is where a chat prompt's instruction usually is; the other messages stay as they are.
     chat_message: int | None = Field(
         None, ge=0, description="chat prompts: index of the message to optimise (default: system)"
     )
+    selection: SelectionSettings = Field(default_factory=SelectionSettings)
     rewrite: RewriteSettings = Field(default_factory=RewriteSettings)
     # Off by default: stop scoring clearly worse candidates after a first slice of the training set.
     racing: RacingSettings = Field(default_factory=RacingSettings)

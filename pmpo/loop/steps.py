@@ -69,23 +69,33 @@ def prompt_units(
 
 
 def segment_effects(scorer: BaseScorer, prompt_loss: float, units: Units, train: Dataset) -> tuple[SegmentEffect, ...]:
-    """dL_j = L(prompt without unit j) - L(prompt) for every unit; `prompt_loss` is L(units.prompt)."""
+    """dL_j = L(prompt without unit j) - L(prompt) for every unit, with its paired standard error; `prompt_loss`
+    is L(units.prompt)."""
     if len(units.spans) < 2:  # removing the only unit leaves no prompt: nothing to learn from it
         return ()
+    # The prompt's own per-example losses pair with each ablation's. The loop scored it already with this
+    # scorer, so its memo answers without a forward pass.
+    reference = scorer.loss_matrix([units.whole(units.prompt)], train.examples).loss[0]
     return masking_analysis(
-        lambda texts: scorer.loss_matrix([units.whole(t) for t in texts], train.examples).prompt_loss().tolist(),
+        lambda texts: scorer.loss_matrix([units.whole(t) for t in texts], train.examples).loss,
         prompt_loss,
         units,
+        reference=reference,
     )
 
 
 def removal_prompts(
-    prompt: str, units: Sequence[str], effects: Sequence[SegmentEffect], message: int | None = None
+    prompt: str,
+    units: Sequence[str],
+    effects: Sequence[SegmentEffect],
+    message: int | None = None,
+    gate_z: float = 0.0,
 ) -> list[str]:
-    """`prompt` without each unit that hurts (dL < 0), cut exactly as the masking analysis cut it (`message`: the
-    chat prompt's optimised message, as `OptimizerConfig.chat_message`)."""
+    """`prompt` without each unit that hurts beyond its noise (dL + gate_z * se < 0; gate_z 0: any dL < 0), cut
+    exactly as the masking analysis cut it (`message`: the chat prompt's optimised message, as
+    `OptimizerConfig.chat_message`; `gate_z`: the selection gate's, so a removal proposed can also be accepted)."""
     spans = locate(editable(prompt, message), units)
-    cut = [spans.without(e.index) for e in effects if e.delta_loss < 0]
+    cut = [spans.without(e.index) for e in effects if e.delta_loss + gate_z * e.se < 0]
     return [with_editable(prompt, text, message) for text in cut if text]
 
 
@@ -248,7 +258,7 @@ class LocalSteps:
 
     def select(self, incumbent: Candidate, candidates: Sequence[Candidate], iteration: int) -> Candidate:
         """The new incumbent."""
-        return select(incumbent, candidates)
+        return select(incumbent, candidates, self.config.selection)
 
     def usage(self) -> UsageSnapshot:
         """The model work done so far in this process by the scored model and, when another, the rewriter."""

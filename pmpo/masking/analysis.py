@@ -8,29 +8,44 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
+import numpy as np
+
 from pmpo.loop.result import SegmentEffect
 from pmpo.masking.units import Units
+from pmpo.scoring.racing import paired_gap
 from pmpo.text.template import has_variable
 
 
 def masking_analysis(
-    loss_of: Callable[[list[str]], Sequence[float]], prompt_loss: float, units: Units
+    loss_of: Callable[[list[str]], Sequence[float] | np.ndarray],
+    prompt_loss: float,
+    units: Units,
+    reference: np.ndarray | None = None,
 ) -> tuple[SegmentEffect, ...]:
     """dL_j = L(prompt without unit j) - L(prompt) for every unit, from one batched `loss_of` call.
 
-    `prompt_loss` must be the loss of `units.prompt` itself, the text every ablation is cut from. A unit
-    holding a template `{{variable}}` is never cut out (the prompt could no longer be filled), so it is not
-    measured and no removal candidate can drop it.
+    `loss_of` gives each ablated prompt's loss, or its per-example losses (a row each); with per-example rows
+    and `reference` (the prompt's own per-example losses) each effect carries the standard error of the paired
+    difference, so a removal can be told from noise. `prompt_loss` must be the loss of `units.prompt` itself,
+    the text every ablation is cut from. A unit holding a template `{{variable}}` is never cut out (the prompt
+    could no longer be filled), so it is not measured and no removal candidate can drop it.
     """
     texts = units.texts
     removable = [j for j, text in enumerate(texts) if not has_variable(text)]
     if not removable:
         return ()
     ablated = [units.without(j) for j in removable]
-    losses = list(loss_of(ablated))
-    if len(losses) != len(ablated):
-        raise ValueError(f"loss_of returned {len(losses)} losses for {len(ablated)} prompts")
-    return tuple(SegmentEffect(j, texts[j], float(loss) - float(prompt_loss)) for j, loss in zip(removable, losses))
+    rows = np.asarray(loss_of(ablated), dtype=np.float64)
+    if len(rows) != len(ablated):
+        raise ValueError(f"loss_of returned {len(rows)} losses for {len(ablated)} prompts")
+    rows = rows.reshape(len(ablated), -1)  # a prompt-level loss is a row of one
+    se = np.zeros(len(rows))
+    if reference is not None and rows.shape[1] == len(reference):
+        se = paired_gap(rows, reference)[1]
+    return tuple(
+        SegmentEffect(j, texts[j], float(row.mean()) - float(prompt_loss), float(e))
+        for j, row, e in zip(removable, rows, se)
+    )
 
 
 def verdict(delta_loss: float) -> str:

@@ -37,6 +37,27 @@ class LossMatrix:
     loss: np.ndarray  # [P, N] the objective: summed target CE, or preference loss
     nll: np.ndarray  # [P, N] summed target NLL (of the chosen output, for preference examples)
     tokens: np.ndarray  # [P, N] target tokens counted in `nll`
+    # [P, N] multiple choice: 1.0 where the answer has a lower summed NLL than every distractor (lm-eval's `acc`,
+    # read off the same forward passes as the loss), else 0.0; NaN where nothing is ranked (another kind of
+    # example, or the `ce` objective, which scores the answer alone). None: not recorded (an older cached result).
+    hits: np.ndarray | None = None
+
+    @classmethod
+    def stack(cls, parts: Sequence[LossMatrix]) -> LossMatrix:
+        """The matrices of several prompt batches on the same examples, one under the other."""
+        hits = None if any(p.hits is None for p in parts) else np.concatenate([p.hits for p in parts])
+        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("loss", "nll", "tokens")), hits=hits)
+
+    def row(self, r: int) -> LossMatrix:
+        """Prompt `r`'s one-row matrix."""
+        hits = None if self.hits is None else self.hits[r : r + 1]
+        return LossMatrix(self.loss[r : r + 1], self.nll[r : r + 1], self.tokens[r : r + 1], hits)
+
+    def prompt_accuracy(self) -> list[float | None]:
+        """[P] the share of multiple-choice examples each prompt ranks right (None: no ranked example)."""
+        if self.hits is None or np.isnan(self.hits).all():
+            return [None] * len(self.loss)
+        return [float(np.nanmean(h)) for h in self.hits]
 
     def prompt_loss(self) -> np.ndarray:
         """[P] the batch loss: mean over examples."""
@@ -101,6 +122,8 @@ class BaseScorer:
         rows = [example_rows(e, self.settings.mc_objective) for e in examples]
         shape = (len(prompts), len(examples))
         loss, nll, tokens = np.zeros(shape), np.zeros(shape), np.zeros(shape, dtype=np.int64)
+        hits = np.full(shape, np.nan)
+        ranked = [isinstance(e, MultipleChoice) and is_pref for e, (_, _, is_pref) in zip(examples, rows)]
         pairs = [(inp, c) for inp, comps, _ in rows for c in comps]
         owner = [i for i, (_, comps, _) in enumerate(rows) for _ in comps]
         for p, prompt in enumerate(prompts):
@@ -109,11 +132,14 @@ class BaseScorer:
             for i, (_, comps, is_pref) in enumerate(rows):
                 nll[p, i], tokens[p, i] = pair_nll[at], pair_tokens[at]
                 if is_pref:
-                    loss[p, i] = preference_loss(pair_nll[at], pair_nll[at + 1 : at + len(comps)], self.settings.beta)
+                    others = pair_nll[at + 1 : at + len(comps)]
+                    loss[p, i] = preference_loss(pair_nll[at], others, self.settings.beta)
+                    if ranked[i]:  # a tie is a miss: the answer must be the model's one pick
+                        hits[p, i] = float(pair_nll[at] < others.min())
                 else:
                     loss[p, i] = pair_nll[at]
                 at += len(comps)
-        return LossMatrix(loss=loss, nll=nll, tokens=tokens)
+        return LossMatrix(loss=loss, nll=nll, tokens=tokens, hits=hits)
 
     def completions(
         self, prompt: str, pairs: Sequence[tuple[str, str]], owner: Sequence[int] | None = None

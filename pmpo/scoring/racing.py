@@ -87,7 +87,7 @@ def race_prompts(
         table = np.empty((0, n))
         if mine:
             matrix = score([prompts[c] for c in mine], indices)
-            last.update((c, _row(matrix, r)) for r, c in enumerate(mine))
+            last.update((c, matrix.row(r)) for r, c in enumerate(mine))
             table = matrix.loss
         if len(mine) < len(candidates):
             table = np.vstack([table, reference[None, indices]])
@@ -97,10 +97,6 @@ def race_prompts(
     keep = n_prompts if with_reference else None
     race_losses(losses, n_prompts + with_reference, n_examples, settings, always_keep=keep)
     return [last[c] for c in range(n_prompts)]
-
-
-def _row(matrix: LossMatrix, r: int) -> LossMatrix:
-    return LossMatrix(matrix.loss[r : r + 1], matrix.nll[r : r + 1], matrix.tokens[r : r + 1])
 
 
 def race_losses(
@@ -123,16 +119,27 @@ def race_losses(
         n = min(n_examples, max(n + 1, math.ceil(n * settings.growth)))
 
 
+def paired_gap(rows: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard error of each row's per-example difference to `reference` (rows - reference, paired).
+
+    Racing drops by it, selection gates by it (pmpo.loop.selection) and the masking analysis proposes removals
+    by it: one arithmetic for "lower by more than the noise". Fewer than 2 examples have no spread to measure:
+    the standard error is 0 there, so the mean alone decides.
+    """
+    diff = np.atleast_2d(np.asarray(rows, dtype=np.float64)) - np.asarray(reference, dtype=np.float64)
+    n = diff.shape[1]
+    if n < 2:
+        return diff.mean(axis=1), np.zeros(len(diff))
+    return diff.mean(axis=1), diff.std(axis=1, ddof=1) / math.sqrt(n)
+
+
 def _survivors(slice_losses: np.ndarray, margin: float) -> list[bool]:
     """Which rows are not worse than the best row by more than `margin` standard errors (paired)."""
     leader = int(np.argmin(slice_losses.mean(axis=1)))
-    diff = slice_losses - slice_losses[leader]  # [C, n] per-example difference to the leader
-    n = diff.shape[1]
-    if n < 2:  # no spread to judge by: keep everyone
-        return [True] * len(diff)
-    std_error = diff.std(axis=1, ddof=1) / math.sqrt(n)
+    if slice_losses.shape[1] < 2:  # no spread to judge by: keep everyone
+        return [True] * len(slice_losses)
+    mean, std_error = paired_gap(slice_losses, slice_losses[leader])  # per-example difference to the leader
     # A difference with no spread at all (std 0) is decisive: keep only if not worse.
-    bound = np.where(std_error > 0, margin * np.where(std_error > 0, std_error, 1.0), 0.0)
-    keep = diff.mean(axis=1) <= bound
+    keep = mean <= np.where(std_error > 0, margin * np.where(std_error > 0, std_error, 1.0), 0.0)
     keep[leader] = True  # whatever the margin, the leader goes on
     return keep.tolist()

@@ -65,6 +65,7 @@ def masking_columns(effects: Sequence[SegmentEffect]) -> dict[str, list]:
         "index": [e.index for e in effects],
         "unit": [e.text for e in effects],
         "delta_loss": [e.delta_loss for e in effects],
+        "se": [e.se for e in effects],  # paired standard error of delta_loss: a removal must clear it
     }
 
 

@@ -89,3 +89,14 @@ def test_description_lands_in_data_description_and_only_optimize_takes_it():
     assert OptimizeConfig().data.description is None  # absent: the data's own (<stem>.meta.json) stays
     evaluate = build_parser().parse_args(["evaluate"])
     assert "description" not in config_values(evaluate).get("data", {})
+
+
+def test_the_loop_flags_land_in_their_fields():
+    from pmpo_cli.commands import optimize_values
+
+    argv = ["optimize", "--no-masking", "--units", "splitter", "--gate-z", "0", "--patience", "0", "--racing"]
+    config = OptimizeConfig.model_validate(optimize_values(build_parser().parse_args(argv)))
+    assert (config.masking, config.units, config.selection.gate_z, config.patience) == (False, "splitter", 0.0, 0)
+    assert config.racing.enabled
+    default = OptimizeConfig.model_validate(optimize_values(build_parser().parse_args(["optimize", "--masking"])))
+    assert default.masking and default.selection.gate_z == 1.0 and default.patience == 2

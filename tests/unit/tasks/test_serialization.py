@@ -61,10 +61,16 @@ def test_loss_matrix_round_trips_with_exact_bits():
     for name in ("loss", "nll", "tokens"):
         a, b = getattr(matrix, name), getattr(back, name)
         assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+    assert back.hits is None  # a matrix recorded before hits existed still decodes
+    with_hits = _roundtrip(LossMatrix(loss, loss, np.ones((2, 2), dtype=np.int64), np.array([[1.0, np.nan]] * 2)))
+    assert with_hits.hits.tobytes() == np.array([[1.0, np.nan]] * 2).tobytes()
 
 
 def test_mask_and_rewrite_results_round_trip():
-    masked = (["Read it.", "Be brief."], (SegmentEffect(0, "Read it.", 0.25), SegmentEffect(1, "Be brief.", -math.inf)))
+    masked = (
+        ["Read it.", "Be brief."],
+        (SegmentEffect(0, "Read it.", 0.25, 0.125), SegmentEffect(1, "Be brief.", -math.inf)),
+    )
     rewrites = (["A.", "B."], {"no_tags": 2, "duplicate": 0})
     assert _roundtrip(masked) == masked and isinstance(_roundtrip(masked)[1], tuple)
     assert _roundtrip(rewrites) == rewrites
@@ -72,7 +78,9 @@ def test_mask_and_rewrite_results_round_trip():
 
 def test_evaluation_and_candidate_round_trip_field_by_field():
     evaluation = Evaluation("Answer.", 3, 1.25, 0.5, None, 2 / 3)
-    candidate = Candidate("c1", None, 0, "initial", "Answer.", math.inf, math.nan, 8, dropped=True)
+    candidate = Candidate(
+        "c1", None, 0, "initial", "Answer.", math.inf, math.nan, 8, dropped=True, gap_se=0.5, accuracy=0.75
+    )
     assert _roundtrip(evaluation) == evaluation
     back = _roundtrip(candidate)
     assert back.loss == math.inf and math.isnan(back.loss_per_token) and back.dropped

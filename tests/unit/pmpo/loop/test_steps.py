@@ -52,7 +52,9 @@ def test_dl_is_the_ablated_prompts_loss_minus_the_original_prompts(tiny_lm):
     baseline = _loss(scorer, PROMPT)
     effects = segment_effects(scorer, baseline, units, TRAIN)
     assert len(effects) == 4
-    ablated = scorer.prompts[1:]
+    # The prompt itself again (a memo hit: its per-example losses pair with each ablation's), then the ablations.
+    assert scorer.prompts[1] == PROMPT
+    ablated = scorer.prompts[2:]
     assert ablated == [units.without(j) for j in range(4)]
     # Every ablation keeps the other paragraphs' blank lines and indentation byte for byte.
     assert ablated[1] == PROMPT.replace("Read the review carefully.\n  ", "")
@@ -100,7 +102,8 @@ def test_masking_off_scores_no_ablated_prompt_and_shows_no_table(tiny_lm, monkey
 def test_masking_on_scores_every_ablation(tiny_lm, monkeypatch):
     result, scored, requests = _run(tiny_lm, monkeypatch, masking=True)
     units = segment(PROMPT)
-    assert [units.without(j) for j in range(4)] == scored[1:5]
+    assert scored[1] == PROMPT  # asked again for its per-example row: a memo hit, no forward pass
+    assert [units.without(j) for j in range(4)] == scored[2:6]
     assert all(" part: " in _last_entry(r) for r in requests)  # the SHORT form's masking hints
     assert [e.text for e in result.iterations[0].segments] == list(units.texts)
 

@@ -218,3 +218,24 @@ def test_auto_dtype_follows_the_bf16_probe_on_cpu(monkeypatch, fast):
     monkeypatch.setattr(models, "cpu_has_fast_bf16", lambda: fast)
     assert models.resolve_dtype("auto", torch.device("cpu")) == (torch.bfloat16 if fast else torch.float32)
     assert models.resolve_dtype("float32", torch.device("cpu")) == torch.float32
+
+
+def test_multiple_choice_hits_come_from_the_loss_passes(tiny_lm):
+    """The option ranking (acc) is read off the loss's own forward passes: no pass is added for it."""
+    examples = [
+        MultipleChoice("Q: 2+2?", ("4", "5", "22"), "4"),
+        MultipleChoice("Q: sky?", ("blue", "green"), "blue"),
+        Supervised("Review: fine.", "positive"),
+    ]
+    scorer = Scorer(tiny_lm, ScorerSettings(token_budget=1, reuse_prefix=False))  # one pass per sequence
+    before = tiny_lm.usage.snapshot()
+    matrix = scorer.loss_matrix(["Answer."], examples)
+    passes = (tiny_lm.usage.snapshot() - before).forward_passes
+    assert passes == 3 + 2 + 1  # every option of each question once, the reference once: as before hits existed
+    assert np.isnan(matrix.hits[0, 2])  # not multiple choice: nothing ranked
+    for i, e in enumerate(examples[:2]):
+        nll, _ = scorer.completions("Answer.", [(e.input, o) for o in e.options])  # memo: no pass
+        assert matrix.hits[0, i] == float(int(np.argmin(nll)) == e.options.index(e.target))
+    assert matrix.prompt_accuracy() == [float(np.nanmean(matrix.hits[0]))]
+    ce = Scorer(tiny_lm, ScorerSettings(mc_objective="ce")).loss_matrix(["Answer."], examples)
+    assert np.isnan(ce.hits).all() and ce.prompt_accuracy() == [None]  # the answer alone ranks nothing

@@ -19,15 +19,16 @@ class RewriteSettings(Strict):
     A config file may name the first two `k` and `n`, as it always has.
     """
 
-    # The paper: one request for each of the 3 highest-loss examples, 4 sampled variants per request.
+    # The paper: one request for each of the 3 highest-loss examples, 4 sampled variants per request. `k` and `n`
+    # come first among the names: a JSON schema (the Prefect run form, which the server validates) shows the first.
     hard_k: int = Field(
         3,
         ge=1,
-        validation_alias=AliasChoices("hard_k", "k"),
+        validation_alias=AliasChoices("k", "hard_k"),
         description="hard examples per iteration (one rewrite request each)",
     )
     n_variants: int = Field(
-        4, ge=1, validation_alias=AliasChoices("n_variants", "n"), description="variants sampled per request"
+        4, ge=1, validation_alias=AliasChoices("n", "n_variants"), description="variants sampled per request"
     )
     # auto: SHORT below `small_model_params`, else FULL.
     template: Template = Field(

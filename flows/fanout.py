@@ -76,7 +76,8 @@ def launch(deployment: str, name: str, config: OptimizeConfig) -> Child:
     """Start the prompt's optimisation as a flow run of `deployment` (a sub-run of this one); return at once."""
     run = run_deployment(
         deployment,
-        parameters={"config": config.model_dump(mode="json")},
+        # by_alias: the names the deployment's parameter schema shows (rewrite.k, rewrite.n), which the server checks.
+        parameters={"config": config.model_dump(mode="json", by_alias=True)},
         flow_run_name=f"nightly {name}",
         timeout=0,  # start it and go on: the pool's workers run the children side by side
         tags=["pmpo", "nightly"],

@@ -25,10 +25,15 @@ class RewriteSettings(Strict):
         3,
         ge=1,
         validation_alias=AliasChoices("k", "hard_k"),
+        serialization_alias="k",
         description="hard examples per iteration (one rewrite request each)",
     )
     n_variants: int = Field(
-        4, ge=1, validation_alias=AliasChoices("n", "n_variants"), description="variants sampled per request"
+        4,
+        ge=1,
+        validation_alias=AliasChoices("n", "n_variants"),
+        serialization_alias="n",
+        description="variants sampled per request",
     )
     # auto: SHORT below `small_model_params`, else FULL.
     template: Template = Field(

@@ -7,12 +7,10 @@ from pydantic import BaseModel
 
 from flows.config import ConfigError, EvaluateConfig
 from flows.cost import CostRow, cost_row
-from flows.steps import PrefectSteps
+from flows.steps import PrefectSteps, load_data
 from pmpo.loop.optimizer import OptimizerConfig
 from pmpo.models.usage import Meter
 from pmpo.scoring.context_budget import check_fits
-from pmpo.text.template import prompt_variables
-from tasks import steps as t
 from tasks.mlflow import prompts
 from tasks.models import model_ref, text_side
 
@@ -43,21 +41,8 @@ def resolve_prompt(prompt: str) -> str:
 @flow(name="evaluate-prompt")
 def evaluate_prompt(config: EvaluateConfig = EvaluateConfig()) -> EvaluateSummary:
     """Score a prompt on the held-out part of the same split an optimisation run with this seed used."""
-    d = config.data
     given = resolve_prompt(config.prompt) if config.prompt else ""  # its variables say which columns to read
-    dataset, split = t.load_split(
-        d.source,
-        format=d.format,
-        columns=d.columns,
-        kind=d.kind,
-        limit=d.limit,
-        hub_config=d.hub_config,
-        hub_split=d.hub_split,
-        seed=config.seed,
-        train_fraction=config.train_fraction,
-        train_cap=config.train_cap,
-        variables=prompt_variables(given),
-    )
+    dataset, split = load_data(config, given)
     if split.test is None:
         raise ConfigError(f"dataset {dataset.name!r} has one example: nothing is left to hold out")
     source = config.prompt or dataset.default_prompt

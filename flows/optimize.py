@@ -11,9 +11,9 @@ from flows.cluster import loss_fan_out
 from flows.config import ConfigError, OptimizeConfig
 from flows.cost import run_cost
 from flows.record import Recorder, flatten
-from flows.steps import PrefectSteps
+from flows.steps import PrefectSteps, load_data
 from flows.summary import OptimizeSummary, summarize
-from pmpo.data import Dataset, Split
+from pmpo.data import Split
 from pmpo.evaluation.heldout import Evaluation
 from pmpo.loop.optimizer import PMPO
 from pmpo.loop.result import Iteration
@@ -22,8 +22,7 @@ from pmpo.models.usage import Meter
 from pmpo.rewriting.requests import choose_template
 from pmpo.scoring.context_budget import check_fits
 from pmpo.text.rendering import placed
-from pmpo.text.template import normalized, prompt_variables
-from tasks import steps as t
+from pmpo.text.template import normalized
 from tasks.environment import code_version
 from tasks.identity import RUN_NEUTRAL, record_tags, run_key
 from tasks.mlflow import prompts, runs, writes
@@ -41,7 +40,7 @@ def optimize_prompt(config: OptimizeConfig = OptimizeConfig()) -> OptimizeSummar
         config = config.model_copy(update={"prompt": prompts.load_registered_prompt(config.prompt)})
     elif config.prompt:  # a chat prompt however its JSON was written: the same messages are the same candidate
         config = config.model_copy(update={"prompt": normalized(config.prompt)})
-    dataset, split = _load(config)
+    dataset, split = load_data(config, config.prompt or "")
     prompt = config.prompt or dataset.default_prompt
     if not prompt:
         raise ConfigError(f"dataset {dataset.name!r} has no default prompt: give one (prompt / --prompt)")
@@ -142,24 +141,6 @@ def size_choices(config: OptimizeConfig, writer: RewriterRef) -> dict[str, str]:
         "pmpo.rewrite_template": choose_template(config.rewrite.template, n_params, small),
         "pmpo.units": unit_mode(config.units, n_params, small) if config.masking else "off",
     }
-
-
-def _load(config: OptimizeConfig) -> tuple[Dataset, Split]:
-    d = config.data
-    return t.load_split(
-        d.source,
-        format=d.format,
-        columns=d.columns,
-        kind=d.kind,
-        limit=d.limit,
-        hub_config=d.hub_config,
-        hub_split=d.hub_split,
-        description=d.description,
-        seed=config.seed,
-        train_fraction=config.train_fraction,
-        train_cap=config.train_cap,
-        variables=prompt_variables(config.prompt or ""),
-    )
 
 
 def _tags() -> dict[str, str]:

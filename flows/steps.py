@@ -10,14 +10,16 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from flows.cluster import LossFanOut
-from flows.config import EvalConfig
+from flows.config import EvalConfig, EvaluateConfig, OptimizeConfig
 from pmpo.data.examples import Dataset
+from pmpo.data.split import Split
 from pmpo.evaluation.heldout import Evaluation
 from pmpo.loop.optimizer import OptimizerConfig
 from pmpo.loop.result import Candidate, SegmentEffect
 from pmpo.loop.steps import Rewrites
 from pmpo.models.usage import UsageSnapshot
 from pmpo.scoring.loss import LossMatrix
+from pmpo.text.template import prompt_variables
 from tasks import steps as t
 from tasks.caching import with_storage
 from tasks.models import ModelRef
@@ -25,6 +27,26 @@ from tasks.models import usage as model_usage
 from tasks.progress import Event, report
 from tasks.rewriters import RewriterRef, same_as
 from tasks.rewriters import usage as rewriter_usage
+
+
+def load_data(config: OptimizeConfig | EvaluateConfig, prompt: str) -> tuple[Dataset, Split]:
+    """The run's dataset and its seeded split, as `optimize` and `evaluate` both read it (`prompt`'s variables say
+    which columns fill them), so an evaluation's held-out part is the optimisation run's."""
+    d = config.data
+    return t.load_split(
+        d.source,
+        format=d.format,
+        columns=d.columns,
+        kind=d.kind,
+        limit=d.limit,
+        hub_config=d.hub_config,
+        hub_split=d.hub_split,
+        description=d.description,
+        seed=config.seed,
+        train_fraction=config.train_fraction,
+        train_cap=config.train_cap,
+        variables=prompt_variables(prompt),
+    )
 
 
 @dataclass(frozen=True)

@@ -1,18 +1,27 @@
-"""Quality benchmark: do PMPO's prompts win on held-out data, against the initial prompt and an APE baseline?
+"""Quality benchmark: do PMPO's prompts win on held-out data, against the initial prompt and the peers a user would pick?
 
-    python benchmarks/bench_quality.py                 # 6 BIG-bench tasks + 2 built-ins, 2 iterations (hours on a CPU)
-    python benchmarks/bench_quality.py --quick         # smoke run: 2 tasks, 1 iteration, 40 held-out examples
+    python benchmarks/bench_quality.py --json q.json       # 6 BIG-bench tasks + 2 built-ins, every arm (hours on a CPU)
+    python benchmarks/bench_quality.py --quick             # smoke run: 2 tasks, 1 iteration, 40 held-out examples
     python benchmarks/bench_quality.py --tasks navigate,builtin:sentiment --arms initial,pmpo --json out.json
 
-Arms, on the same seeded split and the same held-out examples (the first --heldout of the test split):
+Arms, on the same seeded split and the same held-out examples (a seeded draw, stratified by label, of --heldout):
   initial          the task's own instruction (BIG-bench task_prefix, or its description)
   pmpo             pmpo.optimize with the defaults
+  pmpo_strict      the paper's selection: any strictly lower training loss wins (gate_z 0, no accuracy guard)
+  pmpo_demos       the defaults plus demonstrations chosen by loss as a candidate source
   pmpo_no_masking  the paper's ablation without segment masking (OptimizerConfig(masking=False))
   pmpo_ce          plain CE instead of the preference loss for multiple choice (ScorerSettings(mc_objective="ce"))
+  train_acc        "why loss?": the prompts the pmpo arm scored, the pick by training accuracy instead of loss
+                   (multiple choice: acc from the loss's own passes; otherwise greedy answers on the training set)
   ape              APE's forward template, as many candidates as the pmpo arm scored, best training accuracy
+  gepa             GEPA (the optimizer MLflow ships), the bundled model as task and reflection model, at the pmpo
+                   arm's forward-token budget (needs the `bench` extra)
 Every arm's final prompt is evaluated with the same scorer (ScorerSettings() defaults), so held-out losses
-compare; accuracy deltas carry 95% paired bootstrap intervals against the initial prompt. Cost is the
-model's usage counters (forward passes; tokens scored, read as generation context, and generated) and wall time of the arm's search only.
+compare; deltas carry 95% paired bootstrap intervals against the initial prompt, and the means over the shared tasks a
+pooled interval (resampling within each task). Cost is the model's usage counters (forward passes; tokens scored, read
+as generation context, and generated) and wall time of the arm's search only.
+Runs arm by arm over the tasks (the pmpo arm on every task first) and writes --json after every (task, arm); a rerun
+with the same --json and settings resumes, skipping the rows it has.
 One MLflow run per invocation goes to experiment `pmpo-quality` (MLFLOW_TRACKING_URI, else pmpo's store).
 """
 
@@ -25,6 +34,7 @@ import os
 import platform
 import sys
 import time
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -40,9 +50,12 @@ from quality_report import (  # noqa: E402
     ArmResult,
     BenchSettings,
     Cost,
+    ExampleDiffs,
     Measure,
+    PoolEntry,
     build_report,
     markdown,
+    results_from_json,
     table,
     to_json,
 )
@@ -52,6 +65,8 @@ from pmpo.data import Dataset  # noqa: E402
 from pmpo.evaluation.draw import heldout_draw  # noqa: E402
 from pmpo.evaluation.heldout import Evaluation, evaluate  # noqa: E402
 from pmpo.loop.optimizer import OptimizerConfig  # noqa: E402
+from pmpo.loop.result import OptimizeResult  # noqa: E402
+from pmpo.loop.settings import SelectionSettings  # noqa: E402
 from pmpo.models.loading import LoadedModel, ModelSettings, load_model  # noqa: E402
 from pmpo.scoring.loss import Scorer, ScorerSettings  # noqa: E402
 
@@ -60,7 +75,11 @@ evaluation = importlib.import_module("pmpo.evaluation.heldout")
 BUILTINS = ("builtin:sentiment", "builtin:arithmetic")
 # Quick: one short multiple-choice BIG-bench task and one built-in, so both kinds of accuracy show up.
 QUICK_TASKS = ("sports_understanding", "builtin:sentiment")
-PMPO_ARMS = (PMPO, "pmpo_no_masking", "pmpo_ce")
+PMPO_ARMS = (PMPO, "pmpo_strict", "pmpo_demos", "pmpo_no_masking", "pmpo_ce")
+# The issue's arms; pmpo_no_masking and pmpo_ce are the paper's ablations, run when asked for.
+DEFAULT_ARMS = (INITIAL, PMPO, "pmpo_strict", "pmpo_demos", "train_acc", "ape", "gepa")
+# Demonstrations per demo candidate in the pmpo_demos arm: a 3-shot prompt, as lm-eval's BBH few-shot uses.
+DEMOS_K = 3
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -70,8 +89,9 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     tasks = _tasks(args)
     arms = _arms(args.arms)
-    if "ape" in arms and not args.ape_candidates and not set(arms) & set(PMPO_ARMS):
-        raise SystemExit("--arms: ape takes its budget from a pmpo arm; add one or give --ape-candidates N")
+    needs_pmpo = {"ape", "train_acc", "gepa"} & set(arms)
+    if needs_pmpo and PMPO not in arms and not args.ape_candidates:
+        raise SystemExit(f"--arms: {', '.join(sorted(needs_pmpo))} take their budget from the pmpo arm; add it")
     lm = load_model(ModelSettings())
     settings = BenchSettings(
         tasks=tuple(tasks),
@@ -82,15 +102,23 @@ def main(argv: list[str] | None = None) -> None:
         model=lm.identity,
         quick=args.quick,
     )
-    results: list[ArmResult] = []
-    for task in tasks:
-        results += run_task(lm, task, settings, Path(args.data_dir), ape_candidates=args.ape_candidates)
-        if args.json:  # after every task, so a run cut short keeps the tasks it finished
-            partial = build_report(settings, _machine(lm), results)
-            Path(args.json).write_text(json.dumps(to_json(partial), indent=2))
+    results = _resumed(args.json, settings)
+    contexts: dict[str, TaskContext] = {}
+    for arm in arms:  # arm by arm: the defaults on every task first, the arms that build on them after
+        for task in tasks:
+            if any(r.task == task and r.arm == arm for r in results):
+                continue
+            if task not in contexts:
+                contexts[task] = task_context(lm, task, settings, Path(args.data_dir))
+            row = run_arm(lm, contexts[task], arm, settings, results, ape_candidates=args.ape_candidates)
+            if row is not None:
+                results.append(row)
+            if args.json:  # after every row, so a run cut short keeps what it finished
+                partial = build_report(settings, _machine(lm), results)
+                Path(args.json).write_text(json.dumps(to_json(partial), indent=2))
     report = build_report(settings, _machine(lm), results)
     print(table(report))
-    print("\nREADME table (means over tasks):\n" + markdown(report))
+    print("\nDocs table (means over tasks):\n" + markdown(report))
     if args.json:
         Path(args.json).write_text(json.dumps(to_json(report), indent=2))
     if not args.no_mlflow:
@@ -100,10 +128,36 @@ def main(argv: list[str] | None = None) -> None:
         _log(f"MLflow run {run_id} in experiment pmpo-quality")
 
 
-def run_task(
-    lm: LoadedModel, task: str, settings: BenchSettings, data_dir: Path, *, ape_candidates: int = 0
-) -> list[ArmResult]:
-    """All arms on one task: same split, same held-out examples, one fixed held-out scorer."""
+def _resumed(path: str | None, settings: BenchSettings) -> list[ArmResult]:
+    """The rows an earlier run with the same settings wrote to `path`; none if there is no such file."""
+    if not path or not Path(path).is_file():
+        return []
+    data = json.loads(Path(path).read_text())
+    before = data["settings"]
+    keys = ("iterations", "heldout", "seed", "model", "quick")
+    differ = [k for k in keys if before.get(k) != getattr(settings, k)]
+    if differ:
+        raise SystemExit(f"--json {path}: written with other settings ({', '.join(differ)}); give another path")
+    rows = results_from_json(data)
+    _log(f"resuming {path}: {len(rows)} row(s) kept")
+    return rows
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    """One task's split, held-out examples and the initial prompt's evaluation: shared by every arm."""
+
+    task: str
+    shared: bool
+    train: Dataset
+    heldout: Dataset
+    initial: str
+    base: Evaluation
+    scorer: Scorer
+
+
+def task_context(lm: LoadedModel, task: str, settings: BenchSettings, data_dir: Path) -> TaskContext:
+    """Split the task, draw its held-out examples as the flows do, and evaluate the initial prompt once."""
     dataset = load_task(task, data_dir)
     split = pmpo.split_dataset(dataset, seed=settings.seed)
     drawn = heldout_draw(split.test, settings.heldout, seed=settings.seed)  # as the flows draw: seeded, by label
@@ -112,34 +166,45 @@ def run_task(
     scorer = Scorer(lm, ScorerSettings())
     _log(f"[{task}] {len(split.train)} train, {len(heldout)} held-out; evaluating the initial prompt")
     base = evaluate(lm, initial, heldout, scorer=scorer)
-    shared = not task.startswith("builtin:")
-    results: list[ArmResult] = []
-    scored: dict[str, int] = {}  # candidates each PMPO arm scored, for APE's budget
-    for arm in settings.arms:
-        if arm == INITIAL:
-            results.append(arm_result(task, shared, arm, initial, 1, base, None, Cost(0, 0, 0, 0.0)))
-            continue
-        start, clock = lm.usage.snapshot(), time.perf_counter()
-        budget = ape_candidates or scored.get(PMPO) or next(iter(scored.values()), 0)
-        found = search(lm, arm, initial, split.train, settings, ape_budget=budget)
-        if found is None:
-            _log(f"[{task}] {arm}: no candidate instruction parsed from any proposal; no {arm} row for this task")
-            continue
-        prompt, candidates = found
-        if arm in PMPO_ARMS:
-            scored[arm] = candidates
-        used, wall = lm.usage.snapshot() - start, time.perf_counter() - clock
-        cost = Cost(used.forward_passes, used.tokens_scored, used.tokens_generated, wall, used.tokens_prefilled)
-        final = base if prompt == initial else evaluate(lm, prompt, heldout, scorer=scorer)
-        delta = evaluation.compare(base, final)
-        results.append(arm_result(task, shared, arm, prompt, candidates, final, delta, cost))
-        _log(
-            f"[{task}] {arm}: {candidates} candidates, {wall:.0f} s, {cost.forward_tokens:,} tokens; "
-            f"held-out loss {base.loss:.3f} -> {final.loss:.3f}, acc_norm {_pct(base.option_accuracy_norm)} -> "
-            f"{_pct(final.option_accuracy_norm)}, gen acc {_pct(base.accuracy)} -> {_pct(final.accuracy)}; "
-            f"prompt {prompt[:200]!r}"
-        )
-    return results
+    return TaskContext(task, not task.startswith("builtin:"), split.train, heldout, initial, base, scorer)
+
+
+def run_arm(
+    lm: LoadedModel,
+    ctx: TaskContext,
+    arm: str,
+    settings: BenchSettings,
+    done: list[ArmResult],
+    *,
+    ape_candidates: int = 0,
+) -> ArmResult | None:
+    """One arm on one task: search, evaluate its prompt on the held-out examples; None if it found no prompt."""
+    if arm == INITIAL:
+        return arm_result(ctx, arm, ctx.initial, 1, ctx.base, Cost(0, 0, 0, 0.0))
+    reference = next((r for r in done if r.task == ctx.task and r.arm == PMPO), None)
+    start, clock = lm.usage.snapshot(), time.perf_counter()
+    found = search(lm, arm, ctx, settings, reference, ape_candidates=ape_candidates)
+    if found is None:
+        return None
+    prompt, candidates, pool = found
+    used, wall = lm.usage.snapshot() - start, time.perf_counter() - clock
+    cost = Cost(used.forward_passes, used.tokens_scored, used.tokens_generated, wall, used.tokens_prefilled)
+    if arm == "train_acc":  # its pool is the pmpo arm's search: that work is this arm's too
+        cost = _plus(cost, reference.cost)
+    final = ctx.base if prompt == ctx.initial else evaluate(lm, prompt, ctx.heldout, scorer=ctx.scorer)
+    row = arm_result(ctx, arm, prompt, candidates, final, cost, pool)
+    base = ctx.base
+    _log(
+        f"[{ctx.task}] {arm}: {candidates} candidates, {wall:.0f} s, {cost.forward_tokens:,} tokens; "
+        f"held-out loss {base.loss:.3f} -> {final.loss:.3f}, acc_norm {_pct(base.option_accuracy_norm)} -> "
+        f"{_pct(final.option_accuracy_norm)}, gen acc {_pct(base.accuracy)} -> {_pct(final.accuracy)}; "
+        f"prompt {prompt[:200]!r}"
+    )
+    return row
+
+
+def _plus(a: Cost, b: Cost) -> Cost:
+    return Cost(*(getattr(a, f.name) + getattr(b, f.name) for f in fields(Cost)))
 
 
 def _pct(value: float | None) -> str:
@@ -147,29 +212,96 @@ def _pct(value: float | None) -> str:
 
 
 def search(
-    lm: LoadedModel, arm: str, initial: str, train: Dataset, settings: BenchSettings, *, ape_budget: int
-) -> tuple[str, int] | None:
-    """Run one arm's prompt search: (final prompt, candidates scored or proposed); None if APE found none."""
+    lm: LoadedModel,
+    arm: str,
+    ctx: TaskContext,
+    settings: BenchSettings,
+    reference: ArmResult | None,
+    *,
+    ape_candidates: int = 0,
+) -> tuple[str, int, tuple[PoolEntry, ...]] | None:
+    """One arm's prompt search: (final prompt, candidates scored or proposed, pool); None where it found none.
+
+    `reference` is the pmpo arm's row on this task: APE takes its candidate count, GEPA its forward tokens, and
+    train_acc its pool of scored prompts.
+    """
     if arm in PMPO_ARMS:
         config, scoring = pmpo_arm(arm, settings)
-        outcome = pmpo.optimize(initial, train, lm, config=config, scorer_settings=scoring)
-        return outcome.best_prompt, len(outcome.candidates)
-    try:
-        found = ape(lm, train, ape_budget, seed=settings.seed)
-    except NoInstruction:  # a small model may write no parsable instruction at all: report it, keep the run going
+        if config is None:
+            _log(f"[{ctx.task}] {arm}: this pmpo has no demonstrations setting; no {arm} row")
+            return None
+        outcome = pmpo.optimize(ctx.initial, ctx.train, lm, config=config, scorer_settings=scoring)
+        return outcome.best_prompt, len(outcome.candidates), pool_of(outcome)
+    if reference is None and not (arm == "ape" and ape_candidates):
+        _log(f"[{ctx.task}] {arm}: needs the pmpo arm's row on this task; no {arm} row")
         return None
-    return found.best, len(found.candidates)
+    if arm == "train_acc":
+        return by_training_accuracy(lm, ctx, reference.pool), len(reference.pool), ()
+    if arm == "gepa":
+        return _gepa(lm, ctx, settings, reference)
+    try:
+        found = ape(lm, ctx.train, ape_candidates or reference.candidates, seed=settings.seed)
+    except NoInstruction:  # a small model may write no parsable instruction at all: report it, keep the run going
+        _log(f"[{ctx.task}] ape: no candidate instruction parsed from any proposal; no ape row")
+        return None
+    return found.best, len(found.candidates), ()
 
 
-def arm_result(task, shared, arm, prompt, candidates, ev: Evaluation, cmp, cost: Cost) -> ArmResult:
-    """One row of the report from an arm's held-out evaluation and its comparison with the initial prompt."""
+def pool_of(outcome: OptimizeResult) -> tuple[PoolEntry, ...]:
+    """Every prompt a PMPO run scored over the whole training set (racing's dropped ones left out)."""
+    return tuple(PoolEntry(c.prompt, c.loss, c.accuracy) for c in outcome.candidates if not c.dropped)
+
+
+def by_training_accuracy(lm: LoadedModel, ctx: TaskContext, pool: tuple[PoolEntry, ...]) -> str:
+    """The pool's prompt with the best training accuracy; ties go to the lower loss.
+
+    Multiple choice: acc from the loss's own forward passes (free). Otherwise greedy answers on the training set,
+    one generation per example and prompt: the cost a selection by accuracy pays where the loss needs one pass.
+    """
+
+    def accuracy(entry: PoolEntry) -> float:
+        if entry.accuracy is not None:
+            return entry.accuracy
+        found = evaluate(lm, entry.prompt, ctx.train, scorer=ctx.scorer)
+        return found.accuracy or 0.0
+
+    return max(pool, key=lambda e: (accuracy(e), -e.loss)).prompt
+
+
+def _gepa(lm, ctx: TaskContext, settings: BenchSettings, reference: ArmResult):
+    try:
+        from gepa_arm import GepaUnavailable, gepa_search
+    except ImportError:
+        _log(f"[{ctx.task}] gepa: benchmarks/gepa_arm.py is missing; no gepa row")
+        return None
+    try:
+        prompt, candidates = gepa_search(
+            lm, ctx.train, ctx.initial, token_budget=reference.cost.forward_tokens, seed=settings.seed
+        )
+    except GepaUnavailable as e:
+        _log(f"[{ctx.task}] gepa: {e}; no gepa row")
+        return None
+    return prompt, candidates, ()
+
+
+def arm_result(
+    ctx: TaskContext,
+    arm: str,
+    prompt: str,
+    candidates: int,
+    ev: Evaluation,
+    cost: Cost,
+    pool: tuple[PoolEntry, ...] = (),
+) -> ArmResult:
+    """One row of the report from an arm's held-out evaluation and its paired differences to the initial prompt."""
+    cmp = None if arm == INITIAL else evaluation.compare(ctx.base, ev)
 
     def delta(name):
         return getattr(cmp, name) if cmp is not None else None
 
     return ArmResult(
-        task=task,
-        shared=shared,
+        task=ctx.task,
+        shared=ctx.shared,
         arm=arm,
         prompt=prompt,
         candidates=candidates,
@@ -178,7 +310,25 @@ def arm_result(task, shared, arm, prompt, candidates, ev: Evaluation, cmp, cost:
         acc_norm=Measure(ev.option_accuracy_norm, delta("option_accuracy_norm")),
         gen_acc=Measure(ev.accuracy, delta("accuracy")),
         cost=cost,
+        diffs=None if arm == INITIAL else example_diffs(ctx.base, ev),
+        pool=pool,
     )
+
+
+def example_diffs(base: Evaluation, final: Evaluation) -> ExampleDiffs:
+    """Per held-out example, final - initial, for loss, acc and acc_norm (generation accuracy without options)."""
+
+    def minus(before, after) -> tuple[float, ...]:
+        return tuple(float(a) - float(b) for b, a in zip(before, after))
+
+    gen = (base.example_correct or (), final.example_correct or ())
+    acc = (base.example_option_correct, final.example_option_correct) if base.example_option_correct else gen
+    norm = (
+        (base.example_option_correct_norm, final.example_option_correct_norm)
+        if base.example_option_correct_norm
+        else gen
+    )
+    return ExampleDiffs(loss=minus(base.example_losses, final.example_losses), acc=minus(*acc), acc_norm=minus(*norm))
 
 
 def load_task(task: str, data_dir: Path) -> Dataset:
@@ -207,12 +357,21 @@ def _arms(spec: str) -> tuple[str, ...]:
     unknown = [a for a in wanted if a not in ARMS]
     if unknown:
         raise SystemExit(f"--arms: unknown arm(s) {', '.join(unknown)}; choose from {', '.join(ARMS)}")
-    return tuple(a for a in ARMS if a in wanted)  # APE last: it takes its budget from the pmpo arm
+    return tuple(a for a in ARMS if a in wanted)  # pmpo first: ape, train_acc and gepa build on its rows
 
 
-def pmpo_arm(arm: str, settings: BenchSettings) -> tuple[OptimizerConfig, ScorerSettings]:
-    """The optimizer and scorer settings of a PMPO arm (the others differ from the defaults in one field)."""
+def pmpo_arm(arm: str, settings: BenchSettings) -> tuple[OptimizerConfig | None, ScorerSettings]:
+    """The optimizer and scorer settings of a PMPO arm (the others differ from the defaults in one place)."""
     config = OptimizerConfig(iterations=settings.iterations, seed=settings.seed)
+    if arm == "pmpo_strict":
+        strict = SelectionSettings(gate_z=0.0, keep_accuracy=False)
+        return config.model_copy(update={"selection": strict}), ScorerSettings()
+    if arm == "pmpo_demos":
+        if "demonstrations" not in OptimizerConfig.model_fields:
+            return None, ScorerSettings()
+        return OptimizerConfig(
+            iterations=settings.iterations, seed=settings.seed, demonstrations={"k": DEMOS_K}
+        ), ScorerSettings()
     if arm == "pmpo_no_masking":
         return config.model_copy(update={"masking": False}), ScorerSettings()
     if arm == "pmpo_ce":
@@ -224,7 +383,7 @@ def _parse(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--json", metavar="PATH", help="also write the whole report as JSON to PATH")
     p.add_argument("--tasks", help="comma-separated: BIG-bench sample names in --data-dir and/or builtin:NAME")
-    p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, of {', '.join(ARMS)}")
+    p.add_argument("--arms", default=",".join(DEFAULT_ARMS), help=f"comma-separated, of {', '.join(ARMS)}")
     # 2: enough for PMPO to move off the initial prompt; ~2 min per task and arm with SmolLM2 on 2 cores.
     p.add_argument("--iterations", type=int, default=None, help="PMPO iterations (default 2, --quick 1)")
     p.add_argument("--heldout", type=int, default=None, help="held-out examples per task (default 100, --quick 40)")

@@ -74,7 +74,7 @@ class HeldoutRecord(BaseModel):
     pool_fingerprint: str
     fingerprint: str  # of the drawn examples, in order
     rows: list[int]  # each example's row in the data source (1-based)
-    keys: list[str]  # each example's content hash (pmpo.data.examples.example_key)
+    hashes: list[str]  # each example's content hash (pmpo.data.examples.example_key)
     reused: int  # examples that had judged an earlier decision
     mean_prior_uses: float
     warning: str | None = None  # the pool is too small for fresh draws, or worn past promotion.reuse_budget
@@ -204,7 +204,7 @@ def _heldout_record(
         pool_fingerprint=draw.pool_fingerprint,
         fingerprint=draw.examples.fingerprint,
         rows=list(draw.examples.rows),
-        keys=list(draw.keys),
+        hashes=list(draw.hashes),
         reused=draw.reused,
         mean_prior_uses=draw.mean_prior_uses,
         warning=draw.warning,

@@ -37,7 +37,7 @@ class DecisionDraw:
     pool_size: int  # examples in the test split the draw is taken from
     pool_fingerprint: str
     examples: Dataset
-    keys: tuple[str, ...]  # each example's content hash (pmpo.data.examples.example_key), in order
+    hashes: tuple[str, ...]  # each example's content hash (pmpo.data.examples.example_key), in order
     reused: int  # examples of this draw that judged at least one earlier decision
     mean_prior_uses: float  # earlier decisions each example judged, on average
     max_prior_uses: int
@@ -56,13 +56,13 @@ def decision_draw(
     """Decision `number`'s draw of `n` examples (None: all) from `pool`, with its reuse counted against the budget."""
     seed = decision_seed(base_seed, name, number)
     drawn = heldout_draw(pool, n, seed=seed)
-    keys = tuple(example_key(e) for e in drawn.examples)
+    hashes = tuple(example_key(e) for e in drawn.examples)
     uses: Counter[str] = Counter()
     for earlier in range(number):
         uses.update(
             set(example_key(e) for e in heldout_draw(pool, n, seed=decision_seed(base_seed, name, earlier)).examples)
         )
-    prior = [uses[k] for k in keys]
+    prior = [uses[h] for h in hashes]
     mean = sum(prior) / len(prior)
     return DecisionDraw(
         number=number,
@@ -70,7 +70,7 @@ def decision_draw(
         pool_size=len(pool),
         pool_fingerprint=pool.fingerprint,
         examples=drawn,
-        keys=keys,
+        hashes=hashes,
         reused=sum(1 for u in prior if u),
         mean_prior_uses=mean,
         max_prior_uses=max(prior),

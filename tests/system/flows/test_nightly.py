@@ -156,7 +156,7 @@ def test_second_refresh_on_the_same_data_keeps_production(prompts, tiny_model_di
     assert production.version == first.production_version
     # Margin 0, no accuracy measured: promoted exactly when the loss change's whole interval is below zero.
     assert (first.outcome == "promoted") == (first.loss_change.high < 0) and first.why in ("promoted", *KEPT)
-    assert first.heldout.decision_number == 0 and len(first.heldout.keys) == HELDOUT
+    assert first.heldout.decision_number == 0 and len(first.heldout.hashes) == HELDOUT
 
     second = nightly_refresh(config).decisions[0]
 
@@ -210,7 +210,9 @@ def test_only_a_candidate_better_on_held_out_data_is_promoted(prompts, tiny_mode
     assert prompts.version_numbers("sent") == [1, bad.candidate_version]
     # ... on a fresh draw: the next decision's, of the same size, from the same pool
     assert again.heldout.decision_number == 1 and again.heldout.seed != bad.heldout.seed
-    assert again.heldout.keys != bad.heldout.keys and again.candidate.loss == pytest.approx(night[1][worse], rel=1e-5)
+    assert again.heldout.hashes != bad.heldout.hashes and again.candidate.loss == pytest.approx(
+        night[1][worse], rel=1e-5
+    )
     assert again.heldout.pool_size == 24 and again.heldout.reused <= HELDOUT and again.heldout.warning is None
 
     report = refresh_with(better)
@@ -223,7 +225,7 @@ def test_only_a_candidate_better_on_held_out_data_is_promoted(prompts, tiny_mode
     assert run.data.tags["pmpo.decision.sent"] == "promoted" and run.data.tags["pmpo.why.sent"] == "promoted"
     # The auditor's record: the examples (rows, hashes, seed) and the per-example losses the decision was made on.
     record = queries.run_json(report.run_id, "heldout/sent.json")
-    assert record["keys"] == good.heldout.keys and record["seed"] == good.heldout.seed
+    assert record["hashes"] == good.heldout.hashes and record["seed"] == good.heldout.seed
     assert len(record["candidate_losses"]) == HELDOUT
     assert sum(record["candidate_losses"]) / HELDOUT == pytest.approx(good.candidate.loss, rel=1e-6)
     assert prompts.prompt_tags("sent")["pmpo.heldout.decisions"] == "3"

@@ -26,10 +26,10 @@ def test_seeds_are_stable_and_differ_by_decision_prompt_and_split_seed():
 def test_each_decision_judges_a_fresh_stratified_draw_an_auditor_can_redo():
     pool = _pool()
     first, second = _draw(pool, 20, 0), _draw(pool, 20, 1)
-    assert set(first.keys) != set(second.keys)
+    assert set(first.hashes) != set(second.hashes)
     assert Counter(e.target for e in second.examples.examples) == {"positive": 10, "negative": 10}
     redone = heldout_draw(pool, 20, seed=second.seed)  # the record's seed and the pool give the same examples
-    assert tuple(example_key(e) for e in redone.examples) == second.keys
+    assert tuple(example_key(e) for e in redone.examples) == second.hashes
     assert second.examples.rows == redone.rows and second.pool_size == 200
 
 
@@ -40,9 +40,9 @@ def test_reuse_is_counted_from_the_earlier_draws():
     later = _draw(pool, 20, 5)
     earlier = Counter()
     for k in range(5):
-        earlier.update(set(_draw(pool, 20, k).keys))
-    assert later.reused == sum(1 for key in later.keys if earlier[key])
-    assert later.mean_prior_uses == sum(earlier[key] for key in later.keys) / 20
+        earlier.update(set(_draw(pool, 20, k).hashes))
+    assert later.reused == sum(1 for key in later.hashes if earlier[key])
+    assert later.mean_prior_uses == sum(earlier[key] for key in later.hashes) / 20
     assert 0 < later.reused <= 20 and later.max_prior_uses <= 5
 
 
@@ -59,4 +59,4 @@ def test_a_pool_no_larger_than_the_draw_warns_at_once():
         d = _draw(pool, n, 0)
         assert len(d.examples) == 12 and "too small for fresh draws" in d.warning
     again = _draw(pool, 12, 4)
-    assert again.keys == _draw(pool, 12, 0).keys and again.reused == 12 and again.mean_prior_uses == 4.0
+    assert again.hashes == _draw(pool, 12, 0).hashes and again.reused == 12 and again.mean_prior_uses == 4.0

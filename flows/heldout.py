@@ -4,6 +4,9 @@ its numbers there.
 Every version the nightly refresh registers carries the evaluation set-up it was judged on (data source, split,
 model, eval settings) as a version tag, so a later comparison scores it on the same held-out examples. Versions
 that `pmpo optimize` registered carry the id of their run instead, whose config.json says the same.
+
+The nightly refresh judges each decision on its own draw from the test split (pmpo.evaluation.rotation), so it
+reads the split (`pool`) and scores prompts on given examples (`evaluate_on`), keeping every per-example number.
 """
 
 from __future__ import annotations
@@ -14,7 +17,13 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from flows.config import ConfigError, EvaluateConfig, OptimizeConfig
 from flows.evaluate import evaluate_prompt
+from flows.steps import PrefectSteps, load_data
+from pmpo.data.examples import Dataset
+from pmpo.evaluation.heldout import Evaluation
+from pmpo.loop.optimizer import OptimizerConfig
+from pmpo.scoring.context_budget import check_fits
 from tasks.mlflow import prompts, queries
+from tasks.models import model_ref, text_side
 
 SETUP_TAG = "pmpo.evaluate_config"  # the version tag holding the evaluation set-up (EvaluateConfig JSON, no prompt)
 RUN_TAG = "run_id"  # the optimisation run a version came from (tasks.mlflow.prompts.register_prompt sets it)
@@ -31,6 +40,11 @@ class Score(BaseModel):
     accuracy: float | None  # generated answer is right (None: generation was off)
     option_accuracy: float | None = None  # multiple choice: the likeliest option is right (lm-eval `acc`)
     option_accuracy_norm: float | None = None  # the same per byte of the option (lm-eval `acc_norm`)
+
+    @classmethod
+    def of(cls, evaluation: Evaluation) -> "Score":
+        """The summary numbers of an evaluation (its per-example values stay with it)."""
+        return cls.model_validate({name: getattr(evaluation, name) for name in cls.model_fields})
 
 
 def setup_of(optimize: OptimizeConfig) -> EvaluateConfig:
@@ -73,6 +87,22 @@ def score(setup: EvaluateConfig, prompt: str) -> Score:
     """`prompt` on the set-up's held-out examples (the evaluate flow: cached, so a prompt costs once per data)."""
     result = evaluate_prompt(setup.model_copy(update={"prompt": prompt}))
     return Score.model_validate(result.model_dump(include=set(Score.model_fields)))  # the summary's fields of that name
+
+
+def pool(setup: EvaluateConfig, prompt: str) -> Dataset:
+    """The test split of the set-up's data: every example an evaluation with it may draw (`prompt`'s variables say
+    which columns fill them)."""
+    dataset, split = load_data(setup, prompt)
+    if split.test is None:
+        raise ConfigError(f"dataset {dataset.name!r} has one example: nothing is left to hold out")
+    return split.test
+
+
+def evaluate_on(setup: EvaluateConfig, prompt: str, examples: Dataset) -> Evaluation:
+    """`prompt` on exactly `examples`, with the set-up's model and eval settings (a cached task run)."""
+    ref = model_ref(setup.model, setup.scoring)
+    check_fits(text_side(ref), prompt, examples, setup.scoring.mc_objective)
+    return PrefectSteps(ref, OptimizerConfig()).evaluate(prompt, examples, "prompt", setup.eval)
 
 
 def _validated(values: dict, origin: str) -> EvaluateConfig:

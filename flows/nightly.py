@@ -1,6 +1,6 @@
 """The nightly refresh: for each managed prompt, optimise from the current production version on the current
-data, judge the candidate against production on the same held-out examples, and promote it only when it is
-better there by the margin (flows.promotion decides and records). Each decision goes to the flow's log, the
+data, judge the candidate against production on the same held-out examples (a fresh draw per decision), and
+promote it only when the paired interval of the change clears the margin (flows.promotion decides and records). Each decision goes to the flow's log, the
 candidate's registry version tags, the optimisation run's tags and the refresh's own MLflow run.
 
 One failing prompt does not stop the others: the refresh finishes them all, then fails naming the ones that
@@ -70,7 +70,7 @@ def optimize_candidate(managed: ManagedPrompt, start: str | None) -> Proposal:
 
 @flow(name="nightly-refresh")
 def nightly_refresh(config: NightlyConfig) -> NightlyReport:
-    """Refresh every managed prompt; promote a candidate only when it wins on held-out data by the margin."""
+    """Refresh every managed prompt; promote a candidate only when its held-out interval clears the margin."""
     return refresh(config)
 
 
@@ -178,11 +178,14 @@ def _isolated(label: str, step: Callable[[], Any]) -> Any:
     except Exception as exc:  # noqa: BLE001
         reason = str(exc) if isinstance(exc, PmpoError) else f"{type(exc).__name__}: {exc}"
         log.error("%s: FAILED: %s", label, reason, exc_info=not isinstance(exc, PmpoError))
-        return Decision(name=label, outcome="failed", reason=" ".join(reason.split()))
+        return Decision(name=label, outcome="failed", why="failed", reason=" ".join(reason.split()))
 
 
 def _decide(proposed: _Proposed, rule: PromotionRule, nightly_run_id: str) -> Decision:
     """Judge the candidate on held-out data, register it with its decision, promote it if it won; log the decision."""
     decision = promotion.decide(proposed.managed, rule, proposed.production, proposed.proposal, nightly_run_id)
-    get_run_logger().info("%s", promotion.line(decision))
+    log = get_run_logger()
+    log.info("%s", promotion.line(decision))
+    if decision.heldout and decision.heldout.warning:
+        log.warning("%s: %s", decision.name, decision.heldout.warning)
     return decision

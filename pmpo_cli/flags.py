@@ -53,6 +53,7 @@ def flag_names() -> dict[str, str]:
         "task_runner.address": "--dask",
         "task_runner": "--dask",
         "promotion.margin": "--margin",
+        "promotion.max_accuracy_drop": "--max-accuracy-drop",
         "prompts_file": "--config",
     }
     return names

@@ -42,7 +42,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     nightly = sub.add_parser("nightly", help="run the nightly refresh once, now")
     nightly.add_argument("--config", required=True, metavar="FILE", help="managed prompts file (YAML or TOML)")
     nightly.add_argument(
-        "--margin", type=float, help="relative held-out loss improvement needed to promote (default 0.01)"
+        "--margin",
+        type=float,
+        help="the held-out loss change's 95%% interval must lie below minus this fraction to promote (default 0.01)",
+    )
+    nightly.add_argument(
+        "--max-accuracy-drop",
+        type=float,
+        help="the accuracy change's 95%% interval may reach down to minus this (default 0.1)",
     )
     nightly.add_argument("--output", metavar="FILE", help="write the decisions as JSON")
 
@@ -123,8 +130,9 @@ def nightly(args: argparse.Namespace) -> int:
     from pmpo_cli.flags import flag_names
 
     values: dict[str, Any] = {"prompts_file": args.config}
-    if args.margin is not None:
-        values["promotion"] = {"margin": args.margin}
+    promotion = {"margin": args.margin, "max_accuracy_drop": args.max_accuracy_drop}
+    if any(v is not None for v in promotion.values()):
+        values["promotion"] = {k: v for k, v in promotion.items() if v is not None}
     config = build(NightlyConfig, values, origin="arguments", names=flag_names())
     plan(config)  # every entry of the prompts file checked before any run exists (a key typo is a config error)
     before_flows()
@@ -146,15 +154,24 @@ def decisions_table(report: Any) -> None:
     from pmpo_cli.display import console
 
     table = Table(title="nightly refresh", header_style="bold")
-    for col in ("prompt", "decision", "production", "candidate", "held-out loss prod -> cand", "reason"):
+    for col in ("prompt", "decision", "why", "production", "candidate", "held-out loss prod -> cand", "reason"):
         table.add_column(col)
     for d in report.decisions:
         style = {"promoted": "green", "kept": "", "failed": "red"}[d.outcome]
         losses = f"{d.production.loss:.4f} -> {d.candidate.loss:.4f}" if d.production and d.candidate else "-"
         table.add_row(
-            d.name, Text(d.outcome, style=style), _v(d.production_version), _v(d.candidate_version), losses, d.reason
+            d.name,
+            Text(d.outcome, style=style),
+            d.why or "-",
+            _v(d.production_version),
+            _v(d.candidate_version),
+            losses,
+            d.reason,
         )
     console.print(table)
+    for d in report.decisions:  # the held-out pool is too small for fresh draws, or worn
+        if d.heldout and d.heldout.warning:
+            console.print(f"[yellow]{d.name}: {d.heldout.warning}[/yellow]")
     for d in report.decisions:  # fanned out over a work pool: where each prompt's optimisation ran
         if d.flow_run_url:
             console.print(f"{d.name}: flow run {d.flow_run_url}")

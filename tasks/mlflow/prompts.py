@@ -154,6 +154,22 @@ def tag_version(name: str, version: int, tags: dict[str, str]) -> None:
         c.set_prompt_version_tag(name, version, key, str(value))
 
 
+def prompt_tags(name: str) -> dict[str, str]:
+    """The tags of the prompt itself, not of one version (empty: no tags, or no such prompt)."""
+    try:
+        found = client().get_prompt(name)
+    except MlflowException:
+        return {}
+    return dict(found.tags) if found is not None else {}
+
+
+def tag_prompt(name: str, tags: dict[str, str]) -> None:
+    """Set tags on the prompt itself (e.g. how many nightly decisions it has had)."""
+    c = client()
+    for key, value in tags.items():
+        c.set_prompt_tag(name, key, str(value))
+
+
 def _same_text_version(c: MlflowClient, name: str, text: str):
     """The newest version of prompt `name` whose text is `text` (None: none, or no such prompt)."""
     try:

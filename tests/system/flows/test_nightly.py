@@ -1,6 +1,7 @@
 """The nightly refresh on the tiny model under a throwaway Prefect API: a second refresh on the same data keeps
 production, a candidate that is worse on held-out data is never promoted however low its training loss (and a
-better one is), a prompt with broken data fails alone and is named, and every decision is on record."""
+better one is), each decision is judged on its own held-out draw and records it, a prompt with broken data fails
+alone and is named, and every decision is on record."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from pmpo.errors import PmpoError
 # logging before `pmpo`'s CLI tests can quiet it.
 
 PROMPT = "Read the review. Answer with one word."
-LIMIT, HELDOUT = 30, 6
+LIMIT, HELDOUT = 30, 6  # a test split of 24: each decision draws 6 of them afresh
+KEPT = ("no_loss_gain", "loss_interval_crosses_margin", "no_new_candidate")
 # Prompts to pick a deliberately worse and a better candidate from (by their measured held-out loss).
 POOL = [
     PROMPT,
@@ -55,48 +57,51 @@ def prompts(pmpo_home):
 
 @pytest.fixture(scope="module")
 def heldout_losses(tiny_lm):
-    """Each pool prompt's loss on the held-out examples the refresh judges on, measured without the refresh."""
+    """Each pool prompt's loss on the held-out draw of the refresh's decisions 0, 1 and 2 about `sent`, measured
+    without the refresh: {decision: {prompt: loss}}."""
     from pmpo.data import load_dataset, split_dataset
-    from pmpo.evaluation.draw import heldout_draw
     from pmpo.evaluation.heldout import evaluate
+    from pmpo.evaluation.rotation import decision_draw
 
     test = split_dataset(load_dataset("builtin:sentiment", limit=LIMIT), seed=0).test
-    heldout = heldout_draw(test, HELDOUT, seed=0)  # the flows' draw: seeded, stratified by label
-    return {p: evaluate(tiny_lm, p, heldout, generate=False).loss for p in POOL}
+    losses = {}
+    for k in range(3):  # the flows' draw: seeded by the decision's number, stratified by label
+        heldout = decision_draw(test, HELDOUT, base_seed=0, name="sent", number=k, reuse_budget=10).examples
+        losses[k] = {p: evaluate(tiny_lm, p, heldout, generate=False).loss for p in POOL}
+    return losses
 
 
 # -- the promotion rule and the prompts file, without a flow --------------------------------------------------
 
 
-def _score(loss: float, accuracy: float | None = None):
-    from flows.heldout import Score
+def _evaluation(losses, correct=None):
+    from pmpo.evaluation.heldout import Evaluation
 
-    return Score(n_examples=10, loss=loss, loss_per_token=loss / 3, accuracy=accuracy)
+    return Evaluation(
+        prompt="p",
+        n_examples=len(losses),
+        loss=sum(losses) / len(losses),
+        loss_per_token=1.0,
+        accuracy=None if correct is None else sum(correct) / len(correct),
+        option_accuracy=None,
+        example_losses=tuple(losses),
+        example_correct=correct,
+    )
 
 
-@pytest.mark.parametrize(
-    ("production", "candidate", "promote", "says"),
-    [
-        ((2.0,), (1.5,), True, "better"),
-        ((2.0,), (1.99,), False, "not better by the margin"),  # 0.5% < the 1% margin
-        ((2.0,), (2.0,), False, "not better"),
-        ((2.0,), (2.5,), False, "not better"),
-        ((2.0, 0.8), (1.5, 0.7), False, "accuracy drops"),
-        ((2.0, 0.8), (1.5, 0.8), True, "accuracy 80.0% -> 80.0%"),
-    ],
-)
-def test_promotion_rule_uses_held_out_loss_with_a_margin_and_guards_accuracy(production, candidate, promote, says):
+def test_the_promotion_settings_reach_the_gate():
     from flows.managed import PromotionRule
 
-    decided, why = PromotionRule(margin=0.01).decide(_score(*production), _score(*candidate))
-    assert decided is promote
-    assert says in why
-
-
-def test_accuracy_guard_can_be_turned_off():
-    from flows.managed import PromotionRule
-
-    assert PromotionRule(margin=0.01, max_accuracy_drop=None).decide(_score(2.0, 0.8), _score(1.5, 0.1))[0]
+    before = tuple(2.0 + 0.1 * (i % 5) for i in range(40))
+    after = tuple(x * 0.9 for x in before)  # 10% lower on every example
+    right, lost = (True,) * 40, (False,) * 10 + (True,) * 30
+    rule = PromotionRule()
+    assert (rule.margin, rule.max_accuracy_drop, rule.confidence) == (0.01, 0.1, 0.95)
+    assert rule.decide(_evaluation(before), _evaluation(after), seed=0).why == "promoted"
+    assert PromotionRule(margin=0.2).decide(_evaluation(before), _evaluation(after), seed=0).why == "no_loss_gain"
+    assert rule.decide(_evaluation(before, right), _evaluation(after, lost), seed=0).why == "accuracy_drop"
+    off = PromotionRule(max_accuracy_drop=None)  # the accuracy guard off
+    assert off.decide(_evaluation(before, right), _evaluation(after, lost), seed=0).promote
 
 
 def test_prompts_file_entries_are_all_validated_before_the_refresh_starts(tmp_path, tiny_model_dir):
@@ -149,7 +154,9 @@ def test_second_refresh_on_the_same_data_keeps_production(prompts, tiny_model_di
     assert v1.text == PROMPT and v1.tags["pmpo.decision"] == "initial"  # no production yet: the initial prompt
     production = prompts.get_version("sent", "production")
     assert production.version == first.production_version
-    assert (first.outcome == "promoted") == (first.candidate.loss < first.production.loss)  # margin 0
+    # Margin 0, no accuracy measured: promoted exactly when the loss change's whole interval is below zero.
+    assert (first.outcome == "promoted") == (first.loss_change.high < 0) and first.why in ("promoted", *KEPT)
+    assert first.heldout.decision_number == 0 and len(first.heldout.hashes) == HELDOUT
 
     second = nightly_refresh(config).decisions[0]
 
@@ -170,12 +177,13 @@ def test_only_a_candidate_better_on_held_out_data_is_promoted(prompts, tiny_mode
     from flows.managed import ManagedPrompt
     from flows.nightly import refresh
     from flows.promotion import Proposal
-    from tasks.mlflow import prompts, store
+    from tasks.mlflow import prompts, queries, store
 
-    initial = heldout_losses[PROMPT]
+    night = heldout_losses  # decision k is judged on its own draw: the losses of each
     others = [p for p in POOL if p != PROMPT]
-    worse, better = max(others, key=heldout_losses.get), min(others, key=heldout_losses.get)
-    assert heldout_losses[worse] > initial > heldout_losses[better]  # the premise of this test
+    worse, better = max(others, key=night[0].get), min(others, key=night[2].get)
+    assert night[0][worse] > night[0][PROMPT] and night[1][worse] > night[1][PROMPT]  # the premises of this test
+    assert night[2][better] < night[2][PROMPT]
 
     def propose(text):
         def make(m: ManagedPrompt, start: str | None) -> Proposal:  # the Proposer signature
@@ -189,22 +197,38 @@ def test_only_a_candidate_better_on_held_out_data_is_promoted(prompts, tiny_mode
         return refresh(inline(tiny_model_dir), propose=propose(text))
 
     bad = refresh_with(worse).decisions[0]
-    assert bad.outcome == "kept" and bad.candidate.loss == pytest.approx(heldout_losses[worse], rel=1e-5)
-    assert bad.production.loss == pytest.approx(initial, rel=1e-5)
+    assert (bad.outcome, bad.why) == ("kept", "no_loss_gain")
+    assert bad.candidate.loss == pytest.approx(night[0][worse], rel=1e-5)
+    assert bad.production.loss == pytest.approx(night[0][PROMPT], rel=1e-5)
     assert prompts.get_version("sent", "production").version == 1
     kept = prompts.get_version("sent", bad.candidate_version)
     assert kept.text == worse and kept.tags["pmpo.decision"] == "kept" and kept.tags["pmpo.training_loss"] == "0.000000"
-    assert "not better" in kept.tags["pmpo.reason"]
+    assert "not better" in kept.tags["pmpo.reason"] and kept.tags["pmpo.why"] == "no_loss_gain"
+    assert kept.tags["pmpo.heldout.seed"] == str(bad.heldout.seed)
     again = refresh_with(worse).decisions[0]  # the same candidate the next night: judged again, not registered again
     assert (again.outcome, again.candidate_version) == ("kept", bad.candidate_version)
     assert prompts.version_numbers("sent") == [1, bad.candidate_version]
+    # ... on a fresh draw: the next decision's, of the same size, from the same pool
+    assert again.heldout.decision_number == 1 and again.heldout.seed != bad.heldout.seed
+    assert again.heldout.hashes != bad.heldout.hashes and again.candidate.loss == pytest.approx(
+        night[1][worse], rel=1e-5
+    )
+    assert again.heldout.pool_size == 24 and again.heldout.reused <= HELDOUT and again.heldout.warning is None
 
     report = refresh_with(better)
     good = report.decisions[0]
-    assert good.outcome == "promoted"
+    assert (good.outcome, good.why) == ("promoted", "promoted") and good.loss_change.high < 0
+    assert good.heldout.decision_number == 2
     assert prompts.get_version("sent", "production").text == better
     assert prompts.get_version("sent", good.candidate_version).tags["pmpo.decision"] == "promoted"
-    assert store.client().get_run(report.run_id).data.tags["pmpo.decision.sent"] == "promoted"
+    run = store.client().get_run(report.run_id)
+    assert run.data.tags["pmpo.decision.sent"] == "promoted" and run.data.tags["pmpo.why.sent"] == "promoted"
+    # The auditor's record: the examples (rows, hashes, seed) and the per-example losses the decision was made on.
+    record = queries.run_json(report.run_id, "heldout/sent.json")
+    assert record["hashes"] == good.heldout.hashes and record["seed"] == good.heldout.seed
+    assert len(record["candidate_losses"]) == HELDOUT
+    assert sum(record["candidate_losses"]) / HELDOUT == pytest.approx(good.candidate.loss, rel=1e-6)
+    assert prompts.prompt_tags("sent")["pmpo.heldout.decisions"] == "3"
 
 
 @pytest.mark.usefixtures("prefect_harness")

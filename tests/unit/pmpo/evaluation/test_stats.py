@@ -45,3 +45,15 @@ def test_same_seed_same_interval_and_bad_input_says_why():
         paired_bootstrap([1.0, 2.0], [1.0])
     with pytest.raises(PmpoError, match="confidence"):
         paired_bootstrap([1.0], [1.0], confidence=95)
+
+
+def test_relative_change_is_the_change_over_the_mean_before():
+    rng = np.random.default_rng(2)
+    before = rng.gamma(4.0, 1.0, 100)
+    after = before * 0.9 + rng.normal(0, 0.05, 100)
+    absolute = paired_bootstrap(before, after, seed=1)
+    relative = paired_bootstrap(before, after, seed=1, relative=True)
+    assert relative.estimate == pytest.approx(absolute.estimate / before.mean())
+    assert relative.low < -0.1 + 0.02 and -0.1 - 0.02 < relative.high < 0  # about 10% lower, resolved
+    with pytest.raises(PmpoError, match="positive mean"):
+        paired_bootstrap([0.0, -1.0], [1.0, 1.0], relative=True)

@@ -13,13 +13,22 @@ only slot the waiting refresh would hold, so then the prompts run in this proces
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterDeploymentId,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+    FlowRunFilterTags,
+)
+from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import get_current_settings
@@ -41,6 +50,7 @@ class Child:
     flow_run_id: str
     url: str  # the run's page in the Prefect UI
     experiment: str  # where its optimisation run is recorded
+    adopted: bool = False  # started by an earlier refresh that did not live to wait for it
 
 
 @dataclass(frozen=True)
@@ -73,17 +83,47 @@ def _on_a_pool(name: str) -> bool:
 
 
 def launch(deployment: str, name: str, config: OptimizeConfig) -> Child:
-    """Start the prompt's optimisation as a flow run of `deployment` (a sub-run of this one); return at once."""
+    """Start the prompt's optimisation as a flow run of `deployment` (a sub-run of this one); return at once.
+
+    A run of the same optimisation that has not ended yet (left by a refresh that was killed while it waited) is
+    waited for instead: a second copy would compute the same candidates again beside it.
+    """
+    parameters = {"config": config.model_dump(mode="json", by_alias=True)}
+    tag = child_tag(parameters)
+    running = _unfinished(deployment, tag)
+    if running is not None:
+        return Child(name, str(running.id), run_url(running), config.experiment or config.task or name, adopted=True)
     run = run_deployment(
         deployment,
         # by_alias: the names the deployment's parameter schema shows (rewrite.k, rewrite.n), which the server checks.
-        parameters={"config": config.model_dump(mode="json", by_alias=True)},
+        parameters=parameters,
         flow_run_name=f"nightly {name}",
         timeout=0,  # start it and go on: the pool's workers run the children side by side
-        tags=["pmpo", "nightly"],
+        tags=["pmpo", "nightly", tag],
         as_subflow=True,
     )
     return Child(name, str(run.id), run_url(run), config.experiment or config.task or name)
+
+
+def child_tag(parameters: dict[str, Any]) -> str:
+    """The tag naming one optimisation by its parameters (the config, with the prompt it starts from)."""
+    digest = hashlib.sha256(json.dumps(parameters, sort_keys=True).encode()).hexdigest()[:16]
+    return f"pmpo-child:{digest}"
+
+
+def _unfinished(deployment: str, tag: str) -> FlowRun | None:
+    """A run of `deployment` tagged `tag` that is scheduled, waiting or running; None when there is none."""
+    waiting = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED, StateType.CANCELLING]
+    with get_client(sync_client=True) as client:
+        found = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                deployment_id=FlowRunFilterDeploymentId(any_=[client.read_deployment_by_name(deployment).id]),
+                tags=FlowRunFilterTags(all_=[tag]),
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=waiting)),
+            ),
+            limit=1,
+        )
+    return found[0] if found else None
 
 
 def wait_all(children: list[Child], poll_s: float = 5.0, timeout_s: float | None = None) -> dict[str, Ended]:

@@ -7,7 +7,7 @@ same candidates for the same seed, and a rerun takes every step it already compu
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from flows.cluster import LossFanOut
 from flows.config import EvalConfig, EvaluateConfig, OptimizeConfig
@@ -27,6 +27,7 @@ from tasks.models import usage as model_usage
 from tasks.progress import Event, report
 from tasks.rewriters import RewriterRef, same_as
 from tasks.rewriters import usage as rewriter_usage
+from tasks.store import write_failure
 
 
 def load_data(config: OptimizeConfig | EvaluateConfig, prompt: str) -> tuple[Dataset, Split]:
@@ -118,7 +119,7 @@ class PrefectSteps:
         shards = self.fan_out.shards(prompts)
         submit = self.fan_out.submit
         futures = [submit(self._loss, model=self.model, prompts=s, data=train, iteration=iteration) for s in shards]
-        parts = [f.result() for f in futures]  # raises the first failed shard's exception
+        parts = [_value(f.result) for f in futures]  # raises the first failed shard's exception
         cached = [f.state.name == "Cached" for f in futures]
         for s, hit in zip(shards, cached):
             self.work.runs.append(StepRun("loss", iteration, t.loss_label(s, train, iteration), hit))
@@ -214,8 +215,19 @@ class PrefectSteps:
     def _run(self, step: str, iteration: int, label: str, task: Any, /, **kwargs: Any) -> Any:
         report(Event("start", label))
         state = task(**kwargs, return_state=True)
-        value = state.result()  # raises the task's exception when it failed
+        value = _value(state.result)
         cached = state.name == "Cached"
         self.work.runs.append(StepRun(step, iteration, label, cached))
         report(Event("done", label, cached=cached))
         return value
+
+
+def _value(result: Callable[[], Any]) -> Any:
+    """`result()` of a task run: its exception when it failed, one naming the result store when writing there failed."""
+    try:
+        return result()
+    except OSError as exc:
+        failed = write_failure(exc)
+        if failed is None:
+            raise
+        raise failed from exc

@@ -28,12 +28,34 @@ import anyio.to_thread
 from filelock import FileLock, Timeout
 from prefect.filesystems import RemoteFileSystem
 
-from tasks.environment import home, results_location
+from pmpo.errors import PmpoError
+from tasks.environment import home, redact, results_location
 from tasks.serialization import SafeRecordStorage, SafeRemoteRecordStorage
 
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 _HELD: dict[tuple[str, str], FileLock] = {}  # (lock file, holder) -> the lock this process holds for it
 _GUARD = threading.Lock()
+
+
+class ResultStoreError(PmpoError):
+    """The result store could not be written (disk full, read-only, gone): the error names the store."""
+
+
+def write_failure(exc: OSError) -> ResultStoreError | None:
+    """`exc` as an error naming the result store, when it failed on a file of the store; else None.
+
+    Prefect writes a value, then its record, each straight into its file: a write cut short leaves a value with no
+    record, or a record whose value does not decode. Either is a cache miss on read (tasks.serialization), so a
+    half-written result is recomputed, never read back as valid.
+    """
+    location = results_location()
+    where = str(exc.filename or "")
+    if is_url(location) or not where.startswith(location.rstrip("/") + "/"):
+        return None
+    return ResultStoreError(
+        f"result store {location} (PMPO_RESULTS_DIR): cannot write {where}: {exc.strerror or exc}; "
+        "free space or make it writable, then run again: the run resumes from what was stored"
+    )
 
 
 def is_url(location: str) -> bool:
@@ -61,7 +83,12 @@ def result_store() -> ResultStore:
         return ResultStore(location, values, records, FileLocks(str(home() / "locks" / "results")))
     root = Path(location)
     for path in (root / "records", root / "values", root / "locks"):
-        path.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ResultStoreError(
+                f"result store {redact(location)} (PMPO_RESULTS_DIR): cannot create {path}: {exc.strerror or exc}"
+            ) from None
     records = SafeRecordStorage(basepath=str(root / "records"), values=str(root / "values"))
     return ResultStore(location, root / "values", records, FileLocks(str(root / "locks")))
 

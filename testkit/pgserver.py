@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -40,6 +41,26 @@ def free_port() -> int:
 @contextlib.contextmanager
 def running_postgres() -> Iterator[str]:
     """Start a fresh server; yield its URL (database `postgres`); stop it and delete its files at the end."""
+    with postgres_server() as server:
+        yield server.url
+
+
+@dataclass(frozen=True)
+class Postgres:
+    """A running throwaway server: its URL, and how to restart it (fault-injection tests)."""
+
+    url: str
+    ctl: tuple[str, ...]  # pg_ctl -D <data>, as the server's user
+    log: Path  # the server's log (without one, pg_ctl's pipes would stay open for as long as the server runs)
+
+    def restart(self) -> None:
+        """Stop it (fast: clients are disconnected) and start it again on the same port and data."""
+        _run([*self.ctl, "-l", str(self.log), "-m", "fast", "-w", "-t", "120", "restart"])
+
+
+@contextlib.contextmanager
+def postgres_server() -> Iterator[Postgres]:
+    """`running_postgres`, yielding the server itself."""
     bindir = binaries()
     if bindir is None:
         raise FileNotFoundError("PostgreSQL's initdb is not installed (apt-get install postgresql)")
@@ -57,7 +78,7 @@ def running_postgres() -> Iterator[str]:
         options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=off"
         _run([*ctl, "-l", str(root / "server.log"), "-o", options, "-w", "-t", "120", "start"])
         try:
-            yield f"postgresql://{USER}@127.0.0.1:{port}/postgres"
+            yield Postgres(f"postgresql://{USER}@127.0.0.1:{port}/postgres", tuple(ctl), root / "server.log")
         finally:
             _run([*ctl, "-m", "fast", "-w", "stop"], check=False)
     finally:

@@ -42,6 +42,19 @@ def test_prefect_yaml_declares_the_three_deployments(monkeypatch):
     assert {d["work_pool"]["name"] for d in found.values()} == {"pmpo"}
 
 
+def test_optimize_runs_send_heartbeats_that_the_crashed_runs_automation_watches():
+    from prefect.events.schemas.automations import AutomationCore
+
+    optimize = _deployments()["optimize"]
+    beat = int(optimize["work_pool"]["job_variables"]["env"]["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"])
+    assert "retries" not in optimize  # a crashed child runs again in the next refresh (docs/operations.md)
+    automation = AutomationCore.model_validate(yaml.safe_load((ROOT / "deployments" / "crashed-runs.yaml").read_text()))
+    assert automation.trigger.within.total_seconds() >= 3 * beat  # a late heartbeat is not a crash
+    assert automation.trigger.after == {"prefect.flow-run.heartbeat"}
+    [action] = automation.actions
+    assert (action.type, action.state.value) == ("change-flow-run-state", "CRASHED")
+
+
 def test_prefect_yaml_pulls_from_the_local_checkout():
     spec = yaml.safe_load(PREFECT_YAML.read_text())
     [build] = spec["build"]

@@ -165,3 +165,12 @@ def test_planted_pickle_under_the_rerun_key_is_not_executed(pmpo_home, tiny_mode
         assert "ignoring cached result" in caplog.text
         assert json.loads(record.read_bytes())["serializer"] == {"type": "pmpo-json"}  # overwritten
         caplog.clear()
+
+    # A write cut short (disk full, a kill mid-write): Prefect writes the value, then the record, each straight into
+    # its file. Half a record, or a whole record over half a value, is a cache miss, never a wrong result.
+    honest_value = value.read_bytes()
+    for planted_record, planted_value in ((honest[: len(honest) // 2], honest_value), (honest, honest_value[:40])):
+        record.write_bytes(planted_record)
+        value.write_bytes(planted_value)
+        again, cached = losses()
+        assert not cached and np.array_equal(again.loss, first.loss)

@@ -270,7 +270,7 @@ def by_training_accuracy(lm: LoadedModel, ctx: TaskContext, pool: tuple[PoolEntr
 
 def _gepa(lm, ctx: TaskContext, settings: BenchSettings, reference: ArmResult):
     try:
-        from gepa_arm import GepaUnavailable, gepa_search
+        from gepa_arm import GepaNotInstalled, gepa_search
     except ImportError:
         _log(f"[{ctx.task}] gepa: benchmarks/gepa_arm.py is missing; no gepa row")
         return None
@@ -278,7 +278,7 @@ def _gepa(lm, ctx: TaskContext, settings: BenchSettings, reference: ArmResult):
         prompt, candidates = gepa_search(
             lm, ctx.train, ctx.initial, token_budget=reference.cost.forward_tokens, seed=settings.seed
         )
-    except GepaUnavailable as e:
+    except GepaNotInstalled as e:
         _log(f"[{ctx.task}] gepa: {e}; no gepa row")
         return None
     return prompt, candidates, ()

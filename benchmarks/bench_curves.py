@@ -57,20 +57,29 @@ def main(argv: list[str] | None = None) -> None:
         "machine": _machine(),
         "command": "python benchmarks/bench_curves.py " + " ".join(argv or sys.argv[1:]),
     }
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if args.replot:  # fits and plots again from the points in --json (a run cut short keeps what it measured)
+        report = json.loads(out.read_text())
+        report["fits"] = _fits(report["curves"])
+        out.write_text(json.dumps(report, indent=2) + "\n")
+        _plots(report, Path(args.img))
+        print(json.dumps(report["fits"], indent=2))
+        return
     if not args.skip_scorer:
         lm = load_model(ModelSettings())
         report["model"] = {"dtype": str(lm.dtype).removeprefix("torch."), "params": lm.model.num_parameters()}
         work = wl.build(args.task, 8, 40)
         report["workload"] = work.source
-        report["curves"] = _curves(lm, work, quick)
+        report["curves"] = {}
+        save = lambda: out.write_text(json.dumps(report, indent=2) + "\n")  # noqa: E731
+        _curves(lm, work, quick, report["curves"], save)
         report["fits"] = _fits(report["curves"])
     if args.nightly:
         report["nightly"] = _nightly(
             [int(n) for n in args.nightly.split(",")], [int(w) for w in args.workers.split(",")]
         )
     report["machine"]["load_average_end"] = os.getloadavg()[0]
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
     if args.merge and out.exists():  # keep the part of an earlier run this one skipped
         report = (
             json.loads(out.read_text())
@@ -93,6 +102,7 @@ def _parse(argv):
     p.add_argument("--workers", default="1,2", help="process worker counts of the nightly refresh")
     p.add_argument("--skip-scorer", action="store_true", help="only the nightly refresh")
     p.add_argument("--merge", action="store_true", help="add to the JSON already at --json instead of replacing it")
+    p.add_argument("--replot", action="store_true", help="only fit and plot the points already in --json")
     return p.parse_args(argv)
 
 
@@ -123,7 +133,7 @@ def _point(lm, run) -> dict:
                 "tokens_generated": used.tokens_generated,
                 "tokens_prefilled": used.tokens_prefilled,
             }
-        if t.cpu > 4:  # long enough that a second run would not change the figure, only the time the curves take
+        if t.cpu > 1.5:  # long enough that a second run would not change the figure, only the time the curves take
             break
     return best
 
@@ -148,10 +158,11 @@ def _prefix_tokens(lm, prompt: str) -> int:
     )
 
 
-def _curves(lm, work, quick: bool) -> dict:
+def _curves(lm, work, quick: bool, curves: dict, save) -> None:
+    """Measure every curve into `curves`, calling `save()` after each point (a run cut short keeps its points)."""
     incumbent, block = work.zero_shot[0], work.few_shot[0].removeprefix(work.zero_shot[0]).strip()
     log = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731
-    curves: dict = {"prompt_length": [], "examples": [], "candidates": [], "greedy": [], "rewrite": []}
+    curves |= {"prompt_length": [], "examples": [], "candidates": [], "greedy": [], "rewrite": []}
 
     examples10 = list(work.train[:10])
     for length in (0, 1000) if quick else (0, 250, 500, 1000):
@@ -160,6 +171,7 @@ def _curves(lm, work, quick: bool) -> dict:
         for reuse in (True, False):  # both in turn at each length: the ratio sees the same load
             row["reuse" if reuse else "no_reuse"] = _point(lm, _score(lm, [prompt], examples10, reuse))
         curves["prompt_length"].append(row)
+        save()
         log(f"prompt {row['prefix_tokens']} tokens: {row['reuse']['cpu_s']:.2f} / {row['no_reuse']['cpu_s']:.2f} cpu-s")
 
     for n in (5, 40) if quick else (5, 10, 20, 40):
@@ -167,6 +179,7 @@ def _curves(lm, work, quick: bool) -> dict:
         for name, prompts in (("zero_shot", work.zero_shot[:1]), ("few_shot", work.few_shot[:1])):
             row[name] = _point(lm, _score(lm, prompts, list(work.train[:n])))
         curves["examples"].append(row)
+        save()
         log(f"{n} examples: {row['zero_shot']['cpu_s']:.2f} / {row['few_shot']['cpu_s']:.2f} cpu-s")
 
     for c in (1, 4) if quick else (1, 2, 4):
@@ -174,14 +187,16 @@ def _curves(lm, work, quick: bool) -> dict:
         for name, prompts in (("zero_shot", work.zero_shot[:c]), ("few_shot", work.few_shot[:c])):
             row[name] = _point(lm, _score(lm, prompts, examples10))
         curves["candidates"].append(row)
+        save()
         log(f"{c} candidates: {row['zero_shot']['cpu_s']:.2f} / {row['few_shot']['cpu_s']:.2f} cpu-s")
 
     # The held-out evaluation's answers: greedy decoding of rendered contexts, batched as pmpo.evaluation does.
     contexts = [render(lm.tokenizer, lm.placement, incumbent, e.input).text for e in work.train[:16]]
-    for n, new in ((8, 4), (8, 32)) if quick else ((4, 16), (8, 4), (8, 16), (8, 32), (16, 16)):
+    for n, new in ((4, 16), (8, 4), (8, 32)):
         row = {"contexts": n, "max_new_tokens": new}
         row |= _point(lm, lambda n=n, new=new: greedy(lm, contexts[:n], max_new_tokens=new))
         curves["greedy"].append(row)
+        save()
         log(f"greedy {n} x {new} new tokens: {row['cpu_s']:.2f} cpu-s, {row['tokens_generated']} generated")
 
     # The rewrite proposal: one request for one hard example, n_variants sampled replies (the loop sends hard_k).
@@ -198,8 +213,8 @@ def _curves(lm, work, quick: bool) -> dict:
         )
         row |= _point(lm, run)
         curves["rewrite"].append(row)
+        save()
         log(f"rewrite {n} variants: {row['cpu_s']:.2f} cpu-s, {row['tokens_generated']} generated")
-    return curves
 
 
 def _fit(x, y) -> dict:
@@ -223,34 +238,38 @@ def _fit2(x1, x2, y) -> dict:
 
 def _fits(curves: dict) -> dict:
     """The cost model: seconds = a + b * work, per step, from the points measured with prefix reuse."""
-    scored = [r["reuse"] for r in curves["prompt_length"]]
-    scored += [r[w] for key in ("examples", "candidates") for r in curves[key] for w in ("zero_shot", "few_shot")]
-    scoring = _fit([p["tokens_scored"] for p in scored], [p["cpu_s"] for p in scored])
-    g = curves["greedy"]
-    greedy_fit = _fit2([p["tokens_prefilled"] for p in g], [p["tokens_generated"] for p in g], [p["cpu_s"] for p in g])
-    rewrite = _fit([p["tokens_generated"] for p in curves["rewrite"]], [p["cpu_s"] for p in curves["rewrite"]])
-    no_reuse = [r["no_reuse"] for r in curves["prompt_length"]]
-    length = [r["prefix_tokens"] for r in curves["prompt_length"]]
+    c = {k: curves.get(k, []) for k in ("prompt_length", "examples", "candidates", "greedy", "rewrite")}
+    fit = lambda x, y: _fit(x, y) if len(x) >= 2 else None  # noqa: E731
+    scored = [r["reuse"] for r in c["prompt_length"]]
+    scored += [r[w] for key in ("examples", "candidates") for r in c[key] for w in ("zero_shot", "few_shot")]
+    scoring = fit([p["tokens_scored"] for p in scored], [p["cpu_s"] for p in scored])
+    g = c["greedy"]
+    greedy_fit = (
+        _fit2([p["tokens_prefilled"] for p in g], [p["tokens_generated"] for p in g], [p["cpu_s"] for p in g])
+        if len(g) >= 3
+        else None
+    )
+    rewrite = fit([p["tokens_generated"] for p in c["rewrite"]], [p["cpu_s"] for p in c["rewrite"]])
+    length = [r["prefix_tokens"] for r in c["prompt_length"]]
+    x = lambda fit, text: None if fit is None else fit | {"x": text}  # noqa: E731
     return {
         "unit": "CPU seconds with --threads 1 (an idle core's wall seconds)",
         # Candidate scoring and masking analysis are both the scorer: masking scores one ablated prompt per unit.
-        "scoring": scoring | {"x": "tokens_scored (each prompt's prefix once + every example's input and target)"},
+        "scoring": x(scoring, "tokens_scored (each prompt's prefix once + every example's input and target)"),
         "candidate_scoring": {"same_as": "scoring", "tokens_scored": "C * (prefix + sum of example tokens)"},
         "masking_analysis": {"same_as": "scoring", "tokens_scored": "U * (prefix + sum of example tokens), U units"},
-        "rewrite_proposal": rewrite
-        | {
-            "x": "tokens_generated (n_variants samples of one request; each also prefills the request)",
-            "per": "request; hard_k requests a round",
-        },
+        "rewrite_proposal": x(
+            rewrite,
+            "tokens_generated of one request (n_variants samples, each prefilling the request); hard_k a round",
+        ),
         "heldout_evaluation": {
             "loss": "scoring, on the held-out examples",
-            "generation": greedy_fit
-            | {"x": "b: tokens_prefilled (contexts, left-padded), c: tokens_generated (greedy answers, batched)"},
+            "generation": x(greedy_fit, "b: tokens_prefilled (left-padded contexts), c: tokens_generated (greedy)"),
         },
         "prompt_length": {
-            "reuse": _fit(length, [p["cpu_s"] for p in scored[: len(length)]]),
-            "no_reuse": _fit(length, [p["cpu_s"] for p in no_reuse]),
-            "x": f"prefix tokens, {curves['prompt_length'][0]['examples']} examples",
+            "reuse": fit(length, [r["reuse"]["cpu_s"] for r in c["prompt_length"]]),
+            "no_reuse": fit(length, [r["no_reuse"]["cpu_s"] for r in c["prompt_length"]]),
+            "x": "prefix tokens, 10 examples",
         },
     }
 
@@ -285,8 +304,11 @@ def _plots(report: dict, folder: Path) -> None:
     import matplotlib.pyplot as plt
 
     folder.mkdir(parents=True, exist_ok=True)
-    curves, when = report.get("curves"), f"{report['machine']['date']}, --threads {report['machine']['torch_threads']}"
-    if curves:
+    curves, when = (
+        report.get("curves") or {},
+        f"{report['machine']['date']}, --threads {report['machine']['torch_threads']}",
+    )
+    if curves.get("prompt_length"):
         rows = curves["prompt_length"]
         x = [r["prefix_tokens"] for r in rows]
         _plot(
@@ -299,8 +321,8 @@ def _plots(report: dict, folder: Path) -> None:
                 (x, [r["no_reuse"]["cpu_s"] for r in rows], "no reuse"),
             ],
         )
-        for key, label in (("examples", "examples (1 prompt)"), ("candidates", "candidates (10 examples each)")):
-            rows = curves[key]
+    for key, label in (("examples", "examples (1 prompt)"), ("candidates", "candidates (10 examples each)")):
+        if rows := curves.get(key):
             x = [r[key] for r in rows]
             _plot(
                 plt,
@@ -312,6 +334,7 @@ def _plots(report: dict, folder: Path) -> None:
                     (x, [r["few_shot"]["cpu_s"] for r in rows], "3-shot prompt"),
                 ],
             )
+    if curves.get("greedy"):
         _plot(
             plt,
             folder / "cost_generation.png",
@@ -323,6 +346,7 @@ def _plots(report: dict, folder: Path) -> None:
                     ("greedy", "greedy answers (4-16 contexts)"),
                     ("rewrite", "rewrite proposal (1-4 variants)"),
                 )
+                if curves.get(k)
             ],
         )
     if report.get("nightly"):

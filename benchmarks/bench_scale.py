@@ -158,12 +158,14 @@ def server_errors(home: Path) -> dict[str, list[str]]:
     return found
 
 
-def nightly_on_pool(s: Any, model_dir: Path, work: Path, n_prompts: int, n_workers: int, limit: int) -> dict[str, Any]:
+def nightly_on_pool(
+    s: Any, model_dir: Path, work: Path, n_prompts: int, n_workers: int, limit: int, tag: str | None = None
+) -> dict[str, Any]:
     """The refresh of `n_prompts` prompts fanned out to `n_workers` process workers; who ran what, and the wall."""
     home = work / "home"
     env = base_env(home, PREFECT_API_URL=f"{s.settings.prefect_url}/api", MLFLOW_TRACKING_URI=s.settings.mlflow_url)
     prompts = work / "prompts.yaml"
-    tag = f"w{n_workers}"  # fresh prompt names each round: no production from the last one to start from
+    tag = tag or f"w{n_workers}"  # fresh prompt names each round: no production from the last one to start from
     managed = [
         {"name": f"p{i}-{tag}", "optimize": optimize_values(model_dir, seed=i, limit=limit)} for i in range(n_prompts)
     ]

@@ -31,7 +31,7 @@ def candidates_from(
     reference: np.ndarray | None = None,
 ) -> list[Candidate]:
     """Wrap scored prompts as candidates (`dropped`: racing stopped them short of the whole training set;
-    `reference`: the parent's per-example losses on the same examples, for each candidate's paired `gap_se`)."""
+    `reference`: the parent's per-example losses on the same examples, for each candidate's paired `gap_se`, and its `gap` where either side leaves out examples it shows)."""
     losses, per_token = matrix.prompt_loss(), matrix.prompt_loss_per_token()
     accuracy = matrix.prompt_accuracy()
     gap: list[float | None] = [None] * len(prompts)
@@ -80,7 +80,8 @@ def passes_gate(candidate: Candidate, incumbent: Candidate, settings: SelectionS
 def select(
     incumbent: Candidate, candidates: Sequence[Candidate], settings: SelectionSettings = SelectionSettings()
 ) -> Candidate:
-    """Among the candidates that pass the gate, the lowest loss (ties by id); the incumbent when none does.
+    """Among the candidates that pass the gate, the largest gain over the incumbent (the lowest loss, where all were
+    scored on every example; ties by loss, then id); the incumbent when none does.
 
     Candidates racing dropped early never win: their loss is over fewer examples than the incumbent's.
     """

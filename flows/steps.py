@@ -54,7 +54,7 @@ def load_data(config: OptimizeConfig | EvaluateConfig, prompt: str) -> tuple[Dat
 class StepRun:
     """One step the loop asked for, and whether Prefect served it from the cache."""
 
-    step: str  # loss | mask | rewrite | select | evaluate
+    step: str  # loss | mask | rewrite | demos | select | evaluate
     iteration: int
     label: str
     cached: bool
@@ -173,6 +173,26 @@ class PrefectSteps:
             iteration=iteration,
             seen=seen,
             rewrite=self.config.rewrite,
+            seed=self.config.seed,
+            chat_message=self.config.chat_message,
+        )
+
+    def demonstrations(
+        self, incumbent: str, train: Dataset, losses: Sequence[float], iteration: int, seen: frozenset[str]
+    ) -> Rewrites:
+        """The incumbent with training examples as demonstrations (one task run: `demos iter=2`)."""
+        return self._run(
+            "demos",
+            iteration,
+            t.demonstrations_label(iteration),
+            t.propose_demonstrations,
+            model=self.model,
+            incumbent=incumbent,
+            data=train,
+            losses=list(losses),
+            iteration=iteration,
+            seen=seen,
+            demonstrations=self.config.demonstrations,
             seed=self.config.seed,
             chat_message=self.config.chat_message,
         )

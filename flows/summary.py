@@ -28,7 +28,7 @@ class CandidateRow(BaseModel):
     id: str
     parent_id: str | None
     iteration: int
-    origin: Literal["initial", "rewrite", "segment_removal"]
+    origin: Literal["initial", "rewrite", "segment_removal", "demonstrations"]
     prompt: str
     loss: float
     loss_per_token: float

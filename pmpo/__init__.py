@@ -23,7 +23,7 @@ from pmpo.data import (
 from pmpo.evaluation.heldout import Evaluation, evaluate
 from pmpo.loop.optimizer import PMPO, OnCandidate, OnIteration
 from pmpo.loop.result import Candidate, Iteration, OptimizeResult, SegmentEffect
-from pmpo.loop.settings import OptimizerConfig, SelectionSettings
+from pmpo.loop.settings import DemonstrationSettings, OptimizerConfig, SelectionSettings
 from pmpo.models.loading import LoadedModel, load_model
 from pmpo.models.settings import DEFAULT_MODEL, ModelSettings
 from pmpo.models.usage import Cost, Usage, UsageSnapshot
@@ -38,6 +38,7 @@ __all__ = [
     "Candidate",
     "ColumnMap",
     "Dataset",
+    "DemonstrationSettings",
     "Evaluation",
     "Iteration",
     "LoadedModel",

@@ -41,6 +41,8 @@ def optimize_values(args: argparse.Namespace) -> dict[str, Any]:
         values["racing"] = {**values.get("racing", {}), "enabled": True}
     if args.gate_z is not None:
         values["selection"] = {**values.get("selection", {}), "gate_z": args.gate_z}
+    if args.demos is not None:
+        values["demonstrations"] = {**values.get("demonstrations", {}), "k": args.demos}
     return values
 
 

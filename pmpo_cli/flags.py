@@ -31,6 +31,7 @@ FIELD_FLAGS = {
     "--units": "units",
     "--gate-z": "selection.gate_z",
     "--patience": "patience",
+    "--demos": "demonstrations.k",
     "--rewriter-spec": "rewriter.spec",
     "--rewriter-base-url": "rewriter.base_url",
     "--rewriter-model": "rewriter.model",

@@ -80,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="stop after N iterations in a row accept no candidate (default 2; 0: never stop early)",
     )
+    opt.add_argument(
+        "--demos",
+        type=int,
+        metavar="K",
+        help="also try the prompt with K training examples as demonstrations, chosen by loss (default 0: off)",
+    )
     _rewriter_options(opt)
     opt.add_argument(
         "--dask",

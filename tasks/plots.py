@@ -16,7 +16,7 @@ from pmpo.loop.result import Candidate, Iteration  # noqa: E402
 def loss_by_iteration(candidates: Sequence[Candidate], iterations: Sequence[Iteration], initial_loss: float):
     """Every candidate's training loss by iteration, and the incumbent's loss as a step line."""
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    for origin, marker in (("rewrite", "o"), ("segment_removal", "s"), ("initial", "*")):
+    for origin, marker in (("rewrite", "o"), ("segment_removal", "s"), ("demonstrations", "D"), ("initial", "*")):
         points = [(c.iteration, c.loss) for c in candidates if c.origin == origin]
         if points:
             xs, ys = zip(*points)

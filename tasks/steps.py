@@ -15,9 +15,10 @@ from prefect.cache_policies import NO_CACHE
 
 from pmpo.data import ColumnMap, Dataset, Split, load_dataset, split_dataset
 from pmpo.evaluation.heldout import Evaluation, evaluate
+from pmpo.loop.demonstrations import demonstration_prompts
 from pmpo.loop.result import Candidate, SegmentEffect
 from pmpo.loop.selection import select
-from pmpo.loop.settings import SelectionSettings
+from pmpo.loop.settings import DemonstrationSettings, SelectionSettings
 from pmpo.loop.steps import prompt_units, rewrite_prompts, segment_effects
 from pmpo.rewriting.settings import RewriteSettings
 from pmpo.scoring.loss import LossMatrix
@@ -187,6 +188,39 @@ def propose_rewrites(
         scorer(model),
         seed=seed,
         chat_message=chat_message,
+    )
+
+
+def demonstrations_label(iteration: int, **_) -> str:
+    """`demos iter=2`."""
+    return f"demos iter={iteration}"
+
+
+@task(name="demonstrations", cache_policy=NO_CACHE, task_run_name=_named(demonstrations_label))
+def propose_demonstrations(
+    model: ModelRef,
+    incumbent: str,
+    data: Dataset,
+    losses: list[float],
+    iteration: int,
+    seen: frozenset[str],
+    demonstrations: DemonstrationSettings,
+    seed: int,
+    chat_message: int | None = None,
+) -> tuple[list[str], dict[str, int]]:
+    """The incumbent with training examples as demonstrations, chosen by its losses (not cached: no model work,
+    only the tokenizer's length check; the same inputs give the same prompts)."""
+    return demonstration_prompts(
+        text_side(model),
+        incumbent,
+        data,
+        losses,
+        demonstrations,
+        iteration,
+        seen,
+        seed=seed,
+        chat_message=chat_message,
+        mc_objective=model.scorer.mc_objective,
     )
 
 

@@ -1,5 +1,6 @@
-"""The PMPO loop: mask segments, rewrite on hard examples, keep a variant only when its loss is lower by more
-than the noise (`pmpo.loop.selection`), stop when `patience` iterations in a row kept nothing.
+"""The PMPO loop: mask segments, rewrite on hard examples (and, when on, add demonstrations chosen by loss:
+`pmpo.loop.demonstrations`), keep a variant only when its loss is lower by more than the noise
+(`pmpo.loop.selection`), stop when `patience` iterations in a row kept nothing.
 
 The loop exists once, in `PMPO.optimize`. The work it delegates (scoring, segment masking, rewriting,
 selection) goes through the `Steps` protocol (`pmpo.loop.steps`): `LocalSteps` runs it in this process; the
@@ -107,8 +108,17 @@ class PMPO:
                 )
             )
         rewrites, rejected = self.steps.rewrites(incumbent.prompt, train, hard, effects, t, seen | set(removals))
-        prompts = removals + rewrites
-        origins: list[Origin] = ["segment_removal"] * len(removals) + ["rewrite"] * len(rewrites)
+        demos: list[str] = []
+        if self.config.demonstrations.k:  # off: no call, no candidate, no pass
+            row = rows[incumbent.id].tolist()
+            demos, not_shown = self.steps.demonstrations(
+                incumbent.prompt, train, row, t, seen | set(removals + rewrites)
+            )
+            rejected = {**rejected, **{f"demonstrations/{r}": n for r, n in not_shown.items()}}
+        prompts = removals + rewrites + demos
+        origins: list[Origin] = (
+            ["segment_removal"] * len(removals) + ["rewrite"] * len(rewrites) + ["demonstrations"] * len(demos)
+        )
         new = self._score(prompts, origins, incumbent, train, t, rows) if prompts else []
         winner = self.steps.select(incumbent, new, t)
         record = Iteration(

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pmpo.models.usage import Cost, total
 
-Origin = Literal["initial", "rewrite", "segment_removal"]
+Origin = Literal["initial", "rewrite", "segment_removal", "demonstrations"]
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,9 @@ class Candidate:
     prompt: str
     loss: float  # mean over examples of the per-example loss (summed target CE, or preference loss)
     loss_per_token: float  # nats per target token, for reading
-    n_examples: int  # training examples in `loss`: all of them unless `dropped`
+    # Training examples in `loss`: all of them unless `dropped`, less those the prompt shows as demonstrations
+    # (never scored with themselves in the prompt).
+    n_examples: int
     # Racing stopped scoring it after a slice of the training set, clearly worse than the leader there;
     # never selected, since its loss is not over the same examples as the others'.
     dropped: bool = False
@@ -29,6 +31,10 @@ class Candidate:
     # over the training examples: the noise the selection gate measures a gain against. None: no parent, or
     # dropped by racing.
     gap_se: float | None = None
+    # Mean of that paired difference over the examples both were scored on, set only where either prompt shows
+    # demonstrations and so leaves its own out (the means are then over different examples): the gate compares it
+    # in place of loss - parent's loss. None: both were scored on every example.
+    gap: float | None = None
     # Training accuracy on the multiple-choice examples (acc: the answer has the lowest summed NLL of the
     # options), from the loss's own forward passes; None where no example has options ranked.
     accuracy: float | None = None

@@ -31,12 +31,20 @@ def candidates_from(
     reference: np.ndarray | None = None,
 ) -> list[Candidate]:
     """Wrap scored prompts as candidates (`dropped`: racing stopped them short of the whole training set;
-    `reference`: the parent's per-example losses on the same examples, for each candidate's paired `gap_se`)."""
+    `reference`: the parent's per-example losses on the same examples, for each candidate's paired `gap_se`, and its `gap` where either side leaves out examples it shows)."""
     losses, per_token = matrix.prompt_loss(), matrix.prompt_loss_per_token()
     accuracy = matrix.prompt_accuracy()
+    gap: list[float | None] = [None] * len(prompts)
     gap_se: list[float | None] = [None] * len(prompts)
     if reference is not None and not dropped:
-        gap_se = paired_gap(matrix.loss, reference)[1].tolist()
+        mean, se = paired_gap(matrix.loss, reference)
+        gap_se = se.tolist()
+        # Where a side leaves out its demonstrations the means are over different examples: pair them instead.
+        gap = [
+            float(m) if np.isnan(matrix.loss[i]).any() or np.isnan(reference).any() else None
+            for i, m in enumerate(mean)
+        ]
+    n_scored = matrix.n_scored()
     return [
         Candidate(
             id=candidate_id(p),
@@ -46,9 +54,10 @@ def candidates_from(
             prompt=p,
             loss=float(losses[i]),
             loss_per_token=float(per_token[i]),
-            n_examples=matrix.loss.shape[1],
+            n_examples=int(n_scored[i]),
             dropped=dropped,
             gap_se=gap_se[i],
+            gap=gap[i],
             accuracy=accuracy[i],
         )
         for i, (p, origin) in enumerate(zip(prompts, origins))
@@ -61,7 +70,7 @@ def passes_gate(candidate: Candidate, incumbent: Candidate, settings: SelectionS
     if candidate.dropped:  # its loss is over fewer examples than the incumbent's
         return False
     noise = settings.gate_z * (candidate.gap_se or 0.0)  # no estimate (one example): the mean alone decides
-    if not candidate.loss - incumbent.loss + noise < 0:  # z = 0: exactly candidate.loss < incumbent.loss
+    if not gain(candidate, incumbent) + noise < 0:  # z = 0: exactly candidate.loss < incumbent.loss
         return False
     if settings.keep_accuracy and candidate.accuracy is not None and incumbent.accuracy is not None:
         return candidate.accuracy >= incumbent.accuracy
@@ -71,9 +80,17 @@ def passes_gate(candidate: Candidate, incumbent: Candidate, settings: SelectionS
 def select(
     incumbent: Candidate, candidates: Sequence[Candidate], settings: SelectionSettings = SelectionSettings()
 ) -> Candidate:
-    """Among the candidates that pass the gate, the lowest loss (ties by id); the incumbent when none does.
+    """Among the candidates that pass the gate, the largest gain over the incumbent (the lowest loss, where all were
+    scored on every example; ties by loss, then id); the incumbent when none does.
 
     Candidates racing dropped early never win: their loss is over fewer examples than the incumbent's.
     """
     passed = [c for c in candidates if passes_gate(c, incumbent, settings)]
-    return min(passed, key=lambda c: (c.loss, c.id), default=incumbent)
+    return min(passed, key=lambda c: (gain(c, incumbent), c.loss, c.id), default=incumbent)
+
+
+def gain(candidate: Candidate, incumbent: Candidate) -> float:
+    """How much lower the candidate's loss is than the incumbent's (negative: lower). Over the same examples: the
+    plain difference of the means, unless either leaves out examples it shows as demonstrations; then the paired
+    difference over the examples both were scored on (`Candidate.gap`)."""
+    return candidate.loss - incumbent.loss if candidate.gap is None else candidate.gap

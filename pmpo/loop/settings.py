@@ -34,6 +34,18 @@ class SelectionSettings(Strict):
     )
 
 
+class DemonstrationSettings(Strict):
+    """Demonstrations chosen by loss: candidates that add k training examples to the incumbent (beyond the paper)."""
+
+    # For small models, examples in the prompt are often worth more than any rewording (issue 19). Off until the
+    # quality benchmark (benchmarks/bench_quality.py, the pmpo_demos arm) shows a held-out gain worth its cost: each
+    # set is one more candidate scored on the training set, with a longer prompt.
+    k: int = Field(0, ge=0, description="training examples added as demonstrations per candidate (0: off)")
+    # Each set is one candidate: one loss row over the training set. 2 try the clearest examples and one seeded
+    # draw at the cost of two rewrites' scoring.
+    sets: int = Field(2, ge=1, description="demonstration sets (candidates) tried per iteration")
+
+
 class OptimizerConfig(Strict):
     """Settings of the PMPO loop."""
 
@@ -62,6 +74,7 @@ class OptimizerConfig(Strict):
     )
     selection: SelectionSettings = Field(default_factory=SelectionSettings)
     rewrite: RewriteSettings = Field(default_factory=RewriteSettings)
+    demonstrations: DemonstrationSettings = Field(default_factory=DemonstrationSettings)
     # Off by default: stop scoring clearly worse candidates after a first slice of the training set.
     racing: RacingSettings = Field(default_factory=RacingSettings)
     seed: int = Field(0, description="seed of the rewrites' sampling and the racing slices (the flows': and the split)")

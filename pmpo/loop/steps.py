@@ -12,6 +12,7 @@ from typing import Protocol, Sequence
 
 from pmpo.data.examples import Dataset
 from pmpo.errors import ContextLengthError
+from pmpo.loop.demonstrations import demonstration_prompts
 from pmpo.loop.result import Candidate, SegmentEffect
 from pmpo.loop.selection import select
 from pmpo.loop.settings import OptimizerConfig
@@ -185,6 +186,13 @@ class Steps(Protocol):
         """Rewrite variants of `incumbent` proposed on the hard examples, and rejections by reason."""
         ...
 
+    def demonstrations(
+        self, incumbent: str, train: Dataset, losses: Sequence[float], iteration: int, seen: frozenset[str]
+    ) -> Rewrites:
+        """The incumbent with training examples as demonstrations (`losses`: its per-example losses), and the
+        sets not proposed by reason. Called only when `OptimizerConfig.demonstrations.k` is above zero."""
+        ...
+
     def select(self, incumbent: Candidate, candidates: Sequence[Candidate], iteration: int) -> Candidate:
         """The new incumbent."""
         ...
@@ -254,6 +262,24 @@ class LocalSteps:
             self.scorer,
             seed=c.seed,
             chat_message=c.chat_message,
+        )
+
+    def demonstrations(
+        self, incumbent: str, train: Dataset, losses: Sequence[float], iteration: int, seen: frozenset[str]
+    ) -> Rewrites:
+        """The incumbent with training examples as demonstrations, and the sets not proposed by reason."""
+        c = self.config
+        return demonstration_prompts(
+            self.lm,
+            incumbent,
+            train,
+            losses,
+            c.demonstrations,
+            iteration,
+            seen,
+            seed=c.seed,
+            chat_message=c.chat_message,
+            mc_objective=self.scorer.settings.mc_objective,
         )
 
     def select(self, incumbent: Candidate, candidates: Sequence[Candidate], iteration: int) -> Candidate:

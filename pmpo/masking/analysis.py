@@ -40,12 +40,12 @@ def masking_analysis(
         raise ValueError(f"loss_of returned {len(rows)} losses for {len(ablated)} prompts")
     rows = rows.reshape(len(ablated), -1)  # a prompt-level loss is a row of one
     se = np.zeros(len(rows))
+    deltas = np.array([row[~np.isnan(row)].mean() for row in rows]) - float(prompt_loss)
     if reference is not None and rows.shape[1] == len(reference):
-        se = paired_gap(rows, reference)[1]
-    return tuple(
-        SegmentEffect(j, texts[j], float(row.mean()) - float(prompt_loss), float(e))
-        for j, row, e in zip(removable, rows, se)
-    )
+        gap, se = paired_gap(rows, reference)
+        if np.isnan(rows).any() or np.isnan(reference).any():  # demonstrations left out: pair on the shared examples
+            deltas = gap
+    return tuple(SegmentEffect(j, texts[j], float(delta), float(e)) for j, delta, e in zip(removable, deltas, se))
 
 
 def verdict(delta_loss: float) -> str:

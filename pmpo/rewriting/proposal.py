@@ -8,6 +8,7 @@ ended ("unclosed") is one of them, so the token budget grows with the prompt.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Collection, Sequence
 
@@ -42,8 +43,10 @@ class RewriteOutcome:
 
 
 def hard_examples(example_losses: Sequence[float], k: int) -> list[int]:
-    """Indices of the k highest-loss examples, highest first; ties go to the lower index."""
-    order = sorted(range(len(example_losses)), key=lambda i: (-float(example_losses[i]), i))
+    """Indices of the k highest-loss examples, highest first; ties go to the lower index. An example with no
+    loss (NaN: the prompt shows it as a demonstration) is never hard."""
+    scored = [i for i in range(len(example_losses)) if not math.isnan(float(example_losses[i]))]
+    order = sorted(scored, key=lambda i: (-float(example_losses[i]), i))
     return order[: max(k, 0)]
 
 

@@ -25,6 +25,7 @@ from pmpo.scoring.batching import Batch, plan
 
 # The settings live in pmpo.scoring.settings; their names are re-exported here, where callers look for them.
 from pmpo.scoring.settings import Objective, ScorerSettings  # noqa: F401
+from pmpo.text.demonstrations import shown
 from pmpo.text.encoding import Encoded, common_length, encode_many, encode_text
 from pmpo.text.rendering import render
 from pmpo.text.template import ExampleInput
@@ -34,7 +35,9 @@ from pmpo.text.template import ExampleInput
 class LossMatrix:
     """Per-example losses of P prompts on N examples."""
 
-    loss: np.ndarray  # [P, N] the objective: summed target CE, or preference loss
+    # [P, N] the objective: summed target CE, or preference loss; NaN where the prompt shows the example as a
+    # demonstration (pmpo.text.demonstrations), so it was not scored
+    loss: np.ndarray
     nll: np.ndarray  # [P, N] summed target NLL (of the chosen output, for preference examples)
     tokens: np.ndarray  # [P, N] target tokens counted in `nll`
     # [P, N] multiple choice: 1.0 where the answer has a lower summed NLL than every distractor (lm-eval's `acc`,
@@ -60,12 +63,16 @@ class LossMatrix:
         return [float(np.nanmean(h)) for h in self.hits]
 
     def prompt_loss(self) -> np.ndarray:
-        """[P] the batch loss: mean over examples."""
-        return self.loss.mean(axis=1)
+        """[P] the batch loss: mean over the examples scored (a prompt's own demonstrations are NaN, left out)."""
+        return np.array([row[~np.isnan(row)].mean() if not np.isnan(row).all() else np.nan for row in self.loss])
 
     def prompt_loss_per_token(self) -> np.ndarray:
         """[P] nats per target token (what people read)."""
-        return self.nll.sum(axis=1) / np.maximum(self.tokens.sum(axis=1), 1)
+        return np.nansum(self.nll, axis=1) / np.maximum(self.tokens.sum(axis=1), 1)
+
+    def n_scored(self) -> np.ndarray:
+        """[P] examples each prompt was scored on: all but those it shows as demonstrations."""
+        return (~np.isnan(self.loss)).sum(axis=1)
 
 
 def example_rows(example: Example, mc_objective: Objective = "preference") -> tuple[ExampleInput, list[str], bool]:
@@ -124,12 +131,17 @@ class BaseScorer:
         loss, nll, tokens = np.zeros(shape), np.zeros(shape), np.zeros(shape, dtype=np.int64)
         hits = np.full(shape, np.nan)
         ranked = [isinstance(e, MultipleChoice) and is_pref for e, (_, _, is_pref) in zip(examples, rows)]
-        pairs = [(inp, c) for inp, comps, _ in rows for c in comps]
-        owner = [i for i, (_, comps, _) in enumerate(rows) for _ in comps]
         for p, prompt in enumerate(prompts):
-            pair_nll, pair_tokens = self.completions(prompt, pairs, owner)
+            # An example the prompt shows as a demonstration is never scored with itself in it: its cells stay NaN
+            # (no tokens), and every mean and paired difference leaves it out.
+            excluded = set(shown(prompt, examples))
+            loss[p, sorted(excluded)], nll[p, sorted(excluded)] = np.nan, np.nan
+            scored = [(i, row) for i, row in enumerate(rows) if i not in excluded]
+            pairs = [(inp, c) for _, (inp, comps, _) in scored for c in comps]
+            owner = [i for i, (_, comps, _) in scored for _ in comps]
+            pair_nll, pair_tokens = self.completions(prompt, pairs, owner) if pairs else ([], [])
             at = 0
-            for i, (_, comps, is_pref) in enumerate(rows):
+            for i, (_, comps, is_pref) in scored:
                 nll[p, i], tokens[p, i] = pair_nll[at], pair_tokens[at]
                 if is_pref:
                     others = pair_nll[at + 1 : at + len(comps)]

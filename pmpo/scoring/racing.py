@@ -52,7 +52,7 @@ def race(
         reference,
         order=order,
     )
-    return [float(r.loss.mean()) if r.loss.shape[1] == len(examples) else None for r in rows]
+    return [float(r.prompt_loss()[0]) if r.loss.shape[1] == len(examples) else None for r in rows]
 
 
 def slice_order(n_examples: int, seed: int, iteration: int) -> list[int]:
@@ -112,8 +112,7 @@ def race_losses(
     while True:
         slice_losses = losses(alive, n)  # [len(alive), n]
         if n >= n_examples:
-            means = slice_losses.mean(axis=1)
-            full = dict(zip(alive, means.tolist()))
+            full = dict(zip(alive, _row_means(slice_losses).tolist()))
             return [full.get(c) for c in range(n_candidates)]
         alive = [c for c, keep in zip(alive, _survivors(slice_losses, settings.margin)) if keep or c == always_keep]
         n = min(n_examples, max(n + 1, math.ceil(n * settings.growth)))
@@ -127,15 +126,27 @@ def paired_gap(rows: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.
     the standard error is 0 there, so the mean alone decides.
     """
     diff = np.atleast_2d(np.asarray(rows, dtype=np.float64)) - np.asarray(reference, dtype=np.float64)
+    if np.isnan(diff).any():  # examples a prompt shows as demonstrations: each row pairs on the examples both scored
+        return _paired_on_shared(diff)
     n = diff.shape[1]
     if n < 2:
         return diff.mean(axis=1), np.zeros(len(diff))
     return diff.mean(axis=1), diff.std(axis=1, ddof=1) / math.sqrt(n)
 
 
+def _paired_on_shared(diff: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`paired_gap` row by row over the non-NaN differences only."""
+    means, errors = np.zeros(len(diff)), np.zeros(len(diff))
+    for r, row in enumerate(diff):
+        kept = row[~np.isnan(row)]
+        means[r] = kept.mean() if len(kept) else np.nan
+        errors[r] = kept.std(ddof=1) / math.sqrt(len(kept)) if len(kept) >= 2 else 0.0
+    return means, errors
+
+
 def _survivors(slice_losses: np.ndarray, margin: float) -> list[bool]:
     """Which rows are not worse than the best row by more than `margin` standard errors (paired)."""
-    leader = int(np.argmin(slice_losses.mean(axis=1)))
+    leader = int(np.argmin(_row_means(slice_losses)))
     if slice_losses.shape[1] < 2:  # no spread to judge by: keep everyone
         return [True] * len(slice_losses)
     mean, std_error = paired_gap(slice_losses, slice_losses[leader])  # per-example difference to the leader
@@ -143,3 +154,8 @@ def _survivors(slice_losses: np.ndarray, margin: float) -> list[bool]:
     keep = mean <= np.where(std_error > 0, margin * np.where(std_error > 0, std_error, 1.0), 0.0)
     keep[leader] = True  # whatever the margin, the leader goes on
     return keep.tolist()
+
+
+def _row_means(losses: np.ndarray) -> np.ndarray:
+    """Each row's mean over its scored examples (NaN: an example the prompt shows as a demonstration)."""
+    return np.array([row[~np.isnan(row)].mean() if not np.isnan(row).all() else np.inf for row in losses])

@@ -95,8 +95,9 @@ def test_the_loop_flags_land_in_their_fields():
     from pmpo_cli.commands import optimize_values
 
     argv = ["optimize", "--no-masking", "--units", "splitter", "--gate-z", "0", "--patience", "0", "--racing"]
-    config = OptimizeConfig.model_validate(optimize_values(build_parser().parse_args(argv)))
+    config = OptimizeConfig.model_validate(optimize_values(build_parser().parse_args(argv + ["--demos", "3"])))
     assert (config.masking, config.units, config.selection.gate_z, config.patience) == (False, "splitter", 0.0, 0)
-    assert config.racing.enabled
+    assert config.racing.enabled and config.demonstrations.k == 3
     default = OptimizeConfig.model_validate(optimize_values(build_parser().parse_args(["optimize", "--masking"])))
     assert default.masking and default.selection.gate_z == 1.0 and default.patience == 2
+    assert default.demonstrations.k == 0

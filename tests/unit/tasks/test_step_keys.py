@@ -38,3 +38,16 @@ def test_the_rewrite_task_keys_on_the_whole_rewrite_block():
     for change in ({"temperature": 0.5}, {"top_p": 0.5}, {"max_prompt_chars": 99}, {"short_as_completion": False}):
         assert _key(rewrite=RewriteSettings(**change), seed=0, chat_message=None) != base, change
     assert _key(rewrite=RewriteSettings(), seed=1, chat_message=None) != base
+
+
+def test_the_demonstrations_task_takes_the_whole_block_and_the_block_is_in_the_run_key():
+    from flows.config import OptimizeConfig
+    from pmpo.loop.demonstrations import demonstration_prompts
+    from tasks.identity import RUN_NEUTRAL, config_hash
+
+    reads = {n for n, p in inspect.signature(demonstration_prompts).parameters.items() if p.kind is p.KEYWORD_ONLY}
+    assert reads - {"mc_objective"} <= set(inspect.signature(steps.propose_demonstrations.fn).parameters)
+    assert "demonstrations" in inspect.signature(steps.propose_demonstrations.fn).parameters  # the block as it is
+    base = config_hash(OptimizeConfig(), RUN_NEUTRAL)
+    for change in ({"k": 2}, {"sets": 3}):  # a rerun with other demonstrations never continues this run
+        assert config_hash(OptimizeConfig(demonstrations=change), RUN_NEUTRAL) != base, change

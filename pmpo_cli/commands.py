@@ -117,10 +117,13 @@ class _DropUserErrors(logging.Filter):
     a server down, a bad store): the CLI prints it once, as one line.
 
     Prefect reports a failure three times (task failed, task state, flow failed), with a traceback; that is
-    right for a bug, and stays so for any other exception.
+    right for a bug, and stays so for any other exception. An interrupt (SIGTERM, Ctrl-C) is reported the same
+    way, as a crash of each running task and of the flow; the CLI says it in one line too.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if _INTERRUPTED in record.getMessage():
+            return False
         if record.exc_info:
             return not isinstance(record.exc_info[1], (PmpoError, *_tracking_errors()))
         match = _STATE_EXCEPTION.search(record.getMessage())
@@ -133,6 +136,7 @@ def _tracking_errors() -> tuple[type, ...]:
     return (MlflowException,)
 
 
+_INTERRUPTED = "Execution was aborted by a"  # Prefect's crash message for a termination or an interrupt signal
 _STATE_EXCEPTION = re.compile(r"encountered an exception:? (\w+)")
 
 
@@ -147,7 +151,7 @@ def _user_error_names() -> set[str]:
 
 def _quiet_user_errors() -> None:
     """Install the filter on the loggers Prefect reports runs with (once)."""
-    for name in ("prefect.flow_runs", "prefect.task_runs"):
+    for name in ("prefect.flow_runs", "prefect.task_runs", "prefect.engine"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropUserErrors) for f in logger.filters):
             logger.addFilter(_DropUserErrors())

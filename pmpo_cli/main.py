@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 import threading
 from typing import Sequence
@@ -201,19 +200,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         return _fail(str(exc), 2)
     from pmpo.errors import PmpoError  # after parsing: `pmpo --help` should not wait for torch
+    from pmpo_cli import ephemeral, interrupts
 
-    # SIGTERM (a scheduler's or `kill`'s stop) as an interrupt: the run is marked for resuming and exit code
-    # stops the temporary Prefect API server; the default action would skip both.
-    if threading.current_thread() is threading.main_thread():  # Python allows handlers there only
-        signal.signal(signal.SIGTERM, _interrupt)
+    # SIGTERM (a service manager's or `kill`'s stop) and SIGINT (Ctrl-C) as one interrupt with a bounded exit: the
+    # run is marked for resuming and exit code stops the temporary Prefect API server; SIGTERM's default would skip
+    # both. Python allows handlers in the main thread only.
+    if threading.current_thread() is not threading.main_thread():
+        return _command(args, PmpoError)
+    with interrupts.installed(last_resort=ephemeral.stop_now, report=_say):
+        return _command(args, PmpoError)
+
+
+def _command(args: argparse.Namespace, pmpo_error: type[Exception]) -> int:
+    from pmpo_cli import interrupts
+
     try:
         from pmpo_cli import commands, ops
 
         return ops.run(args) if args.command in ops.COMMANDS else commands.run(args)
-    except PmpoError as exc:
+    except pmpo_error as exc:
         return _fail(str(exc), 2 if _is_config_error(exc) else 1)
     except KeyboardInterrupt:
-        return _fail("interrupted; run the same command again to resume where it stopped", 130)
+        interrupts.say_once(_say)
+        return interrupts.EXIT_CODE
     except Exception as exc:
         if not _is_tracking_error(exc):
             raise
@@ -238,14 +247,15 @@ def _is_config_error(exc: Exception) -> bool:
     return config_error is not None and isinstance(exc, config_error)
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def _is_tracking_error(exc: Exception) -> bool:
     """An MLflow error (server down, bad store): one line, not a traceback; mlflow is checked only if loaded."""
     mlflow_error = getattr(sys.modules.get("mlflow.exceptions"), "MlflowException", None)
     return mlflow_error is not None and isinstance(exc, mlflow_error)
+
+
+def _say(line: str) -> None:
+    """One line on stderr, importing nothing (the interrupt watchdog calls it from its thread)."""
+    print(f"pmpo: error: {line}", file=sys.stderr, flush=True)
 
 
 def _fail(message: str, code: int) -> int:

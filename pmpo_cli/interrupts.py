@@ -38,12 +38,28 @@ _watching: tuple[int, int] | None = None  # the wakeup pipe, made once per proce
 
 
 @contextlib.contextmanager
-def installed(last_resort: Callable[[], None], report: Callable[[str], None]) -> Iterator[None]:
+def installed(last_resort: Callable[[], None], report: Callable[[str], None], deadline: bool = True) -> Iterator[None]:
     """While the block runs, SIGTERM and SIGINT raise one KeyboardInterrupt, and the exit is bounded by `GRACE_S`.
 
     Main thread only (Python runs signal handlers there). The handlers go back as they were after the block, unless
-    a signal came: then they stay, so that a later signal cannot cut the exit code short.
+    a signal came: then they stay, so that a later signal cannot cut the exit code short. `deadline=False`: the
+    interrupt only, for a command that bounds its own stop.
     """
+    if deadline:
+        wakeup = signal.set_wakeup_fd(_watchdog(last_resort, report), warn_on_full_buffer=False)
+    before = {sig: signal.signal(sig, _interrupt) for sig in _STOPS}
+    try:
+        yield
+    finally:
+        if deadline:
+            signal.set_wakeup_fd(wakeup)
+        if not _raised:
+            for sig, handler in before.items():
+                signal.signal(sig, handler)
+
+
+def _watchdog(last_resort: Callable[[], None], report: Callable[[str], None]) -> int:
+    """The write end of the watchdog's wakeup pipe; the pipe and its thread are made once per process."""
     global _watching
     if _watching is None:
         read, write = os.pipe()
@@ -52,15 +68,7 @@ def installed(last_resort: Callable[[], None], report: Callable[[str], None]) ->
         _watching = (read, write)
         # Registered before anything this command starts: atexit runs it last, after the servers are stopped.
         atexit.register(_skip_finalization)
-    before = {sig: signal.signal(sig, _interrupt) for sig in _STOPS}
-    wakeup = signal.set_wakeup_fd(_watching[1], warn_on_full_buffer=False)
-    try:
-        yield
-    finally:
-        signal.set_wakeup_fd(wakeup)
-        if not _raised:
-            for sig, handler in before.items():
-                signal.signal(sig, handler)
+    return _watching[1]
 
 
 def say_once(report: Callable[[str], None]) -> None:

@@ -207,7 +207,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # both. Python allows handlers in the main thread only.
     if threading.current_thread() is not threading.main_thread():
         return _command(args, PmpoError)
-    with interrupts.installed(last_resort=ephemeral.stop_now, report=_say):
+    # `pmpo serve` stops its own servers, each with a longer grace: no 8-second deadline there.
+    deadline = args.command != "serve"
+    with interrupts.installed(last_resort=ephemeral.stop_now, report=_say, deadline=deadline):
         return _command(args, PmpoError)
 
 

@@ -1,7 +1,7 @@
 """The serverless Prefect API a `pmpo` command runs its flows against, started here so that no kill leaves it behind.
 
 Without a Prefect server (no PREFECT_API_URL), Prefect starts a temporary API server as a child process on first
-use and stops it at interpreter exit. A SIGTERM skips that exit code (see `pmpo_cli.main`, which turns SIGTERM into
+use and stops it at interpreter exit. A SIGTERM skips that exit code (see `pmpo_cli.interrupts`, which turns it into
 an interrupt), and a SIGKILL skips everything: the child keeps running, holding a port and a database. So the
 command starts that same server itself, up front (Prefect then reuses it: it keeps one per process), and notes
 its pid under $PMPO_HOME/run/. The next command finds the notes whose owner is dead and stops their servers.

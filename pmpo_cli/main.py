@@ -7,6 +7,7 @@ Mistakes get one line on stderr and a non-zero exit: 2 for bad arguments or conf
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import threading
@@ -224,6 +225,9 @@ def _command(args: argparse.Namespace, pmpo_error: type[Exception]) -> int:
         return _fail(str(exc), 2 if _is_config_error(exc) else 1)
     except KeyboardInterrupt:
         interrupts.say_once(_say)
+        # The line says why the command stops; what follows is teardown chatter (Prefect's event and log workers
+        # draining: "Still processing items...") that would bury it.
+        logging.disable(logging.CRITICAL)
         return interrupts.EXIT_CODE
     except Exception as exc:
         if not _is_tracking_error(exc):

@@ -122,7 +122,11 @@ class _DropUserErrors(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if _INTERRUPTED in record.getMessage():
+        from pmpo_cli import interrupts
+
+        if _INTERRUPTED in record.getMessage() or interrupts.signalled():
+            return False  # stopping: whatever fails on the way is the interrupt's doing
+        if record.exc_info and interrupts.stopped_by_signal(record.exc_info[1]):
             return False
         if record.exc_info:
             return not isinstance(record.exc_info[1], (PmpoError, *_tracking_errors()))

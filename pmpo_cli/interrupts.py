@@ -32,6 +32,7 @@ _STOPS = (signal.SIGTERM, signal.SIGINT)
 _reported = threading.Lock()
 _said = False
 _raised = False  # set by the handler, which only the main thread runs
+_signalled = threading.Event()  # set by the watchdog as soon as a stop signal arrives, whoever handles it
 
 
 _watching: tuple[int, int] | None = None  # the wakeup pipe, made once per process with its watchdog
@@ -80,6 +81,23 @@ def say_once(report: Callable[[str], None]) -> None:
             report(MESSAGE)
 
 
+def stopped_by_signal(exc: BaseException | None) -> bool:
+    """Whether `exc` came of a stop signal: raised while the interrupt unwound (a library's clean-up that failed on
+    the way, such as Prefect's crash report for a task run not yet created), or after a signal arrived."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt) or type(exc).__name__ == "TerminationSignal":  # Prefect's SIGTERM
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return signalled()
+
+
+def signalled() -> bool:
+    """Whether a stop signal has arrived while the handlers were installed."""
+    return _raised or _signalled.is_set()
+
+
 def _interrupt(signum: int, frame: object) -> None:
     global _raised
     if _raised:
@@ -104,6 +122,7 @@ def _watch(read: int, last_resort: Callable[[], None], report: Callable[[str], N
             return
         if any(b in _STOPS for b in data):
             break
+    _signalled.set()
     time.sleep(GRACE_S)
     try:
         last_resort()

@@ -223,17 +223,17 @@ def _command(args: argparse.Namespace, pmpo_error: type[Exception]) -> int:
         return ops.run(args) if args.command in ops.COMMANDS else commands.run(args)
     except pmpo_error as exc:
         return _fail(str(exc), 2 if _is_config_error(exc) else 1)
-    except KeyboardInterrupt:
+    except BaseException as exc:
+        if not interrupts.stopped_by_signal(exc):
+            if isinstance(exc, Exception) and _is_tracking_error(exc):
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                return _fail(f"the MLflow tracking store failed: {first}", 1)
+            raise
         interrupts.say_once(_say)
         # The line says why the command stops; what follows is teardown chatter (Prefect's event and log workers
         # draining: "Still processing items...") that would bury it.
         logging.disable(logging.CRITICAL)
         return interrupts.EXIT_CODE
-    except Exception as exc:
-        if not _is_tracking_error(exc):
-            raise
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return _fail(f"the MLflow tracking store failed: {first}", 1)
 
 
 def _check_output(path: str | None) -> None:

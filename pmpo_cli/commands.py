@@ -119,10 +119,17 @@ class _DropUserErrors(logging.Filter):
     a server down, a bad store): the CLI prints it once, as one line.
 
     Prefect reports a failure three times (task failed, task state, flow failed), with a traceback; that is
-    right for a bug, and stays so for any other exception.
+    right for a bug, and stays so for any other exception. An interrupt (SIGTERM, Ctrl-C) is reported the same
+    way, as a crash of each running task and of the flow; the CLI says it in one line too.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
+        from pmpo_cli import interrupts
+
+        if _INTERRUPTED in record.getMessage() or interrupts.signalled():
+            return False  # stopping: whatever fails on the way is the interrupt's doing
+        if record.exc_info and interrupts.stopped_by_signal(record.exc_info[1]):
+            return False
         if record.exc_info:
             return not isinstance(record.exc_info[1], (PmpoError, *_tracking_errors()))
         match = _STATE_EXCEPTION.search(record.getMessage())
@@ -135,6 +142,7 @@ def _tracking_errors() -> tuple[type, ...]:
     return (MlflowException,)
 
 
+_INTERRUPTED = "Execution was aborted by a"  # Prefect's crash message for a termination or an interrupt signal
 _STATE_EXCEPTION = re.compile(r"encountered an exception:? (\w+)")
 
 
@@ -149,7 +157,7 @@ def _user_error_names() -> set[str]:
 
 def _quiet_user_errors() -> None:
     """Install the filter on the loggers Prefect reports runs with (once)."""
-    for name in ("prefect.flow_runs", "prefect.task_runs"):
+    for name in ("prefect.flow_runs", "prefect.task_runs", "prefect.engine"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropUserErrors) for f in logger.filters):
             logger.addFilter(_DropUserErrors())

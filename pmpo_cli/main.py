@@ -7,8 +7,8 @@ Mistakes get one line on stderr and a non-zero exit: 2 for bad arguments or conf
 from __future__ import annotations
 
 import argparse
+import logging
 import os
-import signal
 import sys
 import threading
 from typing import Sequence
@@ -207,24 +207,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         return _fail(str(exc), 2)
     from pmpo.errors import PmpoError  # after parsing: `pmpo --help` should not wait for torch
+    from pmpo_cli import ephemeral, interrupts
 
-    # SIGTERM (a scheduler's or `kill`'s stop) as an interrupt: the run is marked for resuming and exit code
-    # stops the temporary Prefect API server; the default action would skip both.
-    if threading.current_thread() is threading.main_thread():  # Python allows handlers there only
-        signal.signal(signal.SIGTERM, _interrupt)
+    # SIGTERM (a service manager's or `kill`'s stop) and SIGINT (Ctrl-C) as one interrupt with a bounded exit: the
+    # run is marked for resuming and exit code stops the temporary Prefect API server; SIGTERM's default would skip
+    # both. Python allows handlers in the main thread only.
+    if threading.current_thread() is not threading.main_thread():
+        return _command(args, PmpoError)
+    # `pmpo serve` stops its own servers, each with a longer grace: no 8-second deadline there.
+    deadline = args.command != "serve"
+    with interrupts.installed(last_resort=ephemeral.stop_now, report=_say, deadline=deadline):
+        return _command(args, PmpoError)
+
+
+def _command(args: argparse.Namespace, pmpo_error: type[Exception]) -> int:
+    from pmpo_cli import interrupts
+
     try:
         from pmpo_cli import commands, ops
 
         return ops.run(args) if args.command in ops.COMMANDS else commands.run(args)
-    except PmpoError as exc:
+    except pmpo_error as exc:
         return _fail(str(exc), 2 if _is_config_error(exc) else 1)
-    except KeyboardInterrupt:
-        return _fail("interrupted; run the same command again to resume where it stopped", 130)
-    except Exception as exc:
-        if not _is_tracking_error(exc):
+    except BaseException as exc:
+        if not interrupts.stopped_by_signal(exc):
+            if isinstance(exc, Exception) and _is_tracking_error(exc):
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                return _fail(f"the MLflow tracking store failed: {first}", 1)
             raise
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return _fail(f"the MLflow tracking store failed: {first}", 1)
+        interrupts.say_once(_say)
+        # The line says why the command stops; what follows is teardown chatter (Prefect's event and log workers
+        # draining: "Still processing items...") that would bury it.
+        logging.disable(logging.CRITICAL)
+        return interrupts.EXIT_CODE
 
 
 def _check_output(path: str | None) -> None:
@@ -244,14 +259,15 @@ def _is_config_error(exc: Exception) -> bool:
     return config_error is not None and isinstance(exc, config_error)
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def _is_tracking_error(exc: Exception) -> bool:
     """An MLflow error (server down, bad store): one line, not a traceback; mlflow is checked only if loaded."""
     mlflow_error = getattr(sys.modules.get("mlflow.exceptions"), "MlflowException", None)
     return mlflow_error is not None and isinstance(exc, mlflow_error)
+
+
+def _say(line: str) -> None:
+    """One line on stderr, importing nothing (the interrupt watchdog calls it from its thread)."""
+    print(f"pmpo: error: {line}", file=sys.stderr, flush=True)
 
 
 def _fail(message: str, code: int) -> int:

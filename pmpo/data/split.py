@@ -1,12 +1,20 @@
-"""The paper's data split: a small training set to optimise on, the rest held out to measure the result."""
+"""The paper's data split: a small training set to optimise on, the rest held out to measure the result.
+
+An example's side is a property of the example: a seeded hash of its content, not its position. A file that grows
+(new rows appended, or inserted anywhere) keeps every old example on the side it was on, so `pmpo evaluate`,
+`pmpo compare --data` and the nightly refresh never score a run's training examples as held out. Identical
+examples share a side, so a duplicate cannot leak either.
+
+The cost: sizes follow the fraction on average, not exactly, and with the cap the examples of the training side
+beyond it are in neither part (an example that was trained on is never held out later).
+"""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
-import numpy as np
-
-from pmpo.data.examples import Dataset
+from pmpo.data.examples import Dataset, example_key
 from pmpo.errors import DataError
 
 
@@ -31,18 +39,34 @@ def train_size(n: int, train_fraction: float = 0.2, train_cap: int | None = 50) 
     return min(size, n - 1) if n > 1 else size
 
 
+def draw(example_key_: str, seed: int) -> float:
+    """An example's place in [0, 1) under `seed`: below the training fraction, it is on the training side."""
+    digest = hashlib.sha256(f"pmpo-split:{seed}:{example_key_}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
 def split_dataset(dataset: Dataset, *, seed: int, train_fraction: float = 0.2, train_cap: int | None = 50) -> Split:
-    """Seeded split: 20% of the data capped at 50 for training (the paper's rule), the rest for testing."""
+    """Seeded split by content: about 20% of the data, capped at 50, for training (the paper's rule); the rest is
+    held out. An example's side depends on its content and the seed only, never on the other rows."""
     n = len(dataset)
     if n < 2:
         raise DataError(
             f"dataset {dataset.name!r} has {n} example: at least 2 are needed, one to optimise on and one to hold out"
         )
-    size = train_size(n, train_fraction, train_cap)
-    order = np.random.default_rng(seed).permutation(n)
+    size = train_size(n, train_fraction, train_cap)  # also checks the settings
+    places = [draw(example_key(e), seed) for e in dataset.examples]
+    order = sorted(range(n), key=lambda i: (places[i], i))
+    side = [i for i in order if places[i] < train_fraction]
+    held = [i for i in order if places[i] >= train_fraction]
+    # A set this small may put no example on one side: the nearest one crosses, so that both have one. (Only then
+    # can a later, larger file move it back; a real dataset is never this small.)
+    if not side:
+        side, held = held[:1], held[1:]
+    if not held:
+        side, held = side[:-1], side[-1:]
     # Sorted, so each part keeps the file's order: easier to read back, and the same for the same seed.
-    train = sorted(int(i) for i in order[:size])
-    test = sorted(int(i) for i in order[size:])
+    train = sorted(side[:size])
+    test = sorted(held)
     return Split(
         train=dataset.subset(train, name=f"{dataset.name}/train"),
         test=dataset.subset(test, name=f"{dataset.name}/test"),

@@ -79,7 +79,7 @@ def test_optimize_writes_summary_and_the_record_reads_back(capsys, tmp_path, pmp
     config = tmp_path / "run.yaml"
     values = tiny_values(tiny_model_dir, iterations=1)
     values.pop("prompt")
-    values["racing"] = {"first_slice": 2}  # `--racing` below turns it on: 8 training examples race 2, 4, 8
+    values["racing"] = {"first_slice": 2}  # `--racing` below turns it on: the 4 training examples race 2, 4
     import yaml
 
     config.write_text(yaml.safe_dump(values))

@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop after N iterations in a row accept no candidate (default 2; 0: never stop early)",
     )
     _rewriter_options(opt)
+    from pmpo_cli.plan import add_budget_options
+
+    add_budget_options(opt)
     opt.add_argument(
         "--dask",
         metavar="ADDRESS",

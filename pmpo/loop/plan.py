@@ -227,7 +227,7 @@ def rewrite_request_work(
     budget = rewrite_budget(text, settings, template, prompt=prompt, request=request)  # type: ignore[arg-type]
     n = settings.n_variants
     return Work(
-        forward_passes=budget,
+        forward_passes=budget if local else 0,  # a chat endpoint's passes are the server's, counted as requests
         tokens_prefilled=n * request_tokens,
         tokens_generated=n * budget,
         generate_calls=1,

@@ -37,12 +37,13 @@ def show_plan(plan: Any, title: str) -> None:
         "(the budget's max_tokens counts the same: scored + prefilled + generated)."
     )
     if plan.rates is not None:
-        r = plan.rates
+        r, e = plan.rates, plan.expected_work
         console.print(
             f"calibration: {1 / r.scored_token_s:,.0f} tokens/s scored, {r.rewrite_request_s:.1f} s per rewrite "
-            f"request; replies used {r.reply_fraction:.0%} of their budget, so about {plan.expected_generated:,} "
-            f"tokens generated. Estimated wall time of the model work: {plan.total_seconds:,.0f} s "
-            "(plus loading the model and starting Prefect and MLflow)."
+            f"request; its replies used {r.reply_fraction:.0%} of their budget and about {r.kept_fraction:.0%} "
+            f"become candidates. Expected: {e.tokens:,} tokens ({e.tokens_scored:,} scored, "
+            f"{e.tokens_prefilled:,} prefilled, {e.tokens_generated:,} generated); wall time of the model work "
+            f"about {plan.total_seconds:,.0f} s (plus loading the model and starting Prefect and MLflow)."
         )
     console.print(
         "[dim]A maximum: patience may stop sooner, replies that fail to parse or repeat are never scored, a kept "

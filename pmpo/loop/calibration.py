@@ -49,7 +49,7 @@ def calibrate(
     rw = config.rewrite
     hard = likely_hard(text, train.examples, 1, scorer.settings.mc_objective)
     before, start = usage(), time.perf_counter()
-    rewrite_prompts(rewriter, prompt, train, hard, (), rw, 1, frozenset(), scorer, seed=config.seed)
+    kept, _ = rewrite_prompts(rewriter, prompt, train, hard, (), rw, 1, frozenset({prompt}), scorer, seed=config.seed)
     request_s, spent = time.perf_counter() - start, usage() - before
     template = choose_template(rw.template, rewriter.n_params, rw.small_model_params)
     planned = rewrite_request_work(
@@ -70,4 +70,6 @@ def calibrate(
         rewrite_request_s=request_s,
         decode_step_s=decode,
         reply_fraction=min(fraction, 1.0),
+        # One request's n replies: smoothed (Laplace), so no keeper in the sample is not taken for none ever.
+        kept_fraction=(len(kept) + 1) / (rw.n_variants + 2),
     )

@@ -20,8 +20,8 @@ reference tokens, so they usually are).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
-from typing import Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Literal, Sequence
 
 from pmpo.data.examples import Dataset, Example, example_input
 from pmpo.loop.result import SegmentEffect
@@ -40,6 +40,7 @@ from pmpo.text.encoding import encode_many, encode_text
 from pmpo.text.rendering import chat_request, render, render_many
 from pmpo.text.template import editable, has_variable, with_editable
 
+Kind = Literal["initial", "mask", "rewrite", "candidates", "evaluate"]
 # Greedy answers are decoded in batches of this many (pmpo.models.generation.greedy's default).
 GREEDY_BATCH = 16
 
@@ -67,6 +68,10 @@ class Work:
     def tokens(self) -> int:
         """Every token through the model: scored, prefilled and generated."""
         return self.tokens_scored + self.tokens_prefilled + self.tokens_generated
+
+    def scaled(self, share: float) -> Work:
+        """A share of this work (rounded): the part of a maximum a run is expected to do."""
+        return Work(*(round(getattr(self, f.name) * share) for f in fields(self)))
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,8 @@ class Rates:
     decode_step_s: float  # one greedy decoding step of a batch
     # Share of the reply budget the calibration's replies used: a small model's one-line rewrites stop early.
     reply_fraction: float = 1.0
+    # Share of the calibration's replies kept as candidates (the rest failed to parse or repeated one).
+    kept_fraction: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -104,6 +111,7 @@ class StepPlan:
     """One step of the run: what one run of it costs and how many times it runs (at most)."""
 
     step: Step  # the meter's step it is charged to (pmpo.models.usage)
+    kind: Kind
     label: str
     runs: int
     each: Work
@@ -137,14 +145,39 @@ class CostPlan:
         return sum((s.work for s in self.steps if s.step == step), Work())
 
     def seconds(self, plan: StepPlan) -> float | None:
-        """Estimated wall seconds of all runs of one step (None without calibration)."""
+        """Estimated wall seconds of all runs of one step, at the expected share (None without calibration)."""
         if self.rates is None:
             return None
-        return plan.runs * step_seconds(plan.step, plan.each, self.rates)
+        return plan.runs * step_seconds(plan.step, plan.each, self.rates) * self._share(plan)[0]
+
+    def expected(self, plan: StepPlan) -> Work:
+        """All runs of one step at the calibration's shares: candidates that survive the reply filter, replies as
+        long as the calibration's (the maximum without calibration)."""
+        share, generated = self._share(plan)
+        work = plan.work.scaled(share)
+        if generated != 1.0:
+            g = plan.work.scaled(generated)
+            work = replace(work, tokens_generated=g.tokens_generated, forward_passes=g.forward_passes)
+        return work
+
+    @property
+    def expected_work(self) -> Work:
+        """The whole run at the calibration's shares."""
+        return sum((self.expected(s) for s in self.steps), Work())
+
+    def _share(self, plan: StepPlan) -> tuple[float, float]:
+        """(share of the step's work, share of its generated tokens) the calibration expects."""
+        if self.rates is None:
+            return 1.0, 1.0
+        if plan.kind == "candidates":
+            return self.rates.kept_fraction, 1.0
+        if plan.kind == "rewrite" and not self.served:
+            return 1.0, self.rates.reply_fraction
+        return 1.0, 1.0
 
     @property
     def total_seconds(self) -> float | None:
-        """Estimated wall seconds of the whole run's model work."""
+        """Estimated wall seconds of the whole run's model work, at the expected shares."""
         if self.rates is None:
             return None
         return sum(self.seconds(s) or 0.0 for s in self.steps)
@@ -152,8 +185,7 @@ class CostPlan:
     @property
     def expected_generated(self) -> int:
         """Generated tokens at the calibration's reply length (the budget without calibration)."""
-        fraction = self.rates.reply_fraction if self.rates else 1.0
-        return round(self.work.tokens_generated * fraction)
+        return self.expected_work.tokens_generated
 
 
 def step_seconds(step: Step, work: Work, rates: Rates) -> float:
@@ -259,7 +291,7 @@ def cost_plan(
     mc = scoring.mc_objective
     T, rw = config.iterations, config.rewrite
     score = scoring_work(text, prompt, train.examples, layout, mc)
-    steps = [StepPlan("loss", "initial prompt", 1, score, "1 prompt x N examples scored")]
+    steps = [StepPlan("loss", "initial", "initial prompt", 1, score, "1 prompt x N examples scored")]
     units: list[str] = []
     if config.masking:
         part = editable(prompt, config.chat_message)
@@ -279,7 +311,7 @@ def cost_plan(
         if unit_mode(config.units, rewriter_params, rw.small_model_params) == "model":
             mark = _marking_work(text, part, config.max_units, local_rewriter)
             mask, line = mask + mark, line + " + 1 unit-marking request"
-        steps.append(StepPlan("mask", "masking", T, mask, line))
+        steps.append(StepPlan("mask", "mask", "masking", T, mask, line))
     template = choose_template(rw.template, rewriter_params, rw.small_model_params)
     hard = likely_hard(text, train.examples, rw.hard_k, mc)
     rewrite = sum(
@@ -299,11 +331,25 @@ def cost_plan(
         Work(),
     )
     steps.append(
-        StepPlan("rewrite", f"rewrite ({template})", T, rewrite, f"{len(hard)} requests x {rw.n_variants} variants")
+        StepPlan(
+            "rewrite",
+            "rewrite",
+            f"rewrite ({template})",
+            T,
+            rewrite,
+            f"{len(hard)} requests x {rw.n_variants} variants",
+        )
     )
     candidates = len(hard) * rw.n_variants
     steps.append(
-        StepPlan("loss", "candidates", T, score.times(candidates), f"{candidates} candidates x N examples scored")
+        StepPlan(
+            "loss",
+            "candidates",
+            "candidates",
+            T,
+            score.times(candidates),
+            f"{candidates} candidates x N examples scored",
+        )
     )
     n_heldout = len(heldout) if heldout is not None else 0
     if heldout is not None and n_heldout:
@@ -312,7 +358,7 @@ def cost_plan(
         if generate:
             evaluation = evaluation + _greedy_work(text, prompt, heldout, answer_tokens, layout)
             line += " + a greedy answer each"
-        steps.append(StepPlan("evaluate", "held-out", 2, evaluation, line))
+        steps.append(StepPlan("evaluate", "evaluate", "held-out", 2, evaluation, line))
     return CostPlan(
         steps=tuple(steps),
         iterations=T,

@@ -103,7 +103,9 @@ def test_a_rewrite_requests_prefill_and_budget_match_the_model_as_its_own_rewrit
 
 def test_seconds_come_from_the_rates_step_by_step(tiny_lm):
     train, config = _train(), OptimizerConfig(iterations=2)
-    rates = Rates(scored_token_s=1e-3, rewrite_request_s=2.0, decode_step_s=0.01, reply_fraction=0.25)
+    rates = Rates(
+        scored_token_s=1e-3, rewrite_request_s=2.0, decode_step_s=0.01, reply_fraction=0.25, kept_fraction=0.5
+    )
     plan = cost_plan(tiny_lm, PROMPT, train, config, layout=Layout.of(ScorerSettings(), "cpu"), rates=rates)
 
     rewrite = next(s for s in plan.steps if s.step == "rewrite")
@@ -111,5 +113,9 @@ def test_seconds_come_from_the_rates_step_by_step(tiny_lm):
     initial = plan.steps[0]
     assert plan.seconds(initial) == pytest.approx(initial.work.tokens_scored * 1e-3)
     assert plan.total_seconds == pytest.approx(sum(plan.seconds(s) for s in plan.steps))
-    assert plan.expected_generated == round(plan.work.tokens_generated * 0.25)
+    assert plan.expected(rewrite).tokens_generated == round(rewrite.work.tokens_generated * 0.25)
+    assert plan.expected(rewrite).tokens_prefilled == rewrite.work.tokens_prefilled  # every request is sent
+    candidates = next(s for s in plan.steps if s.kind == "candidates")
+    assert plan.expected(candidates).tokens_scored == round(candidates.work.tokens_scored * 0.5)
+    assert plan.seconds(candidates) == pytest.approx(candidates.work.tokens_scored * 1e-3 * 0.5)
     assert [s.runs for s in plan.steps if s.step != "loss"] == [2, 2]  # mask and rewrite: once an iteration

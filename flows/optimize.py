@@ -74,7 +74,7 @@ def optimize_prompt(config: OptimizeConfig = OptimizeConfig()) -> OptimizeSummar
                 config=config, steps=steps, on_candidate=recorder.candidate, on_iteration=_noting(recorder)
             )
             result = optimizer.optimize(prompt, split.train)
-        runs.set_tags(run, size_choices(config, writer))
+        runs.set_tags(run, {**size_choices(config, writer), "pmpo.stop_reason": result.stop_reason})
         meter = Meter(steps.usage)
         with meter.step("evaluate"):
             heldout = _heldout(config, split, result.initial.prompt, result.best.prompt, steps)

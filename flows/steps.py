@@ -30,11 +30,13 @@ from tasks.rewriters import usage as rewriter_usage
 from tasks.store import write_failure
 
 
-def load_data(config: OptimizeConfig | EvaluateConfig, prompt: str) -> tuple[Dataset, Split]:
+def load_data(config: OptimizeConfig | EvaluateConfig, prompt: str, *, as_task: bool = True) -> tuple[Dataset, Split]:
     """The run's dataset and its seeded split, as `optimize` and `evaluate` both read it (`prompt`'s variables say
-    which columns fill them), so an evaluation's held-out part is the optimisation run's."""
+    which columns fill them), so an evaluation's held-out part is the optimisation run's. `as_task` False: a plain
+    call, outside any flow (a dry run records nothing in Prefect)."""
     d = config.data
-    return t.load_split(
+    load = t.load_split if as_task else t.load_split.fn
+    return load(
         d.source,
         format=d.format,
         columns=d.columns,

@@ -86,6 +86,7 @@ class OptimizeSummary(BaseModel):
     n_candidates: int
     n_iterations: int
     stopped_early: bool = False  # `patience` iterations in a row accepted nothing, so the loop ended early
+    stop_reason: str = "iterations"  # iterations (all ran), patience, or budget (spent: rerun with more to go on)
     heldout: HeldOut | None
     prompt_name: str | None
     prompt_version: int | None
@@ -131,6 +132,7 @@ def summarize(
         n_candidates=len(result.candidates),
         n_iterations=len(result.iterations),
         stopped_early=result.stopped_early,
+        stop_reason=result.stop_reason,
         heldout=heldout_summary(heldout, seed),
         prompt_name=prompt_name,
         prompt_version=version,

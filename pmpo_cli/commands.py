@@ -26,6 +26,12 @@ def optimize(args: argparse.Namespace) -> int:
     from pmpo_cli.options import build_config
 
     config = build_config(OptimizeConfig, merge(optimize_values(args), _task_runner_flags(args)), args)
+    if args.dry_run:  # the plan only: no Prefect server, no flow run, no MLflow run
+        from flows.dry_run import optimize_plan
+        from pmpo_cli.plan import show_plan
+
+        show_plan(optimize_plan(config), config.task or "optimize")
+        return 0
     return _run_flow(optimize_prompt, config, display.optimize_summary, args.output)
 
 
@@ -43,6 +49,9 @@ def optimize_values(args: argparse.Namespace) -> dict[str, Any]:
         values["selection"] = {**values.get("selection", {}), "gate_z": args.gate_z}
     if args.demos is not None:
         values["demonstrations"] = {**values.get("demonstrations", {}), "k": args.demos}
+    budget = {k: v for k, v in (("max_tokens", args.max_tokens), ("max_seconds", args.max_seconds)) if v is not None}
+    if budget:
+        values["budget"] = {**values.get("budget", {}), **budget}
     return values
 
 

@@ -71,6 +71,8 @@ def optimize_summary(s: Any) -> None:
     dropped = sum(c.dropped for c in s.candidates)
     raced = f", {dropped} dropped early by racing" if dropped else ""
     stopped = ", stopped early (patience: nothing accepted)" if getattr(s, "stopped_early", False) else ""
+    if getattr(s, "stop_reason", "") == "budget":
+        stopped = ", stopped on budget (run it again with a larger budget to go on from the cache)"
     console.print(
         f"{s.n_candidates} candidates over {s.n_iterations} iterations{raced}{stopped}"
         + (" (resumed run)" if s.resumed else "")

@@ -37,6 +37,8 @@ FIELD_FLAGS = {
     "--rewriter-model": "rewriter.model",
     "--rewriter-api-key-env": "rewriter.api_key_env",
     "--dask-workers": "task_runner.n_workers",
+    "--max-tokens": "budget.max_tokens",
+    "--max-seconds": "budget.max_seconds",
 }
 
 

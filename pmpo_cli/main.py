@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="also try the prompt with K training examples as demonstrations, chosen by loss (default 0: off)",
     )
     _rewriter_options(opt)
+    from pmpo_cli.plan import add_budget_options
+
+    add_budget_options(opt)
     opt.add_argument(
         "--dask",
         metavar="ADDRESS",

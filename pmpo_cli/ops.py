@@ -52,6 +52,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="the accuracy change's 95%% interval may reach down to minus this (default 0.1)",
     )
     nightly.add_argument("--output", metavar="FILE", help="write the decisions as JSON")
+    nightly.add_argument(
+        "--dry-run", action="store_true", help="print each managed prompt's cost plan and exit: no run is made"
+    )
 
     compare = sub.add_parser("compare", help="score prompt versions on the same held-out data, with a word diff")
     compare.add_argument("name", metavar="NAME", help="the prompt's name in the MLflow Prompt Registry")
@@ -135,6 +138,13 @@ def nightly(args: argparse.Namespace) -> int:
         values["promotion"] = {k: v for k, v in promotion.items() if v is not None}
     config = build(NightlyConfig, values, origin="arguments", names=flag_names())
     plan(config)  # every entry of the prompts file checked before any run exists (a key typo is a config error)
+    if args.dry_run:  # from each entry's initial prompt: no flow run, no MLflow run
+        from flows.dry_run import nightly_plan
+        from pmpo_cli.plan import show_plan
+
+        for label, cost in nightly_plan(config):
+            show_plan(cost, label)
+        return 0
     before_flows()
     failed: NightlyRefreshFailed | None = None
     with display.live_progress():

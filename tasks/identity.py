@@ -43,8 +43,9 @@ from pmpo.data.examples import Dataset
 from tasks.models import ModelRef
 from tasks.rewriters import RewriterRef
 
-# Config fields that change no number, so not which run a config continues: where the losses are computed.
-RUN_NEUTRAL = frozenset({"task_runner"})
+# Config fields that change no number, so not which run a config continues: where the losses are computed, and
+# how much of the run one invocation may do (a larger budget goes on with the same run's cached steps).
+RUN_NEUTRAL = frozenset({"task_runner", "budget"})
 
 
 def model_key(ref: ModelRef) -> dict:

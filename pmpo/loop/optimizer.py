@@ -1,6 +1,7 @@
 """The PMPO loop: mask segments, rewrite on hard examples (and, when on, add demonstrations chosen by loss:
 `pmpo.loop.demonstrations`), keep a variant only when its loss is lower by more than the noise
-(`pmpo.loop.selection`), stop when `patience` iterations in a row kept nothing.
+(`pmpo.loop.selection`), stop when `patience` iterations in a row kept nothing or at the first step boundary
+after the `budget` is spent (`pmpo.loop.budget`).
 
 The loop exists once, in `PMPO.optimize`. The work it delegates (scoring, segment masking, rewriting,
 selection) goes through the `Steps` protocol (`pmpo.loop.steps`): `LocalSteps` runs it in this process; the
@@ -15,8 +16,9 @@ from typing import Callable
 import numpy as np
 
 from pmpo.data.examples import Dataset
+from pmpo.loop.budget import Budget, BudgetSpent
 from pmpo.loop.metering import MeteredSteps
-from pmpo.loop.result import Candidate, Iteration, OptimizeResult, Origin
+from pmpo.loop.result import Candidate, Iteration, OptimizeResult, Origin, StopReason
 from pmpo.loop.selection import candidates_from
 from pmpo.loop.settings import OptimizerConfig
 from pmpo.loop.steps import LocalSteps, Steps, removal_prompts
@@ -52,8 +54,9 @@ class PMPO:
         self.on_iteration = on_iteration or (lambda it: None)
 
     def optimize(self, prompt: str, train: Dataset) -> OptimizeResult:
-        """Run up to T iterations from `prompt` on the training set (fewer when `patience` stops it early)."""
+        """Run up to T iterations from `prompt` on the training set (fewer when `patience` or the budget stops it)."""
         self.steps.meter.take()  # work left from an interrupted earlier call is not this run's
+        budget = Budget(self.config.budget, self.steps.usage)
         matrix = self.steps.losses([prompt], train, 0)
         initial = candidates_from(matrix, [prompt], ["initial"], parent_id=None, iteration=0)[0]
         initial_cost = self.steps.meter.take()
@@ -62,12 +65,17 @@ class PMPO:
         rows = {initial.id: matrix.loss[0]}  # per-example losses of every candidate: hard examples come from here
         incumbent = initial
         iterations: list[Iteration] = []
-        patience, idle, stopped_early = self.config.patience, 0, False
+        patience, idle, stop = self.config.patience, 0, "iterations"
         for t in range(1, self.config.iterations + 1):
             if patience and idle >= patience:  # `patience` iterations in a row accepted nothing
-                stopped_early = True
+                stop = "patience"
                 break
-            record, new = self._iteration(t, incumbent, train, candidates, rows)
+            try:
+                budget.check()
+                record, new = self._iteration(t, incumbent, train, candidates, rows, budget)
+            except BudgetSpent:  # between two steps: the best so far stands, the finished steps are cached
+                stop = "budget"
+                break
             record = replace(record, cost=self.steps.meter.take())
             for c in new:
                 candidates[c.id] = c
@@ -76,6 +84,7 @@ class PMPO:
             iterations.append(record)
             self.on_iteration(record)
             idle = 0 if record.improved else idle + 1
+        reason: StopReason = stop  # type: ignore[assignment]
         return OptimizeResult(
             candidates=tuple(candidates.values()),
             iterations=tuple(iterations),
@@ -85,16 +94,25 @@ class PMPO:
             dataset_fingerprint=train.fingerprint,
             seed=self.config.seed,
             initial_cost=initial_cost,
-            stopped_early=stopped_early,
+            stopped_early=reason == "patience",
+            stop_reason=reason,
+            unfinished_cost=self.steps.meter.take(),
         )
 
     def _iteration(
-        self, t: int, incumbent: Candidate, train: Dataset, known: dict[str, Candidate], rows: dict[str, np.ndarray]
+        self,
+        t: int,
+        incumbent: Candidate,
+        train: Dataset,
+        known: dict[str, Candidate],
+        rows: dict[str, np.ndarray],
+        budget: Budget,
     ) -> tuple[Iteration, list[Candidate]]:
         hard = hard_examples(rows[incumbent.id].tolist(), self.config.rewrite.hard_k)
         units, effects = [], ()
         if self.config.masking:  # off: the paper's ablation, no mask passes, no table, no removals
             units, effects = self.steps.segments(incumbent.prompt, incumbent.loss, train, t)
+            budget.check()
         seen = frozenset(c.prompt for c in known.values())
         removals = []
         if self.config.segment_removal:
@@ -115,6 +133,7 @@ class PMPO:
                 incumbent.prompt, train, row, t, seen | set(removals + rewrites)
             )
             rejected = {**rejected, **{f"demonstrations/{r}": n for r, n in not_shown.items()}}
+        budget.check()
         prompts = removals + rewrites + demos
         origins: list[Origin] = (
             ["segment_removal"] * len(removals) + ["rewrite"] * len(rewrites) + ["demonstrations"] * len(demos)

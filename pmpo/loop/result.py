@@ -8,6 +8,8 @@ from typing import Literal
 from pmpo.models.usage import Cost, total
 
 Origin = Literal["initial", "rewrite", "segment_removal", "demonstrations"]
+# Why the loop ended: it ran every iteration, `patience` stopped it, or its `budget` was spent.
+StopReason = Literal["iterations", "patience", "budget"]
 
 
 @dataclass(frozen=True)
@@ -83,11 +85,14 @@ class OptimizeResult:
     initial_cost: Cost = Cost()  # scoring the initial prompt
     # The loop ended before its last iteration: `patience` iterations in a row accepted no candidate.
     stopped_early: bool = False
+    stop_reason: StopReason = "iterations"
+    # Steps of the iteration the budget cut short: done, then left (the flow's task cache keeps them for a rerun).
+    unfinished_cost: Cost = Cost()
 
     @property
     def cost(self) -> Cost:
-        """What the whole run cost: the initial scoring and every iteration."""
-        return self.initial_cost + total([it.cost for it in self.iterations])
+        """What the whole run cost: the initial scoring, every iteration, and any iteration the budget cut short."""
+        return self.initial_cost + total([it.cost for it in self.iterations]) + self.unfinished_cost
 
     @property
     def best_prompt(self) -> str:

@@ -46,6 +46,20 @@ class DemonstrationSettings(Strict):
     sets: int = Field(2, ge=1, description="demonstration sets (candidates) tried per iteration")
 
 
+class BudgetSettings(Strict):
+    """When a run stops before its last iteration because it has spent enough (`pmpo.loop.budget`)."""
+
+    # Tokens, not passes or requests: they are what a model's time and a server's bill grow with. Counted as this
+    # process computes them: a step the task cache serves is free, so a rerun goes on from where the last one
+    # stopped (its key holds no budget).
+    max_tokens: int | None = Field(
+        None, ge=1, description="stop at the next step once this many tokens were scored, prefilled or generated"
+    )
+    max_seconds: float | None = Field(
+        None, gt=0, description="stop at the next step once the loop has run this many seconds"
+    )
+
+
 class OptimizerConfig(Strict):
     """Settings of the PMPO loop."""
 
@@ -78,3 +92,5 @@ class OptimizerConfig(Strict):
     # Off by default: stop scoring clearly worse candidates after a first slice of the training set.
     racing: RacingSettings = Field(default_factory=RacingSettings)
     seed: int = Field(0, description="seed of the rewrites' sampling and the racing slices (the flows': and the split)")
+    # None: no limit. `pmpo optimize --dry-run` prints what a run costs at most, to choose one by.
+    budget: BudgetSettings = Field(default_factory=BudgetSettings)

@@ -41,6 +41,15 @@ def plan(seqs: list[list[int]], starts: list[int], budget: int, *, pack: bool, o
     ]
 
 
+def padded_sizes(fed: list[int], budget: int, *, pack: bool) -> list[int]:
+    """Tokens (rows x widest row, padding included) of each forward pass `plan` makes for sequences that feed
+    `fed` tokens each: what a cost plan counts without building a batch."""
+    rows = _pack(fed) if pack else [[i] for i in range(len(fed))]
+    row_len = [sum(fed[i] for i in row) for row in rows]
+    order = sorted(range(len(rows)), key=lambda r: -row_len[r])
+    return [len(group) * row_len[group[0]] for group in batches(order, row_len, budget)]
+
+
 def batches(order: list[int], lengths: list[int], budget: int) -> list[list[int]]:
     """Group indices (sorted longest first) so that rows x longest row stays within `budget` tokens."""
     groups: list[list[int]] = []

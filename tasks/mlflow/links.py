@@ -45,7 +45,8 @@ def log_datasets(run: TrackedRun, sets: dict[str, Dataset]) -> None:
 def as_mlflow_dataset(data: Dataset, context: str):
     """`data` as an MLflow pandas dataset: one row per example, its fingerprint as the digest, its file as source."""
     frame = pd.DataFrame([{"kind": type(e).__name__, **_fields(e)} for e in data.examples])
-    name, digest = f"{data.name}-{context}", data.fingerprint[:36]
+    whole = data.name.removesuffix("/train").removesuffix("/test")  # the split's name without pmpo's own suffix
+    name, digest = f"{whole}-{context}", data.fingerprint[:36]
     source = str(Path(data.origin).resolve()) if data.origin and Path(data.origin).exists() else None
     try:
         return mlflow.data.from_pandas(frame, source=source, name=name, digest=digest)

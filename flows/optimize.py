@@ -25,8 +25,8 @@ from pmpo.text.rendering import placed
 from pmpo.text.template import normalized
 from tasks.environment import code_version
 from tasks.identity import RUN_NEUTRAL, record_tags, run_key
-from tasks.mlflow import prompts, runs, writes
-from tasks.models import is_loaded, loaded, model_ref, text_side
+from tasks.mlflow import links, prompts, runs, writes
+from tasks.models import ModelRef, is_loaded, loaded, model_ref, text_side
 from tasks.progress import Event, report
 from tasks.rewriters import RewriterRef, rewriter_ref
 
@@ -67,6 +67,7 @@ def optimize_prompt(config: OptimizeConfig = OptimizeConfig()) -> OptimizeSummar
     )
     try:
         writes.log_text(run, config.model_dump_json(indent=2), "config.json")
+        links.log_datasets(run, {"train": split.train, **({"heldout": split.test} if split.test is not None else {})})
         with loss_fan_out(config.task_runner) as fan_out:
             steps = PrefectSteps(ref, config, writer, fan_out=fan_out)
             recorder = Recorder(run)
@@ -79,13 +80,15 @@ def optimize_prompt(config: OptimizeConfig = OptimizeConfig()) -> OptimizeSummar
         with meter.step("evaluate"):
             heldout = _heldout(config, split, result.initial.prompt, result.best.prompt, steps)
         heldout_cost = meter.take() if heldout is not None else None
+        placement = placed(result.best.prompt, text_side(ref).placement)
         prompt_name, version = recorder.finish(
             result,
             task,
             heldout,
             config.register_prompt,
             cost=run_cost(result, heldout_cost),
-            placement=placed(result.best.prompt, text_side(ref).placement),
+            placement=placement,
+            model_config=version_model_config(ref, placement),
         )
     except BaseException:
         runs.finish(run, "FAILED")  # an identical command resumes a failed run, as it does a killed one
@@ -105,6 +108,17 @@ def optimize_prompt(config: OptimizeConfig = OptimizeConfig()) -> OptimizeSummar
         work=steps.work,
         heldout_cost=heldout_cost,
     )
+
+
+def version_model_config(ref: ModelRef, placement: str) -> dict:
+    """The registered version's MLflow model config: the model the prompt was optimised for, how it is placed."""
+    settings = ref.settings
+    served = settings.backend == "openai"
+    return {
+        "model_name": settings.model if served and settings.model else ref.identity,
+        "provider": f"openai-compatible {settings.base_url}" if served else "transformers",
+        "extra_params": {"pmpo.identity": ref.identity, "pmpo.placement": placement, "pmpo.dtype": ref.dtype},
+    }
 
 
 def _noting(recorder: Recorder):

@@ -13,7 +13,7 @@ from pmpo.evaluation.heldout import Evaluation, compare
 from pmpo.loop.result import Candidate, Iteration, OptimizeResult
 from pmpo.models.usage import Cost
 from tasks import plots
-from tasks.mlflow import prompts, runs, writes
+from tasks.mlflow import links, prompts, runs, writes
 from tasks.mlflow.runs import TrackedRun
 
 
@@ -49,10 +49,12 @@ class Recorder:
         register: bool,
         cost: Cost | None = None,
         placement: str = "",
+        model_config: dict | None = None,
     ) -> tuple[str | None, int | None]:
         """Final metrics (`cost`: the run's total), plot, prompts and the Prompt Registry entry; returns (name, version).
 
-        `placement`: where the prompt went in the model's input (pmpo.text.rendering.placed), tagged on the version."""
+        `placement`: where the prompt went in the model's input (pmpo.text.rendering.placed), tagged on the version;
+        `model_config`: the version's MLflow model config (the scoring model and the placement)."""
         run = self.run
         writes.log_candidates(run, result.candidates, self.selected)
         metrics: dict[str, float] = {
@@ -73,18 +75,60 @@ class Recorder:
             plots.close(fig)
         writes.log_text(run, result.initial.prompt, "prompts/initial.txt")
         writes.log_text(run, result.best.prompt, "prompts/best.txt")
-        return self._register(result, task, placement) if register else (None, None)
+        links.describe(run, description(result, metrics))
+        return self._register(result, task, placement, model_config) if register else (None, None)
 
-    def _register(self, result: OptimizeResult, task: str, placement: str) -> tuple[str, int]:
+    def _register(
+        self, result: OptimizeResult, task: str, placement: str, model_config: dict | None
+    ) -> tuple[str, int]:
         tags = runs.run_tags(self.run.run_id)
         if "pmpo.prompt_version" in tags:  # registered before a crash: a second version would be a duplicate
-            return tags["pmpo.prompt_name"], int(tags["pmpo.prompt_version"])
-        name, version = prompts.register_prompt(task, result.best.prompt, result.best.loss, self.run, placement)
-        runs.set_tags(self.run, {"pmpo.prompt_name": name, "pmpo.prompt_version": str(version)})
+            name, version = tags["pmpo.prompt_name"], int(tags["pmpo.prompt_version"])
+        else:
+            name, version = prompts.register_prompt(
+                task, result.best.prompt, result.best.loss, self.run, placement, model_config
+            )
+            runs.set_tags(self.run, {"pmpo.prompt_name": name, "pmpo.prompt_version": str(version)})
+        links.link_version(self.run.run_id, name, version)  # linking twice is harmless: MLflow keeps one link
         return name, version
 
     def _new(self, iteration: int) -> bool:
         return iteration > self.run.logged_through
+
+
+def description(result: OptimizeResult, metrics: dict[str, float]) -> str:
+    """The run's description (Markdown): initial -> best prompt, and the held-out change with its interval."""
+    changed = "unchanged: no candidate beat the initial prompt" if result.best.id == result.initial.id else "improved"
+    lines = [
+        f"PMPO: training loss {result.initial.loss:.4f} -> {result.best.loss:.4f} ({changed}), "
+        f"{len(result.iterations)} iterations, {len(result.candidates)} candidates.",
+        "",
+        "**Initial prompt**",
+        "",
+        _quoted(result.initial.prompt),
+        "",
+        "**Best prompt**",
+        "",
+        _quoted(result.best.prompt),
+    ]
+    if "heldout/delta_loss" in metrics:
+        n = int(metrics["heldout/n_examples"])
+        lines += [
+            "",
+            f"Held-out ({n} examples): loss {metrics['heldout/loss_initial']:.4f} -> {metrics['heldout/loss_final']:.4f}, "
+            f"change {metrics['heldout/delta_loss']:+.4f} (95% interval {metrics['heldout/delta_loss_low']:+.4f} to "
+            f"{metrics['heldout/delta_loss_high']:+.4f}).",
+        ]
+        if "heldout/delta_accuracy" in metrics:
+            lines.append(
+                f"Accuracy change {metrics['heldout/delta_accuracy']:+.3f} (95% interval "
+                f"{metrics['heldout/delta_accuracy_low']:+.3f} to {metrics['heldout/delta_accuracy_high']:+.3f})."
+            )
+    return "\n".join(lines)
+
+
+def _quoted(text: str) -> str:
+    return "\n".join(f"> {line}" if line else ">" for line in text.splitlines() or [""])
 
 
 def heldout_metrics(initial: Evaluation, final: Evaluation, *, seed: int = 0) -> dict[str, float]:

@@ -8,6 +8,10 @@ Without `echo` it generates as a server does: greedily (temperature 0 only) up t
 eos token or a `stop` text; `answer` replaces the model by a fixed rule, `requests` records every request body,
 `usage=False` leaves the reply's token counts out. `/v1/chat/completions` answers with the model's greedy reply
 (n copies, whatever the temperature) or with fixed `chat_choices`.
+
+Two switches reproduce other servers' replies: `stale_prefix=True` vLLM's prefix-cache bug (vllm-project/vllm#42019:
+a token whose prefix an earlier request already sent gets the value the last text computed at that position, so a
+text's log-probs depend on request order), `offsets=False` SGLang's echo (every `text_offset` is -1).
 """
 
 import contextlib
@@ -37,6 +41,8 @@ def echo_app(
     requests: Optional[list] = None,
     usage: bool = True,
     chat_choices: Sequence[Tuple[str, Optional[str]]] = (),
+    stale_prefix: bool = False,
+    offsets: bool = True,
 ):
     """The FastAPI app; `shift=1`: token i gets the log-prob from the logits at i (llama.cpp's bug).
 
@@ -47,6 +53,7 @@ def echo_app(
 
     app = FastAPI()
     tok, model = lm.tokenizer, lm.model
+    cache = _StaleCache() if stale_prefix else None
 
     def refused(request: Request):
         if key is not None and request.headers.get("authorization") != f"Bearer {key}":
@@ -87,19 +94,46 @@ def echo_app(
                 if body.get("temperature") != 0:
                     return JSONResponse({"error": {"message": "this server decodes greedily only"}}, status_code=400)
                 return _generated(tok, model, name, prompts, body, answer, usage)
-            choices = [_choice(tok, model, text, i, shift) for i, text in enumerate(prompts)]
+            choices = [_choice(tok, model, text, i, shift, cache, offsets) for i, text in enumerate(prompts)]
+            if cache is not None:
+                cache.close_request()
             return {"id": "cmpl", "object": "text_completion", "created": 0, "model": name, "choices": choices}
 
     return app
 
 
+class _StaleCache:
+    """vLLM's bug, reduced: prefixes sent in earlier requests are "cached", and a cached position reports what
+    the last scored text left in the output buffer at that position instead of its own value."""
+
+    def __init__(self):
+        self.seen: set[tuple[int, ...]] = set()
+        self.pending: set[tuple[int, ...]] = set()
+        self.buffer: list = []
+
+    def apply(self, ids: list[int], values: list) -> list:
+        stale = [
+            self.buffer[i] if tuple(ids[: i + 1]) in self.seen and i < len(self.buffer) else v
+            for i, v in enumerate(values)
+        ]
+        self.pending.update(tuple(ids[: i + 1]) for i in range(len(ids)))
+        self.buffer = stale
+        return stale
+
+    def close_request(self) -> None:
+        self.seen |= self.pending  # cached from the next request on: one request's texts do not see each other
+        self.pending = set()
+
+
 @torch.inference_mode()
-def _choice(tok, model, text: str, index: int, shift: int) -> dict:
+def _choice(tok, model, text: str, index: int, shift: int, cache=None, offsets_known: bool = True) -> dict:
     enc = tok(text, return_offsets_mapping=True)
     ids = enc["input_ids"]
     logprobs = model(torch.tensor([ids])).logits[0].float().log_softmax(-1)  # [T, V]
     values = [None] + [logprobs[i - 1 + shift, ids[i]].item() for i in range(1, len(ids))]
-    offsets = [start for start, _ in enc["offset_mapping"]]
+    if cache is not None:
+        values = cache.apply(ids, values)
+    offsets = [start for start, _ in enc["offset_mapping"]] if offsets_known else [-1] * len(ids)
     new = int(logprobs[-1].argmax())  # max_tokens 1: one greedy token after the prompt
     new_text = tok.decode([new])
     return {
@@ -109,7 +143,7 @@ def _choice(tok, model, text: str, index: int, shift: int) -> dict:
         "logprobs": {
             "tokens": [tok.decode([i]) for i in ids] + [new_text],
             "token_logprobs": values + [logprobs[-1, new].item()],
-            "text_offset": offsets + [len(text)],
+            "text_offset": offsets + [len(text) if offsets_known else -1],
             "top_logprobs": None,
         },
     }

@@ -13,15 +13,23 @@ narrower: it drops a leading BOS token from the echo and pairs the rest with the
 which is right exactly when the text begins with BOS. `prepend_bos` sends every text that way (and the check
 text too, so the check judges what is really sent); it is opt-in because it adds a BOS the model may not
 otherwise see, and the check still has the last word.
+
+The order test then asks whether a text's log-probabilities depend on what the server scored before. vLLM's do
+when prefix caching is on (vllm-project/vllm#42019, open): positions read from the cache get stale values left by
+an earlier request. Two texts that share a prefix are scored in both orders, A then B and B then A, sent as
+scoring sends them (together in one request, or one per request); each text's log-probabilities must agree across
+the orders, or the server is refused naming the order test. The shared prefix opens with a random number, so this
+process's probe is never a cache hit on an earlier one's.
 """
 
 from __future__ import annotations
 
+import secrets
 import threading
 from dataclasses import dataclass
 
 from pmpo.remote.client import CompletionsClient, RemoteError
-from pmpo.remote.logprobs import LogprobsMissing, prompt_logprobs
+from pmpo.remote.logprobs import LogprobsMissing, TokenLogprobs, prompt_logprobs
 
 SENTENCE = "The quick brown fox jumps over the lazy dog near the old mill by the river."
 COPIES = 3
@@ -30,6 +38,13 @@ MIN_LAST_COPY = -1.0
 # ...and this much better than the first copy (SmolLM2-135M: 3.5 nats/token better), which rules out a
 # server that reports a constant or near-zero value for every token.
 MIN_GAIN = 1.0
+# The order test's texts: a shared prefix (the sentence after a random number) and two different endings.
+ORDER_ENDINGS = (" Then the fox slept under the oak tree.", " A farmer counted his sheep twice that evening.")
+# One text scored in two orders may differ by batching noise (bf16 kernels: ~0.01 nats/token) but not by this much
+# on average (a stale cached prefix: nats per token on the tokens it touches)...
+MAX_ORDER_GAP = 0.05
+# ...nor by this much on any one token, which catches a stale value on a few tokens that the mean dilutes.
+MAX_ORDER_TOKEN_GAP = 1.0
 
 _LOCK = threading.Lock()
 _CHECKED: dict[tuple[str, str], "ServerFacts"] = {}
@@ -43,6 +58,7 @@ class ServerFacts:
     prompts_per_request: int  # 1 where the server takes one prompt per request
     first_copy: float  # mean log-prob per token of the first copy
     last_copy: float  # ... and of the last copy
+    order_gap: float | None = None  # the order test's mean |difference| per token (None: model.check is off)
 
 
 def check_text() -> str:
@@ -102,9 +118,60 @@ def _run(client: CompletionsClient, identity: str, lead: str) -> ServerFacts:
         first, last = copy_means(choice, text, lead)
     except LogprobsMissing as exc:
         raise RemoteError(f"{where} cannot score prompts: {exc}") from None
-    if client.settings.check:
-        judge(first, last, where, hint=not lead)
-    return ServerFacts(identity, per_request, first, last)
+    if not client.settings.check:
+        return ServerFacts(identity, per_request, first, last)
+    judge(first, last, where, hint=not lead)
+    gap = order_test(client, per_request, lead, where)
+    return ServerFacts(identity, per_request, first, last, gap)
+
+
+def order_texts(lead: str = "", nonce: int | None = None) -> tuple[str, str]:
+    """Two texts that share a prefix, for the order test (`nonce`: the number that opens the prefix)."""
+    nonce = secrets.randbelow(10**9) if nonce is None else nonce
+    prefix = f"{lead}Note {nonce}: {SENTENCE}"
+    return prefix + ORDER_ENDINGS[0], prefix + ORDER_ENDINGS[1]
+
+
+def order_test(client: CompletionsClient, per_request: int, lead: str, where: str) -> float:
+    """Score two overlapping texts A then B, then B then A; refuse the server if a text's log-probs changed.
+
+    Returns the larger of the two texts' mean |difference| per token between the orders (nats/token).
+    """
+    a, b = order_texts(lead)
+    if per_request > 1:
+        first = client.complete([a, b])
+        second = client.complete([b, a])[::-1]
+    else:
+        first = [client.complete([t])[0] for t in (a, b)]
+        second = [client.complete([t])[0] for t in (b, a)][::-1]
+    try:
+        pairs = [(prompt_logprobs(x, t, lead), prompt_logprobs(y, t, lead)) for t, x, y in zip((a, b), first, second)]
+    except LogprobsMissing as exc:
+        raise RemoteError(f"{where} cannot score prompts: {exc}") from None
+    mean_gap, token_gap = max(order_gaps(x, y) for x, y in pairs)
+    judge_order(mean_gap, token_gap, where)
+    return mean_gap
+
+
+def order_gaps(x: TokenLogprobs, y: TokenLogprobs) -> tuple[float, float]:
+    """(mean, largest) |difference| between two scorings of one text, token by token (inf: tokenised differently)."""
+    if x.offsets != y.offsets:
+        return float("inf"), float("inf")
+    diffs = [abs(p - q) for p, q in zip(x.logprobs, y.logprobs) if p is not None and q is not None]
+    return (sum(diffs) / len(diffs), max(diffs)) if diffs else (0.0, 0.0)
+
+
+def judge_order(mean_gap: float, token_gap: float, where: str) -> None:
+    """Refuse a server whose log-probs for one text depend on the order it scored texts in."""
+    if mean_gap <= MAX_ORDER_GAP and token_gap <= MAX_ORDER_TOKEN_GAP:
+        return
+    raise RemoteError(
+        f"{where} fails the order test: one text scored before and after an overlapping text gets prompt "
+        f"log-probabilities {mean_gap:.3f} nats/token apart on average, {token_gap:.3f} on one token (allowed: "
+        f"{MAX_ORDER_GAP} and {MAX_ORDER_TOKEN_GAP}). Its scores depend on request order, likely from a prefix "
+        "cache that serves stale values (vLLM: start it with --no-enable-prefix-caching, vllm-project/vllm#42019), "
+        "so pmpo will not score with it; set model.check: false only if you have verified it yourself"
+    )
 
 
 def _single(client: CompletionsClient, text: str, where: str) -> dict:

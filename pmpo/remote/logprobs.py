@@ -3,6 +3,9 @@
 Pure functions on the response's `logprobs` mapping (`tokens`, `token_logprobs`, `text_offset`), so they can
 be checked on recorded responses. Boundary rule as in pmpo.text.encoding: a token that holds any character of the
 completion is a target token, even if it also holds the end of the context.
+
+SGLang's `/v1/completions` sends `text_offset` -1 for every token ("not supported yet"); its tokens' texts spell
+the echoed text, so their offsets are found by reading the tokens in order (`spelled_offsets`).
 """
 
 from __future__ import annotations
@@ -54,20 +57,52 @@ def prompt_logprobs(choice: Mapping[str, Any], text: str, lead: str = "") -> Tok
             "the server returned no prompt log-probabilities (logprobs.token_logprobs / text_offset missing): "
             "it ignores `echo` or `logprobs` on /v1/completions"
         )
-    offsets, values = list(lp["text_offset"]), list(lp["token_logprobs"])
+    offsets, values, tokens = list(lp["text_offset"]), list(lp["token_logprobs"]), lp.get("tokens")
+    if offsets and all(o == -1 for o in offsets):  # SGLang: no offsets, but tokens that spell the text
+        offsets = spelled_offsets(tokens, str(choice.get("text", "")))
+        kept = [i for i, o in enumerate(offsets) if o >= 0]  # a leading BOS the text does not hold is left out
+        offsets, values, tokens = [offsets[i] for i in kept], [values[i] for i in kept], [tokens[i] for i in kept]
     if len(offsets) != len(values):
         raise LogprobsMissing(f"the server returned {len(offsets)} token offsets but {len(values)} log-probs")
     if not str(choice.get("text", "")).startswith(text) or not offsets or offsets[0] != 0:
         raise LogprobsMissing(
             "the server did not echo the prompt (`echo: true` ignored): its tokens are not in the reply"
         )
-    skipped = _dropped_lead(lp.get("tokens"), text, lead)
+    skipped = _dropped_lead(tokens, text, lead)
     offsets = [o + skipped for o in offsets]
     n = sum(1 for o in offsets if o < len(text))  # tokens past the prompt were generated (max_tokens)
     if any(b < a for a, b in zip(offsets[:n], offsets[1:n])):
         raise LogprobsMissing("the server's text_offset values go backwards: they are not character offsets")
-    _check_offsets(lp.get("tokens"), offsets[:n], text)
+    _check_offsets(tokens, offsets[:n], text)
     return TokenLogprobs(tuple(offsets[:n]), tuple(values[:n]), len(text))
+
+
+def spelled_offsets(tokens: Sequence[str] | None, text: str) -> list[int]:
+    """Each token's first character in `text`, read off tokens whose texts spell it in order.
+
+    Leading tokens whose texts are not in `text` (a BOS the server added, e.g. `<|begin_of_text|>`) get -1, as do
+    tokens past its end; a token holding part of a character (U+FFFD) cannot be placed, and the reply is refused.
+    """
+    if not tokens:
+        raise LogprobsMissing("the server returned no text_offset values and no tokens to find them from")
+    offsets, at = [], 0
+    for i, token in enumerate(tokens):
+        if at >= len(text) or (at == 0 and not text.startswith(token)):
+            offsets.append(-1)
+            continue
+        offsets.append(at)
+        if "\ufffd" in token:
+            raise LogprobsMissing(
+                f"the server returned no text_offset values, and token {i} ({token!r}) holds part of a character, "
+                "so the tokens cannot be placed in the text"
+            )
+        if not text.startswith(token, at):
+            raise LogprobsMissing(
+                f"the server returned no text_offset values, and its tokens do not spell the text (token {i}, "
+                f"{token!r}, is not at character {at})"
+            )
+        at += len(token)
+    return offsets
 
 
 def _dropped_lead(tokens: Sequence[str] | None, text: str, lead: str) -> int:

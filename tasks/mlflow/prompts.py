@@ -46,11 +46,15 @@ def prompt_name(task: str) -> str:
     return safe_name(task).strip("-") or "prompt"
 
 
-def register_prompt(task: str, prompt: str, loss: float, run: TrackedRun, placement: str = "") -> tuple[str, int]:
+def register_prompt(
+    task: str, prompt: str, loss: float, run: TrackedRun, placement: str = "", model_config: dict | None = None
+) -> tuple[str, int]:
     """Register `prompt` under the task's name with its loss and run id; the same text reuses its version.
 
     `placement` (`system`, `user`, `plain`, `chat`: pmpo.text.rendering.placed) is tagged `pmpo.placement` on a
-    new version, so whoever deploys it renders the prompt where its loss was measured.
+    new version, so whoever deploys it renders the prompt where its loss was measured. `model_config` (MLflow's
+    PromptModelConfig fields: model_name, extra_params) is the version's "Model Config": the model it was
+    optimised for and how the prompt is placed.
 
     A reused version keeps its `run_id` tag (the run that first produced it) and gains this run in
     `pmpo.run_ids`. `prompts:/<name>@latest` loads the newest version: MLflow reserves the alias `latest`
@@ -74,6 +78,7 @@ def register_prompt(task: str, prompt: str, loss: float, run: TrackedRun, placem
             RUN_IDS_TAG: run.run_id,
             **({PLACEMENT_TAG: placement} if placement else {}),
         },
+        model_config=model_config,
     )
     return name, int(version.version)
 

@@ -70,6 +70,9 @@ def test_chat_template_texts_are_refused_because_offsets_skip_special_tokens(lla
     with pytest.raises(RemoteError, match="does not locate its tokens.*special tokens"):
         scorer.loss_matrix(PROMPTS[:1], EXAMPLES[:1])
     assert scorer.served.facts().last_copy > -1.0  # the check itself passed: alignment is right after a BOS
+    # ...and the order test: llama-cpp-python reuses the previous prompt's KV for a common prefix, which must not
+    # change the prefix's log-probs (vLLM's prefix cache does: vllm-project/vllm#42019)
+    assert scorer.served.facts().order_gap is not None and scorer.served.facts().order_gap < 0.05
 
 
 def test_with_prepend_bos_plain_texts_rank_prompts_as_the_in_process_model(llama_url):

@@ -27,6 +27,21 @@ WORKLOADS = {
 }
 
 
+def _with_prompt(overrides: dict) -> dict:
+    """A BIG-bench sample has no default prompt: its own instruction, as the quality benchmark starts from."""
+    source = overrides.get("data", {}).get("source")
+    if not source or "prompt" in overrides:
+        return overrides
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import workload as wl
+
+    from pmpo import load_dataset
+
+    return {**overrides, "prompt": wl.incumbent_of(load_dataset(source))}
+
+
 def measure(name: str, overrides: dict) -> dict:
     """Plan one workload, run it, and compare."""
     from flows.config import OptimizeConfig
@@ -37,7 +52,7 @@ def measure(name: str, overrides: dict) -> dict:
     from tasks.models import loaded, model_ref, scorer
     from tasks.models import usage as model_usage
 
-    config = OptimizeConfig.model_validate({**overrides, "patience": 0})
+    config = OptimizeConfig.model_validate({**_with_prompt(overrides), "patience": 0})
     start = time.perf_counter()
     plan = optimize_plan(config)
     plan_s = time.perf_counter() - start

@@ -121,10 +121,15 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def _running(argv: list[str], env: dict[str, str], log: Path, cwd: Path = ROOT):
-    """A background process in its own group, stopped (SIGTERM, then SIGKILL) with its children at the end."""
-    with open(log, "wb") as out:
-        p = subprocess.Popen(argv, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+def _running(argv: list[str], env: dict[str, str], log: Path | None, cwd: Path = ROOT, **popen):
+    """A background process in its own group, stopped (SIGTERM, then SIGKILL) with its children at the end.
+
+    `log` None: its output is dropped; `popen`: more subprocess.Popen arguments (e.g. a preexec_fn).
+    """
+    with open(log, "wb") if log else contextlib.nullcontext(subprocess.DEVNULL) as out:
+        p = subprocess.Popen(
+            argv, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **popen
+        )
         try:
             yield p
         finally:

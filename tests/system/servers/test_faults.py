@@ -119,24 +119,8 @@ def _worker_on_a_full_disk(s: Stack, name: str, max_file_bytes: int):
 
     argv = [sys.executable, "-m", "prefect", "worker", "start", "--pool", "pmpo", "--name", name, "--limit", "1"]
     # its log to a pipe-less sink: a log file would hit the limit too
-    p = subprocess.Popen(
-        argv,
-        env=s.env,
-        cwd=s.tmp,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-        preexec_fn=limit,
-    )
-    try:
+    with _running(argv, s.env, None, cwd=s.tmp, preexec_fn=limit) as p:
         yield p
-    finally:
-        os.killpg(p.pid, signal.SIGTERM)
-        try:
-            p.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
 
 
 def _prompts(s: Stack, tiny_model_dir: Path, *names: str) -> Path:

@@ -12,6 +12,7 @@ from pmpo.loop.selection import candidates_from, select
 from pmpo.loop.settings import DemonstrationSettings, OptimizerConfig, SelectionSettings
 from pmpo.scoring.loss import Scorer
 from pmpo.text.demonstrations import shown, with_demonstrations
+from tests.support.scorers import RecordingScorer
 
 LABELS = ["positive", "negative"]
 TRAIN = Dataset(
@@ -73,20 +74,10 @@ def test_demonstration_prompts_keep_seen_prompts_out_and_add_none_to_a_prompt_th
     assert demonstration_prompts(tiny_lm, prompts[0], TRAIN, losses, settings, 2, frozenset(), seed=0) == ([], {})
 
 
-class CountingScorer(Scorer):
-    def __init__(self, lm):
-        super().__init__(lm)
-        self.prompts: list[str] = []
-
-    def loss_matrix(self, prompts, examples):
-        self.prompts.extend(prompts)
-        return super().loss_matrix(prompts, examples)
-
-
 def _run(tiny_lm, k):
     config = OptimizerConfig(iterations=1, masking=False, demonstrations=DemonstrationSettings(k=k, sets=2))
     config = config.model_copy(update={"rewrite": config.rewrite.model_copy(update={"hard_k": 0})})
-    scorer = CountingScorer(tiny_lm)
+    scorer = RecordingScorer(tiny_lm)
     return PMPO(tiny_lm, config, scorer).optimize(PROMPT, TRAIN), scorer
 
 

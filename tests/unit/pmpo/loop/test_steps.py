@@ -10,6 +10,7 @@ from pmpo.loop.steps import prompt_units, removal_prompts, segment_effects, unit
 from pmpo.masking.units import segment
 from pmpo.rewriting.proposal import RewriteSettings
 from pmpo.scoring.loss import Scorer
+from tests.support.scorers import RecordingScorer
 
 PROMPT = (
     "You label the sentiment of product reviews.\n"
@@ -28,18 +29,6 @@ TRAIN = Dataset(
         )
     ),
 )
-
-
-class RecordingScorer(Scorer):
-    """A scorer that remembers every prompt it was asked to score."""
-
-    def __init__(self, lm):
-        super().__init__(lm)
-        self.prompts: list[str] = []
-
-    def loss_matrix(self, prompts, examples):
-        self.prompts.extend(prompts)
-        return super().loss_matrix(prompts, examples)
 
 
 def _loss(scorer, prompt):

@@ -12,7 +12,7 @@ from pmpo.loop.selection import candidates_from, select
 from pmpo.loop.settings import DemonstrationSettings, OptimizerConfig, SelectionSettings
 from pmpo.scoring.loss import Scorer
 from pmpo.text.demonstrations import shown, with_demonstrations
-from tests.support.scorers import RecordingScorer
+from support.scorers import RecordingScorer
 
 LABELS = ["positive", "negative"]
 TRAIN = Dataset(

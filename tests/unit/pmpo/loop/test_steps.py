@@ -10,7 +10,7 @@ from pmpo.loop.steps import prompt_units, removal_prompts, segment_effects, unit
 from pmpo.masking.units import segment
 from pmpo.rewriting.proposal import RewriteSettings
 from pmpo.scoring.loss import Scorer
-from tests.support.scorers import RecordingScorer
+from support.scorers import RecordingScorer
 
 PROMPT = (
     "You label the sentiment of product reviews.\n"

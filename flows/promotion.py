@@ -24,7 +24,7 @@ from pmpo.evaluation.gate import Verdict, Why
 from pmpo.evaluation.heldout import Evaluation
 from pmpo.evaluation.rotation import DecisionDraw, decision_draw
 from pmpo.evaluation.stats import Interval
-from tasks.mlflow import prompts, runs, writes
+from tasks.mlflow import links, prompts, runs, writes
 from tasks.mlflow.prompts import PRODUCTION, PromptVersion
 from tasks.mlflow.runs import TrackedRun
 
@@ -116,7 +116,8 @@ def decide(
     promote it if the gate lets it.
 
     The decision is recorded where each reader looks: the candidate's version tags (and production's, when it is
-    kept for want of a new candidate), the optimisation run's tags, and the refresh's run (`record`).
+    kept for want of a new candidate), the optimisation run's tags, and the refresh's run (`record`), which is also
+    linked to both versions it judged.
     """
     name = managed.name
     setup = setup_of(managed.optimize)
@@ -159,6 +160,9 @@ def decide(
         if promote:
             prompts.set_alias(name, PRODUCTION, version)
         prompts.tag_prompt(name, {DECISIONS_TAG: str(number + 1)})  # this draw has judged: the next one is fresh
+    # The refresh's run page lists the versions it judged ("Registered prompts"), as MLflow's own evaluations do.
+    for judged in {production.version, version} - {None}:
+        links.link_version(nightly_run_id, name, judged)
     outcome = "promoted" if promote else "kept"
     if proposal.run_id:
         runs.tag_run(

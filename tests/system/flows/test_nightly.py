@@ -5,6 +5,8 @@ alone and is named, and every decision is on record."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import yaml
 
@@ -227,6 +229,9 @@ def test_only_a_candidate_better_on_held_out_data_is_promoted(prompts, tiny_mode
     assert prompts.get_version("sent", good.candidate_version).tags["pmpo.decision"] == "promoted"
     run = store.client().get_run(report.run_id)
     assert run.data.tags["pmpo.decision.sent"] == "promoted" and run.data.tags["pmpo.why.sent"] == "promoted"
+    # MLflow's own link: the refresh's run page lists both versions it judged under "Registered prompts".
+    linked = {(p["name"], int(p["version"])) for p in json.loads(run.data.tags["mlflow.linkedPrompts"])}
+    assert linked == {("sent", 1), ("sent", good.candidate_version)}
     # The auditor's record: the examples (rows, hashes, seed) and the per-example losses the decision was made on.
     record = queries.run_json(report.run_id, "heldout/sent.json")
     assert record["hashes"] == good.heldout.hashes and record["seed"] == good.heldout.seed

@@ -17,7 +17,7 @@ from flows.heldout import Score, recorded_setup, score, setup_tag
 from pmpo.models.settings import ModelSettings
 from pmpo.settings import Strict
 from tasks import plots
-from tasks.mlflow import prompts, runs, writes
+from tasks.mlflow import links, prompts, runs, writes
 from tasks.mlflow.prompts import LATEST, PRODUCTION, PromptVersion
 
 
@@ -107,6 +107,8 @@ def compare_prompts(config: CompareConfig) -> Comparison:
         },
     )
     _record(run, rows)
+    for v in versions:  # the run page lists the versions it judged ("Registered prompts")
+        links.link_version(run.run_id, config.name, v.version)
     return Comparison(
         name=config.name,
         data_source=setup.data.source,

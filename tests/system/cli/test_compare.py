@@ -89,6 +89,8 @@ def test_pmpo_compare_prints_both_losses_and_the_diff(capsys, tmp_path, pmpo_hom
     run = store.client().get_run(result["run_id"])
     assert run.data.tags["pmpo.kind"] == "compare" and run.info.status == "FINISHED"
     assert run.data.metrics[f"loss_v{v2}"] == pytest.approx(expected[NEW], rel=1e-5)
+    linked = {(p["name"], int(p["version"])) for p in json.loads(run.data.tags["mlflow.linkedPrompts"])}
+    assert linked == {("sent", v1), ("sent", v2)}
     assert {"comparison.json", "comparison.png"} <= {a.path for a in store.client().list_artifacts(run.info.run_id)}
 
 

@@ -150,8 +150,16 @@ def _propose_on_pool(the_plan: Plan, deployment: str) -> list[_Proposed | Decisi
 def _launch(managed: ManagedPrompt, deployment: str) -> tuple[ManagedPrompt, PromptVersion | None, fanout.Child]:
     production = prompts.get_version(managed.name, PRODUCTION)
     child = fanout.launch(deployment, managed.name, managed.optimize_from(production.text if production else None))
-    how = "waiting for the unfinished flow run" if child.adopted else "started flow run"
-    get_run_logger().info("%s: %s %s (%s)", managed.name, how, child.flow_run_id, child.url)
+    if child.adopted:  # a warning: `pmpo nightly` shows warnings only, and an earlier refresh died
+        get_run_logger().warning(
+            "%s: waiting for the unfinished flow run %s (%s), left by an earlier refresh, instead of starting a "
+            "second copy",
+            managed.name,
+            child.flow_run_id,
+            child.url,
+        )
+    else:
+        get_run_logger().info("%s: started flow run %s (%s)", managed.name, child.flow_run_id, child.url)
     return managed, production, child
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -109,18 +108,19 @@ def _worker(s: Stack, name: str):
 
 
 @contextlib.contextmanager
-def _worker_on_a_full_disk(s: Stack, name: str, max_file_bytes: int):
-    """A worker whose flow runs cannot grow a file past `max_file_bytes` (RLIMIT_FSIZE: a full disk, even for root,
-    which a read-only directory is not): a longer write stops there with EFBIG, the file left half-written."""
-
-    def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG from write(), not a killed process
-
-    argv = [sys.executable, "-m", "prefect", "worker", "start", "--pool", "pmpo", "--name", name, "--limit", "1"]
-    # its log to a pipe-less sink: a log file would hit the limit too
-    with _running(argv, s.env, None, cwd=s.tmp, preexec_fn=limit) as p:
-        yield p
+def _full_store(s: Stack, room: int):
+    """The result store on a filesystem of its own with `room` bytes (a tmpfs mounted over it): a write past that
+    fails with ENOSPC and leaves its file cut short, while nothing else is short of space (Prefect's own files in
+    /tmp, MLflow's temporary artifacts, as on a machine whose store is a disk of its own). Yields what frees space."""
+    store = s.tmp / "home" / "results"
+    store.mkdir(parents=True, exist_ok=True)
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={room}", "tmpfs", str(store)], capture_output=True)
+    if mount.returncode != 0:
+        pytest.skip(f"a small filesystem for the store cannot be mounted here: {mount.stderr.decode().strip()}")
+    try:
+        yield lambda: subprocess.run(["mount", "-o", "remount,size=64m", str(store)], check=True)
+    finally:
+        subprocess.run(["umount", "--lazy", str(store)], check=False)
 
 
 def _prompts(s: Stack, tiny_model_dir: Path, *names: str) -> Path:
@@ -268,7 +268,9 @@ def test_a_worker_killed_mid_child_crashes_that_prompt_only_and_the_next_refresh
     with _worker(stack, "w1") as w1, _worker(stack, "w2") as w2:
         refresh = _nightly(stack, prompts, stack.tmp / "worker-1.json")
         alpha = _running_child(stack, "alpha", cached=True)  # some of its work is in the task cache
-        [worker] = [w for w, n in ((w1, "w1"), (w2, "w2")) if alpha["id"] in (stack.tmp / f"{n}.log").read_text()]
+        # both workers may log that they try to submit it: only the one that won says it started it
+        ran = "Flow run 'nightly alpha' submitted to infrastructure"
+        [worker] = [w for w, n in ((w1, "w1"), (w2, "w2")) if ran in (stack.tmp / f"{n}.log").read_text()]
         os.killpg(worker.pid, signal.SIGKILL)  # the worker dies, as its machine would: nobody reports the run
         _kill_flow_run(alpha["id"])  # with its flow run, wherever it sits
         assert _finish(refresh) == 1  # one prompt failed: named, not hidden
@@ -287,10 +289,6 @@ def test_a_worker_killed_mid_child_crashes_that_prompt_only_and_the_next_refresh
     row["survived"] = 1
 
 
-# Known failure (issue 21, open): in the fresh-clone suite of 2026-12-06 the second refresh never logged that it was
-# waiting for the first one's unfinished child within 300 s, so adoption by the `pmpo-child:<hash>` tag is not shown
-# to work. Not run, so CI does not spend 5 minutes on a known failure; docs/operations.md says so.
-@pytest.mark.xfail(run=False, reason="adoption of a still-running child not yet shown to work (issue 21)")
 def test_a_refresh_killed_while_it_waits_leaves_one_copy_of_each_child(stack, tiny_model_dir):
     row = _fault("refresh SIGKILLed while it waits")
     prompts = _prompts(stack, tiny_model_dir, "gamma")
@@ -348,28 +346,33 @@ def test_mlflow_restarting_mid_run(stack, tiny_model_dir):
         _survives_or_resumes(stack, row, "epsilon", [stack.tmp / "ml-1.json", stack.tmp / "ml-2.json"], refresh)
 
 
-# Known failure (issue 21, open): on a work pool the child whose store is full ends Crashed ("Process exited with a
-# general error"), so its decision names the crash, not the store; the one-line ResultStoreError shows in-process only.
-@pytest.mark.xfail(
-    run=False, reason="a full store crashes the child's process instead of failing it by name (issue 21)"
-)
+# Known failure (issue 21, open): under Prefect 3.9 a result that cannot be stored does not fail its task. With the
+# store alone full (this tmpfs; the RLIMIT_FSIZE worker used before killed Prefect's workspace supervisor, which
+# writes the run's manifest to /tmp, before any pmpo code ran), each task logs "An error was encountered while
+# committing transaction ... OSError: [Errno 28] No space left on device" with a traceback, keeps its value in memory,
+# and the child completes uncached: the refresh exits 0 and promotes. Nothing half-written is read back, but no error
+# names the store. Whether to fail fast by name or go on uncached (and say so once) is open.
+@pytest.mark.xfail(run=False, reason="Prefect 3.9 logs a failed result write and goes on; nothing names the store")
 def test_a_full_result_store_fails_the_prompt_naming_the_store_and_nothing_half_written_is_reused(
     stack, tiny_model_dir
 ):
-    row = _fault("result store full mid-run")
     prompts = _prompts(stack, tiny_model_dir, "zeta")
-    values = stack.tmp / "home" / "results" / "values"
-    before = {f.name for f in values.iterdir()} if values.exists() else set()
-    with _worker_on_a_full_disk(stack, "w7", max_file_bytes=2048):
-        assert _finish(_nightly(stack, prompts, stack.tmp / "full-1.json")) == 1
-    _one_line(stack.tmp / "full-1.log")
-    failed = _decisions(stack.tmp / "full-1.json")["zeta"]
-    assert failed["outcome"] == "failed", failed
-    assert f"result store {stack.tmp / 'home' / 'results'}" in failed["reason"], failed  # names the store
-    assert any(f.stat().st_size == 2048 for f in values.iterdir() if f.name not in before)  # cut short, left there
+    store = stack.tmp / "home" / "results"
+    # 4 pages: room for the first few results (each file takes a page), not for the whole run
+    with _full_store(stack, room=16 * 1024) as free_space:
+        row = _fault("result store full mid-run")
+        with _worker(stack, "w7"):
+            assert _finish(_nightly(stack, prompts, stack.tmp / "full-1.json")) == 1
+        _one_line(stack.tmp / "full-1.log")
+        failed = _decisions(stack.tmp / "full-1.json")["zeta"]
+        assert failed["outcome"] == "failed", failed
+        assert f"result store {store}" in failed["reason"], failed  # names the store
+        assert "ended Failed" in failed["reason"], failed  # the child failed by name, not crashed
+        assert any(f.stat().st_size == 0 for f in store.rglob("*") if f.is_file() and "locks" not in f.parts)
 
-    with _worker(stack, "w8"):
-        assert _finish(_nightly(stack, prompts, stack.tmp / "full-2.json")) == 0
+        free_space()
+        with _worker(stack, "w8"):
+            assert _finish(_nightly(stack, prompts, stack.tmp / "full-2.json")) == 0
     decisions = _decisions(stack.tmp / "full-2.json")
     assert decisions["zeta"]["outcome"] in ("promoted", "kept"), decisions
     assert _cached_tasks(stack, decisions["zeta"]["flow_run_id"]) >= 1  # what was written whole is reused

@@ -46,6 +46,10 @@ def configure() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    # Prefect's default heartbeat (every 180 s) is longer than the 90 s of silence after which
+    # deployments/crashed-runs.yaml marks a run Crashed: a live refresh started from the CLI would be. 30 s is
+    # Prefect's minimum. Runs a worker starts get it from prefect.yaml (their process imports prefect first).
+    os.environ.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "30")
 
 
 def home() -> Path:

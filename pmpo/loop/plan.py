@@ -1,6 +1,7 @@
 """A run's cost plan before it runs: forward passes and tokens of each step, per iteration and in total, counted
 with the scored model's own tokenizer on the run's own prompt and training examples, and the seconds they take
-at the rates a short calibration measured (`pmpo.loop.calibration`).
+at the rates a short calibration measured (`pmpo.loop.calibration`); the expected count of candidates, with its
+range, is `pmpo.loop.keep_rate`'s.
 
 The cost model, one line per step (T iterations, N training examples, k hard examples, n variants, U units):
 

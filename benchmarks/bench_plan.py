@@ -9,6 +9,7 @@ is a maximum, and its "expected" figures scale the candidates by the share of re
     python benchmarks/bench_plan.py                       # the demo, then object_counting and navigate
     python benchmarks/bench_plan.py --workloads demo      # the demo only
     python benchmarks/bench_plan.py --json plan.json
+    python benchmarks/bench_plan.py --threads 1           # one torch thread: a loaded machine's fairer figures
 
 Targets (issue 20): tokens within 10% of the actual count, wall time within 30%.
 """
@@ -105,7 +106,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated: " + ", ".join(WORKLOADS))
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    # On a loaded machine, a thread per core makes each wait on the busiest core: plan and run both get these.
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default, one per core)")
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     out = []
     for name in args.workloads.split(","):
         figures = measure(name, WORKLOADS[name])
@@ -119,7 +126,8 @@ def main() -> None:
         c, t = figures["expected_candidates"], figures["expected_tokens"]
         print(
             f"candidates: expected {c['mean']:.1f} (likely {c['low']:.1f}-{c['high']:.1f}), actual "
-            f"{sum(figures['candidates'])}; tokens likely {t['low']:,.0f}-{t['high']:,.0f}"
+            f"{sum(figures['candidates'])}; tokens likely {t['low']:,.0f}-{t['high']:,.0f}",
+            flush=True,  # a workload takes minutes: its figures as soon as they are in
         )
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")

@@ -3,11 +3,13 @@
 For each workload: plan it as `pmpo optimize --dry-run` does (`flows.dry_run.optimize_plan`, calibration
 included), then run the same config with the library loop on the same model and the same split, and the held-out
 check, and compare. The run keeps going whatever happens (`patience` 0), so the plan's iterations all run; the plan
-is a maximum, and its "expected" figures scale the candidates by the share of replies the calibration kept.
+is a maximum, and its "expected" figures scale the candidates by the share of replies expected to be kept
+(`pmpo.loop.keep_rate`: the calibration's replies as evidence), with the range that share leaves.
 
     python benchmarks/bench_plan.py                       # the demo, then object_counting and navigate
     python benchmarks/bench_plan.py --workloads demo      # the demo only
     python benchmarks/bench_plan.py --json plan.json
+    python benchmarks/bench_plan.py --threads 1           # one torch thread: a loaded machine's fairer figures
 
 Targets (issue 20): tokens within 10% of the actual count, wall time within 30%.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 BBH = Path(__file__).resolve().parents[2] / "shared" / "data" / "bbh"
@@ -88,7 +91,9 @@ def measure(name: str, overrides: dict) -> dict:
         "candidates": [it.n_candidates for it in result.iterations],
         "improved": [it.improved for it in result.iterations],
         "plan_seconds": plan_s,
-        "rates": plan.rates.__dict__ if plan.rates else None,
+        "rates": asdict(plan.rates) if plan.rates else None,
+        "expected_candidates": asdict(plan.expected_candidates),
+        "expected_tokens": asdict(plan.expected_tokens),
         "rows": {
             k: {"max": m, "expected": e, "actual": a, "expected/actual": (e / a if a else None)}
             for k, (m, e, a) in rows.items()
@@ -101,7 +106,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated: " + ", ".join(WORKLOADS))
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    # On a loaded machine, a thread per core makes each wait on the busiest core: plan and run both get these.
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default, one per core)")
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     out = []
     for name in args.workloads.split(","):
         figures = measure(name, WORKLOADS[name])
@@ -112,6 +123,12 @@ def main() -> None:
             m = "-" if r["max"] is None else f"{r['max']:,.0f}"
             ratio = "-" if r["expected/actual"] is None else f"{r['expected/actual']:.2f}"
             print(f"{key:18}{m:>12}{r['expected']:>15,.0f}{r['actual']:>12,.0f}{ratio:>17}")
+        c, t = figures["expected_candidates"], figures["expected_tokens"]
+        print(
+            f"candidates: expected {c['mean']:.1f} (likely {c['low']:.1f}-{c['high']:.1f}), actual "
+            f"{sum(figures['candidates'])}; tokens likely {t['low']:,.0f}-{t['high']:,.0f}",
+            flush=True,  # a workload takes minutes: its figures as soon as they are in
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
 

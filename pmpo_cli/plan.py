@@ -37,11 +37,13 @@ def show_plan(plan: Any, title: str) -> None:
         "(the budget's max_tokens counts the same: scored + prefilled + generated)."
     )
     if plan.rates is not None:
-        r, e = plan.rates, plan.expected_work
+        r, e, c, t = plan.rates, plan.expected_work, plan.expected_candidates, plan.expected_tokens
+        kept = f" ({r.keep.kept} of its {r.keep.replies} replies were kept)" if r.keep else ""
         console.print(
             f"calibration: {1 / r.scored_token_s:,.0f} tokens/s scored, {r.rewrite_request_s:.1f} s per rewrite "
             f"request; its replies used {r.reply_fraction:.0%} of their budget and about {r.kept_fraction:.0%} "
-            f"become candidates. Expected: {e.tokens:,} tokens ({e.tokens_scored:,} scored, "
+            f"become candidates{kept}. Expected: {c.mean:,.0f} candidates (likely {c.low:,.0f}-{c.high:,.0f}), "
+            f"{e.tokens:,} tokens (likely {t.low:,.0f}-{t.high:,.0f}; {e.tokens_scored:,} scored, "
             f"{e.tokens_prefilled:,} prefilled, {e.tokens_generated:,} generated); wall time of the model work "
             f"about {plan.total_seconds:,.0f} s (plus loading the model and starting Prefect and MLflow)."
         )

@@ -1,5 +1,6 @@
-"""A short calibration for the cost plan: score a few batches and send one rewrite request with the run's real
-scorer and rewriter, here or on the server, and turn the time they took into rates (`pmpo.loop.plan.Rates`).
+"""A short calibration for the cost plan: score a few batches and send a couple of rewrite requests with the
+run's real scorer and rewriter, here or on the server, and turn the time they took and the replies they kept into
+rates (`pmpo.loop.plan.Rates`).
 
 Rates, not a FLOP model: they hold this machine's (or server's) speed, its load and the model's dtype at once.
 """
@@ -10,7 +11,8 @@ import time
 from typing import Callable
 
 from pmpo.data.examples import Dataset
-from pmpo.loop.plan import Rates, likely_hard, rewrite_request_work
+from pmpo.loop.keep_rate import KeepRate
+from pmpo.loop.plan import Rates, Work, likely_hard, rewrite_request_work
 from pmpo.loop.settings import OptimizerConfig
 from pmpo.loop.steps import rewrite_prompts
 from pmpo.models.loading import TextSide
@@ -22,6 +24,9 @@ from pmpo.text.template import editable
 
 # Examples scored for the rate: enough for a few full batches of the BIG-bench samples, a few seconds on 2 cores.
 CALIBRATION_EXAMPLES = 24
+# Rewrite requests sent (at most hard_k: the first iteration's). One request's n replies share an example and a
+# seed stream, so they tell little about the rewriter's keep rate; a second request differs in both.
+CALIBRATION_REQUESTS = 2
 
 
 def calibrate(
@@ -34,8 +39,11 @@ def calibrate(
     config: OptimizerConfig,
     *,
     examples: int = CALIBRATION_EXAMPLES,
+    requests: int = CALIBRATION_REQUESTS,
 ) -> Rates:
-    """Rates from scoring `prompt` on some of `train` and one rewrite request on its likely hardest example.
+    """Rates from scoring `prompt` on some of `train` and rewrite requests on its likely hardest examples (as many
+    as `requests`, at most the run's hard_k), the same requests as the run's first iteration when its hard examples
+    are these.
 
     `usage`: the counters of the scorer's and the rewriter's model work (as `Steps.usage`).
     """
@@ -47,29 +55,34 @@ def calibrate(
     scored_token_s = scored_s / max(scored, 1)
 
     rw = config.rewrite
-    hard = likely_hard(text, train.examples, 1, scorer.settings.mc_objective)
+    hard = likely_hard(text, train.examples, max(min(requests, rw.hard_k), 1), scorer.settings.mc_objective)
     before, start = usage(), time.perf_counter()
     kept, _ = rewrite_prompts(rewriter, prompt, train, hard, (), rw, 1, frozenset({prompt}), scorer, seed=config.seed)
-    request_s, spent = time.perf_counter() - start, usage() - before
+    request_s, spent = (time.perf_counter() - start) / len(hard), usage() - before
     template = choose_template(rw.template, rewriter.n_params, rw.small_model_params)
-    planned = rewrite_request_work(
-        text,
-        editable(prompt, config.chat_message),
-        train.examples[hard[0]],
-        (),
-        rw,
-        template,
-        description=train.description,
-        local=local_model(rewriter) is not None,
+    planned = sum(
+        (
+            rewrite_request_work(
+                text,
+                editable(prompt, config.chat_message),
+                train.examples[i],
+                (),
+                rw,
+                template,
+                description=train.description,
+                local=local_model(rewriter) is not None,
+            )
+            for i in hard
+        ),
+        Work(),
     )
     # A chat endpoint's replies are not counted here: its budget stands.
     fraction = spent.tokens_generated / planned.tokens_generated if spent.tokens_generated else 1.0
-    decode = max(request_s - spent.tokens_prefilled * scored_token_s, 0.0) / max(spent.forward_passes, 1)
+    decode = max(len(hard) * request_s - spent.tokens_prefilled * scored_token_s, 0.0) / max(spent.forward_passes, 1)
     return Rates(
         scored_token_s=scored_token_s,
         rewrite_request_s=request_s,
         decode_step_s=decode,
         reply_fraction=min(fraction, 1.0),
-        # One request's n replies: smoothed (Laplace), so no keeper in the sample is not taken for none ever.
-        kept_fraction=(len(kept) + 1) / (rw.n_variants + 2),
+        keep=KeepRate(kept=len(kept), replies=len(hard) * rw.n_variants),
     )

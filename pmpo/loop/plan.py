@@ -1,6 +1,7 @@
 """A run's cost plan before it runs: forward passes and tokens of each step, per iteration and in total, counted
 with the scored model's own tokenizer on the run's own prompt and training examples, and the seconds they take
-at the rates a short calibration measured (`pmpo.loop.calibration`).
+at the rates a short calibration measured (`pmpo.loop.calibration`); the expected count of candidates, with its
+range, is `pmpo.loop.keep_rate`'s.
 
 The cost model, one line per step (T iterations, N training examples, k hard examples, n variants, U units):
 
@@ -24,6 +25,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Literal, Sequence
 
 from pmpo.data.examples import Dataset, Example, example_input
+from pmpo.loop.keep_rate import Count, KeepRate
 from pmpo.loop.result import SegmentEffect
 from pmpo.loop.settings import OptimizerConfig
 from pmpo.loop.steps import unit_mode
@@ -102,8 +104,13 @@ class Rates:
     decode_step_s: float  # one greedy decoding step of a batch
     # Share of the reply budget the calibration's replies used: a small model's one-line rewrites stop early.
     reply_fraction: float = 1.0
-    # Share of the calibration's replies kept as candidates (the rest failed to parse or repeated one).
-    kept_fraction: float = 1.0
+    # The calibration's replies kept as candidates (the rest failed to parse or repeated one); None: all kept.
+    keep: KeepRate | None = None
+
+    @property
+    def kept_fraction(self) -> float:
+        """The expected share of replies kept (`pmpo.loop.keep_rate`): 1 without evidence, as the maximum."""
+        return 1.0 if self.keep is None else self.keep.mean
 
 
 @dataclass(frozen=True)
@@ -174,6 +181,25 @@ class CostPlan:
         if plan.kind == "rewrite" and not self.served:
             return 1.0, self.rates.reply_fraction
         return 1.0, 1.0
+
+    @property
+    def expected_candidates(self) -> Count:
+        """The run's kept candidates in all its iterations: expected, with a range (all of them: the maximum)."""
+        slots = self.iterations * self.candidates
+        keep = self.rates.keep if self.rates is not None else None
+        return keep.candidates(slots) if keep is not None else Count(slots, slots, slots)
+
+    @property
+    def expected_tokens(self) -> Count:
+        """All tokens at the expected shares, with the range the count of kept candidates spans."""
+        count, total = self.expected_candidates, self.expected_work.tokens
+        slots = self.iterations * self.candidates
+        if not slots:
+            return Count(total, total, total)
+        scored = sum(s.work.tokens for s in self.steps if s.kind == "candidates")
+        return Count(
+            total, total + scored * (count.low - count.mean) / slots, total + scored * (count.high - count.mean) / slots
+        )
 
     @property
     def total_seconds(self) -> float | None:

@@ -5,6 +5,7 @@ import pytest
 
 from pmpo.data import load_dataset, split_dataset
 from pmpo.data.examples import Dataset, MultipleChoice
+from pmpo.loop.keep_rate import KeepRate
 from pmpo.loop.optimizer import PMPO
 from pmpo.loop.plan import Layout, Rates, cost_plan, scoring_work
 from pmpo.loop.settings import OptimizerConfig, SelectionSettings
@@ -103,9 +104,8 @@ def test_a_rewrite_requests_prefill_and_budget_match_the_model_as_its_own_rewrit
 
 def test_seconds_come_from_the_rates_step_by_step(tiny_lm):
     train, config = _train(), OptimizerConfig(iterations=2)
-    rates = Rates(
-        scored_token_s=1e-3, rewrite_request_s=2.0, decode_step_s=0.01, reply_fraction=0.25, kept_fraction=0.5
-    )
+    keep = KeepRate(kept=3, replies=8)  # an expected share of 0.4
+    rates = Rates(scored_token_s=1e-3, rewrite_request_s=2.0, decode_step_s=0.01, reply_fraction=0.25, keep=keep)
     plan = cost_plan(tiny_lm, PROMPT, train, config, layout=Layout.of(ScorerSettings(), "cpu"), rates=rates)
 
     rewrite = next(s for s in plan.steps if s.step == "rewrite")
@@ -116,6 +116,30 @@ def test_seconds_come_from_the_rates_step_by_step(tiny_lm):
     assert plan.expected(rewrite).tokens_generated == round(rewrite.work.tokens_generated * 0.25)
     assert plan.expected(rewrite).tokens_prefilled == rewrite.work.tokens_prefilled  # every request is sent
     candidates = next(s for s in plan.steps if s.kind == "candidates")
-    assert plan.expected(candidates).tokens_scored == round(candidates.work.tokens_scored * 0.5)
-    assert plan.seconds(candidates) == pytest.approx(candidates.work.tokens_scored * 1e-3 * 0.5)
+    assert plan.expected(candidates).tokens_scored == round(candidates.work.tokens_scored * 0.4)
+    assert plan.seconds(candidates) == pytest.approx(candidates.work.tokens_scored * 1e-3 * 0.4)
     assert [s.runs for s in plan.steps if s.step != "loss"] == [2, 2]  # mask and rewrite: once an iteration
+
+
+@pytest.mark.parametrize("keep", [KeepRate(kept=3, replies=8), KeepRate(kept=8, replies=8), KeepRate(0, 4)])
+def test_the_expected_tokens_and_their_range_stay_under_the_maximum(tiny_lm, keep):
+    train, config = _train(), OptimizerConfig(iterations=3, rewrite=RewriteSettings(hard_k=2, n_variants=4))
+    rates = Rates(scored_token_s=1e-3, rewrite_request_s=2.0, decode_step_s=0.01, keep=keep)
+    plan = cost_plan(tiny_lm, PROMPT, train, config, layout=Layout.of(ScorerSettings(), "cpu"), rates=rates)
+
+    slots = 3 * 2 * 4
+    count, tokens = plan.expected_candidates, plan.expected_tokens
+    assert count == keep.candidates(slots)
+    candidates = next(s for s in plan.steps if s.kind == "candidates").work.tokens
+    assert tokens.mean == plan.expected_work.tokens
+    # The range moves only the candidates' scoring, by the candidates the count's range adds or takes off.
+    assert tokens.high - tokens.mean == pytest.approx(candidates * (count.high - count.mean) / slots)
+    assert tokens.low <= tokens.mean <= tokens.high <= plan.work.tokens  # the maximum: every reply kept
+
+
+def test_without_calibration_every_reply_is_expected_kept(tiny_lm):
+    train, config = _train(), OptimizerConfig(iterations=2)
+    plan = cost_plan(tiny_lm, PROMPT, train, config, layout=Layout.of(ScorerSettings(), "cpu"))
+    slots = 2 * config.rewrite.hard_k * config.rewrite.n_variants
+    assert (plan.expected_candidates.low, plan.expected_candidates.high) == (slots, slots)
+    assert plan.expected_tokens.mean == plan.expected_tokens.high == plan.work.tokens

@@ -20,6 +20,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     FlowRunFilter,
@@ -40,6 +41,15 @@ from tasks.mlflow import queries
 
 class ChildRunFailed(PmpoError):
     """A prompt's flow run did not finish, or left no optimisation record to judge."""
+
+
+class PrefectUnavailable(PmpoError):
+    """The Prefect server failed the refresh's polls for longer than an outage is allowed to last."""
+
+
+# A database restart under the server answers polls with 500s or refused connections for seconds to a minute:
+# the waiting refresh rides it out, and gives up with one line only past this.
+OUTAGE_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -126,17 +136,24 @@ def _unfinished(deployment: str, tag: str) -> FlowRun | None:
     return found[0] if found else None
 
 
-def wait_all(children: list[Child], poll_s: float = 5.0, timeout_s: float | None = None) -> dict[str, Ended]:
+def wait_all(
+    children: list[Child], poll_s: float = 5.0, timeout_s: float | None = None, outage_s: float = OUTAGE_S
+) -> dict[str, Ended]:
     """Block until every child run has ended (or `timeout_s` passed: the rest count as not finished)."""
     ended: dict[str, Ended] = {}
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    failing_since: float | None = None
     with get_client(sync_client=True) as client:
         while len(ended) < len(children):
-            for child in children:
-                if child.flow_run_id not in ended:
-                    state = client.read_flow_run(uuid.UUID(child.flow_run_id)).state
-                    if state is not None and state.is_final():
-                        ended[child.flow_run_id] = Ended(state.name, state.is_completed(), state.message or "")
+            try:
+                for child in children:
+                    if child.flow_run_id not in ended:
+                        state = client.read_flow_run(uuid.UUID(child.flow_run_id)).state
+                        if state is not None and state.is_final():
+                            ended[child.flow_run_id] = Ended(state.name, state.is_completed(), state.message or "")
+                failing_since = None
+            except (httpx.TransportError, httpx.HTTPStatusError) as exc:
+                failing_since = _outage(exc, failing_since, outage_s)
             if len(ended) < len(children):
                 if deadline is not None and time.monotonic() > deadline:
                     break
@@ -144,6 +161,22 @@ def wait_all(children: list[Child], poll_s: float = 5.0, timeout_s: float | None
     for child in children:
         ended.setdefault(child.flow_run_id, Ended("NotFinished", False, f"still running after {timeout_s} s"))
     return ended
+
+
+def _outage(exc: httpx.HTTPError, since: float | None, outage_s: float) -> float:
+    """When the server began failing polls; PrefectUnavailable once it has failed for longer than `outage_s`."""
+    if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code < 500:
+        raise exc  # a request the server refuses is a bug, not an outage
+    now = time.monotonic()
+    since = now if since is None else since
+    if now - since > outage_s:
+        api = get_current_settings().api.url
+        raise PrefectUnavailable(
+            f"the Prefect server at {api} failed every poll for {outage_s:.0f} s while the refresh waited for its "
+            f"runs ({type(exc).__name__}: {str(exc).splitlines()[0]}); the runs go on: the next refresh waits for "
+            "them, or resumes them from the task cache"
+        ) from None
+    return since
 
 
 def outcome(child: Child, ended: Ended) -> queries.FlowRunRecord:

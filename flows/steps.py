@@ -27,7 +27,7 @@ from tasks.models import usage as model_usage
 from tasks.progress import Event, report
 from tasks.rewriters import RewriterRef, same_as
 from tasks.rewriters import usage as rewriter_usage
-from tasks.store import write_failure
+from tasks.store import check_writable, write_failure
 
 
 def load_data(config: OptimizeConfig | EvaluateConfig, prompt: str, *, as_task: bool = True) -> tuple[Dataset, Split]:
@@ -239,6 +239,8 @@ class PrefectSteps:
         state = task(**kwargs, return_state=True)
         value = _value(state.result)
         cached = state.name == "Cached"
+        if not cached:  # its result went to the store, or Prefect only logged that it could not
+            check_writable()
         self.work.runs.append(StepRun(step, iteration, label, cached))
         report(Event("done", label, cached=cached))
         return value

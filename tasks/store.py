@@ -17,6 +17,7 @@ compute a result twice, never differently: a result is a function of its key).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -41,6 +42,27 @@ class ResultStoreError(PmpoError):
     """The result store could not be written (disk full, read-only, gone): the error names the store."""
 
 
+def check_writable() -> None:
+    """Raise ResultStoreError naming the store when a byte cannot be written there (full, read-only, gone).
+
+    Prefect 3.9 logs a result it failed to write and lets the task go on uncached, so a full store would go
+    unnoticed until a resumed run redid the work. A probe after each computed step fails the run by name instead,
+    at that step's boundary. A URL store (s3://...) is not probed: its writes fail loudly in the SDK.
+    """
+    location = results_location()
+    if is_url(location):
+        return
+    probe = Path(location) / f".write-probe-{os.getpid()}-{threading.get_ident()}"
+    try:
+        with open(probe, "wb") as f:
+            f.write(b"\0")
+    except OSError as exc:
+        raise _named(location, str(probe), exc) from None
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+
+
 def write_failure(exc: OSError) -> ResultStoreError | None:
     """`exc` as an error naming the result store, when it failed on a file of the store; else None.
 
@@ -52,6 +74,10 @@ def write_failure(exc: OSError) -> ResultStoreError | None:
     where = str(exc.filename or "")
     if is_url(location) or not where.startswith(location.rstrip("/") + "/"):
         return None
+    return _named(location, where, exc)
+
+
+def _named(location: str, where: str, exc: OSError) -> ResultStoreError:
     return ResultStoreError(
         f"result store {location} (PMPO_RESULTS_DIR): cannot write {where}: {exc.strerror or exc}; "
         "free space or make it writable, then run again: the run resumes from what was stored"

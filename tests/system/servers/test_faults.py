@@ -315,10 +315,14 @@ def _survives_or_resumes(stack: Stack, row: dict, name: str, outs: list[Path], r
     row["fault"] += f" (refresh exit {code})"
     if code != 0:
         _one_line(outs[0].with_suffix(".log"))
-        assert _decisions(outs[0])[name]["outcome"] == "failed", _decisions(outs[0])
+        if outs[0].exists():  # the refresh decided: the prompt whose child failed says so
+            assert _decisions(outs[0])[name]["outcome"] == "failed", _decisions(outs[0])
+        # else the refresh's own calls failed before it decided (allowed: one line, then the next one resumes)
         with _worker(stack, f"{name}-again"):
             assert _finish(_nightly(stack, prompts, outs[1])) == 0, outs[1].with_suffix(".log").read_text()[-3000:]
-        assert _cached_tasks(stack, _decisions(outs[1])[name]["flow_run_id"]) >= 1  # resumed, not from zero
+        child = _decisions(outs[1])[name]["flow_run_id"]
+        adopted = "waiting for the unfinished flow run" in outs[1].with_suffix(".log").read_text()
+        assert adopted or _cached_tasks(stack, child) >= 1  # not from zero: the child still running, or the cache
     last = outs[0] if code == 0 else outs[1]
     assert _decisions(last)[name]["outcome"] in ("promoted", "kept"), _decisions(last)
     _account(stack, row, (name,), *(o for o in outs if o.exists()))
@@ -346,13 +350,9 @@ def test_mlflow_restarting_mid_run(stack, tiny_model_dir):
         _survives_or_resumes(stack, row, "epsilon", [stack.tmp / "ml-1.json", stack.tmp / "ml-2.json"], refresh)
 
 
-# Known failure (issue 21, open): under Prefect 3.9 a result that cannot be stored does not fail its task. With the
-# store alone full (this tmpfs; the RLIMIT_FSIZE worker used before killed Prefect's workspace supervisor, which
-# writes the run's manifest to /tmp, before any pmpo code ran), each task logs "An error was encountered while
-# committing transaction ... OSError: [Errno 28] No space left on device" with a traceback, keeps its value in memory,
-# and the child completes uncached: the refresh exits 0 and promotes. Nothing half-written is read back, but no error
-# names the store. Whether to fail fast by name or go on uncached (and say so once) is open.
-@pytest.mark.xfail(run=False, reason="Prefect 3.9 logs a failed result write and goes on; nothing names the store")
+# The store alone is full (a tmpfs over it; a file-size limit on the whole worker killed Prefect's own workspace
+# supervisor, which writes the run's manifest to /tmp, before any pmpo code ran). Prefect 3.9 only logs a result it
+# cannot write, so pmpo probes the store after each computed step (tasks.store.check_writable).
 def test_a_full_result_store_fails_the_prompt_naming_the_store_and_nothing_half_written_is_reused(
     stack, tiny_model_dir
 ):
@@ -368,7 +368,8 @@ def test_a_full_result_store_fails_the_prompt_naming_the_store_and_nothing_half_
         assert failed["outcome"] == "failed", failed
         assert f"result store {store}" in failed["reason"], failed  # names the store
         assert "ended Failed" in failed["reason"], failed  # the child failed by name, not crashed
-        assert any(f.stat().st_size == 0 for f in store.rglob("*") if f.is_file() and "locks" not in f.parts)
+        # Whether a file was left cut short depends on which write met the full disk: that such a file is a cache
+        # miss, never a result, is tests/unit/tasks/test_serialization.py's; here the next run must simply be right.
 
         free_space()
         with _worker(stack, "w8"):

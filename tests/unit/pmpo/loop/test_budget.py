@@ -5,27 +5,17 @@ from pmpo.data import load_dataset, split_dataset
 from pmpo.loop.optimizer import PMPO
 from pmpo.loop.plan import Layout, scoring_work
 from pmpo.loop.settings import BudgetSettings, OptimizerConfig
-from pmpo.models.usage import Usage
 from pmpo.rewriting.settings import RewriteSettings
 from pmpo.scoring.loss import Scorer
 from pmpo.scoring.settings import ScorerSettings
+from support.rewriters import ScriptedRewriter
 
 PROMPT = "Read the review. Answer with one word: positive or negative."
 
 
-class VariantRewriter:
-    """Two distinct variants per request, counted as requests."""
-
-    identity = "variants"
-    n_params = 1
-    usage = Usage()
-
-    def __init__(self):
-        self.requests = 0
-
-    def reply(self, message, *, n, temperature, top_p, seed, max_tokens, stop=()):
-        self.requests += 1
-        return [f"Read it {seed % 997} {i}. Say positive or negative.</prompt>" for i in range(n)]
+def _variants(seed: int, n: int) -> list[str]:
+    """Two distinct variants per request."""
+    return [f"Read it {seed % 997} {i}. Say positive or negative." for i in range(n)]
 
 
 def _train():
@@ -33,7 +23,7 @@ def _train():
 
 
 def _run(tiny_lm, budget: BudgetSettings):
-    rewriter = VariantRewriter()
+    rewriter = ScriptedRewriter(_variants, "variants")
     config = OptimizerConfig(iterations=3, patience=0, budget=budget, rewrite=RewriteSettings(hard_k=2, n_variants=2))
     return PMPO(tiny_lm, config, Scorer(tiny_lm), rewriter=rewriter).optimize(PROMPT, _train()), rewriter
 

@@ -6,34 +6,24 @@ import pytest
 from pmpo.data import load_dataset, split_dataset
 from pmpo.loop.calibration import calibrate
 from pmpo.loop.settings import OptimizerConfig
-from pmpo.models.usage import Usage
 from pmpo.rewriting.settings import RewriteSettings
 from pmpo.scoring.loss import Scorer
 from pmpo.scoring.settings import ScorerSettings
+from support.rewriters import ScriptedRewriter
 
 PROMPT = "Read the review.\nAnswer with one word: positive or negative."
 
 
-class EchoingRewriter:
-    """A chat-like rewriter whose n replies to a request are one variant, repeated: one kept per request."""
-
-    identity = "echoing"
-    n_params = 1
-    usage = Usage()
-
-    def __init__(self):
-        self.requests = 0
-
-    def reply(self, message, *, n, temperature, top_p, seed, max_tokens, stop=()):
-        self.requests += 1
-        return [f"Read the review {seed % 997}. Answer with one word: positive or negative.</prompt>"] * n
+def _echo(seed: int, n: int) -> list[str]:
+    """One variant, repeated n times: one reply kept per request."""
+    return [f"Read the review {seed % 997}. Answer with one word: positive or negative."] * n
 
 
 @pytest.mark.parametrize("hard_k,requests", [(3, 2), (1, 1)])
 def test_the_keep_rate_counts_every_reply_of_the_calibrations_requests(tiny_lm, hard_k, requests):
     train = split_dataset(load_dataset("builtin:sentiment", limit=40), seed=0, train_fraction=1.0, train_cap=8).train
     config = OptimizerConfig(rewrite=RewriteSettings(hard_k=hard_k, n_variants=3))
-    rewriter = EchoingRewriter()
+    rewriter = ScriptedRewriter(_echo, "echoing")
 
     def usage():
         return tiny_lm.usage.snapshot() + rewriter.usage.snapshot()

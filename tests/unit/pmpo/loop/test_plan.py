@@ -9,10 +9,10 @@ from pmpo.loop.keep_rate import KeepRate
 from pmpo.loop.optimizer import PMPO
 from pmpo.loop.plan import Layout, Rates, cost_plan, scoring_work
 from pmpo.loop.settings import OptimizerConfig, SelectionSettings
-from pmpo.models.usage import Usage
 from pmpo.rewriting.settings import RewriteSettings
 from pmpo.scoring.loss import Scorer
 from pmpo.scoring.settings import ScorerSettings
+from support.rewriters import ScriptedRewriter
 
 PROMPT = "Read the review.\nAnswer with one word: positive or negative."
 
@@ -45,18 +45,10 @@ def test_scoring_work_is_what_the_scorer_runs(tiny_lm, settings):
         assert (planned.forward_passes, planned.tokens_scored) == (actual.forward_passes, actual.tokens_scored)
 
 
-class VariantRewriter:
-    """A chat-like rewriter that always returns n distinct variants shaped as the prompt: every reply is kept."""
-
-    identity = "variants"
-    n_params = 1  # small: the SHORT form and the splitter, as the bundled model gets
-    usage = Usage()
-
-    def reply(self, message, *, n, temperature, top_p, seed, max_tokens, stop=()):
-        # One line (the SHORT form's reply ends at a newline) of two sentences: two units, as the prompt has.
-        return [
-            f"Read the review {seed % 997} {i}. Answer with one word: positive or negative.</prompt>" for i in range(n)
-        ]
+def _variants(seed: int, n: int) -> list[str]:
+    """n distinct variants shaped as the prompt, every one kept: one line (the SHORT form's reply ends at a
+    newline) of two sentences, two units, as the prompt has."""
+    return [f"Read the review {seed % 997} {i}. Answer with one word: positive or negative." for i in range(n)]
 
 
 def test_the_plan_of_a_run_is_within_ten_percent_of_its_usage(tiny_lm):
@@ -70,7 +62,9 @@ def test_the_plan_of_a_run_is_within_ten_percent_of_its_usage(tiny_lm):
         rewrite=RewriteSettings(hard_k=2, n_variants=3),
     )
     settings = ScorerSettings()
-    result = PMPO(tiny_lm, config, Scorer(tiny_lm, settings), rewriter=VariantRewriter()).optimize(PROMPT, train)
+    result = PMPO(
+        tiny_lm, config, Scorer(tiny_lm, settings), rewriter=ScriptedRewriter(_variants, "variants")
+    ).optimize(PROMPT, train)
     assert len(result.iterations) == 3 and all(it.n_candidates >= 6 for it in result.iterations)
 
     plan = cost_plan(

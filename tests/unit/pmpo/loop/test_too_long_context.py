@@ -9,25 +9,19 @@ from pmpo.data.examples import Dataset, Supervised
 from pmpo.errors import ContextLengthError
 from pmpo.loop.optimizer import PMPO, OptimizerConfig
 from pmpo.loop.steps import TOO_LONG_CONTEXT, LocalSteps, rewrite_prompts
-from pmpo.models.usage import Usage
 from pmpo.rewriting.settings import RewriteSettings
 from pmpo.scoring.context_budget import check_fits
 from pmpo.scoring.loss import Scorer
+from support.rewriters import ScriptedRewriter
 
 PROMPT = "Classify the review."
 SHORT = "Say positive or negative."
 LONG = "Read every word of the review. " * 40  # about 280 tokens more than the prompt it replaces
 
 
-class FixedRewriter:
-    """A remote-like rewriter whose every request gets the same two replies: one that fits, one far too long."""
-
-    identity = "fixed"
-    n_params = None
-    usage = Usage()
-
-    def reply(self, message, *, n, temperature, top_p, seed, max_tokens, stop=()):
-        return [f"{SHORT}</prompt>", f"{LONG}</prompt>"][:n]
+def _fixed(seed: int, n: int) -> list[str]:
+    """The same two replies to every request: one that fits, one far too long."""
+    return [SHORT, LONG][:n]
 
 
 def _near_the_limit(tiny_lm) -> Dataset:
@@ -47,7 +41,16 @@ def test_a_rewrite_too_long_for_the_context_is_rejected_before_it_is_scored(tiny
         check_fits(tiny_lm, LONG, train)
     settings = RewriteSettings(template="short", n_variants=2)
     variants, rejected = rewrite_prompts(
-        FixedRewriter(), PROMPT, train, [0], (), settings, 1, frozenset({PROMPT}), Scorer(tiny_lm), seed=0
+        ScriptedRewriter(_fixed, "fixed", n_params=None),
+        PROMPT,
+        train,
+        [0],
+        (),
+        settings,
+        1,
+        frozenset({PROMPT}),
+        Scorer(tiny_lm),
+        seed=0,
     )
     assert variants == [SHORT]
     assert rejected[TOO_LONG_CONTEXT] == 1 and rejected["too_long"] == 0  # not the reply parser's reason
@@ -56,7 +59,7 @@ def test_a_rewrite_too_long_for_the_context_is_rejected_before_it_is_scored(tiny
 def test_the_run_goes_on_and_records_the_rejection(tiny_lm):
     train = _near_the_limit(tiny_lm)
     config = OptimizerConfig(iterations=1, rewrite=RewriteSettings(template="short", n_variants=2), masking=False)
-    steps = LocalSteps(tiny_lm, config, rewriter=FixedRewriter())
+    steps = LocalSteps(tiny_lm, config, rewriter=ScriptedRewriter(_fixed, "fixed", n_params=None))
     result = PMPO(config=config, steps=steps).optimize(PROMPT, train)
     [iteration] = result.iterations
     assert iteration.rejected[TOO_LONG_CONTEXT] >= 1

@@ -210,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         return _fail(str(exc), 2)
     from pmpo.errors import PmpoError  # after parsing: `pmpo --help` should not wait for torch
-    from pmpo_cli import ephemeral, interrupts
+    from pmpo_cli import interrupts
 
     # SIGTERM (a service manager's or `kill`'s stop) and SIGINT (Ctrl-C) as one interrupt with a bounded exit: the
     # run is marked for resuming and exit code stops the temporary Prefect API server; SIGTERM's default would skip
@@ -219,8 +219,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _command(args, PmpoError)
     # `pmpo serve` stops its own servers, each with a longer grace: no 8-second deadline there.
     deadline = args.command != "serve"
-    with interrupts.installed(last_resort=ephemeral.stop_now, report=_say, deadline=deadline):
+    with interrupts.installed(last_resort=_last_resort, report=_say, deadline=deadline):
         return _command(args, PmpoError)
+
+
+def _last_resort() -> None:
+    """The watchdog's clean-up when the command did not unwind in time: its runs marked FAILED (as the flow would
+    have), then the temporary Prefect API server stopped."""
+    from pmpo_cli import ephemeral
+
+    if "tasks.mlflow.runs" in sys.modules:  # a command that opened no run has none to mark
+        sys.modules["tasks.mlflow.runs"].fail_open_runs()
+    ephemeral.stop_now()
 
 
 def _command(args: argparse.Namespace, pmpo_error: type[Exception]) -> int:

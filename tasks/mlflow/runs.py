@@ -40,6 +40,10 @@ class TrackedRun:
         return f"#/experiments/{self.experiment_id}/runs/{self.run_id}"
 
 
+# Runs this process owns (started or taken over, not yet finished), by id: what `fail_open_runs` marks at exit.
+_OPEN: dict[str, TrackedRun] = {}
+
+
 def start_run(experiment: str, run_key: str, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> TrackedRun:
     """Continue the unfinished run with this key, or start one; `locks.RunBusy` when a live process writes it.
 
@@ -47,10 +51,12 @@ def start_run(experiment: str, run_key: str, run_name: str, params: dict[str, An
     """
     locks.claim_run(run_key)
     try:
-        return _open_run(experiment, run_key, run_name, params, {**tags, OWNER_TAG: locks.owner()})
+        run = _open_run(experiment, run_key, run_name, params, {**tags, OWNER_TAG: locks.owner()})
     except BaseException:
         locks.release_run(run_key)
         raise
+    _OPEN[run.run_id] = run
+    return run
 
 
 def _open_run(experiment: str, run_key: str, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> TrackedRun:
@@ -87,8 +93,19 @@ def finish(run: TrackedRun, status: str = "FINISHED") -> None:
     try:
         client().set_terminated(run.run_id, status=status)
     finally:
+        _OPEN.pop(run.run_id, None)
         if run.run_key:
             locks.release_run(run.run_key)
+
+
+def fail_open_runs() -> None:
+    """Mark FAILED every run this process started and has not finished: the last resort of a command that must
+    exit now (its flow could not unwind in time), so the record says what the next identical command will do."""
+    for run in list(_OPEN.values()):
+        try:
+            finish(run, "FAILED")
+        except Exception:  # noqa: BLE001 (best effort at exit: a RUNNING run whose owner died is resumed too)
+            pass
 
 
 def set_tags(run: TrackedRun, tags: dict[str, str]) -> None:

@@ -26,3 +26,16 @@ def test_resumed_run_knows_the_last_recorded_iteration(exp, iteration):
     writes.log_metrics(run, {runs.STEP_METRIC: 2.0}, step=0)
     writes.log_iteration(run, iteration(1, "c1", 1.9), n_total=3)
     assert runs.start_run(exp, "key", "a", params={}, tags={}).logged_through == 1
+
+
+def test_the_last_resort_marks_the_runs_still_open_failed_and_leaves_finished_ones(exp):
+    from tasks.mlflow.store import client
+
+    done = runs.start_run(exp, "key-done", "a", params={}, tags={})
+    runs.finish(done)
+    open_ = runs.start_run(exp, "key-open", "b", params={}, tags={})
+    runs.fail_open_runs()  # what the interrupt watchdog does when the flow could not unwind in time
+    assert client().get_run(open_.run_id).info.status == "FAILED"
+    assert client().get_run(done.run_id).info.status == "FINISHED"
+    resumed = runs.start_run(exp, "key-open", "b", params={}, tags={})  # its lock was given up: resumable
+    assert resumed.run_id == open_.run_id and resumed.resumed

@@ -12,7 +12,7 @@ from typing import Callable
 
 from pmpo.data.examples import Dataset
 from pmpo.loop.keep_rate import KeepRate
-from pmpo.loop.plan import Rates, Work, likely_hard, rewrite_request_work
+from pmpo.loop.plan import Rates, likely_hard, rewrite_requests_work
 from pmpo.loop.settings import OptimizerConfig
 from pmpo.loop.steps import rewrite_prompts
 from pmpo.models.loading import TextSide
@@ -20,7 +20,6 @@ from pmpo.models.usage import UsageSnapshot
 from pmpo.rewriting.backends import Rewriter, local_model
 from pmpo.rewriting.requests import choose_template
 from pmpo.scoring.loss import BaseScorer
-from pmpo.text.template import editable
 
 # Examples scored for the rate: enough for a few full batches of the BIG-bench samples, a few seconds on 2 cores.
 CALIBRATION_EXAMPLES = 24
@@ -60,21 +59,8 @@ def calibrate(
     kept, _ = rewrite_prompts(rewriter, prompt, train, hard, (), rw, 1, frozenset({prompt}), scorer, seed=config.seed)
     request_s, spent = (time.perf_counter() - start) / len(hard), usage() - before
     template = choose_template(rw.template, rewriter.n_params, rw.small_model_params)
-    planned = sum(
-        (
-            rewrite_request_work(
-                text,
-                editable(prompt, config.chat_message),
-                train.examples[i],
-                (),
-                rw,
-                template,
-                description=train.description,
-                local=local_model(rewriter) is not None,
-            )
-            for i in hard
-        ),
-        Work(),
+    planned = rewrite_requests_work(
+        text, prompt, config, train, hard, (), template, local=local_model(rewriter) is not None
     )
     # A chat endpoint's replies are not counted here: its budget stands.
     fraction = spent.tokens_generated / planned.tokens_generated if spent.tokens_generated else 1.0

@@ -262,6 +262,37 @@ def likely_hard(text: TextSide, examples: Sequence[Example], k: int, mc_objectiv
     return sorted(range(len(examples)), key=lambda i: (-lengths[i], i))[:k]
 
 
+def rewrite_requests_work(
+    text: TextSide,
+    prompt: str,
+    config: OptimizerConfig,
+    train: Dataset,
+    hard: Sequence[int],
+    units: Sequence[str],
+    template: str,
+    *,
+    local: bool,
+) -> Work:
+    """One round of rewrite requests, one per hard example, for `prompt`'s editable part."""
+    part = editable(prompt, config.chat_message)
+    return sum(
+        (
+            rewrite_request_work(
+                text,
+                part,
+                train.examples[i],
+                units,
+                config.rewrite,
+                template,
+                description=train.description,
+                local=local,
+            )
+            for i in hard
+        ),
+        Work(),
+    )
+
+
 def rewrite_request_work(
     text: TextSide,
     prompt: str,
@@ -340,22 +371,7 @@ def cost_plan(
         steps.append(StepPlan("mask", "mask", "masking", T, mask, line))
     template = choose_template(rw.template, rewriter_params, rw.small_model_params)
     hard = likely_hard(text, train.examples, rw.hard_k, mc)
-    rewrite = sum(
-        (
-            rewrite_request_work(
-                text,
-                editable(prompt, config.chat_message),
-                train.examples[i],
-                units,
-                rw,
-                template,
-                description=train.description,
-                local=local_rewriter,
-            )
-            for i in hard
-        ),
-        Work(),
-    )
+    rewrite = rewrite_requests_work(text, prompt, config, train, hard, units, template, local=local_rewriter)
     steps.append(
         StepPlan(
             "rewrite",

@@ -9,7 +9,8 @@ Units are character spans of the prompt's own text (`Units`). "P without unit j"
 span and one adjoining separator cut out, every other character (blank lines, indentation) kept, and
 removing nothing gives the prompt back byte for byte. So L(P) and every L(P without unit j) come from the
 same rendering and dL measures the unit's content, not a whitespace change shared by every ablation.
-A prompt with two or more non-empty lines is split by lines, a one-line prompt by sentences.
+A prompt with two or more non-empty lines is split by lines, a one-line prompt by sentences; a demonstration
+(`pmpo.text.demonstrations`) is never split, so a removal drops a whole example, never its input or answer alone.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Collection, Sequence
 from pmpo.models.generation import sample
 from pmpo.models.loading import LoadedModel
 from pmpo.rewriting.backends import Rewriter, as_rewriter, local_model
+from pmpo.text.demonstrations import blocks
 from pmpo.text.rendering import chat_request
 from pmpo.text.template import with_editable
 
@@ -104,7 +106,7 @@ def locate(prompt: str, texts: Sequence[str]) -> Units:
 def segment(prompt: str, max_units: int = MAX_UNITS) -> Units:
     """Split into at most `max_units` removable units: by non-empty lines if >= 2, else by sentences."""
     lines = _line_spans(prompt)
-    pieces = lines if len(lines) >= 2 else _sentence_spans(prompt)
+    pieces = _whole(lines, blocks(prompt)) if len(lines) >= 2 else _sentence_spans(prompt)
     return Units(prompt, tuple(_merge(pieces, max_units)))
 
 
@@ -184,6 +186,16 @@ def _sentence_spans(text: str) -> list[Span]:
         start = match.end()
     spans.append(_stripped(text, start, len(text)))
     return [s for s in spans if s[0] < s[1]]
+
+
+def _whole(pieces: list[Span], demonstrations: list[Span]) -> list[Span]:
+    """The pieces with those inside a demonstration replaced by that demonstration's one span."""
+    out: list[Span] = []
+    for piece in pieces:
+        block = next((b for b in demonstrations if b[0] <= piece[0] < b[1]), piece)
+        if not out or out[-1] != block:
+            out.append(block)
+    return out
 
 
 def _merge(pieces: list[Span], max_units: int) -> list[Span]:

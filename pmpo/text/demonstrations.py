@@ -9,6 +9,7 @@ template keeps its variables and the example to answer still comes last.
 
 from __future__ import annotations
 
+import re
 from typing import Sequence
 
 from pmpo.data.examples import Example, Preference, example_input
@@ -24,6 +25,7 @@ from pmpo.text.template import (
 )
 
 HEADING = "Example {}:"
+_HEADING_LINE = re.compile(r"^" + re.escape(HEADING).replace(r"\{\}", r"\d+") + r"[ \t]*$", re.MULTILINE)
 
 
 def reference(example: Example) -> str:
@@ -46,6 +48,19 @@ def demonstration(example: Example, form: str | None = None) -> str:
     shown = input_text(inp) if form is None else VARIABLE.sub(lambda m: value_of(inp, m.group(1)), form)
     shown = shown.rstrip()
     return shown + (" " if shown.endswith(":") else "\n") + reference(example)
+
+
+def blocks(text: str) -> list[tuple[int, int]]:
+    """Character spans of the demonstrations `with_demonstrations` wrote into `text`: each from its heading line to
+    the next heading, the last to the template's variable part or the text's end (trailing whitespace left out).
+
+    Masking removes whole units; a unit cut inside a demonstration leaves an input without its answer (or an answer
+    without its input), which teaches the model a wrong pairing.
+    """
+    tail = variable_part(text)
+    end = len(text) - len(tail) if tail is not None else len(text)
+    starts = [m.start() for m in _HEADING_LINE.finditer(text, 0, end)]
+    return [(a, a + len(text[a:b].rstrip())) for a, b in zip(starts, [*starts[1:], end])]
 
 
 def usable(example: Example, form: str | None = None) -> bool:

@@ -174,3 +174,23 @@ def test_model_units_uses_the_models_marks_when_usable(tiny_lm, monkeypatch):
     assert units.texts == ("Read the review.", "Answer with one word.")
     assert units.without(0) == "Answer with one word."
     assert prompt in requests[0] and "<mask>" in requests[0]
+
+
+def test_a_demonstration_is_one_unit_and_its_removal_drops_it_whole():
+    from pmpo.data.examples import Supervised
+    from pmpo.text.demonstrations import shown, with_demonstrations
+
+    examples = [
+        Supervised(input="The jacket is warm.\nI love it.", target="positive"),
+        Supervised(input="The lamp broke.", target="negative"),
+        Supervised(input="Great kettle.", target="positive"),
+    ]
+    prompt = with_demonstrations("Read the review.\nAnswer with one word.", examples)
+    units = segment(prompt)
+    assert units.texts[:2] == ("Read the review.", "Answer with one word.")
+    assert [t.splitlines()[0] for t in units.texts[2:]] == ["Example 1:", "Example 2:", "Example 3:"]
+    for j in range(2, 5):  # without any one demonstration the prompt still shows the other two, whole
+        assert shown(units.without(j), examples) == [i for i in range(3) if i != j - 2]
+    merged = segment(prompt, max_units=2)  # merging joins whole demonstrations, never part of one
+    for j, text in enumerate(merged.texts):  # each demonstration is whole in the unit or whole in the rest
+        assert sorted(shown(merged.without(j), examples) + shown(text, examples)) == [0, 1, 2]

@@ -149,6 +149,7 @@ class PrefectSteps:
             seed=c.seed,
             small_model_params=c.rewrite.small_model_params,
             chat_message=c.chat_message,
+            balance_labels=c.balance_labels,
         )
 
     def rewrites(

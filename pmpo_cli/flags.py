@@ -29,6 +29,7 @@ FIELD_FLAGS = {
     "--racing": "racing.enabled",
     "--masking": "masking",
     "--units": "units",
+    "--balance-labels": "balance_labels",
     "--gate-z": "selection.gate_z",
     "--patience": "patience",
     "--demos": "demonstrations.k",

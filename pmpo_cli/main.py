@@ -65,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="measure each unit's dL and propose removals (default on; --no-masking: the paper's ablation)",
     )
     opt.add_argument(
+        "--balance-labels",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="weigh every label equally in the training loss (default on; --no-balance-labels: the paper's plain mean)",
+    )
+    opt.add_argument(
         "--units", choices=["auto", "splitter", "model"], help="how the prompt is split for masking (default auto)"
     )
     opt.add_argument(

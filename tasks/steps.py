@@ -137,9 +137,11 @@ def mask_segments(
     seed: int,
     small_model_params: int,
     chat_message: int | None = None,
+    balance_labels: bool = True,
 ) -> tuple[list[str], tuple[SegmentEffect, ...]]:
     """The prompt's removable units and dL of masking each (iteration, seed and the rewriter matter for
-    model-marked units). Its parameters are exactly what `prompt_units` reads, so the key holds every one."""
+    model-marked units). Its parameters are exactly what `prompt_units` and the effects read, so the key holds
+    every one."""
     spans = prompt_units(
         get_rewriter(rewriter),
         prompt,
@@ -150,7 +152,7 @@ def mask_segments(
         seed=seed,
         chat_message=chat_message,
     )
-    return list(spans.texts), segment_effects(scorer(model), prompt_loss, spans, data)
+    return list(spans.texts), segment_effects(scorer(model), prompt_loss, spans, data, balance_labels=balance_labels)
 
 
 @task(

@@ -25,6 +25,7 @@ from pmpo.loop.steps import LocalSteps, Steps, removal_prompts
 from pmpo.models.loading import LoadedModel
 from pmpo.rewriting.backends import Rewriter
 from pmpo.rewriting.proposal import hard_examples
+from pmpo.scoring.balance import label_weights
 from pmpo.scoring.loss import BaseScorer, LossMatrix
 from pmpo.scoring.racing import race_prompts, slice_order
 
@@ -57,7 +58,7 @@ class PMPO:
         """Run up to T iterations from `prompt` on the training set (fewer when `patience` or the budget stops it)."""
         self.steps.meter.take()  # work left from an interrupted earlier call is not this run's
         budget = Budget(self.config.budget, self.steps.usage)
-        matrix = self.steps.losses([prompt], train, 0)
+        matrix = self._losses([prompt], train, 0)
         initial = candidates_from(matrix, [prompt], ["initial"], parent_id=None, iteration=0)[0]
         initial_cost = self.steps.meter.take()
         self.on_candidate(initial)
@@ -154,6 +155,14 @@ class PMPO:
         )
         return record, new
 
+    def _losses(self, prompts: list[str], train: Dataset, t: int, indices: list[int] | None = None) -> LossMatrix:
+        """The prompts' per-example losses on the training set (or the examples at `indices`, a racing slice),
+        weighted by label over the whole set when `balance_labels` is on."""
+        whole = indices is None or len(indices) == len(train)
+        matrix = self.steps.losses(prompts, train if whole else train.subset(indices), t)
+        weights = label_weights(train.examples) if self.config.balance_labels else None
+        return matrix.weighted(weights if weights is None or whole else weights[indices])
+
     def _score(
         self,
         prompts: list[str],
@@ -166,8 +175,7 @@ class PMPO:
         """Score the iteration's prompts in one batch, or race them against the incumbent when racing is on."""
 
         def score(batch: list[str], indices: list[int]) -> LossMatrix:
-            data = train if len(indices) == len(train) else train.subset(indices)
-            return self.steps.losses(batch, data, t)
+            return self._losses(batch, train, t, indices)
 
         order = slice_order(len(train), self.config.seed, t)
         raced = race_prompts(score, prompts, len(train), self.config.racing, reference=rows[incumbent.id], order=order)

@@ -83,6 +83,11 @@ class OptimizerConfig(Strict):
     # Dropping a unit whose dL is below zero past the selection gate is a candidate too: it was already scored by
     # the masking analysis.
     segment_removal: bool = Field(True, description="also try the prompt without each unit that hurts")
+    # A training sample's label shares are not the task's: a prompt that only tilts the answers towards its
+    # majority label lowers the plain mean and loses on held-out data (pmpo.scoring.balance). Weighing every label
+    # the same in the training loss (and in the accuracy guard) takes that gain away at no cost; held-out
+    # evaluation keeps the plain mean. False is the paper's plain mean.
+    balance_labels: bool = Field(True, description="weigh every label equally in the training loss")
     # The system message is where a chat prompt's instruction usually is; the other messages stay as they are.
     chat_message: int | None = Field(
         None, ge=0, description="chat prompts: index of the message to optimise (default: system)"

@@ -10,6 +10,8 @@ import hashlib
 from dataclasses import replace
 from typing import Protocol, Sequence
 
+import numpy as np
+
 from pmpo.data.examples import Dataset
 from pmpo.errors import ContextLengthError
 from pmpo.loop.demonstrations import demonstration_prompts
@@ -24,6 +26,7 @@ from pmpo.rewriting.backends import Rewriter, as_rewriter
 from pmpo.rewriting.proposal import propose
 from pmpo.rewriting.requests import by_size
 from pmpo.rewriting.settings import RewriteSettings
+from pmpo.scoring.balance import label_weights
 from pmpo.scoring.context_budget import check_fits
 from pmpo.scoring.loss import BaseScorer, LossMatrix, Scorer
 from pmpo.scoring.settings import ScorerSettings
@@ -69,16 +72,23 @@ def prompt_units(
     return replace(spans, frame=prompt, message=chat_message) if text != prompt else spans
 
 
-def segment_effects(scorer: BaseScorer, prompt_loss: float, units: Units, train: Dataset) -> tuple[SegmentEffect, ...]:
+def segment_effects(
+    scorer: BaseScorer, prompt_loss: float, units: Units, train: Dataset, *, balance_labels: bool = True
+) -> tuple[SegmentEffect, ...]:
     """dL_j = L(prompt without unit j) - L(prompt) for every unit, with its paired standard error; `prompt_loss`
-    is L(units.prompt)."""
+    is L(units.prompt), weighted by label as the loop's losses are when `balance_labels` is on."""
     if len(units.spans) < 2:  # removing the only unit leaves no prompt: nothing to learn from it
         return ()
+    weights = label_weights(train.examples) if balance_labels else None
+
+    def losses(texts: Sequence[str]) -> np.ndarray:
+        return scorer.loss_matrix([units.whole(t) for t in texts], train.examples).weighted(weights).loss
+
     # The prompt's own per-example losses pair with each ablation's. The loop scored it already with this
     # scorer, so its memo answers without a forward pass.
-    reference = scorer.loss_matrix([units.whole(units.prompt)], train.examples).loss[0]
+    reference = losses([units.prompt])[0]
     return masking_analysis(
-        lambda texts: scorer.loss_matrix([units.whole(t) for t in texts], train.examples).loss,
+        losses,
         prompt_loss,
         units,
         reference=reference,
@@ -237,7 +247,9 @@ class LocalSteps:
             seed=c.seed,
             chat_message=c.chat_message,
         )
-        return list(units.texts), segment_effects(self.scorer, prompt_loss, units, train)
+        return list(units.texts), segment_effects(
+            self.scorer, prompt_loss, units, train, balance_labels=self.config.balance_labels
+        )
 
     def rewrites(
         self,

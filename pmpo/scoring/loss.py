@@ -56,6 +56,14 @@ class LossMatrix:
         hits = None if self.hits is None else self.hits[r : r + 1]
         return LossMatrix(self.loss[r : r + 1], self.nll[r : r + 1], self.tokens[r : r + 1], hits)
 
+    def weighted(self, weights: np.ndarray | None) -> LossMatrix:
+        """Each example's loss and hit scaled by its weight (`pmpo.scoring.balance`), so every mean over examples,
+        paired difference and accuracy read off the matrix is the weighted one; None: unchanged."""
+        if weights is None:
+            return self
+        hits = None if self.hits is None else self.hits * weights
+        return LossMatrix(self.loss * weights, self.nll, self.tokens, hits)
+
     def prompt_accuracy(self) -> list[float | None]:
         """[P] the share of multiple-choice examples each prompt ranks right (None: no ranked example)."""
         if self.hits is None or np.isnan(self.hits).all():

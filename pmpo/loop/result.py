@@ -40,6 +40,7 @@ class Candidate:
     # Training accuracy on the multiple-choice examples (acc: the answer has the lowest summed NLL of the
     # options), from the loss's own forward passes; None where no example has options ranked.
     accuracy: float | None = None
+    accuracy_norm: float | None = None  # the same per byte of each option (acc_norm)
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ def candidates_from(
     """Wrap scored prompts as candidates (`dropped`: racing stopped them short of the whole training set;
     `reference`: the parent's per-example losses on the same examples, for each candidate's paired `gap_se`, and its `gap` where either side leaves out examples it shows)."""
     losses, per_token = matrix.prompt_loss(), matrix.prompt_loss_per_token()
-    accuracy = matrix.prompt_accuracy()
+    accuracy, accuracy_norm = matrix.prompt_accuracy(), matrix.prompt_accuracy(norm=True)
     gap: list[float | None] = [None] * len(prompts)
     gap_se: list[float | None] = [None] * len(prompts)
     if reference is not None and not dropped:
@@ -59,6 +59,7 @@ def candidates_from(
             gap_se=gap_se[i],
             gap=gap[i],
             accuracy=accuracy[i],
+            accuracy_norm=accuracy_norm[i],
         )
         for i, (p, origin) in enumerate(zip(prompts, origins))
     ]
@@ -66,14 +67,15 @@ def candidates_from(
 
 def passes_gate(candidate: Candidate, incumbent: Candidate, settings: SelectionSettings) -> bool:
     """Whether `candidate` may replace `incumbent`: loss lower by more than gate_z paired standard errors
-    (candidate - incumbent + z * se < 0) and, with keep_accuracy, no fewer multiple-choice hits."""
+    (candidate - incumbent + z * se < 0) and, with keep_accuracy, no fewer multiple-choice hits, in total or per byte."""
     if candidate.dropped:  # its loss is over fewer examples than the incumbent's
         return False
     noise = settings.gate_z * (candidate.gap_se or 0.0)  # no estimate (one example): the mean alone decides
     if not gain(candidate, incumbent) + noise < 0:  # z = 0: exactly candidate.loss < incumbent.loss
         return False
-    if settings.keep_accuracy and candidate.accuracy is not None and incumbent.accuracy is not None:
-        return candidate.accuracy >= incumbent.accuracy
+    if settings.keep_accuracy:  # neither acc nor acc_norm may drop
+        pairs = [(candidate.accuracy, incumbent.accuracy), (candidate.accuracy_norm, incumbent.accuracy_norm)]
+        return all(new >= old for new, old in pairs if new is not None and old is not None)
     return True
 
 

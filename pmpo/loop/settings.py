@@ -30,8 +30,12 @@ class SelectionSettings(Strict):
     # confidently wrong half the time: a loss-only win can shift the label prior and lose answers (issue 19). The
     # options' ranking comes from the same forward passes, so no pass is added. Any drop in hits is refused, not
     # a drop beyond noise: one hit is 2 points of 50, and a loss gain that costs answers is the failure we guard.
+    # Both rankings: acc (summed NLL) and acc_norm (per byte, the held-out headline); the benchmark's navigate run kept
+    # acc and lost 9 points of held-out acc_norm when the guard read acc alone.
     keep_accuracy: bool = Field(
-        True, description="multiple choice: refuse a candidate with lower training accuracy (acc) than the incumbent"
+        True,
+        description="multiple choice: refuse a candidate with lower training accuracy (acc or acc_norm) than the "
+        "incumbent",
     )
 
 

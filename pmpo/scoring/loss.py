@@ -44,31 +44,38 @@ class LossMatrix:
     # read off the same forward passes as the loss), else 0.0; NaN where nothing is ranked (another kind of
     # example, or the `ce` objective, which scores the answer alone). None: not recorded (an older cached result).
     hits: np.ndarray | None = None
+    # [P, N] as `hits`, ranking the options per UTF-8 byte (lm-eval's `acc_norm`, the held-out headline for multiple
+    # choice): a prompt can keep `acc` and still lose `acc_norm` where the options differ in length.
+    hits_norm: np.ndarray | None = None
 
     @classmethod
     def stack(cls, parts: Sequence[LossMatrix]) -> LossMatrix:
         """The matrices of several prompt batches on the same examples, one under the other."""
-        hits = None if any(p.hits is None for p in parts) else np.concatenate([p.hits for p in parts])
-        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("loss", "nll", "tokens")), hits=hits)
+        arrays = {f: [getattr(p, f) for p in parts] for f in ("loss", "nll", "tokens", "hits", "hits_norm")}
+        return cls(**{f: None if any(a is None for a in v) else np.concatenate(v) for f, v in arrays.items()})
 
     def row(self, r: int) -> LossMatrix:
         """Prompt `r`'s one-row matrix."""
-        hits = None if self.hits is None else self.hits[r : r + 1]
-        return LossMatrix(self.loss[r : r + 1], self.nll[r : r + 1], self.tokens[r : r + 1], hits)
+        return self._map(lambda a: a[r : r + 1], loss_only=False)
 
     def weighted(self, weights: np.ndarray | None) -> LossMatrix:
-        """Each example's loss and hit scaled by its weight (`pmpo.scoring.balance`), so every mean over examples,
+        """Each example's loss and hits scaled by its weight (`pmpo.scoring.balance`), so every mean over examples,
         paired difference and accuracy read off the matrix is the weighted one; None: unchanged."""
-        if weights is None:
-            return self
-        hits = None if self.hits is None else self.hits * weights
-        return LossMatrix(self.loss * weights, self.nll, self.tokens, hits)
+        return self if weights is None else self._map(lambda a: a * weights, loss_only=True)
 
-    def prompt_accuracy(self) -> list[float | None]:
-        """[P] the share of multiple-choice examples each prompt ranks right (None: no ranked example)."""
-        if self.hits is None or np.isnan(self.hits).all():
+    def _map(self, f, *, loss_only: bool) -> LossMatrix:
+        """`f` applied to every array (to the loss and hits only, with `loss_only`: nll and tokens stay counts)."""
+        keep = (lambda a: a) if loss_only else f
+        hits = (None if h is None else f(h) for h in (self.hits, self.hits_norm))
+        return LossMatrix(f(self.loss), keep(self.nll), keep(self.tokens), *hits)
+
+    def prompt_accuracy(self, norm: bool = False) -> list[float | None]:
+        """[P] the share of multiple-choice examples each prompt ranks right (`norm`: per byte, acc_norm; None: no
+        ranked example)."""
+        hits = self.hits_norm if norm else self.hits
+        if hits is None or np.isnan(hits).all():
             return [None] * len(self.loss)
-        return [float(np.nanmean(h)) for h in self.hits]
+        return [float(np.nanmean(h)) for h in hits]
 
     def prompt_loss(self) -> np.ndarray:
         """[P] the batch loss: mean over the examples scored (a prompt's own demonstrations are NaN, left out)."""
@@ -137,7 +144,7 @@ class BaseScorer:
         rows = [example_rows(e, self.settings.mc_objective) for e in examples]
         shape = (len(prompts), len(examples))
         loss, nll, tokens = np.zeros(shape), np.zeros(shape), np.zeros(shape, dtype=np.int64)
-        hits = np.full(shape, np.nan)
+        hits, hits_norm = np.full(shape, np.nan), np.full(shape, np.nan)
         ranked = [isinstance(e, MultipleChoice) and is_pref for e, (_, _, is_pref) in zip(examples, rows)]
         for p, prompt in enumerate(prompts):
             # An example the prompt shows as a demonstration is never scored with itself in it: its cells stay NaN
@@ -156,10 +163,12 @@ class BaseScorer:
                     loss[p, i] = preference_loss(pair_nll[at], others, self.settings.beta)
                     if ranked[i]:  # a tie is a miss: the answer must be the model's one pick
                         hits[p, i] = float(pair_nll[at] < others.min())
+                        per_byte = pair_nll[at : at + len(comps)] / [max(len(c.encode()), 1) for c in comps]
+                        hits_norm[p, i] = float(per_byte[0] < per_byte[1:].min())
                 else:
                     loss[p, i] = pair_nll[at]
                 at += len(comps)
-        return LossMatrix(loss=loss, nll=nll, tokens=tokens, hits=hits)
+        return LossMatrix(loss=loss, nll=nll, tokens=tokens, hits=hits, hits_norm=hits_norm)
 
     def completions(
         self, prompt: str, pairs: Sequence[tuple[str, str]], owner: Sequence[int] | None = None

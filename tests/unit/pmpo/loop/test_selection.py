@@ -2,6 +2,8 @@
 a multiple-choice candidate may not lose training hits, removals are proposed only past the noise, and
 `patience` ends a search that accepts nothing. On synthetic per-example losses."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -80,6 +82,11 @@ def test_a_multiple_choice_candidate_with_lower_loss_but_fewer_hits_is_refused()
     assert select(incumbent, [cheaper], SelectionSettings(keep_accuracy=False)) is cheaper
     kept = _candidate("kept", INCUMBENT_ROW - 1.0, hits=hits)
     assert select(incumbent, [cheaper, kept]) is kept
+    # Per byte (acc_norm) counts as well: the same hits in total but three lost per byte is refused.
+    incumbent = replace(incumbent, accuracy_norm=1.0)
+    per_byte = replace(kept, accuracy_norm=47 / 50)
+    assert select(incumbent, [per_byte]) is incumbent
+    assert select(incumbent, [per_byte], SelectionSettings(keep_accuracy=False)) is per_byte
     # Examples without ranked options (NaN) do not count; no MC example at all: no accuracy, loss decides.
     mixed = np.where(np.arange(50) < 25, np.nan, 1.0)
     assert _candidate("m", INCUMBENT_ROW, hits=mixed).accuracy == 1.0

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from pmpo.data.examples import MultipleChoice, Preference, Supervised
+from pmpo.evaluation.heldout import option_hits
 from pmpo.models.loading import ModelSettings, load_model
 from pmpo.scoring import prefix_attention
 from pmpo.scoring.batching import batches as _batches
@@ -221,7 +222,7 @@ def test_auto_dtype_follows_the_bf16_probe_on_cpu(monkeypatch, fast):
 
 
 def test_multiple_choice_hits_come_from_the_loss_passes(tiny_lm):
-    """The option ranking (acc) is read off the loss's own forward passes: no pass is added for it."""
+    """The option ranking (acc, acc_norm) is read off the loss's own forward passes: no pass is added for it."""
     examples = [
         MultipleChoice("Q: 2+2?", ("4", "5", "22"), "4"),
         MultipleChoice("Q: sky?", ("blue", "green"), "blue"),
@@ -237,5 +238,9 @@ def test_multiple_choice_hits_come_from_the_loss_passes(tiny_lm):
         nll, _ = scorer.completions("Answer.", [(e.input, o) for o in e.options])  # memo: no pass
         assert matrix.hits[0, i] == float(int(np.argmin(nll)) == e.options.index(e.target))
     assert matrix.prompt_accuracy() == [float(np.nanmean(matrix.hits[0]))]
+    # acc_norm from the same passes ranks as the held-out evaluation does (per UTF-8 byte of each option)
+    held = option_hits(scorer, "Answer.", examples[:2])
+    assert list(matrix.hits_norm[0, :2]) == [float(c) for c in held.correct_norm]
+    assert matrix.prompt_accuracy(norm=True) == [float(np.mean(held.correct_norm))]
     ce = Scorer(tiny_lm, ScorerSettings(mc_objective="ce")).loss_matrix(["Answer."], examples)
     assert np.isnan(ce.hits).all() and ce.prompt_accuracy() == [None]  # the answer alone ranks nothing

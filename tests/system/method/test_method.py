@@ -5,6 +5,7 @@ import pytest
 
 from pmpo.data import demo_task, split_dataset
 from pmpo.loop.optimizer import PMPO, OptimizerConfig
+from pmpo.scoring.balance import label_weights
 from pmpo.scoring.loss import Scorer
 from pmpo.scoring.reference import naive_nll
 
@@ -45,8 +46,9 @@ def test_two_iterations_lower_train_loss_and_keep_every_candidate(real_lm):
     assert len({c.id for c in result.candidates}) == len(result.candidates)
     assert len(result.iterations) == 2 and result.iterations == tuple(iterations)
     assert sum(it.n_candidates for it in result.iterations) == len(result.candidates) - 1
-    # The stored losses are the real losses of those prompts on the training set.
-    fresh = Scorer(real_lm).loss_matrix([c.prompt for c in result.candidates], split.train.examples).prompt_loss()
+    # The stored losses are the real losses of those prompts on the training set (each label weighed the same).
+    matrix = Scorer(real_lm).loss_matrix([c.prompt for c in result.candidates], split.train.examples)
+    fresh = matrix.weighted(label_weights(split.train.examples)).prompt_loss()
     np.testing.assert_allclose([c.loss for c in result.candidates], fresh, rtol=1e-6)
     # The incumbent only ever goes down, and only by a strictly lower loss.
     history = [result.initial.loss] + [it.incumbent_loss for it in result.iterations]

@@ -7,7 +7,8 @@
 Arms, on the same seeded split and the same held-out examples (a seeded draw, stratified by label, of --heldout):
   initial          the task's own instruction (BIG-bench task_prefix, or its description)
   pmpo             pmpo.optimize with the defaults
-  pmpo_strict      the paper's selection: any strictly lower training loss wins (gate_z 0, no accuracy guard)
+  pmpo_strict      the paper's selection: any strictly lower training loss wins (gate_z 0, no accuracy guard, no
+                   tempered gate)
   pmpo_demos       the defaults plus demonstrations chosen by loss as a candidate source
   pmpo_no_masking  the paper's ablation without segment masking (OptimizerConfig(masking=False))
   pmpo_ce          plain CE instead of the preference loss for multiple choice (ScorerSettings(mc_objective="ce"))
@@ -364,7 +365,7 @@ def pmpo_arm(arm: str, settings: BenchSettings) -> tuple[OptimizerConfig | None,
     """The optimizer and scorer settings of a PMPO arm (the others differ from the defaults in one place)."""
     config = OptimizerConfig(iterations=settings.iterations, seed=settings.seed)
     if arm == "pmpo_strict":
-        strict = SelectionSettings(gate_z=0.0, keep_accuracy=False)
+        strict = SelectionSettings(gate_z=0.0, keep_accuracy=False, tempered_gate=False)
         return config.model_copy(update={"selection": strict}), ScorerSettings()
     if arm == "pmpo_demos":
         if "demonstrations" not in OptimizerConfig.model_fields:

@@ -45,8 +45,9 @@ def optimize_values(args: argparse.Namespace) -> dict[str, Any]:
             values[key] = getattr(args, key)
     if args.racing:
         values["racing"] = {**values.get("racing", {}), "enabled": True}
-    if args.gate_z is not None:
-        values["selection"] = {**values.get("selection", {}), "gate_z": args.gate_z}
+    for key in ("gate_z", "tempered_gate"):
+        if getattr(args, key) is not None:
+            values["selection"] = {**values.get("selection", {}), key: getattr(args, key)}
     if args.demos is not None:
         values["demonstrations"] = {**values.get("demonstrations", {}), "k": args.demos}
     budget = {k: v for k, v in (("max_tokens", args.max_tokens), ("max_seconds", args.max_seconds)) if v is not None}

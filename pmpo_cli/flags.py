@@ -31,6 +31,7 @@ FIELD_FLAGS = {
     "--units": "units",
     "--balance-labels": "balance_labels",
     "--gate-z": "selection.gate_z",
+    "--tempered-gate": "selection.tempered_gate",
     "--patience": "patience",
     "--demos": "demonstrations.k",
     "--rewriter-spec": "rewriter.spec",

@@ -81,6 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(default 1.0; 0: the paper's strictly lower)",
     )
     opt.add_argument(
+        "--tempered-gate",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a gain must also clear the gate with each prompt's preference margins at its best softening, so a "
+        "less sure model is no better prompt (default on)",
+    )
+    opt.add_argument(
         "--patience",
         type=int,
         metavar="N",

@@ -13,8 +13,6 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Callable
 
-import numpy as np
-
 from pmpo.data.examples import Dataset
 from pmpo.loop.budget import Budget, BudgetSpent
 from pmpo.loop.metering import MeteredSteps
@@ -63,7 +61,7 @@ class PMPO:
         initial_cost = self.steps.meter.take()
         self.on_candidate(initial)
         candidates = {initial.id: initial}
-        rows = {initial.id: matrix.loss[0]}  # per-example losses of every candidate: hard examples come from here
+        rows = {initial.id: matrix.row(0)}  # per-example losses of every candidate: hard examples come from here
         incumbent = initial
         iterations: list[Iteration] = []
         patience, idle, stop = self.config.patience, 0, "iterations"
@@ -106,10 +104,10 @@ class PMPO:
         incumbent: Candidate,
         train: Dataset,
         known: dict[str, Candidate],
-        rows: dict[str, np.ndarray],
+        rows: dict[str, LossMatrix],
         budget: Budget,
     ) -> tuple[Iteration, list[Candidate]]:
-        hard = hard_examples(rows[incumbent.id].tolist(), self.config.rewrite.hard_k)
+        hard = hard_examples(rows[incumbent.id].loss[0].tolist(), self.config.rewrite.hard_k)
         units, effects = [], ()
         if self.config.masking:  # off: the paper's ablation, no mask passes, no table, no removals
             units, effects = self.steps.segments(incumbent.prompt, incumbent.loss, train, t)
@@ -129,7 +127,7 @@ class PMPO:
         rewrites, rejected = self.steps.rewrites(incumbent.prompt, train, hard, effects, t, seen | set(removals))
         demos: list[str] = []
         if self.config.demonstrations.k:  # off: no call, no candidate, no pass
-            row = rows[incumbent.id].tolist()
+            row = rows[incumbent.id].loss[0].tolist()
             demos, not_shown = self.steps.demonstrations(
                 incumbent.prompt, train, row, t, seen | set(removals + rewrites)
             )
@@ -170,7 +168,7 @@ class PMPO:
         incumbent: Candidate,
         train: Dataset,
         t: int,
-        rows: dict[str, np.ndarray],
+        rows: dict[str, LossMatrix],
     ) -> list[Candidate]:
         """Score the iteration's prompts in one batch, or race them against the incumbent when racing is on."""
 
@@ -178,7 +176,8 @@ class PMPO:
             return self._losses(batch, train, t, indices)
 
         order = slice_order(len(train), self.config.seed, t)
-        raced = race_prompts(score, prompts, len(train), self.config.racing, reference=rows[incumbent.id], order=order)
+        parent = rows[incumbent.id]
+        raced = race_prompts(score, prompts, len(train), self.config.racing, reference=parent.loss[0], order=order)
         new = []
         for prompt, origin, matrix in zip(prompts, origins, raced):
             dropped = matrix.loss.shape[1] < len(train)
@@ -189,9 +188,9 @@ class PMPO:
                 parent_id=incumbent.id,
                 iteration=t,
                 dropped=dropped,
-                reference=rows[incumbent.id],  # the gate's noise: the paired difference to the incumbent
+                reference=parent,  # the gate's noise: the paired difference to the incumbent
             )
             if not dropped:  # hard examples of a future incumbent come from its full row
-                rows[c.id] = matrix.loss[0]
+                rows[c.id] = matrix
             new.append(c)
         return new

@@ -41,6 +41,11 @@ class Candidate:
     # options), from the loss's own forward passes; None where no example has options ranked.
     accuracy: float | None = None
     accuracy_norm: float | None = None  # the same per byte of each option (acc_norm)
+    # The paired difference to its parent (mean, standard error) with each prompt's preference pairs at its best
+    # softening (pmpo.scoring.temperature), which the gate also asks to clear. None: no parent, or the tempered
+    # losses are the losses (no preference pair was softened), so the plain gate says it all.
+    tempered_gap: float | None = None
+    tempered_gap_se: float | None = None
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """Candidates and selection: scored prompts become candidates (identified by their text), and the incumbent is
-replaced only by a candidate whose loss is lower by more than the noise of the comparison (`SelectionSettings`;
-gate_z = 0 without the accuracy guard is the paper's rule: strictly lower)."""
+replaced only by a candidate whose loss is lower by more than the noise of the comparison, also once each prompt's
+preference pairs are softened as suits it best (`SelectionSettings`; gate_z = 0 without the accuracy guard and the
+tempered gate is the paper's rule: strictly lower)."""
 
 from __future__ import annotations
 
@@ -28,22 +29,24 @@ def candidates_from(
     parent_id: str | None,
     iteration: int,
     dropped: bool = False,
-    reference: np.ndarray | None = None,
+    reference: LossMatrix | None = None,
 ) -> list[Candidate]:
     """Wrap scored prompts as candidates (`dropped`: racing stopped them short of the whole training set;
-    `reference`: the parent's per-example losses on the same examples, for each candidate's paired `gap_se`, and its `gap` where either side leaves out examples it shows)."""
+    `reference`: the parent's one-row matrix on the same examples, for each candidate's paired `gap_se`, its `gap`
+    where either side leaves out examples it shows, and its tempered gap)."""
     losses, per_token = matrix.prompt_loss(), matrix.prompt_loss_per_token()
     accuracy, accuracy_norm = matrix.prompt_accuracy(), matrix.prompt_accuracy(norm=True)
-    gap: list[float | None] = [None] * len(prompts)
-    gap_se: list[float | None] = [None] * len(prompts)
+    none: list[float | None] = [None] * len(prompts)
+    gap, gap_se, tempered_gap, tempered_se = none, none, none, none
     if reference is not None and not dropped:
-        mean, se = paired_gap(matrix.loss, reference)
+        parent = reference.loss[0]
+        mean, se = paired_gap(matrix.loss, parent)
         gap_se = se.tolist()
         # Where a side leaves out its demonstrations the means are over different examples: pair them instead.
         gap = [
-            float(m) if np.isnan(matrix.loss[i]).any() or np.isnan(reference).any() else None
-            for i, m in enumerate(mean)
+            float(m) if np.isnan(matrix.loss[i]).any() or np.isnan(parent).any() else None for i, m in enumerate(mean)
         ]
+        tempered_gap, tempered_se = _tempered_gaps(matrix, reference)
     n_scored = matrix.n_scored()
     return [
         Candidate(
@@ -60,19 +63,38 @@ def candidates_from(
             gap=gap[i],
             accuracy=accuracy[i],
             accuracy_norm=accuracy_norm[i],
+            tempered_gap=tempered_gap[i],
+            tempered_gap_se=tempered_se[i],
         )
         for i, (p, origin) in enumerate(zip(prompts, origins))
     ]
 
 
+def _tempered_gaps(matrix: LossMatrix, reference: LossMatrix) -> tuple[list[float | None], list[float | None]]:
+    """Each row's paired (mean, se) to the reference on the tempered losses; None where neither side's tempered
+    losses differ from its losses (nothing was softened: the plain gap is the same test)."""
+    if matrix.tempered is None or reference.tempered is None:  # an older cached result: not recorded
+        return [None] * len(matrix.loss), [None] * len(matrix.loss)
+    mean, se = paired_gap(matrix.tempered, reference.tempered[0])
+    parent_same = np.array_equal(reference.tempered, reference.loss, equal_nan=True)
+    same = [
+        parent_same and np.array_equal(soft, plain, equal_nan=True) for soft, plain in zip(matrix.tempered, matrix.loss)
+    ]
+    return [None if s else float(m) for s, m in zip(same, mean)], [None if s else float(e) for s, e in zip(same, se)]
+
+
 def passes_gate(candidate: Candidate, incumbent: Candidate, settings: SelectionSettings) -> bool:
     """Whether `candidate` may replace `incumbent`: loss lower by more than gate_z paired standard errors
-    (candidate - incumbent + z * se < 0) and, with keep_accuracy, no fewer multiple-choice hits, in total or per byte."""
+    (candidate - incumbent + z * se < 0), with tempered_gate the tempered losses too, and, with keep_accuracy, no
+    fewer multiple-choice hits, in total or per byte."""
     if candidate.dropped:  # its loss is over fewer examples than the incumbent's
         return False
     noise = settings.gate_z * (candidate.gap_se or 0.0)  # no estimate (one example): the mean alone decides
     if not gain(candidate, incumbent) + noise < 0:  # z = 0: exactly candidate.loss < incumbent.loss
         return False
+    if settings.tempered_gate and candidate.tempered_gap is not None:  # a less sure model is no better prompt
+        if not candidate.tempered_gap + settings.gate_z * (candidate.tempered_gap_se or 0.0) < 0:
+            return False
     if settings.keep_accuracy:  # neither acc nor acc_norm may drop
         pairs = [(candidate.accuracy, incumbent.accuracy), (candidate.accuracy_norm, incumbent.accuracy_norm)]
         return all(new >= old for new, old in pairs if new is not None and old is not None)

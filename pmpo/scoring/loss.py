@@ -25,6 +25,7 @@ from pmpo.scoring.batching import Batch, plan
 
 # The settings live in pmpo.scoring.settings; their names are re-exported here, where callers look for them.
 from pmpo.scoring.settings import Objective, ScorerSettings  # noqa: F401
+from pmpo.scoring.temperature import tempered
 from pmpo.text.demonstrations import shown
 from pmpo.text.encoding import Encoded, common_length, encode_many, encode_text
 from pmpo.text.rendering import render
@@ -47,11 +48,15 @@ class LossMatrix:
     # [P, N] as `hits`, ranking the options per UTF-8 byte (lm-eval's `acc_norm`, the held-out headline for multiple
     # choice): a prompt can keep `acc` and still lose `acc_norm` where the options differ in length.
     hits_norm: np.ndarray | None = None
+    # [P, N] `loss` with each prompt's preference pairs at its best softening (pmpo.scoring.temperature), what the
+    # selection gate also compares: a gain there is a better ranking of the answers, not a less sure model. Other
+    # examples' cells are their loss; NaN as `loss`. None: not recorded (an older cached result).
+    tempered: np.ndarray | None = None
 
     @classmethod
     def stack(cls, parts: Sequence[LossMatrix]) -> LossMatrix:
         """The matrices of several prompt batches on the same examples, one under the other."""
-        arrays = {f: [getattr(p, f) for p in parts] for f in ("loss", "nll", "tokens", "hits", "hits_norm")}
+        arrays = {f: [getattr(p, f) for p in parts] for f in ("loss", "nll", "tokens", "hits", "hits_norm", "tempered")}
         return cls(**{f: None if any(a is None for a in v) else np.concatenate(v) for f, v in arrays.items()})
 
     def row(self, r: int) -> LossMatrix:
@@ -59,15 +64,15 @@ class LossMatrix:
         return self._map(lambda a: a[r : r + 1], loss_only=False)
 
     def weighted(self, weights: np.ndarray | None) -> LossMatrix:
-        """Each example's loss and hits scaled by its weight (`pmpo.scoring.balance`), so every mean over examples,
+        """Each example's losses and hits scaled by its weight (`pmpo.scoring.balance`), so every mean over examples,
         paired difference and accuracy read off the matrix is the weighted one; None: unchanged."""
         return self if weights is None else self._map(lambda a: a * weights, loss_only=True)
 
     def _map(self, f, *, loss_only: bool) -> LossMatrix:
-        """`f` applied to every array (to the loss and hits only, with `loss_only`: nll and tokens stay counts)."""
+        """`f` applied to every array (to the losses and hits only, with `loss_only`: nll and tokens stay counts)."""
         keep = (lambda a: a) if loss_only else f
-        hits = (None if h is None else f(h) for h in (self.hits, self.hits_norm))
-        return LossMatrix(f(self.loss), keep(self.nll), keep(self.tokens), *hits)
+        rest = (None if a is None else f(a) for a in (self.hits, self.hits_norm, self.tempered))
+        return LossMatrix(f(self.loss), keep(self.nll), keep(self.tokens), *rest)
 
     def prompt_accuracy(self, norm: bool = False) -> list[float | None]:
         """[P] the share of multiple-choice examples each prompt ranks right (`norm`: per byte, acc_norm; None: no
@@ -145,6 +150,7 @@ class BaseScorer:
         shape = (len(prompts), len(examples))
         loss, nll, tokens = np.zeros(shape), np.zeros(shape), np.zeros(shape, dtype=np.int64)
         hits, hits_norm = np.full(shape, np.nan), np.full(shape, np.nan)
+        softened = np.full(shape, np.nan)
         ranked = [isinstance(e, MultipleChoice) and is_pref for e, (_, _, is_pref) in zip(examples, rows)]
         for p, prompt in enumerate(prompts):
             # An example the prompt shows as a demonstration is never scored with itself in it: its cells stay NaN
@@ -155,12 +161,13 @@ class BaseScorer:
             pairs = [(inp, c) for _, (inp, comps, _) in scored for c in comps]
             owner = [i for i, (_, comps, _) in scored for _ in comps]
             pair_nll, pair_tokens = self.completions(prompt, pairs, owner) if pairs else ([], [])
-            at = 0
+            at, margins = 0, {}
             for i, (_, comps, is_pref) in scored:
                 nll[p, i], tokens[p, i] = pair_nll[at], pair_tokens[at]
                 if is_pref:
                     others = pair_nll[at + 1 : at + len(comps)]
                     loss[p, i] = preference_loss(pair_nll[at], others, self.settings.beta)
+                    margins[i] = self.settings.beta * (others - pair_nll[at])
                     if ranked[i]:  # a tie is a miss: the answer must be the model's one pick
                         hits[p, i] = float(pair_nll[at] < others.min())
                         per_byte = pair_nll[at : at + len(comps)] / [max(len(c.encode()), 1) for c in comps]
@@ -168,7 +175,9 @@ class BaseScorer:
                 else:
                     loss[p, i] = pair_nll[at]
                 at += len(comps)
-        return LossMatrix(loss=loss, nll=nll, tokens=tokens, hits=hits, hits_norm=hits_norm)
+            softened[p] = loss[p]
+            softened[p, list(margins)] = tempered(list(margins.values()))
+        return LossMatrix(loss=loss, nll=nll, tokens=tokens, hits=hits, hits_norm=hits_norm, tempered=softened)
 
     def completions(
         self, prompt: str, pairs: Sequence[tuple[str, str]], owner: Sequence[int] | None = None

@@ -31,7 +31,7 @@ def test_the_examples_a_prompt_shows_are_left_out_of_its_scored_row(tiny_lm):
     assert matrix.prompt_loss()[1] == pytest.approx(np.delete(matrix.loss[1], [1, 4]).mean())
     # The paired gap compares the incumbent on the same six examples, not its mean over all eight.
     [c] = candidates_from(
-        matrix.row(1), [demos], ["demonstrations"], parent_id="p", iteration=1, reference=matrix.loss[0]
+        matrix.row(1), [demos], ["demonstrations"], parent_id="p", iteration=1, reference=matrix.row(0)
     )
     assert c.n_examples == 6
     assert c.gap == pytest.approx(np.delete(matrix.loss[1] - matrix.loss[0], [1, 4]).mean())

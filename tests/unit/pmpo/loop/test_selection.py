@@ -35,7 +35,7 @@ def _incumbent(row=INCUMBENT_ROW, hits=None) -> Candidate:
 
 def _candidate(prompt: str, row, hits=None, reference=INCUMBENT_ROW) -> Candidate:
     [c] = candidates_from(
-        _matrix(row, hits), [prompt], ["rewrite"], parent_id="inc", iteration=1, reference=np.asarray(reference)
+        _matrix(row, hits), [prompt], ["rewrite"], parent_id="inc", iteration=1, reference=_matrix(reference)
     )
     return c
 

@@ -290,6 +290,7 @@ def test_strict_arm_is_the_papers_selection():
     settings = qr.BenchSettings(("t",), ("pmpo_strict",), 2, 10, 0, "m", False)
     config, _ = bench_quality.pmpo_arm("pmpo_strict", settings)
     assert (config.selection.gate_z, config.selection.keep_accuracy, config.iterations) == (0.0, False, 2)
+    assert not config.selection.tempered_gate
 
 
 def test_arms_built_on_pmpo_are_refused_without_it_before_any_model_loads(monkeypatch):

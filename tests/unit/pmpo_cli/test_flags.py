@@ -95,9 +95,12 @@ def test_the_loop_flags_land_in_their_fields():
     from pmpo_cli.commands import optimize_values
 
     argv = ["optimize", "--no-masking", "--units", "splitter", "--gate-z", "0", "--patience", "0", "--racing"]
-    config = OptimizeConfig.model_validate(optimize_values(build_parser().parse_args(argv + ["--demos", "3"])))
+    argv += ["--no-tempered-gate", "--demos", "3"]
+    config = OptimizeConfig.model_validate(optimize_values(build_parser().parse_args(argv)))
     assert (config.masking, config.units, config.selection.gate_z, config.patience) == (False, "splitter", 0.0, 0)
+    assert not config.selection.tempered_gate
     assert config.racing.enabled and config.demonstrations.k == 3
     default = OptimizeConfig.model_validate(optimize_values(build_parser().parse_args(["optimize", "--masking"])))
     assert default.masking and default.selection.gate_z == 1.0 and default.patience == 2
+    assert default.selection.tempered_gate
     assert default.demonstrations.k == 0

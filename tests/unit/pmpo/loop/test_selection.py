@@ -15,7 +15,8 @@ from pmpo.loop.settings import OptimizerConfig, SelectionSettings
 from pmpo.loop.steps import removal_prompts
 from pmpo.masking.analysis import masking_analysis
 from pmpo.masking.units import segment
-from pmpo.scoring.loss import LossMatrix
+from pmpo.scoring.loss import LossMatrix, preference_loss
+from pmpo.scoring.temperature import tempered
 
 RNG = np.random.default_rng(0)
 INCUMBENT_ROW = RNG.normal(10.0, 3.0, size=50)  # hard and easy examples: the spread racing pairs away
@@ -91,6 +92,44 @@ def test_a_multiple_choice_candidate_with_lower_loss_but_fewer_hits_is_refused()
     mixed = np.where(np.arange(50) < 25, np.nan, 1.0)
     assert _candidate("m", INCUMBENT_ROW, hits=mixed).accuracy == 1.0
     assert _candidate("n", INCUMBENT_ROW, hits=np.full(50, np.nan)).accuracy is None
+
+
+def _preference_matrix(margins) -> LossMatrix:
+    """A one-row matrix of single-pair preference examples with these margins (nll+ = 0, nll- = margin)."""
+    pairs = [np.array([m]) for m in margins]
+    loss = np.array([[preference_loss(0.0, m) for m in pairs]])
+    return LossMatrix(loss, np.zeros_like(loss), np.ones(loss.shape, dtype=np.int64), tempered=tempered(pairs)[None])
+
+
+def test_a_candidate_that_only_makes_the_model_less_sure_is_refused_by_the_tempered_gate():
+    at_chance = RNG.normal(-0.1, 1.5, size=50)  # the model cannot do the task: wrong about half the time
+    incumbent_matrix = _preference_matrix(at_chance)
+    [incumbent] = candidates_from(incumbent_matrix, ["inc"], ["initial"], parent_id=None, iteration=0)
+
+    def candidate(prompt, margins):
+        [c] = candidates_from(
+            _preference_matrix(margins), [prompt], ["rewrite"], parent_id="inc", iteration=1, reference=incumbent_matrix
+        )
+        return c
+
+    shrunk = candidate("less sure", at_chance / 3)  # a clear plain win: every confidently wrong pair costs less
+    assert shrunk.loss - incumbent.loss + shrunk.gap_se < -0.1
+    assert select(incumbent, [shrunk]) is incumbent
+    assert select(incumbent, [shrunk], SelectionSettings(tempered_gate=False)) is shrunk
+    better = candidate("better", at_chance + 1.5)  # ranks the answers better: passes both
+    assert better.tempered_gap < 0 and select(incumbent, [shrunk, better]) is better
+    # A matrix from an older cached result has no tempered losses: the plain gate decides.
+    older = replace(shrunk, tempered_gap=None, tempered_gap_se=None)
+    assert select(incumbent, [older]) is older
+
+
+def test_where_nothing_was_softened_the_tempered_gap_is_not_recorded():
+    sure = RNG.normal(3.0, 1.0, size=50)  # margins that point the right way: t = 1, the loss as scored
+    reference = _preference_matrix(sure)
+    [c] = candidates_from(
+        _preference_matrix(sure + 0.5), ["c"], ["rewrite"], parent_id="p", iteration=1, reference=reference
+    )
+    assert c.tempered_gap is None and c.tempered_gap_se is None and c.gap_se > 0
 
 
 def test_a_removal_is_proposed_only_where_masking_says_the_unit_hurts_past_its_noise():

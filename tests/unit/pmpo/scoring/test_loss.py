@@ -14,6 +14,7 @@ from pmpo.scoring.batching import batches as _batches
 from pmpo.scoring.batching import plan
 from pmpo.scoring.loss import Scorer, ScorerSettings, preference_loss
 from pmpo.scoring.reference import naive_nll
+from pmpo.scoring.temperature import tempered
 
 PROMPTS = ["Classify the sentiment as positive or negative.", "", "Line one.\nLine two is longer than line one."]
 EXAMPLES = [
@@ -244,3 +245,24 @@ def test_multiple_choice_hits_come_from_the_loss_passes(tiny_lm):
     assert matrix.prompt_accuracy(norm=True) == [float(np.mean(held.correct_norm))]
     ce = Scorer(tiny_lm, ScorerSettings(mc_objective="ce")).loss_matrix(["Answer."], examples)
     assert np.isnan(ce.hits).all() and ce.prompt_accuracy() == [None]  # the answer alone ranks nothing
+
+
+def test_the_tempered_losses_soften_the_preference_pairs_only(tiny_lm):
+    examples = [
+        MultipleChoice("Q: 2+2?", ("4", "5", "22"), "4"),
+        Preference("Say hi.", "hi", ("goodbye forever",)),
+        Supervised("Review: fine.", "positive"),
+    ]
+    scorer = Scorer(tiny_lm, ScorerSettings(beta=2.0))
+    matrix = scorer.loss_matrix(PROMPTS, examples)
+    assert np.array_equal(matrix.tempered[:, 2], matrix.loss[:, 2])  # a reference's CE is not softened
+    for p, prompt in enumerate(PROMPTS):
+        margins = []
+        for e in examples[:2]:
+            chosen, *others = e.options if isinstance(e, MultipleChoice) else (e.chosen, *e.rejected)
+            nll, _ = scorer.completions(prompt, [(e.input, c) for c in (chosen, *others)])  # memo: no pass
+            margins.append(2.0 * (nll[1:] - nll[0]))
+        assert matrix.tempered[p, :2] == pytest.approx(tempered(margins))
+        assert matrix.tempered[p, :2].mean() <= matrix.loss[p, :2].mean() + 1e-9
+    again = matrix.weighted(np.array([2.0, 1.0, 0.5]))
+    assert again.tempered == pytest.approx(matrix.tempered * [2.0, 1.0, 0.5])

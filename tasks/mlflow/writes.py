@@ -83,6 +83,12 @@ def candidate_columns(candidates: Sequence[Candidate], selected: set[str]) -> di
         "n_examples": [c.n_examples for c in candidates],
         "dropped": [c.dropped for c in candidates],  # racing stopped it after n_examples: loss is over those only
         "selected": [c.id in selected for c in candidates],
+        # What the selection gate weighed, so a refused candidate can be read off the table (docs/usage.md).
+        "gap_se": [c.gap_se for c in candidates],
+        "tempered_gap": [c.tempered_gap for c in candidates],
+        "tempered_gap_se": [c.tempered_gap_se for c in candidates],
+        "accuracy": [c.accuracy for c in candidates],
+        "accuracy_norm": [c.accuracy_norm for c in candidates],
     }
 
 

@@ -4,6 +4,7 @@ finite metrics only."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -14,12 +15,16 @@ from tasks.mlflow import queries, runs, store, writes
 def test_candidates_table_is_replaced_not_appended(exp, candidate):
     run = runs.start_run(exp, "key", "a", params={}, tags={})
     writes.log_candidates(run, [candidate(0)], selected={"c0"})
-    writes.log_candidates(run, [candidate(0), candidate(1, 1, "c0")], selected={"c0", "c1"})
+    gated = replace(candidate(1, 1, "c0"), gap_se=0.1, tempered_gap=-0.2, tempered_gap_se=0.05, accuracy_norm=0.5)
+    writes.log_candidates(run, [candidate(0), gated], selected={"c0", "c1"})
 
     rows = queries.run_candidates(run.run_id)
     assert [r["id"] for r in rows] == ["c0", "c1"]
     assert rows[1]["parent"] == "c0" and rows[1]["selected"] is True
     assert rows[1]["loss_sum"] == pytest.approx(1.9 * 8)
+    # what the gate weighed is in the table
+    assert (rows[1]["gap_se"], rows[1]["tempered_gap"], rows[1]["tempered_gap_se"]) == (0.1, -0.2, 0.05)
+    assert rows[1]["accuracy_norm"] == 0.5 and rows[0]["tempered_gap"] is None
     logged = runs.run_tags(run.run_id)["mlflow.loggedArtifacts"]
     assert logged.count("candidates.json") == 1  # shown as a table in the UI, registered once
 

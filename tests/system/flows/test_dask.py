@@ -221,26 +221,26 @@ def test_killed_dask_run_resumes_without_duplicates_or_recomputation(tmp_path, t
     """test_resume's check on the cluster path: SIGKILL the CLI (and its local cluster) after iteration 1 is
     recorded, run the same command again: the same MLflow run, each candidate once, no finished shard recomputed."""
     import yaml
-    from test_resume import _command, _env, _recorded_iterations, kill_after_first_iteration
 
+    from support.killing import cli_env, command, kill_after_first_iteration, recorded_iterations
     from support.pipeline import tiny_values
 
     iterations = 3
     config = tmp_path / "run.yaml"
     values = tiny_values(tiny_model_dir, iterations=iterations, task_runner={"kind": "dask", "n_workers": 2})
     config.write_text(yaml.safe_dump({**values, "eval": {"max_examples": 2, "generate": False}}))
-    env = _env(tmp_path)
+    env = cli_env(tmp_path)
     monkeypatch.setenv("PMPO_HOME", env["PMPO_HOME"])
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     from tasks.mlflow import queries
 
     kill_after_first_iteration(config, tmp_path / "first.json", env, queries, timeout_s=600)
-    done_before_kill = sorted(set(_recorded_iterations(queries)))
+    done_before_kill = sorted(set(recorded_iterations(queries)))
     if done_before_kill[-1] >= iterations:
         pytest.skip("the machine was too slow to kill the run before it ended")  # pragma: no cover
 
     rerun = subprocess.run(
-        _command(config, tmp_path / "second.json"), env=env, capture_output=True, text=True, timeout=900
+        command(config, tmp_path / "second.json"), env=env, capture_output=True, text=True, timeout=900
     )
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     summary = json.loads((tmp_path / "second.json").read_text())

@@ -89,16 +89,21 @@ def passes_gate(candidate: Candidate, incumbent: Candidate, settings: SelectionS
     fewer multiple-choice hits, in total or per byte."""
     if candidate.dropped:  # its loss is over fewer examples than the incumbent's
         return False
-    noise = settings.gate_z * (candidate.gap_se or 0.0)  # no estimate (one example): the mean alone decides
-    if not gain(candidate, incumbent) + noise < 0:  # z = 0: exactly candidate.loss < incumbent.loss
+    if not clears(gain(candidate, incumbent), candidate.gap_se, settings.gate_z):
         return False
     if settings.tempered_gate and candidate.tempered_gap is not None:  # a less sure model is no better prompt
-        if not candidate.tempered_gap + settings.gate_z * (candidate.tempered_gap_se or 0.0) < 0:
+        if not clears(candidate.tempered_gap, candidate.tempered_gap_se, settings.gate_z):
             return False
     if settings.keep_accuracy:  # neither acc nor acc_norm may drop
         pairs = [(candidate.accuracy, incumbent.accuracy), (candidate.accuracy_norm, incumbent.accuracy_norm)]
         return all(new >= old for new, old in pairs if new is not None and old is not None)
     return True
+
+
+def clears(gap: float, se: float | None, z: float) -> bool:
+    """Whether a paired gap is below zero by more than z standard errors: gap + z * se < 0 (z = 0: exactly gap < 0;
+    no estimate, one example: the mean alone decides). The gate's rule, and the masking's for proposing removals."""
+    return gap + z * (se or 0.0) < 0
 
 
 def select(

@@ -16,7 +16,7 @@ from pmpo.data.examples import Dataset
 from pmpo.errors import ContextLengthError
 from pmpo.loop.demonstrations import demonstration_prompts
 from pmpo.loop.result import Candidate, SegmentEffect
-from pmpo.loop.selection import select
+from pmpo.loop.selection import clears, select
 from pmpo.loop.settings import OptimizerConfig
 from pmpo.masking.analysis import masking_analysis
 from pmpo.masking.units import Units, locate, model_units, segment
@@ -106,7 +106,7 @@ def removal_prompts(
     exactly as the masking analysis cut it (`message`: the chat prompt's optimised message, as
     `OptimizerConfig.chat_message`; `gate_z`: the selection gate's, so a removal proposed can also be accepted)."""
     spans = locate(editable(prompt, message), units)
-    cut = [spans.without(e.index) for e in effects if e.delta_loss + gate_z * e.se < 0]
+    cut = [spans.without(e.index) for e in effects if clears(e.delta_loss, e.se, gate_z)]
     return [with_editable(prompt, text, message) for text in cut if text]
 
 

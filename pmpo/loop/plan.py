@@ -84,6 +84,7 @@ class Layout:
     pack: bool  # short sequences packed into rows (the shared-prefix attention)
     reuse_prefix: bool
     prompts_per_request: int | None = None  # a served model: texts per request; None: in process
+    share_inputs: bool = True  # packed rows feed an input once for all its completions
 
     @classmethod
     def of(cls, settings: ScorerSettings, device: str, prompts_per_request: int | None = None) -> Layout:
@@ -92,7 +93,7 @@ class Layout:
         budget = settings.token_budget or (8192 if cuda else 2048)
         mode = settings.prefix_attention
         pack = (mode == "shared") or (mode == "auto" and not cuda)
-        return cls(budget, pack, settings.reuse_prefix, prompts_per_request)
+        return cls(budget, pack, settings.reuse_prefix, prompts_per_request, settings.share_inputs)
 
 
 @dataclass(frozen=True)
@@ -249,7 +250,8 @@ def scoring_work(
         cut = len(prefix) if reuse else 0
         if reuse:  # the prompt's KV cache: one pass over its tokens
             passes, tokens = passes + 1, tokens + len(prefix)
-        sizes = padded_sizes([len(e.ids) - cut - 1 for e in group], layout.token_budget, pack=layout.pack and reuse)
+        seqs, starts = [list(e.ids[cut:]) for e in group], [e.target_start - cut for e in group]
+        sizes = padded_sizes(seqs, starts, layout.token_budget, pack=layout.pack and reuse, share=layout.share_inputs)
         passes, tokens = passes + len(sizes), tokens + sum(sizes)
     return Work(forward_passes=passes, tokens_scored=tokens)
 

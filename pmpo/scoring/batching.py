@@ -4,6 +4,11 @@ Every sequence is an example's input followed by its reference output, all under
 one sequence, or, when the scorer attends to a shared prefix (`pmpo.scoring.prefix_attention`), several short ones
 packed end to end; a mask then keeps each sequence to its own tokens. Sorting alone leaves 10-45% padding on
 the BIG-bench samples (their lengths vary 3x within a task); packing leaves almost none.
+
+Packed rows also feed an input once for all its completions (a multiple-choice example's answer and distractors,
+a preference example's chosen and rejected outputs): the input's tokens come first, then each completion, which
+sees the input and itself but no sibling. Each option used to carry its own copy of the input, so on BIG-bench's
+multiple choice (3-7 options after a 50-200 token question) most of the tokens scored were the same question again.
 """
 
 from __future__ import annotations
@@ -28,26 +33,33 @@ class Batch:
     owner: torch.Tensor  # [T] position in `seqs` of the sequence each target token belongs to
 
 
-def plan(seqs: list[list[int]], starts: list[int], budget: int, *, pack: bool, offset: int, pad_id: int) -> list[Batch]:
-    """Batches covering every sequence (input + target, target from `starts[i]`) within `budget` tokens."""
-    # The last token predicts nothing that is scored, so it is never fed.
-    fed = [len(s) - 1 for s in seqs]
-    rows = _pack(fed) if pack else [[i] for i in range(len(seqs))]
-    row_len = [sum(fed[i] for i in row) for row in rows]
-    order = sorted(range(len(rows)), key=lambda r: -row_len[r])
+def plan(
+    seqs: list[list[int]], starts: list[int], budget: int, *, pack: bool, offset: int, pad_id: int, share: bool = True
+) -> list[Batch]:
+    """Batches covering every sequence (input + target, target from `starts[i]`) within `budget` tokens; packed
+    rows (`pack`) feed the tokens before a target once for all sequences that begin with them (`share`)."""
+    units = _units(seqs, starts, share=pack and share)
+    rows, groups = _rows([u.fed for u in units], budget, pack=pack)
     return [
-        _batch([rows[r] for r in group], seqs, starts, offset=offset, pad_id=pad_id, masked=pack)
-        for group in batches(order, row_len, budget)
+        _batch([[units[u] for u in rows[r]] for r in group], seqs, starts, offset=offset, pad_id=pad_id, masked=pack)
+        for group in groups
     ]
 
 
-def padded_sizes(fed: list[int], budget: int, *, pack: bool) -> list[int]:
-    """Tokens (rows x widest row, padding included) of each forward pass `plan` makes for sequences that feed
-    `fed` tokens each: what a cost plan counts without building a batch."""
-    rows = _pack(fed) if pack else [[i] for i in range(len(fed))]
-    row_len = [sum(fed[i] for i in row) for row in rows]
+def padded_sizes(seqs: list[list[int]], starts: list[int], budget: int, *, pack: bool, share: bool = True) -> list[int]:
+    """Tokens (rows x widest row, padding included) of each forward pass `plan` makes for these sequences: what a
+    cost plan counts without building a batch."""
+    fed = [u.fed for u in _units(seqs, starts, share=pack and share)]
+    rows, groups = _rows(fed, budget, pack=pack)
+    return [len(group) * sum(fed[u] for u in rows[group[0]]) for group in groups]
+
+
+def _rows(fed: list[int], budget: int, *, pack: bool) -> tuple[list[list[int]], list[list[int]]]:
+    """The units of each row (packed or one a row), and the rows of each forward pass, longest first."""
+    rows = _pack(fed) if pack else [[u] for u in range(len(fed))]
+    row_len = [sum(fed[u] for u in row) for row in rows]
     order = sorted(range(len(rows)), key=lambda r: -row_len[r])
-    return [len(group) * row_len[group[0]] for group in batches(order, row_len, budget)]
+    return rows, batches(order, row_len, budget)
 
 
 def batches(order: list[int], lengths: list[int], budget: int) -> list[list[int]]:
@@ -59,6 +71,36 @@ def batches(order: list[int], lengths: list[int], budget: int) -> list[list[int]
         else:
             groups.append([i])
     return groups
+
+
+@dataclass(frozen=True)
+class _Unit:
+    """Sequences fed together: their common leading tokens once, then each one's own tokens after them."""
+
+    members: list[int]
+    common: int  # leading tokens fed once (a lone sequence: all it feeds)
+    fed: int  # tokens the unit puts in a row
+
+
+def _units(seqs: list[list[int]], starts: list[int], *, share: bool) -> list[_Unit]:
+    """Each sequence alone, or (`share`) sequences with the same tokens before their targets as one unit."""
+    # The last token predicts nothing that is scored, so it is never fed.
+    if not share:
+        return [_Unit([i], len(s) - 1, len(s) - 1) for i, s in enumerate(seqs)]
+    # Grouped by every token before the target, not by the input's text: where a completion's first token merged
+    # into the input's last one the contexts differ, and those sequences simply keep their own copy.
+    families: dict[tuple[int, ...], list[int]] = {}
+    for i, (s, start) in enumerate(zip(seqs, starts)):
+        families.setdefault(tuple(s[:start]), []).append(i)
+    units = []
+    for members in families.values():
+        if len(members) == 1:
+            n = len(seqs[members[0]]) - 1
+            units.append(_Unit(members, n, n))
+        else:
+            common = starts[members[0]]  # the column before it predicts every member's first target token
+            units.append(_Unit(members, common, common + sum(len(seqs[i]) - 1 - common for i in members)))
+    return units
 
 
 def _pack(lengths: list[int]) -> list[list[int]]:
@@ -79,32 +121,43 @@ def _pack(lengths: list[int]) -> list[list[int]]:
     return rows
 
 
-def _batch(rows: list[list[int]], seqs, starts, *, offset: int, pad_id: int, masked: bool) -> Batch:
-    width = max(sum(len(seqs[i]) - 1 for i in row) for row in rows)
+def _batch(rows: list[list[_Unit]], seqs, starts, *, offset: int, pad_id: int, masked: bool) -> Batch:
+    width = max(sum(u.fed for u in row) for row in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     positions = torch.zeros((len(rows), width), dtype=torch.long)
-    segment = torch.full((len(rows), width), -1, dtype=torch.long)  # which sequence a column holds; -1 = pad
+    segment = torch.full((len(rows), width), -1, dtype=torch.long)  # which unit a column holds; -1 = pad
+    branch = torch.full((len(rows), width), -1, dtype=torch.long)  # which member's own tokens; -1 = shared
     members, pred_rows, pred_cols, targets, owner = [], [], [], [], []
     for r, row in enumerate(rows):
         at = 0
-        for i in row:
-            n = len(seqs[i]) - 1
-            ids[r, at : at + n] = torch.tensor(seqs[i][:-1])
-            positions[r, at : at + n] = torch.arange(offset, offset + n)
-            segment[r, at : at + n] = len(members)
-            # Column t predicts token t + 1: the targets seqs[i][start:] come from columns start-1 .. n-1.
-            count = len(seqs[i]) - starts[i]
-            pred_rows += [r] * count
-            pred_cols += range(at + starts[i] - 1, at + n)
-            targets += seqs[i][starts[i] :]
-            owner += [len(members)] * count
-            members.append(i)
-            at += n
+        for u, unit in enumerate(row):
+            first, c = unit.members[0], unit.common
+            ids[r, at : at + c] = torch.tensor(seqs[first][:c])
+            positions[r, at : at + c] = torch.arange(offset, offset + c)
+            segment[r, at : at + c] = u
+            tail_at = at + c
+            for i in unit.members:
+                tail = seqs[i][c:-1]
+                ids[r, tail_at : tail_at + len(tail)] = torch.tensor(tail, dtype=torch.long)
+                positions[r, tail_at : tail_at + len(tail)] = torch.arange(offset + c, offset + c + len(tail))
+                segment[r, tail_at : tail_at + len(tail)] = u
+                branch[r, tail_at : tail_at + len(tail)] = len(members)
+                # Token j is predicted by the column holding token j - 1: shared, or in this member's own tail.
+                predictors = range(starts[i] - 1, len(seqs[i]) - 1)
+                pred_cols += [at + j if j < c else tail_at + j - c for j in predictors]
+                pred_rows += [r] * len(predictors)
+                targets += seqs[i][starts[i] :]
+                owner += [len(members)] * len(predictors)
+                members.append(i)
+                tail_at += len(tail)
+            at = tail_at
         positions[r, at:] = torch.arange(offset + at, offset + width)  # pads: any position will do
     blocked = None
     if masked:
         future = torch.ones(width, width, dtype=torch.bool).triu_(1)
-        blocked = (segment[:, :, None] != segment[:, None, :]) | future  # [R, W, W]
+        other_unit = segment[:, :, None] != segment[:, None, :]
+        sibling = (branch[:, None, :] >= 0) & (branch[:, :, None] != branch[:, None, :])  # another member's own tokens
+        blocked = other_unit | sibling | future  # [R, W, W]
     return Batch(
         seqs=members,
         ids=ids,

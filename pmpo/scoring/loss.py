@@ -246,7 +246,8 @@ class Scorer(BaseScorer):
         prefix_kv = self._prefix_kv(prefix) if reuse else None
         pad = self.lm.tokenizer.pad_token_id
         out = [0.0] * len(seqs)
-        for batch in plan(seqs, starts, self._token_budget(), pack=shared, offset=len(prefix), pad_id=pad):
+        layout = {"pack": shared, "offset": len(prefix), "pad_id": pad, "share": self.settings.share_inputs}
+        for batch in plan(seqs, starts, self._token_budget(), **layout):
             for i, value in zip(batch.seqs, self._forward(batch, prefix_kv, shared)):
                 out[i] = value
         return out

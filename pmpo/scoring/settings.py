@@ -31,6 +31,11 @@ class ScorerSettings(Strict):
     prefix_attention: Literal["auto", "shared", "expand"] = Field(
         "auto", description="how examples attend to the reused prefix (auto: shared on CPU, expand on CUDA)"
     )
+    # Packed rows (the shared path) feed an example's input once for all its completions, each completion seeing
+    # the input and itself only (pmpo.scoring.batching). Multiple choice scored each option after its own copy of
+    # the question: on BIG-bench's four multiple-choice samples that was most of the tokens. Measured in
+    # benchmarks/bench_options.py (docs/benchmarks.md, "Options share their question"). False: a copy each.
+    share_inputs: bool = Field(True, description="packed rows: feed an input once for all its completions")
     # preference: the paper's recipe for multiple choice, -log sigmoid(beta * (s_correct - s_distractor)),
     # which rewards prompts that separate the answer from the distractors, not ones that merely make it likely.
     mc_objective: Objective = Field(

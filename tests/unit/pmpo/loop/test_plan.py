@@ -34,6 +34,7 @@ def _scored(lm, settings, prompt, examples):
         ScorerSettings(reuse_prefix=False),
         ScorerSettings(prefix_attention="expand", token_budget=256),
         ScorerSettings(token_budget=64),
+        ScorerSettings(share_inputs=False),
     ],
 )
 def test_scoring_work_is_what_the_scorer_runs(tiny_lm, settings):

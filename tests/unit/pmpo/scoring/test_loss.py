@@ -11,7 +11,7 @@ from pmpo.evaluation.heldout import option_hits
 from pmpo.models.loading import ModelSettings, load_model
 from pmpo.scoring import prefix_attention
 from pmpo.scoring.batching import batches as _batches
-from pmpo.scoring.batching import plan
+from pmpo.scoring.batching import padded_sizes, plan
 from pmpo.scoring.loss import Scorer, ScorerSettings, preference_loss
 from pmpo.scoring.reference import naive_nll
 from pmpo.scoring.temperature import tempered
@@ -80,6 +80,47 @@ def test_plan_feeds_every_target_once_and_restarts_positions():
         assert b.blocked is not None and b.blocked.shape[1:] == (b.ids.shape[1], b.ids.shape[1])
     assert counts == [len(s) - st for s, st in zip(seqs, starts)]
     assert any(b.ids.shape[0] < len(b.seqs) for b in batches), "short sequences should share a row"
+
+
+def test_plan_feeds_an_input_once_for_all_its_completions():
+    # Three completions of one input (tokens 1 2 3; targets from index 3), and one other sequence.
+    seqs = [[1, 2, 3, 10, 11], [1, 2, 3, 20], [1, 2, 3, 30, 31, 32], [4, 5]]
+    starts = [3, 3, 3, 1]
+    batches = plan(seqs, starts, budget=40, pack=True, offset=100, pad_id=0)
+    # 1 2 3 once, then each completion's own fed tokens (10; none; 30 31), then 4: one row, no padding
+    assert sum(b.ids.numel() for b in batches) == 7 == sum(padded_sizes(seqs, starts, budget=40, pack=True))
+    for b in batches:
+        for t, (r, c) in enumerate(zip(b.rows.tolist(), b.cols.tolist())):
+            i = b.seqs[b.owner[t]]
+            # what the predicting column sees, in order, is exactly its own sequence up to the target
+            seen = [b.ids[r, k].item() for k in range(b.ids.shape[1]) if not b.blocked[r, c, k]]
+            positions = [b.positions[r, k].item() - 100 for k in range(b.ids.shape[1]) if not b.blocked[r, c, k]]
+            j = len(seen)
+            assert seen == seqs[i][:j] and positions == list(range(j)) and b.targets[t].item() == seqs[i][j]
+    assert plan(seqs, starts, budget=40, pack=False, offset=0, pad_id=0)[0].ids.shape[1] == 5  # unpacked: a copy each
+
+
+MC = [
+    MultipleChoice("Q: which is a colour? Think about the sky on a clear day.", ("blue", "loud", "seven"), "blue"),
+    MultipleChoice("Q: 2+2?", ("4", "5", "twenty-two"), "4"),
+    Supervised("Review: fine.", "positive"),
+]
+
+
+@pytest.mark.parametrize("budget", [16, 4096])
+def test_options_share_their_question_and_score_as_the_naive_loop(tiny_lm, budget):
+    computed = {}
+    for mode in ("shared", "expand"):
+        scorer = Scorer(tiny_lm, ScorerSettings(**{**MODES[mode].__dict__, "token_budget": budget}))
+        matrix = scorer.loss_matrix(PROMPTS[:1], MC)
+        computed[mode] = scorer.tokens_computed
+        for i, e in enumerate(MC[:2]):
+            nll, _ = scorer.completions(PROMPTS[0], [(e.input, o) for o in e.options])  # memo: no pass
+            naive = [naive_nll(tiny_lm, PROMPTS[0], e.input, o)[0] for o in e.options]
+            np.testing.assert_allclose(nll, naive, rtol=1e-4)
+        assert matrix.nll[0, 2] == pytest.approx(naive_nll(tiny_lm, PROMPTS[0], MC[2].input, "positive")[0], rel=1e-4)
+    # the expanded cache feeds the question once per option; packed rows once per example
+    assert computed["shared"] < 0.6 * computed["expand"]
 
 
 @pytest.mark.parametrize("kernel", ["fused", "matmul"])

@@ -98,6 +98,8 @@ class Decision(BaseModel):
     candidate: Score | None = None
     loss_change: Change | None = None  # relative change of the mean held-out loss, with its interval
     accuracy_change: Change | None = None  # change in the guarded accuracy (heldout.accuracy_name)
+    # relative change of the tempered held-out loss (None: nothing softened, or an older record)
+    tempered_loss_change: Change | None = None
     heldout: HeldoutRecord | None = None
     training_loss: float | None = None  # the candidate's, on the optimiser's training examples (not used to decide)
     run_id: str | None = None  # the optimisation run
@@ -186,6 +188,7 @@ def decide(
         candidate=candidate,
         loss_change=Change.of(verdict.loss) if verdict else None,
         accuracy_change=Change.of(verdict.accuracy) if verdict else None,
+        tempered_loss_change=Change.of(verdict.tempered) if verdict else None,
         heldout=_heldout_record(draw, before, after, verdict),
         training_loss=proposal.training_loss,
         run_id=proposal.run_id,
@@ -265,6 +268,8 @@ def _decision_tags(
     }
     if verdict.accuracy is not None:
         tags[f"pmpo.heldout_{verdict.accuracy_name}_change"] = _interval_tag(verdict.accuracy)
+    if verdict.tempered is not None:
+        tags["pmpo.heldout_tempered_loss_change"] = _interval_tag(verdict.tempered)
     if candidate.accuracy is not None:
         tags["pmpo.heldout_accuracy"] = f"{candidate.accuracy:.4f}"
     if p.training_loss is not None:  # for the record: a lower training loss alone never promotes

@@ -10,6 +10,10 @@ So the gate asks for the paired interval (pmpo.evaluation.stats) of the change t
 - accuracy, where measured: the interval of its change reaches no lower than -max_accuracy_drop (a non-inferiority
   check: a lower loss with fewer right answers is the shifted label prior the loss can reward, not a gain).
   Multiple choice is judged by acc_norm (the option likeliest per byte), else by generated answers.
+- tempered loss, where preference pairs were softened: its interval clears the margin too, as the optimizer's
+  selection gate asks on the training set (`SelectionSettings.tempered_gate`). A prompt that only makes the model
+  less sure lowers the loss of pairs it ranks wrong towards ln 2 without ranking one more right; at each prompt's
+  best softening that gain is gone, a better ranking's is not.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from pmpo.evaluation.heldout import Evaluation
 from pmpo.evaluation.stats import Interval, paired_bootstrap
 
 # Why a decision went the way it did (the record's and the summary's one word for it).
-Why = Literal["promoted", "no_loss_gain", "loss_interval_crosses_margin", "accuracy_drop"]
+Why = Literal["promoted", "no_loss_gain", "loss_interval_crosses_margin", "only_less_sure", "accuracy_drop"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,7 @@ class Verdict:
     loss: Interval  # relative change of the mean held-out loss (candidate vs production)
     accuracy: Interval | None  # change in the share right (None: no accuracy measured)
     accuracy_name: str | None  # acc_norm | accuracy
+    tempered: Interval | None = None  # relative change of the tempered loss (None: nothing softened, or not recorded)
 
 
 def judge(
@@ -69,10 +74,28 @@ def judge(
     if loss.high >= -margin:
         why = f"not better beyond the noise: the loss interval crosses -{margin:.1%}: {said}"
         return Verdict(False, "loss_interval_crosses_margin", why, loss, accuracy, name)
+    tempered = _tempered_change(production, candidate, seed=seed, confidence=confidence)
+    if tempered is not None and tempered.high >= -margin:
+        why = (
+            f"only less sure: at each prompt's best softening the loss changes {_pct(tempered.estimate)} ({level} "
+            f"interval {_pct(tempered.low)} .. {_pct(tempered.high)}), not below -{margin:.1%}: {said}"
+        )
+        return Verdict(False, "only_less_sure", why, loss, accuracy, name, tempered)
     if accuracy is not None and max_accuracy_drop is not None and accuracy.low < -max_accuracy_drop - 1e-12:
         why = f"{name} may drop beyond {max_accuracy_drop * 100:.1f} points: {said}"
-        return Verdict(False, "accuracy_drop", why, loss, accuracy, name)
-    return Verdict(True, "promoted", f"better: {said}", loss, accuracy, name)
+        return Verdict(False, "accuracy_drop", why, loss, accuracy, name, tempered)
+    return Verdict(True, "promoted", f"better: {said}", loss, accuracy, name, tempered)
+
+
+def _tempered_change(production: Evaluation, candidate: Evaluation, *, seed: int, confidence: float) -> Interval | None:
+    """The relative change of the tempered held-out loss; None where either side has none recorded or neither was
+    softened (then it is the loss's own change, already judged)."""
+    before, after = production.example_tempered_losses, candidate.example_tempered_losses
+    if not before or len(before) != len(after):
+        return None
+    if before == production.example_losses and after == candidate.example_losses:
+        return None
+    return paired_bootstrap(before, after, seed=seed, confidence=confidence, relative=True)
 
 
 def _accuracy_pair(

@@ -39,6 +39,9 @@ class Evaluation:
     example_correct: tuple[bool, ...] | None = None  # per example, when answers were generated
     example_option_correct: tuple[bool, ...] | None = None  # per multiple-choice example, in order
     example_option_correct_norm: tuple[bool, ...] | None = None
+    # `example_losses` with the preference pairs at this prompt's best softening (pmpo.scoring.temperature), what
+    # the promotion gate also compares; () where not recorded (an evaluation made by an older pmpo)
+    example_tempered_losses: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,7 @@ def evaluate(
         example_correct=correct,
         example_option_correct=hits.correct if hits else None,
         example_option_correct_norm=hits.correct_norm if hits else None,
+        example_tempered_losses=() if matrix.tempered is None else tuple(float(x) for x in matrix.tempered[0]),
     )
 
 

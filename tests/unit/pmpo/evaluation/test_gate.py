@@ -1,6 +1,8 @@
 """The promotion gate: promote only when the paired interval of the held-out loss change clears the margin and
 accuracy's interval allows no drop beyond the setting."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -92,3 +94,28 @@ def test_the_same_seed_gives_the_same_verdict_and_unequal_sets_are_refused():
     assert a == judge(_evaluation(BEFORE), _evaluation(after), margin=0.01, max_accuracy_drop=None, seed=7)
     with pytest.raises(PmpoError, match="same examples"):
         judge(_evaluation(BEFORE), _evaluation(BEFORE[:10]), margin=0.01, max_accuracy_drop=None)
+
+
+def _softened(losses, tempered) -> Evaluation:
+    return replace(_evaluation(losses), example_tempered_losses=tuple(float(x) for x in tempered))
+
+
+def test_a_gain_that_is_only_a_less_sure_model_is_refused():
+    # Pairs ranked wrong: the candidate's margins shrank towards 0, so each pair's loss fell towards ln 2; at each
+    # prompt's best softening both sit at about ln 2 and nothing is gained.
+    before, after = np.full(60, 1.3) + RNG.normal(0, 0.05, 60), np.full(60, 0.75) + RNG.normal(0, 0.05, 60)
+    flat = np.log(2) + RNG.normal(0, 0.01, 60)
+    v = judge(_softened(before, flat), _softened(after, flat), margin=0.01, max_accuracy_drop=None)
+    assert v.loss.high < -0.01  # the plain loss clears the margin
+    assert not v.promote and v.why == "only_less_sure" and v.tempered.high >= -0.01
+    # a better ranking keeps its gain at the best softening: promoted
+    v = judge(_softened(before, flat), _softened(after, flat * 0.8), margin=0.01, max_accuracy_drop=None)
+    assert v.promote and v.tempered.high < -0.01
+
+
+def test_without_softened_losses_the_gate_is_the_loss_and_accuracy_rule():
+    after = BEFORE * 0.8
+    assert judge(_evaluation(BEFORE), _evaluation(after), margin=0.01, max_accuracy_drop=None).tempered is None
+    # recorded but the same as the losses (nothing softened): the loss's own test, not a second one
+    same = judge(_softened(BEFORE, BEFORE), _softened(after, after), margin=0.01, max_accuracy_drop=None)
+    assert same.promote and same.tempered is None

@@ -58,6 +58,10 @@ def test_evaluate_keeps_per_example_values_in_order(tiny_lm):
     assert result.accuracy == pytest.approx(np.mean(result.example_correct))
     assert result.option_accuracy == pytest.approx(np.mean(result.example_option_correct))
     assert result.option_accuracy_norm == pytest.approx(np.mean(result.example_option_correct_norm))
+    # the promotion gate's tempered losses: one per example, their mean never above the loss's (t = 1 is among the
+    # softenings, and the one chosen minimises the mean)
+    assert len(result.example_tempered_losses) == 5
+    assert np.mean(result.example_tempered_losses) <= result.loss + 1e-12
     plain = evaluate(tiny_lm, "Pick the answer.", Dataset("s", (REVIEW,)), generate=False)
     assert plain.option_accuracy_norm is None and plain.example_correct is None and len(plain.example_losses) == 1
 

@@ -242,6 +242,22 @@ def test_real_model_batched_equals_per_example_fp32(real_lm):
 
 
 @pytest.mark.real_model
+def test_real_model_options_after_one_shared_question_equal_the_naive_loop_fp32(real_lm):
+    question = MultipleChoice(
+        "Today is 3/5, and it is Jane's second time in the year 1973 to see a meteor shower. What is the date a month "
+        "ago in MM/DD/YYYY?",
+        ("02/05/1973", "03/08/1983", "01/02/1973", "03/05/2007", "01/05/2007", "02/05/1973 or later"),
+        "02/05/1973",
+    )
+    scorer = Scorer(real_lm)
+    scorer.loss_matrix(DEMO_PROMPTS[:1], [question, MC[0]])
+    for e in (question, MC[0]):
+        nll, _ = scorer.completions(DEMO_PROMPTS[0], [(e.input, o) for o in e.options])  # memo: no pass
+        naive = [naive_nll(real_lm, DEMO_PROMPTS[0], e.input, o)[0] for o in e.options]
+        np.testing.assert_allclose(nll, naive, rtol=1e-3)
+
+
+@pytest.mark.real_model
 def test_bf16_keeps_the_fp32_ranking_on_the_demo_task(real_lm):
     from pmpo.data import demo_task
 

@@ -12,6 +12,7 @@ Arms, on the same seeded split and the same held-out examples (a seeded draw, st
   pmpo_demos       the defaults plus demonstrations chosen by loss as a candidate source
   pmpo_no_masking  the paper's ablation without segment masking (OptimizerConfig(masking=False))
   pmpo_ce          plain CE instead of the preference loss for multiple choice (ScorerSettings(mc_objective="ce"))
+  pmpo_racing      the defaults with racing on (clearly worse candidates stop after a slice of the training set)
   train_acc        "why loss?": the prompts the pmpo arm scored, the pick by training accuracy instead of loss
                    (multiple choice: acc from the loss's own passes; otherwise greedy answers on the training set)
   ape              APE's forward template, as many candidates as the pmpo arm scored, best training accuracy
@@ -70,14 +71,15 @@ from pmpo.loop.result import OptimizeResult  # noqa: E402
 from pmpo.loop.settings import SelectionSettings  # noqa: E402
 from pmpo.models.loading import LoadedModel, ModelSettings, load_model  # noqa: E402
 from pmpo.scoring.loss import Scorer, ScorerSettings  # noqa: E402
+from pmpo.scoring.settings import RacingSettings  # noqa: E402
 
 # The module, not the `evaluate` function the package re-exports under the same name.
 evaluation = importlib.import_module("pmpo.evaluation.heldout")
 BUILTINS = ("builtin:sentiment", "builtin:arithmetic")
 # Quick: one short multiple-choice BIG-bench task and one built-in, so both kinds of accuracy show up.
 QUICK_TASKS = ("sports_understanding", "builtin:sentiment")
-PMPO_ARMS = (PMPO, "pmpo_strict", "pmpo_demos", "pmpo_no_masking", "pmpo_ce")
-# The arms; pmpo_no_masking and pmpo_ce are the paper's ablations, run when asked for.
+PMPO_ARMS = (PMPO, "pmpo_strict", "pmpo_demos", "pmpo_no_masking", "pmpo_ce", "pmpo_racing")
+# The arms; pmpo_no_masking and pmpo_ce are the paper's ablations, pmpo_racing a cost question, run when asked.
 DEFAULT_ARMS = (INITIAL, PMPO, "pmpo_strict", "pmpo_demos", "train_acc", "ape", "gepa")
 # Demonstrations per demo candidate in the pmpo_demos arm: a 3-shot prompt, as lm-eval's BBH few-shot uses.
 DEMOS_K = 3
@@ -377,6 +379,8 @@ def pmpo_arm(arm: str, settings: BenchSettings) -> tuple[OptimizerConfig | None,
         return config.model_copy(update={"masking": False}), ScorerSettings()
     if arm == "pmpo_ce":
         return config, ScorerSettings(mc_objective="ce")
+    if arm == "pmpo_racing":
+        return config.model_copy(update={"racing": RacingSettings(enabled=True)}), ScorerSettings()
     return config, ScorerSettings()
 
 

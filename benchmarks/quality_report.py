@@ -20,7 +20,18 @@ INITIAL = "initial"
 PMPO = "pmpo"
 # The arms that compare with PMPO's defaults in the targets: what a user would pick instead.
 PEERS = ("ape", "train_acc", "gepa")
-ARMS = (INITIAL, PMPO, "pmpo_strict", "pmpo_demos", "pmpo_no_masking", "pmpo_ce", "train_acc", "ape", "gepa")
+ARMS = (
+    INITIAL,
+    PMPO,
+    "pmpo_strict",
+    "pmpo_demos",
+    "pmpo_no_masking",
+    "pmpo_ce",
+    "pmpo_racing",
+    "train_acc",
+    "ape",
+    "gepa",
+)
 METRICS = ("loss", "acc", "acc_norm", "gen_acc")
 # Issue 19's targets on the six BIG-bench samples: mean acc and acc_norm each +3 points or more with the pooled 95%
 # interval above zero; no task loses more than 2 points; held-out loss lower on every task; PMPO's mean at least

@@ -293,6 +293,16 @@ def test_strict_arm_is_the_papers_selection():
     assert not config.selection.tempered_gate
 
 
+def test_racing_arm_is_the_defaults_with_racing_on():
+    import bench_quality
+
+    settings = qr.BenchSettings(("t",), ("pmpo_racing",), 2, 10, 0, "m", False)
+    config, _ = bench_quality.pmpo_arm("pmpo_racing", settings)
+    default, _ = bench_quality.pmpo_arm("pmpo", settings)
+    assert config.racing.enabled and not default.racing.enabled
+    assert config.model_copy(update={"racing": default.racing}) == default
+
+
 def test_arms_built_on_pmpo_are_refused_without_it_before_any_model_loads(monkeypatch):
     import bench_quality
 

@@ -13,6 +13,8 @@ Arms, on the same seeded split and the same held-out examples (a seeded draw, st
   pmpo_no_masking  the paper's ablation without segment masking (OptimizerConfig(masking=False))
   pmpo_ce          plain CE instead of the preference loss for multiple choice (ScorerSettings(mc_objective="ce"))
   pmpo_racing      the defaults with racing on (clearly worse candidates stop after a slice of the training set)
+  pmpo_more_train  the defaults on twice the training examples: the split's, and as many of the test split's that the
+                   held-out draw left out (the held-out examples are the other arms')
   train_acc        "why loss?": the prompts the pmpo arm scored, the pick by training accuracy instead of loss
                    (multiple choice: acc from the loss's own passes; otherwise greedy answers on the training set)
   ape              APE's forward template, as many candidates as the pmpo arm scored, best training accuracy
@@ -36,7 +38,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -64,6 +66,7 @@ from quality_report import (  # noqa: E402
 
 import pmpo  # noqa: E402
 from pmpo.data import Dataset  # noqa: E402
+from pmpo.data.examples import example_key  # noqa: E402
 from pmpo.evaluation.draw import heldout_draw  # noqa: E402
 from pmpo.evaluation.heldout import Evaluation, evaluate  # noqa: E402
 from pmpo.loop.optimizer import OptimizerConfig  # noqa: E402
@@ -78,8 +81,9 @@ evaluation = importlib.import_module("pmpo.evaluation.heldout")
 BUILTINS = ("builtin:sentiment", "builtin:arithmetic")
 # Quick: one short multiple-choice BIG-bench task and one built-in, so both kinds of accuracy show up.
 QUICK_TASKS = ("sports_understanding", "builtin:sentiment")
-PMPO_ARMS = (PMPO, "pmpo_strict", "pmpo_demos", "pmpo_no_masking", "pmpo_ce", "pmpo_racing")
-# The issue's arms; pmpo_no_masking and pmpo_ce are the paper's ablations, pmpo_racing a cost question, run when asked.
+PMPO_ARMS = (PMPO, "pmpo_strict", "pmpo_demos", "pmpo_no_masking", "pmpo_ce", "pmpo_racing", "pmpo_more_train")
+# The issue's arms; pmpo_no_masking and pmpo_ce are the paper's ablations, pmpo_racing and pmpo_more_train questions of
+# cost and of noise, run when asked.
 DEFAULT_ARMS = (INITIAL, PMPO, "pmpo_strict", "pmpo_demos", "train_acc", "ape", "gepa")
 # Demonstrations per demo candidate in the pmpo_demos arm: a 3-shot prompt, as lm-eval's BBH few-shot uses.
 DEMOS_K = 3
@@ -154,6 +158,8 @@ class TaskContext:
     shared: bool
     train: Dataset
     heldout: Dataset
+    # the test split's examples outside the held-out draw (None: the draw took them all): pmpo_more_train's extra data
+    spare: Dataset | None
     initial: str
     base: Evaluation
     scorer: Scorer
@@ -165,11 +171,14 @@ def task_context(lm: LoadedModel, task: str, settings: BenchSettings, data_dir: 
     split = pmpo.split_dataset(dataset, seed=settings.seed)
     drawn = heldout_draw(split.test, settings.heldout, seed=settings.seed)  # as the flows draw: seeded, by label
     heldout = drawn.subset(list(range(len(drawn))), name=f"{dataset.name}/heldout")
+    drawn_keys = {example_key(e) for e in drawn.examples}
+    left = [i for i, e in enumerate(split.test.examples) if example_key(e) not in drawn_keys]
+    spare = split.test.subset(left) if left else None
     initial = wl.incumbent_of(dataset)
     scorer = Scorer(lm, ScorerSettings())
     _log(f"[{task}] {len(split.train)} train, {len(heldout)} held-out; evaluating the initial prompt")
     base = evaluate(lm, initial, heldout, scorer=scorer)
-    return TaskContext(task, not task.startswith("builtin:"), split.train, heldout, initial, base, scorer)
+    return TaskContext(task, not task.startswith("builtin:"), split.train, heldout, spare, initial, base, scorer)
 
 
 def run_arm(
@@ -233,7 +242,7 @@ def search(
         if config is None:
             _log(f"[{ctx.task}] {arm}: this pmpo has no demonstrations setting; no {arm} row")
             return None
-        outcome = pmpo.optimize(ctx.initial, ctx.train, lm, config=config, scorer_settings=scoring)
+        outcome = pmpo.optimize(ctx.initial, training_set(arm, ctx), lm, config=config, scorer_settings=scoring)
         return outcome.best_prompt, len(outcome.candidates), pool_of(outcome)
     if reference is None and not (arm == "ape" and ape_candidates):
         _log(f"[{ctx.task}] {arm}: needs the pmpo arm's row on this task; no {arm} row")
@@ -248,6 +257,15 @@ def search(
         _log(f"[{ctx.task}] ape: no candidate instruction parsed from any proposal; no ape row")
         return None
     return found.best, len(found.candidates), ()
+
+
+def training_set(arm: str, ctx: TaskContext) -> Dataset:
+    """The examples an arm optimises on: the split's, and for pmpo_more_train as many again from the spare ones."""
+    train = ctx.train
+    if arm != "pmpo_more_train" or ctx.spare is None:
+        return train
+    more = ctx.spare.subset(list(range(min(len(train), len(ctx.spare)))))
+    return replace(train, examples=train.examples + more.examples, rows=train.rows + more.rows, fingerprint="")
 
 
 def pool_of(outcome: OptimizeResult) -> tuple[PoolEntry, ...]:

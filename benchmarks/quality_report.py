@@ -28,6 +28,7 @@ ARMS = (
     "pmpo_no_masking",
     "pmpo_ce",
     "pmpo_racing",
+    "pmpo_more_train",
     "train_acc",
     "ape",
     "gepa",

@@ -335,3 +335,19 @@ def test_search_reports_an_ape_run_without_parsable_instructions_as_none(monkeyp
     settings = qr.BenchSettings(("t",), ("initial", "ape"), 1, 10, 0, "m", True)
     ctx = SimpleNamespace(task="t", train=None, initial="p")
     assert bench_quality.search(None, "ape", ctx, settings, None, ape_candidates=4) is None
+
+
+def test_more_train_adds_as_many_test_examples_as_the_heldout_draw_left_out(tiny_lm, tmp_path):
+    import json
+
+    import bench_quality
+
+    rows = [{"input": f"Is {i} even?", "target": "Yes" if i % 2 else "No", "options": ["Yes", "No"]} for i in range(60)]
+    (tmp_path / "even.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    settings = qr.BenchSettings(("even",), ("pmpo_more_train",), 1, 20, 0, "m", False)
+    ctx = bench_quality.task_context(tiny_lm, "even", settings, tmp_path)
+    train, more = bench_quality.training_set("pmpo", ctx), bench_quality.training_set("pmpo_more_train", ctx)
+    assert train is ctx.train and len(more) == 2 * len(train)
+    added = {e.input for e in more.examples[len(train) :]}
+    assert not added & {e.input for e in ctx.heldout.examples} and not added & {e.input for e in train.examples}
+    assert more.rows[: len(train)] == train.rows and len(set(more.rows)) == len(more)  # each names its file row

@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from pmpo.data import Dataset
 from pmpo.data.loaders import BUILTIN_PREFIX, FORMATS, infer_format
 from pmpo.data.rows import ColumnMap, unknown_mapping
+from pmpo.data.split import TRAIN_CAP, TRAIN_FRACTION, TrainCap, TrainFraction
 from pmpo.errors import PmpoError
 from pmpo.evaluation.draw import heldout_draw
 from pmpo.loop.settings import OptimizerConfig
@@ -165,8 +166,8 @@ class OptimizeConfig(OptimizerConfig):
     prompt: str | None = Field(None, description="the prompt to start from; default: the dataset's default prompt")
     model: ModelSettings = Field(default_factory=ModelSettings)
     rewriter: RewriterSettings = Field(default_factory=RewriterSettings)
-    train_fraction: float = Field(0.2, gt=0, le=1, description="the paper trains on 20% of the data...")
-    train_cap: int | None = Field(50, ge=1, description="...capped at 50 examples")
+    train_fraction: TrainFraction = TRAIN_FRACTION
+    train_cap: TrainCap = TRAIN_CAP
     scoring: ScorerSettings = Field(default_factory=ScorerSettings)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     experiment: str | None = Field(None, description="MLflow experiment; default: the task name")
@@ -187,8 +188,8 @@ class EvaluateConfig(Strict):
     prompt: str | None = Field(None, description="prompt text or prompts:/name@alias; default: the dataset's")
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelSettings = Field(default_factory=ModelSettings)
-    train_fraction: float = Field(0.2, gt=0, le=1, description="the paper trains on 20% of the data...")
-    train_cap: int | None = Field(50, ge=1, description="...capped at 50 examples")
+    train_fraction: TrainFraction = TRAIN_FRACTION
+    train_cap: TrainCap = TRAIN_CAP
     # The same as the optimisation run's, so its training examples stay out of the held-out split.
     seed: int = Field(0, description="the split's seed")
     scoring: ScorerSettings = Field(default_factory=ScorerSettings)

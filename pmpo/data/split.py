@@ -13,9 +13,18 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Annotated
+
+from pydantic import Field
 
 from pmpo.data.examples import Dataset, example_key
 from pmpo.errors import DataError
+
+# The paper's rule: train on 20% of the data, at most 50 examples, and hold the rest out. The optimisation and
+# evaluation configs take these types, so one run's training examples are never another's held-out ones by default.
+TRAIN_FRACTION, TRAIN_CAP = 0.2, 50
+TrainFraction = Annotated[float, Field(gt=0, le=1, description="share of the data to train on (the paper: 20%)")]
+TrainCap = Annotated[int | None, Field(ge=1, description="most training examples (the paper: 50; none: no cap)")]
 
 
 @dataclass(frozen=True)
@@ -26,7 +35,7 @@ class Split:
     test: Dataset
 
 
-def train_size(n: int, train_fraction: float = 0.2, train_cap: int | None = 50) -> int:
+def train_size(n: int, train_fraction: float = TRAIN_FRACTION, train_cap: int | None = TRAIN_CAP) -> int:
     """How many of `n` examples go to training: the fraction (rounded), capped, at least 1, leaving 1 to test."""
     if not 0.0 < train_fraction <= 1.0:
         raise DataError(f"train_fraction must be in (0, 1], not {train_fraction}")
@@ -45,7 +54,9 @@ def draw(example_key_: str, seed: int) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def split_dataset(dataset: Dataset, *, seed: int, train_fraction: float = 0.2, train_cap: int | None = 50) -> Split:
+def split_dataset(
+    dataset: Dataset, *, seed: int, train_fraction: float = TRAIN_FRACTION, train_cap: int | None = TRAIN_CAP
+) -> Split:
     """Seeded split by content: about 20% of the data, capped at 50, for training (the paper's rule); the rest is
     held out. An example's side depends on its content and the seed only, never on the other rows."""
     n = len(dataset)

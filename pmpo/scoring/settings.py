@@ -51,7 +51,9 @@ class RacingSettings(Strict):
     # Measured (benchmarks/bench_loss.py, bench_racing.py; SmolLM2, 13 real rewrite candidates x 50 examples,
     # 7 sets from 6 BIG-bench tasks, 200 example orders each): these defaults never changed the pick and
     # scored 35-77% of the pairs (2.0-2.6x faster on object_counting); margin 1 changed it in up to 15% of
-    # the orders.
+    # the orders. With the defaults' gated selection (docs/benchmarks.md, "Racing with the defaults") it scored 0.92x
+    # the tokens over 8 tasks, more on multiple choice (close losses drop few; each round is a batch of its own), and
+    # changed one pick for the worse.
     enabled: bool = Field(False, description="race the candidates (a dropped one's loss covers only its slice)")
     # Fewer makes the standard error too rough to trust; two is the least that has a spread at all.
     first_slice: int = Field(10, ge=2, description="examples every candidate is scored on first")

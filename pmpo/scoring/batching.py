@@ -75,32 +75,26 @@ def batches(order: list[int], lengths: list[int], budget: int) -> list[list[int]
 
 @dataclass(frozen=True)
 class _Unit:
-    """Sequences fed together: their common leading tokens once, then each one's own tokens after them."""
+    """Sequences fed together: the tokens before their targets once, then each one's own tokens after them."""
 
     members: list[int]
-    common: int  # leading tokens fed once (a lone sequence: all it feeds)
+    common: int  # leading tokens fed once: every member's tokens before its first target
     fed: int  # tokens the unit puts in a row
 
 
 def _units(seqs: list[list[int]], starts: list[int], *, share: bool) -> list[_Unit]:
     """Each sequence alone, or (`share`) sequences with the same tokens before their targets as one unit."""
-    # The last token predicts nothing that is scored, so it is never fed.
-    if not share:
-        return [_Unit([i], len(s) - 1, len(s) - 1) for i, s in enumerate(seqs)]
     # Grouped by every token before the target, not by the input's text: where a completion's first token merged
     # into the input's last one the contexts differ, and those sequences simply keep their own copy.
-    families: dict[tuple[int, ...], list[int]] = {}
+    families: dict[object, list[int]] = {}
     for i, (s, start) in enumerate(zip(seqs, starts)):
-        families.setdefault(tuple(s[:start]), []).append(i)
-    units = []
-    for members in families.values():
-        if len(members) == 1:
-            n = len(seqs[members[0]]) - 1
-            units.append(_Unit(members, n, n))
-        else:
-            common = starts[members[0]]  # the column before it predicts every member's first target token
-            units.append(_Unit(members, common, common + sum(len(seqs[i]) - 1 - common for i in members)))
-    return units
+        families.setdefault(tuple(s[:start]) if share else i, []).append(i)
+    # The column before `common` predicts every member's first target token; a member's last token predicts
+    # nothing that is scored, so it is never fed.
+    return [
+        _Unit(members, starts[members[0]], starts[members[0]] + sum(len(seqs[i]) - 1 - starts[i] for i in members))
+        for members in families.values()
+    ]
 
 
 def _pack(lengths: list[int]) -> list[list[int]]:

@@ -230,20 +230,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     # both. Python allows handlers in the main thread only.
     if threading.current_thread() is not threading.main_thread():
         return _command(args, PmpoError)
-    # `pmpo serve` stops its own servers, each with a longer grace: no 8-second deadline there.
+    # `pmpo serve` stops its own servers, each with a longer grace: no 7-second deadline there.
     deadline = args.command != "serve"
     with interrupts.installed(last_resort=_last_resort, report=_say, deadline=deadline):
         return _command(args, PmpoError)
 
 
 def _last_resort() -> None:
-    """The watchdog's clean-up when the command did not unwind in time: its runs marked FAILED (as the flow would
-    have), then the temporary Prefect API server stopped."""
+    """The watchdog's clean-up when the command did not unwind in time: the temporary Prefect API server stopped,
+    then its runs marked FAILED (as the flow would have). The stop comes first: it is instant, and the marking may
+    wait on the store past the watchdog's bound."""
     from pmpo_cli import ephemeral
 
+    ephemeral.stop_now()
     if "tasks.mlflow.runs" in sys.modules:  # a command that opened no run has none to mark
         sys.modules["tasks.mlflow.runs"].fail_open_runs()
-    ephemeral.stop_now()
 
 
 def _command(args: argparse.Namespace, pmpo_error: type[Exception]) -> int:

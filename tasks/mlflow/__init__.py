@@ -8,6 +8,7 @@ throughout (no fluent "active run"), so nothing here depends on global run state
 One module per idea:
   store    the client on the configured store, its one-time set-up, experiments, the store's errors
   locks    OS file locks: the store's set-up, one live writer per run
+  shield   store calls that a stop signal cannot cut in half
   runs     a run found (and resumed) by its key, its owner, its tags, its end
   writes   what a run records: metrics, iterations, the candidates and masking tables, artifacts
   prompts  the Prompt Registry: versions, aliases, version tags

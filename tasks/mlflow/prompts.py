@@ -17,7 +17,7 @@ from mlflow.exceptions import MlflowException
 from pmpo.text.template import from_registry, to_registry
 from tasks.environment import shown_tracking_uri
 from tasks.mlflow.runs import TrackedRun
-from tasks.mlflow.store import TrackingError, client, safe_name
+from tasks.mlflow.store import TrackingError, client, held, safe_name
 
 PRODUCTION = "production"
 LATEST = "latest"  # resolved by MLflow itself to the newest version
@@ -68,18 +68,19 @@ def register_prompt(
         if run.run_id not in runs:
             c.set_prompt_version_tag(name, existing.version, RUN_IDS_TAG, ",".join([*runs, run.run_id]))
         return name, int(existing.version)
-    version = mlflow.genai.register_prompt(
-        name=name,
-        template=to_registry(prompt),  # a chat prompt stays a list of messages, as the application loads it
-        commit_message=f"pmpo run {run.run_id}: training loss {loss:.4f}",
-        tags={
-            "loss": f"{loss:.6f}",
-            "run_id": run.run_id,
-            RUN_IDS_TAG: run.run_id,
-            **({PLACEMENT_TAG: placement} if placement else {}),
-        },
-        model_config=model_config,
-    )
+    with held():
+        version = mlflow.genai.register_prompt(
+            name=name,
+            template=to_registry(prompt),  # a chat prompt stays a list of messages, as the application loads it
+            commit_message=f"pmpo run {run.run_id}: training loss {loss:.4f}",
+            tags={
+                "loss": f"{loss:.6f}",
+                "run_id": run.run_id,
+                RUN_IDS_TAG: run.run_id,
+                **({PLACEMENT_TAG: placement} if placement else {}),
+            },
+            model_config=model_config,
+        )
     return name, int(version.version)
 
 
@@ -88,7 +89,8 @@ def load_registered_prompt(uri: str) -> str:
     prompt as pmpo's one string form of its messages, pmpo.text.template)."""
     client()
     try:
-        return from_registry(mlflow.genai.load_prompt(uri).template)
+        with held():
+            return from_registry(mlflow.genai.load_prompt(uri).template)
     except MlflowException as exc:
         raise TrackingError(
             f"prompt {uri!r} not found in {shown_tracking_uri()}: {exc.message.splitlines()[0]}"

@@ -6,9 +6,11 @@ Concurrency: a fresh SQLite store is created and migrated by one process at a ti
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import re
+from typing import cast
 
 import mlflow
 from mlflow import MlflowClient
@@ -18,8 +20,9 @@ from mlflow.exceptions import MlflowException
 from pmpo.errors import PmpoError
 from tasks.environment import artifacts_dir, home, shown_tracking_uri, tracking_uri
 from tasks.mlflow import locks
+from tasks.mlflow.shield import Shielded, is_database, stops_held
 
-__all__ = ["MlflowException", "TrackingError", "client", "experiment_id", "get_run", "safe_name", "ui_command"]
+__all__ = ["MlflowException", "TrackingError", "client", "experiment_id", "get_run", "held", "safe_name", "ui_command"]
 
 _NAME_BAD = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -29,10 +32,16 @@ class TrackingError(PmpoError):
 
 
 def client() -> MlflowClient:
-    """A client on the configured store (MLFLOW_TRACKING_URI, else SQLite in the data directory)."""
+    """A client on the configured store (MLFLOW_TRACKING_URI, else SQLite in the data directory); on a database
+    store each call is shielded from stop signals (tasks.mlflow.shield)."""
     uri = tracking_uri()  # read every time: PMPO_HOME may change between runs in one process (tests)
     mlflow.set_tracking_uri(uri)  # the Prompt Registry API reads the global URI
-    return _client(uri)
+    return cast(MlflowClient, Shielded(_client(uri))) if is_database(uri) else _client(uri)
+
+
+def held() -> contextlib.AbstractContextManager[None]:
+    """Stop signals held back for a call of MLflow's module-level API on the configured store, as `client()` does."""
+    return stops_held() if is_database(tracking_uri()) else contextlib.nullcontext()
 
 
 @functools.lru_cache(maxsize=8)

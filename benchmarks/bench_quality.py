@@ -15,6 +15,7 @@ Arms, on the same seeded split and the same held-out examples (a seeded draw, st
   pmpo_racing      the defaults with racing on (clearly worse candidates stop after a slice of the training set)
   pmpo_more_train  the defaults on twice the training examples: the split's, and as many of the test split's that the
                    held-out draw left out (the held-out examples are the other arms')
+  pmpo_z2          the defaults with gate_z 2: a gate for a dozen candidates compared at once, not one
   train_acc        "why loss?": the prompts the pmpo arm scored, the pick by training accuracy instead of loss
                    (multiple choice: acc from the loss's own passes; otherwise greedy answers on the training set)
   ape              APE's forward template, as many candidates as the pmpo arm scored, best training accuracy
@@ -81,9 +82,18 @@ evaluation = importlib.import_module("pmpo.evaluation.heldout")
 BUILTINS = ("builtin:sentiment", "builtin:arithmetic")
 # Quick: one short multiple-choice BIG-bench task and one built-in, so both kinds of accuracy show up.
 QUICK_TASKS = ("sports_understanding", "builtin:sentiment")
-PMPO_ARMS = (PMPO, "pmpo_strict", "pmpo_demos", "pmpo_no_masking", "pmpo_ce", "pmpo_racing", "pmpo_more_train")
-# The issue's arms; pmpo_no_masking and pmpo_ce are the paper's ablations, pmpo_racing and pmpo_more_train questions of
-# cost and of noise, run when asked.
+PMPO_ARMS = (
+    PMPO,
+    "pmpo_strict",
+    "pmpo_demos",
+    "pmpo_no_masking",
+    "pmpo_ce",
+    "pmpo_racing",
+    "pmpo_more_train",
+    "pmpo_z2",
+)
+# The issue's arms; pmpo_no_masking and pmpo_ce are the paper's ablations, pmpo_racing, pmpo_more_train and pmpo_z2
+# questions of cost and of noise, run when asked.
 DEFAULT_ARMS = (INITIAL, PMPO, "pmpo_strict", "pmpo_demos", "train_acc", "ape", "gepa")
 # Demonstrations per demo candidate in the pmpo_demos arm: a 3-shot prompt, as lm-eval's BBH few-shot uses.
 DEMOS_K = 3
@@ -399,6 +409,10 @@ def pmpo_arm(arm: str, settings: BenchSettings) -> tuple[OptimizerConfig | None,
         return config, ScorerSettings(mc_objective="ce")
     if arm == "pmpo_racing":
         return config.model_copy(update={"racing": RacingSettings(enabled=True)}), ScorerSettings()
+    if (
+        arm == "pmpo_z2"
+    ):  # z = 1 passes a pure-noise candidate one time in six; about twelve are compared each iteration
+        return config.model_copy(update={"selection": SelectionSettings(gate_z=2.0)}), ScorerSettings()
     return config, ScorerSettings()
 
 

@@ -29,6 +29,7 @@ ARMS = (
     "pmpo_ce",
     "pmpo_racing",
     "pmpo_more_train",
+    "pmpo_z2",
     "train_acc",
     "ape",
     "gepa",

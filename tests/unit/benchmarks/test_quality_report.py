@@ -303,6 +303,16 @@ def test_racing_arm_is_the_defaults_with_racing_on():
     assert config.model_copy(update={"racing": default.racing}) == default
 
 
+def test_z2_arm_is_the_defaults_with_a_stricter_gate():
+    import bench_quality
+
+    settings = qr.BenchSettings(("t",), ("pmpo_z2",), 2, 10, 0, "m", False)
+    config, _ = bench_quality.pmpo_arm("pmpo_z2", settings)
+    default, _ = bench_quality.pmpo_arm("pmpo", settings)
+    assert config.selection.gate_z == 2.0 > default.selection.gate_z
+    assert config.model_copy(update={"selection": default.selection}) == default
+
+
 def test_arms_built_on_pmpo_are_refused_without_it_before_any_model_loads(monkeypatch):
     import bench_quality
 

@@ -13,6 +13,14 @@ from tasks.mlflow import shield
 from tasks.mlflow.store import client, experiment_id
 
 
+@pytest.fixture(autouse=True)
+def ctrl_c():
+    """Python's own SIGINT handler (Ctrl-C raises KeyboardInterrupt) for each test, whatever an earlier test left."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
 class _Store:
     """A call that is signalled half-way and records whether its second half ran."""
 

@@ -9,8 +9,7 @@ command started. Later signals are ignored, so that clean-up is not itself inter
 A watchdog bounds it all. It learns of the signal from the interpreter's wakeup fd, so it starts counting at once,
 even while the main thread sits in a long native call (a forward pass) or in Prefect's own SIGTERM handler. If the
 command has not exited `GRACE_S` after the first signal, the watchdog runs the last-resort clean-up (stop the
-servers, after marking the runs it opened FAILED) for at most `LAST_RESORT_S`, prints the line if nobody has, and
-exits.
+servers, then mark the runs it opened FAILED) for at most `LAST_RESORT_S`, prints the line if nobody has, and exits.
 """
 
 from __future__ import annotations

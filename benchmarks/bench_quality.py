@@ -82,16 +82,7 @@ evaluation = importlib.import_module("pmpo.evaluation.heldout")
 BUILTINS = ("builtin:sentiment", "builtin:arithmetic")
 # Quick: one short multiple-choice BIG-bench task and one built-in, so both kinds of accuracy show up.
 QUICK_TASKS = ("sports_understanding", "builtin:sentiment")
-PMPO_ARMS = (
-    PMPO,
-    "pmpo_strict",
-    "pmpo_demos",
-    "pmpo_no_masking",
-    "pmpo_ce",
-    "pmpo_racing",
-    "pmpo_more_train",
-    "pmpo_z2",
-)
+PMPO_ARMS = tuple(a for a in ARMS if a.startswith(PMPO))  # pmpo.optimize with one setting changed, or none
 # The arms; pmpo_no_masking and pmpo_ce are the paper's ablations, pmpo_racing, pmpo_more_train and pmpo_z2
 # questions of cost and of noise, run when asked.
 DEFAULT_ARMS = (INITIAL, PMPO, "pmpo_strict", "pmpo_demos", "train_acc", "ape", "gepa")

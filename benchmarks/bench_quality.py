@@ -82,7 +82,7 @@ evaluation = importlib.import_module("pmpo.evaluation.heldout")
 BUILTINS = ("builtin:sentiment", "builtin:arithmetic")
 # Quick: one short multiple-choice BIG-bench task and one built-in, so both kinds of accuracy show up.
 QUICK_TASKS = ("sports_understanding", "builtin:sentiment")
-PMPO_ARMS = tuple(a for a in ARMS if a.startswith(PMPO))  # pmpo.optimize with one setting changed, or none
+PMPO_ARMS = tuple(a for a in ARMS if a.startswith(PMPO))  # pmpo.optimize: the defaults, or one thing changed
 # The arms; pmpo_no_masking and pmpo_ce are the paper's ablations, pmpo_racing, pmpo_more_train and pmpo_z2
 # questions of cost and of noise, run when asked.
 DEFAULT_ARMS = (INITIAL, PMPO, "pmpo_strict", "pmpo_demos", "train_acc", "ape", "gepa")
@@ -400,9 +400,8 @@ def pmpo_arm(arm: str, settings: BenchSettings) -> tuple[OptimizerConfig | None,
         return config, ScorerSettings(mc_objective="ce")
     if arm == "pmpo_racing":
         return config.model_copy(update={"racing": RacingSettings(enabled=True)}), ScorerSettings()
-    if (
-        arm == "pmpo_z2"
-    ):  # z = 1 passes a pure-noise candidate one time in six; about twelve are compared each iteration
+    if arm == "pmpo_z2":
+        # z = 1 passes a pure-noise candidate one time in six; about twelve are compared each iteration.
         return config.model_copy(update={"selection": SelectionSettings(gate_z=2.0)}), ScorerSettings()
     return config, ScorerSettings()
 

@@ -16,6 +16,7 @@ Arms, on the same seeded split and the same held-out examples (a seeded draw, st
   pmpo_more_train  the defaults on twice the training examples: the split's, and as many of the test split's that the
                    held-out draw left out (the held-out examples are the other arms')
   pmpo_z2          the defaults with gate_z 2: a gate for a dozen candidates compared at once, not one
+  pmpo_n8          the defaults with 8 variants per rewrite request (the paper: 4): more draws from the rewriter
   train_acc        "why loss?": the prompts the pmpo arm scored, the pick by training accuracy instead of loss
                    (multiple choice: acc from the loss's own passes; otherwise greedy answers on the training set)
   ape              APE's forward template, as many candidates as the pmpo arm scored, best training accuracy
@@ -74,6 +75,7 @@ from pmpo.loop.optimizer import OptimizerConfig  # noqa: E402
 from pmpo.loop.result import OptimizeResult  # noqa: E402
 from pmpo.loop.settings import SelectionSettings  # noqa: E402
 from pmpo.models.loading import LoadedModel, ModelSettings, load_model  # noqa: E402
+from pmpo.rewriting.settings import RewriteSettings  # noqa: E402
 from pmpo.scoring.loss import Scorer, ScorerSettings  # noqa: E402
 from pmpo.scoring.settings import RacingSettings  # noqa: E402
 
@@ -83,8 +85,8 @@ BUILTINS = ("builtin:sentiment", "builtin:arithmetic")
 # Quick: one short multiple-choice BIG-bench task and one built-in, so both kinds of accuracy show up.
 QUICK_TASKS = ("sports_understanding", "builtin:sentiment")
 PMPO_ARMS = tuple(a for a in ARMS if a.startswith(PMPO))  # pmpo.optimize: the defaults, or one thing changed
-# The issue's arms; pmpo_no_masking and pmpo_ce are the paper's ablations, pmpo_racing, pmpo_more_train and pmpo_z2
-# questions of cost and of noise, run when asked.
+# The issue's arms; pmpo_no_masking and pmpo_ce are the paper's ablations, pmpo_racing, pmpo_more_train, pmpo_z2
+# and pmpo_n8 questions of cost and of noise, run when asked.
 DEFAULT_ARMS = (INITIAL, PMPO, "pmpo_strict", "pmpo_demos", "train_acc", "ape", "gepa")
 # Demonstrations per demo candidate in the pmpo_demos arm: a 3-shot prompt, as lm-eval's BBH few-shot uses.
 DEMOS_K = 3
@@ -403,6 +405,9 @@ def pmpo_arm(arm: str, settings: BenchSettings) -> tuple[OptimizerConfig | None,
     if arm == "pmpo_z2":
         # z = 1 passes a pure-noise candidate one time in six; about twelve are compared each iteration.
         return config.model_copy(update={"selection": SelectionSettings(gate_z=2.0)}), ScorerSettings()
+    if arm == "pmpo_n8":
+        # A small rewriter rarely writes a better instruction: twice the draws, the gate keeps out the noise.
+        return config.model_copy(update={"rewrite": RewriteSettings(n_variants=8)}), ScorerSettings()
     return config, ScorerSettings()
 
 

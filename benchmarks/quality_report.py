@@ -30,6 +30,7 @@ ARMS = (
     "pmpo_racing",
     "pmpo_more_train",
     "pmpo_z2",
+    "pmpo_n8",
     "train_acc",
     "ape",
     "gepa",

@@ -313,6 +313,16 @@ def test_z2_arm_is_the_defaults_with_a_stricter_gate():
     assert config.model_copy(update={"selection": default.selection}) == default
 
 
+def test_n8_arm_is_the_defaults_with_twice_the_variants():
+    import bench_quality
+
+    settings = qr.BenchSettings(("t",), ("pmpo_n8",), 2, 10, 0, "m", False)
+    config, _ = bench_quality.pmpo_arm("pmpo_n8", settings)
+    default, _ = bench_quality.pmpo_arm("pmpo", settings)
+    assert config.rewrite.n_variants == 2 * default.rewrite.n_variants
+    assert config.model_copy(update={"rewrite": default.rewrite}) == default
+
+
 def test_arms_built_on_pmpo_are_refused_without_it_before_any_model_loads(monkeypatch):
     import bench_quality
 

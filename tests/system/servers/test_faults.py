@@ -153,11 +153,10 @@ def _running_child(s: Stack, name: str, cached: bool = False) -> dict:
             if run["state_type"] == "RUNNING":
                 if not cached:
                     return run
-                done = {"flow_run_id": {"any_": [run["id"]]}, "state": {"type": {"any_": ["COMPLETED"]}}}
-                found = _post_json(
-                    f"{s.api}/task_runs/filter", {"task_runs": {**done, "name": {"like_": "loss iter=0"}}}
-                )
-                if found:
+                # Not "loss iter=0" COMPLETED: Prefect sets a task's state before its transaction writes the
+                # result, and a kill in between leaves nothing cached. The next task starts after that write.
+                after = {"flow_run_id": {"any_": [run["id"]]}, "name": {"like_": "mask iter=1"}}
+                if _post_json(f"{s.api}/task_runs/filter", {"task_runs": after}):
                     return run
         return None
 

@@ -293,34 +293,22 @@ def test_strict_arm_is_the_papers_selection():
     assert not config.selection.tempered_gate
 
 
-def test_racing_arm_is_the_defaults_with_racing_on():
+@pytest.mark.parametrize(
+    ("arm", "block", "changed"),
+    [
+        ("pmpo_racing", "racing", lambda arm, default: arm.enabled and not default.enabled),
+        ("pmpo_z2", "selection", lambda arm, default: arm.gate_z == 2.0 > default.gate_z),
+        ("pmpo_n8", "rewrite", lambda arm, default: arm.n_variants == 2 * default.n_variants),
+    ],
+)
+def test_an_arm_is_the_defaults_with_one_block_changed(arm, block, changed):
     import bench_quality
 
-    settings = qr.BenchSettings(("t",), ("pmpo_racing",), 2, 10, 0, "m", False)
-    config, _ = bench_quality.pmpo_arm("pmpo_racing", settings)
+    settings = qr.BenchSettings(("t",), (arm,), 2, 10, 0, "m", False)
+    config, _ = bench_quality.pmpo_arm(arm, settings)
     default, _ = bench_quality.pmpo_arm("pmpo", settings)
-    assert config.racing.enabled and not default.racing.enabled
-    assert config.model_copy(update={"racing": default.racing}) == default
-
-
-def test_z2_arm_is_the_defaults_with_a_stricter_gate():
-    import bench_quality
-
-    settings = qr.BenchSettings(("t",), ("pmpo_z2",), 2, 10, 0, "m", False)
-    config, _ = bench_quality.pmpo_arm("pmpo_z2", settings)
-    default, _ = bench_quality.pmpo_arm("pmpo", settings)
-    assert config.selection.gate_z == 2.0 > default.selection.gate_z
-    assert config.model_copy(update={"selection": default.selection}) == default
-
-
-def test_n8_arm_is_the_defaults_with_twice_the_variants():
-    import bench_quality
-
-    settings = qr.BenchSettings(("t",), ("pmpo_n8",), 2, 10, 0, "m", False)
-    config, _ = bench_quality.pmpo_arm("pmpo_n8", settings)
-    default, _ = bench_quality.pmpo_arm("pmpo", settings)
-    assert config.rewrite.n_variants == 2 * default.rewrite.n_variants
-    assert config.model_copy(update={"rewrite": default.rewrite}) == default
+    assert changed(getattr(config, block), getattr(default, block))
+    assert config.model_copy(update={block: getattr(default, block)}) == default
 
 
 def test_arms_built_on_pmpo_are_refused_without_it_before_any_model_loads(monkeypatch):
